@@ -1,0 +1,124 @@
+//! Elementwise activation functions σ and their derivatives σ'.
+//!
+//! Used by the MLP block (1.20)–(1.21) and by the book's plain MLP. The theory engine
+//! takes Gaussian expectations of the same functions, so both sides read this one enum.
+
+use std::f64::consts::{FRAC_2_SQRT_PI, SQRT_2};
+
+/// σ ∈ {relu, gelu (exact, erf form), tanh, linear, erf, silu} (SPEC §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Relu,
+    Gelu,
+    Tanh,
+    Linear,
+    Erf,
+    Silu,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 6] = [
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::Tanh,
+        Activation::Linear,
+        Activation::Erf,
+        Activation::Silu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Tanh => "tanh",
+            Activation::Linear => "linear",
+            Activation::Erf => "erf",
+            Activation::Silu => "silu",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Activation> {
+        match s {
+            "swish" => Some(Activation::Silu),
+            _ => Self::ALL.into_iter().find(|a| a.name() == s),
+        }
+    }
+
+    /// σ(z).
+    #[inline]
+    pub fn f(self, z: f64) -> f64 {
+        match self {
+            Activation::Relu => z.max(0.0),
+            // Exact GELU z·Φ(z), as torch.nn.GELU(approximate='none').
+            Activation::Gelu => 0.5 * z * (1.0 + libm::erf(z / SQRT_2)),
+            Activation::Tanh => z.tanh(),
+            Activation::Linear => z,
+            Activation::Erf => libm::erf(z),
+            Activation::Silu => z * sigmoid(z),
+        }
+    }
+
+    /// σ'(z). At the ReLU kink we take σ'(0) = 0, as PyTorch does.
+    #[inline]
+    pub fn df(self, z: f64) -> f64 {
+        match self {
+            Activation::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Gelu => {
+                let phi = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                0.5 * (1.0 + libm::erf(z / SQRT_2)) + z * phi
+            }
+            Activation::Tanh => {
+                let t = z.tanh();
+                1.0 - t * t
+            }
+            Activation::Linear => 1.0,
+            Activation::Erf => FRAC_2_SQRT_PI * (-z * z).exp(),
+            Activation::Silu => {
+                let s = sigmoid(z);
+                s * (1.0 + z * (1.0 - s))
+            }
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivatives_match_central_differences() {
+        let h = 1e-6;
+        for a in Activation::ALL {
+            for &z in &[-2.3, -0.7, 0.31, 1.9] {
+                let fd = (a.f(z + h) - a.f(z - h)) / (2.0 * h);
+                let err = (fd - a.df(z)).abs();
+                assert!(err < 1e-8, "{} at {z}: fd {fd} vs df {}", a.name(), a.df(z));
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for a in Activation::ALL {
+            assert_eq!(Activation::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Activation::from_name("swish"), Some(Activation::Silu));
+        assert_eq!(Activation::from_name("sigmoid"), None);
+    }
+}
