@@ -1,1 +1,8 @@
+//! sigprop: signal propagation in wide and deep Transformers at initialization.
+//!
+//! Data flows one way (SPEC §0): `config` → `model` → `mc` (Monte Carlo ensembles) →
+//! `stats` (the CSV of SPEC §3), with `theory` predictions in the same schema.
+
+pub mod config;
+pub mod inputs;
 pub mod model;

@@ -1,1 +1,507 @@
+//! The one model definition: a pre-/post-/no-LN Transformer or the book's plain MLP,
+//! batched over S sequences × T tokens, in f64 (SPEC §1, the paper's §I 0).
+//!
+//! Dimension legend (as in llm.c): D = S·T tokens of the probe set, δ = sequence·T + token;
+//! n width; H heads; C = n/H channels per head; M MLP multiplier; B residual blocks;
+//! L = B + 2 the head's layer. Activations are (D × width) with one row per token.
+//! Weights are stored (fan_out × fan_in), as in PyTorch, so a layer is Y = X Wᵀ.
+//!
+//! Layers are numbered as in the paper: ℓ = 1 the stem output, ℓ = 2 … B+1 the residual
+//! stream after each block, ℓ = L the head output. Every parameter belongs to the layer
+//! its block produces.
+
 pub mod activation;
+pub mod attention;
+pub mod head;
+pub mod init;
+pub mod linalg;
+pub mod ln;
+pub mod mlp;
+pub mod residual;
+pub mod stem;
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::config::{BlockKind, ModelSpec, Norm};
+use init::Stream;
+
+/// Parameter groups of SPEC §2; the NTK is reported per group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Stem,
+    Pe,
+    Q,
+    K,
+    V,
+    U,
+    W,
+    X,
+    Head,
+    Bias,
+}
+
+impl Group {
+    pub const ALL: [Group; 10] = [
+        Group::Stem,
+        Group::Pe,
+        Group::Q,
+        Group::K,
+        Group::V,
+        Group::U,
+        Group::W,
+        Group::X,
+        Group::Head,
+        Group::Bias,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Stem => "stem",
+            Group::Pe => "pe",
+            Group::Q => "q",
+            Group::K => "k",
+            Group::V => "v",
+            Group::U => "u",
+            Group::W => "w",
+            Group::X => "x",
+            Group::Head => "head",
+            Group::Bias => "bias",
+        }
+    }
+}
+
+/// One parameter tensor. Biases are (1 × n); the positional embedding is (T × n);
+/// the word embedding is (n × vocab).
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub group: Group,
+    /// The layer its block produces.
+    pub layer: usize,
+    pub name: String,
+    pub value: Array2<f64>,
+    /// Fan-in of a weight (its SGD learning-rate factor is 1/fan_in); 1 for biases and
+    /// embeddings.
+    pub fan_in: usize,
+}
+
+/// All parameters of one network, in the order they are drawn.
+#[derive(Clone, Debug, Default)]
+pub struct Params {
+    pub list: Vec<Param>,
+}
+
+impl Params {
+    fn push(
+        &mut self,
+        group: Group,
+        layer: usize,
+        name: String,
+        value: Array2<f64>,
+        fan_in: usize,
+    ) -> usize {
+        self.list.push(Param {
+            group,
+            layer,
+            name,
+            value,
+            fan_in,
+        });
+        self.list.len() - 1
+    }
+    pub fn get(&self, i: usize) -> &Array2<f64> {
+        &self.list[i].value
+    }
+    /// Zero arrays shaped like every parameter (a gradient buffer).
+    pub fn zeros_like(&self) -> Vec<Array2<f64>> {
+        self.list
+            .iter()
+            .map(|p| Array2::zeros(p.value.raw_dim()))
+            .collect()
+    }
+}
+
+/// How one use of a parameter contributes to its gradient, given the cotangent `grad` of
+/// the use's output. The backward pass emits these; a [`GradSink`] decides whether to
+/// materialize ∂f/∂θ (the trainer, gradient checks) or only contract Gram matrices (the
+/// Monte Carlo NTK), so one backward pass serves both.
+pub enum GradTerm<'a> {
+    /// Y = scale · X Wᵀ with W (fan_out × fan_in): ∂W += scale · Gᵀ X.
+    Linear {
+        input: ArrayView2<'a, f64>,
+        grad: ArrayView2<'a, f64>,
+        scale: f64,
+    },
+    /// Y = scale · X W with W (fan_in × fan_out), a transposed use (the tied head):
+    /// ∂W += scale · Xᵀ G.
+    LinearT {
+        input: ArrayView2<'a, f64>,
+        grad: ArrayView2<'a, f64>,
+        scale: f64,
+    },
+    /// Y_δ += b for every row: ∂b += Σ_δ G_δ.
+    Bias { grad: ArrayView2<'a, f64> },
+    /// Y_{(s,t)} += P_t: ∂P_t += Σ_s G_{(s,t)}.
+    Positional {
+        grad: ArrayView2<'a, f64>,
+        tokens: usize,
+    },
+    /// Y_δ = W[:, id_δ] with W (n × vocab): ∂W[:, id_δ] += G_δ.
+    Embedding {
+        grad: ArrayView2<'a, f64>,
+        ids: &'a [usize],
+    },
+}
+
+impl GradTerm<'_> {
+    /// Adds this term's ∂f/∂θ into `acc` (shaped like the parameter).
+    pub fn accumulate(&self, acc: &mut Array2<f64>) {
+        match self {
+            GradTerm::Linear { input, grad, scale } => {
+                linalg::gemm(*scale, grad.t(), *input, 1.0, &mut acc.view_mut());
+            }
+            GradTerm::LinearT { input, grad, scale } => {
+                linalg::gemm(*scale, input.t(), *grad, 1.0, &mut acc.view_mut());
+            }
+            GradTerm::Bias { grad } => {
+                for row in grad.rows() {
+                    acc.row_mut(0).zip_mut_with(&row, |a, g| *a += g);
+                }
+            }
+            GradTerm::Positional { grad, tokens } => {
+                for (d, row) in grad.rows().into_iter().enumerate() {
+                    acc.row_mut(d % tokens).zip_mut_with(&row, |a, g| *a += g);
+                }
+            }
+            GradTerm::Embedding { grad, ids } => {
+                for (row, &id) in grad.rows().into_iter().zip(ids.iter()) {
+                    acc.column_mut(id).zip_mut_with(&row, |a, g| *a += g);
+                }
+            }
+        }
+    }
+}
+
+/// Receives the parameter-gradient terms of a backward pass.
+pub trait GradSink {
+    fn term(&mut self, param: usize, term: GradTerm<'_>);
+}
+
+/// Materializes ∂f/∂θ for every parameter.
+pub struct ParamGrads {
+    pub list: Vec<Array2<f64>>,
+}
+
+impl ParamGrads {
+    pub fn new(params: &Params) -> Self {
+        ParamGrads {
+            list: params.zeros_like(),
+        }
+    }
+}
+
+impl GradSink for ParamGrads {
+    fn term(&mut self, param: usize, term: GradTerm<'_>) {
+        term.accumulate(&mut self.list[param]);
+    }
+}
+
+/// A sink that ignores parameters (gradients of the stream only).
+pub struct NoParams;
+
+impl GradSink for NoParams {
+    fn term(&mut self, _: usize, _: GradTerm<'_>) {}
+}
+
+/// The probe set: S sequences of T tokens, either vectors (dense stem) or token ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub sequences: usize,
+    pub tokens: usize,
+    /// (D × n_in) for the dense stem.
+    pub x: Option<Array2<f64>>,
+    /// D ids for the embedding stem.
+    pub ids: Option<Vec<usize>>,
+}
+
+impl Probe {
+    /// D = S·T.
+    pub fn len(&self) -> usize {
+        self.sequences * self.tokens
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One residual block's parameters and the placement of its LN.
+#[derive(Clone, Debug)]
+pub enum Block {
+    Attn(attention::Attention),
+    Mlp(mlp::Mlp),
+    /// The book's layer z^{ℓ+1} = b + W σ(z^ℓ) (`mlp` mode).
+    Book(mlp::BookLayer),
+}
+
+/// What one block's forward pass leaves for the backward pass and for the observables.
+#[derive(Clone, Debug)]
+pub struct BlockTrace {
+    /// LN of the block's input (pre mode) or of its sum (post mode).
+    pub ln: Option<ln::Cache>,
+    pub inner: InnerTrace,
+}
+
+#[derive(Clone, Debug)]
+pub enum InnerTrace {
+    Attn(Box<attention::Cache>),
+    Mlp(mlp::Cache),
+    Book(mlp::BookCache),
+}
+
+/// Every site of a forward pass: the residual stream z^ℓ (ℓ = 1 … B+1), each block's
+/// internals, the final LN and the output z^L.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    /// resid[ℓ − 1] = z^ℓ, (D × n).
+    pub resid: Vec<Array2<f64>>,
+    pub blocks: Vec<BlockTrace>,
+    /// s^{L−1} = LN(z^{B+1}) in pre mode.
+    pub final_ln: Option<ln::Cache>,
+    pub head: head::Cache,
+    /// z^L: (D × n_out), or (S × n_out) for a pooled head.
+    pub out: Array2<f64>,
+}
+
+impl Trace {
+    /// The LN output s^ℓ feeding block ℓ (pre mode) or the head (ℓ = B+1).
+    pub fn ln_at(&self, layer: usize) -> Option<&Array2<f64>> {
+        if layer <= self.blocks.len() {
+            self.blocks[layer - 1].ln.as_ref().map(|c| &c.s)
+        } else {
+            self.final_ln.as_ref().map(|c| &c.s)
+        }
+    }
+}
+
+/// A network with materialized weights.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub spec: ModelSpec,
+    pub params: Params,
+    pub stem: stem::Stem,
+    pub blocks: Vec<Block>,
+    pub head: head::Head,
+}
+
+impl Network {
+    /// Draws every parameter from `rng`, stem first, then blocks in order, then the head.
+    pub fn sample(spec: &ModelSpec, rng: &mut Stream) -> Network {
+        let mut params = Params::default();
+        let stem = stem::Stem::sample(spec, &mut params, rng);
+        let blocks = spec
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(b, kind)| {
+                let layer = b + 2;
+                match (spec.norm, kind) {
+                    (Norm::Mlp, _) => {
+                        Block::Book(mlp::BookLayer::sample(spec, layer, &mut params, rng))
+                    }
+                    (_, BlockKind::Attn) => {
+                        Block::Attn(attention::Attention::sample(spec, layer, &mut params, rng))
+                    }
+                    (_, BlockKind::Mlp) => {
+                        Block::Mlp(mlp::Mlp::sample(spec, layer, &mut params, rng))
+                    }
+                }
+            })
+            .collect();
+        let head = head::Head::sample(spec, &stem, &mut params, rng);
+        Network {
+            spec: spec.clone(),
+            params,
+            stem,
+            blocks,
+            head,
+        }
+    }
+
+    /// The forward pass, keeping every site.
+    pub fn forward(&self, probe: &Probe) -> Trace {
+        let spec = &self.spec;
+        let p = &self.params;
+        let mut z = self.stem.forward(spec, p, probe);
+        let mut resid = Vec::with_capacity(self.blocks.len() + 1);
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (next, bt) = self.block_forward(block, z.view(), probe);
+            resid.push(z);
+            blocks.push(bt);
+            z = next;
+        }
+        let final_ln = (spec.norm == Norm::Pre).then(|| ln::forward(z.view(), spec.ln_eps));
+        let head_in = final_ln.as_ref().map_or(z.view(), |c| c.s.view());
+        let (out, head) = self.head.forward(spec, p, head_in, probe);
+        resid.push(z);
+        Trace {
+            resid,
+            blocks,
+            final_ln,
+            head,
+            out,
+        }
+    }
+
+    fn block_forward(
+        &self,
+        block: &Block,
+        z: ArrayView2<f64>,
+        probe: &Probe,
+    ) -> (Array2<f64>, BlockTrace) {
+        let spec = &self.spec;
+        let p = &self.params;
+        let inner = |x: ArrayView2<f64>| -> (Array2<f64>, InnerTrace) {
+            match block {
+                Block::Attn(a) => {
+                    let (r, c) = a.forward(spec, p, x, probe.sequences, probe.tokens);
+                    (r, InnerTrace::Attn(Box::new(c)))
+                }
+                Block::Mlp(m) => {
+                    let (r, c) = m.forward(spec, p, x);
+                    (r, InnerTrace::Mlp(c))
+                }
+                Block::Book(l) => {
+                    let (r, c) = l.forward(spec, p, x);
+                    (r, InnerTrace::Book(c))
+                }
+            }
+        };
+        match spec.norm {
+            Norm::Pre => {
+                let lnc = ln::forward(z, spec.ln_eps);
+                let (r, it) = inner(lnc.s.view());
+                (
+                    residual::forward(spec.xi, spec.gamma_res, z, r.view()),
+                    BlockTrace {
+                        ln: Some(lnc),
+                        inner: it,
+                    },
+                )
+            }
+            Norm::Post => {
+                let (r, it) = inner(z);
+                let u = residual::forward(spec.xi, spec.gamma_res, z, r.view());
+                let lnc = ln::forward(u.view(), spec.ln_eps);
+                (
+                    lnc.s.clone(),
+                    BlockTrace {
+                        ln: Some(lnc),
+                        inner: it,
+                    },
+                )
+            }
+            Norm::None => {
+                let (r, it) = inner(z);
+                (
+                    residual::forward(spec.xi, spec.gamma_res, z, r.view()),
+                    BlockTrace {
+                        ln: None,
+                        inner: it,
+                    },
+                )
+            }
+            Norm::Mlp => {
+                let (r, it) = inner(z);
+                (
+                    r,
+                    BlockTrace {
+                        ln: None,
+                        inner: it,
+                    },
+                )
+            }
+        }
+    }
+
+    /// The backward pass for the cotangent `dout` on z^L, in the reverse order of
+    /// `forward`. Returns ∂f/∂z^ℓ for ℓ = 1 … B+1 (index ℓ − 1) and sends every
+    /// parameter's gradient terms to `sink`.
+    pub fn backward(
+        &self,
+        trace: &Trace,
+        probe: &Probe,
+        dout: ArrayView2<f64>,
+        sink: &mut impl GradSink,
+    ) -> Vec<Array2<f64>> {
+        let spec = &self.spec;
+        let p = &self.params;
+        let nb = self.blocks.len();
+        let mut grads = vec![Array2::zeros((0, 0)); nb + 1];
+        let head_in = trace
+            .final_ln
+            .as_ref()
+            .map_or(trace.resid[nb].view(), |c| c.s.view());
+        let g_in = self
+            .head
+            .backward(spec, p, head_in, &trace.head, probe, dout, sink);
+        let mut g = match &trace.final_ln {
+            Some(c) => ln::backward(c, g_in.view()),
+            None => g_in,
+        };
+        for (b, block) in self.blocks.iter().enumerate().rev() {
+            let bt = &trace.blocks[b];
+            let z = trace.resid[b].view();
+            let gz = self.block_backward(block, bt, z, probe, g.view(), sink);
+            grads[b + 1] = g;
+            g = gz;
+        }
+        self.stem.backward(spec, probe, g.view(), sink);
+        grads[0] = g;
+        grads
+    }
+
+    fn block_backward(
+        &self,
+        block: &Block,
+        bt: &BlockTrace,
+        z: ArrayView2<f64>,
+        probe: &Probe,
+        g: ArrayView2<f64>,
+        sink: &mut impl GradSink,
+    ) -> Array2<f64> {
+        let spec = &self.spec;
+        let p = &self.params;
+        let mut inner = |x: ArrayView2<f64>, gr: ArrayView2<f64>| -> Array2<f64> {
+            match (block, &bt.inner) {
+                (Block::Attn(a), InnerTrace::Attn(c)) => {
+                    a.backward(spec, p, x, c, gr, probe.tokens, sink)
+                }
+                (Block::Mlp(m), InnerTrace::Mlp(c)) => m.backward(spec, p, x, c, gr, sink),
+                (Block::Book(l), InnerTrace::Book(c)) => l.backward(spec, p, x, c, gr, sink),
+                _ => unreachable!("block and trace kinds are built together"),
+            }
+        };
+        match spec.norm {
+            Norm::Pre => {
+                let lnc = bt.ln.as_ref().expect("pre mode keeps the LN cache");
+                let (mut gz, gr) = residual::backward(spec.xi, spec.gamma_res, g);
+                let gs = inner(lnc.s.view(), gr.view());
+                gz += &ln::backward(lnc, gs.view());
+                gz
+            }
+            Norm::Post => {
+                let lnc = bt.ln.as_ref().expect("post mode keeps the LN cache");
+                let gu = ln::backward(lnc, g);
+                let (mut gz, gr) = residual::backward(spec.xi, spec.gamma_res, gu.view());
+                gz += &inner(z, gr.view());
+                gz
+            }
+            Norm::None => {
+                let (mut gz, gr) = residual::backward(spec.xi, spec.gamma_res, g);
+                gz += &inner(z, gr.view());
+                gz
+            }
+            Norm::Mlp => inner(z, g),
+        }
+    }
+}

@@ -1,0 +1,863 @@
+//! Configuration: the TOML file of SPEC §3, presets, `--set` overrides, validation.
+//!
+//! Raw input is turned once into a validated [`Config`] (ripgrep's `HiArgs` idea): every
+//! later stage can trust it. The resolved values are kept as a flat key → value map so
+//! that the written `config.toml` lists every key and reads back into the same model.
+
+pub mod presets;
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use toml::Value;
+
+use crate::model::activation::Activation;
+use schema::{Key, Kind};
+
+/// A configuration problem, phrased so a person can fix it: it names the key, the bad
+/// value and what is allowed.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("unknown key `{key}`; did you mean `{suggestion}`?")]
+    UnknownKey { key: String, suggestion: String },
+    #[error("`{key}` = {value}: {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read config {path}: {msg}")]
+    Read { path: String, msg: String },
+    #[error("{path}: {msg}")]
+    Parse { path: String, msg: String },
+}
+
+fn bad(key: &str, value: &Value, expected: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stem {
+    Dense,
+    Embedding,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// z ← ξ z + γ R(LN(z)), final LN before the head (the paper).
+    Pre,
+    /// z ← LN(ξ z + γ R(z)).
+    Post,
+    /// z ← ξ z + γ R(z).
+    None,
+    /// The book's plain MLP: z^{ℓ+1} = b + W σ(z^ℓ), no LN, no skip.
+    Mlp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    Dense,
+    Pooled,
+    Tied,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitDist {
+    Gaussian,
+    Uniform,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    Attn,
+    Mlp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampler {
+    Auto,
+    Dense,
+    Conditional,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backward {
+    None,
+    Trace,
+    Pairs,
+}
+
+/// The O(1) constants C_G of (1.25)–(1.33). Weights get C/fan_in (or C itself when
+/// `variance_mode = "absolute"`); biases and embeddings get C.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Variances {
+    pub stem: f64,
+    pub pe: f64,
+    pub q: f64,
+    pub k: f64,
+    pub v: f64,
+    pub u: f64,
+    pub w: f64,
+    pub x: f64,
+    pub head: f64,
+    pub bias: f64,
+}
+
+/// Everything that defines the network (SPEC §1). The Monte Carlo engine, the theory
+/// and the trainer all read this one struct.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub stem: Stem,
+    pub width: usize,
+    pub heads: usize,
+    pub mlp_mult: usize,
+    /// The full list of residual blocks: `pattern` repeated `layers` times.
+    pub blocks: Vec<BlockKind>,
+    pub norm: Norm,
+    pub activation: Activation,
+    pub logit_exponent: f64,
+    pub causal: bool,
+    pub zero_queries: bool,
+    pub ln_eps: f64,
+    pub xi: f64,
+    pub gamma_res: f64,
+    pub head: HeadKind,
+    pub head_s: f64,
+    pub n_out: usize,
+    pub init: InitDist,
+    pub absolute_variances: bool,
+    pub var: Variances,
+    /// Input dimension of the stem: `inputs.dim` (dense) or `inputs.vocab` (embedding).
+    pub n_in: usize,
+    /// Tokens per sequence T (the positional embedding has one row per token).
+    pub tokens: usize,
+}
+
+impl ModelSpec {
+    /// Channels per head C = n/H.
+    pub fn channels(&self) -> usize {
+        self.width / self.heads
+    }
+    /// Number of residual blocks B.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+    /// The head's layer index L = B + 2 (layers are numbered as in the paper).
+    pub fn head_layer(&self) -> usize {
+        self.blocks.len() + 2
+    }
+    /// Output width: the vocabulary for a tied head.
+    pub fn out_dim(&self) -> usize {
+        if self.head == HeadKind::Tied {
+            self.n_in
+        } else {
+            self.n_out
+        }
+    }
+    pub fn has_bias(&self) -> bool {
+        self.var.bias > 0.0
+    }
+    /// Variance of a weight with the given fan-in and constant C.
+    pub fn weight_var(&self, c: f64, fan_in: usize) -> f64 {
+        if self.absolute_variances {
+            c
+        } else {
+            c / fan_in as f64
+        }
+    }
+    /// Head weight variance C_head / n^{1+s} (1.34); the fan-in is n (M·n never enters).
+    pub fn head_var(&self) -> f64 {
+        if self.absolute_variances {
+            self.var.head
+        } else {
+            self.var.head / (self.width as f64).powf(1.0 + self.head_s)
+        }
+    }
+    /// Tied-head rescale N_rescale = n^{-(1+s)/2} (1.33)/(1.34); 1 in absolute mode.
+    pub fn tied_rescale(&self) -> f64 {
+        if self.absolute_variances {
+            1.0
+        } else {
+            (self.width as f64).powf(-(1.0 + self.head_s) / 2.0)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputKind {
+    Gaussian,
+    Tokens,
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    pub kind: InputKind,
+    pub sequences: usize,
+    pub tokens: usize,
+    pub dim: usize,
+    pub correlation: f64,
+    pub seed: u64,
+    pub vocab: usize,
+    pub ids: Option<Vec<Vec<usize>>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSpec {
+    pub name: String,
+    pub samples: usize,
+    pub seed: u64,
+    pub sampler: Sampler,
+    pub backward: Backward,
+}
+
+/// A validated configuration, with the flat map it was built from.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub model: ModelSpec,
+    pub inputs: InputSpec,
+    pub run: RunSpec,
+    values: BTreeMap<String, Value>,
+    /// Keys the user gave explicitly (file or `--set`), as opposed to defaults and presets.
+    explicit: BTreeSet<String>,
+}
+
+/// Builds a [`Config`] from layers of overrides: defaults, preset, file, `--set`.
+#[derive(Default)]
+pub struct ConfigBuilder {
+    user: BTreeMap<String, Value>,
+    default_name: Option<String>,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads a TOML file; relative `inputs.path` values are resolved against its folder.
+    pub fn file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        self = self.toml_str(&text, &path.display().to_string())?;
+        if let Some(Value::String(p)) = self.user.get("inputs.path") {
+            let p = Path::new(p);
+            if p.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                let joined = base.join(p).display().to_string();
+                self.user.insert("inputs.path".into(), Value::from(joined));
+            }
+        }
+        if self.default_name.is_none() {
+            self.default_name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        Ok(self)
+    }
+
+    /// Reads TOML text; `origin` names it in errors.
+    pub fn toml_str(mut self, text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin.to_string(),
+                msg: one_line(&e.to_string()),
+            })?;
+        flatten("", &table, &mut self.user)?;
+        Ok(self)
+    }
+
+    /// Applies `key=value` (the command line's `--set`).
+    pub fn set(mut self, assignment: &str) -> Result<Self, ConfigError> {
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--set `{assignment}`: expected key=value, e.g. model.width=256"
+            ))
+        })?;
+        let key = key.trim();
+        let spec = lookup(key)?;
+        let value = parse_cli_value(spec, raw.trim())?;
+        self.user.insert(key.to_string(), value);
+        Ok(self)
+    }
+
+    /// Sets one value directly (used by `--samples`, `--seed`, `--inputs`).
+    pub fn value(mut self, key: &str, value: Value) -> Result<Self, ConfigError> {
+        lookup(key)?;
+        self.user.insert(key.to_string(), value);
+        Ok(self)
+    }
+
+    /// Whether the user (file or `--set`) gave this key explicitly.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.user.contains_key(key)
+    }
+
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let mut values = BTreeMap::new();
+        for k in schema::KEYS {
+            if let Some(d) = k.default {
+                values.insert(k.name.to_string(), d());
+            }
+        }
+        if let Some(p) = self.user.get("model.preset") {
+            let name = p.as_str().unwrap_or_default();
+            let over = presets::overrides(name).ok_or_else(|| {
+                bad(
+                    "model.preset",
+                    p,
+                    format!("expected one of {}", schema::PRESETS.join(", ")),
+                )
+            })?;
+            for (k, v) in over {
+                values.insert(k.to_string(), v);
+            }
+        }
+        let explicit: BTreeSet<String> = self.user.keys().cloned().collect();
+        for (k, v) in self.user {
+            values.insert(k, v);
+        }
+        if !values.contains_key("run.name") {
+            let name = values
+                .get("model.preset")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .or(self.default_name)
+                .unwrap_or_else(|| "default".to_string());
+            values.insert("run.name".into(), Value::from(name));
+        }
+        for (k, v) in &values {
+            check_kind(lookup(k)?, v)?;
+        }
+        Config::from_values(values, &explicit)
+    }
+}
+
+impl Config {
+    /// The built-in defaults with a preset applied.
+    pub fn preset(name: &str) -> Result<Config, ConfigError> {
+        ConfigBuilder::new()
+            .value("model.preset", Value::from(name))?
+            .build()
+    }
+
+    /// The resolved configuration as TOML; reading it back gives the same model.
+    pub fn to_toml(&self) -> String {
+        let mut root = toml::Table::new();
+        for k in schema::KEYS {
+            if let Some(v) = self.values.get(k.name) {
+                insert_dotted(&mut root, k.name, v.clone());
+            }
+        }
+        toml::to_string_pretty(&root).unwrap_or_default()
+    }
+
+    /// A resolved value by key (for labels and sweeps).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.values.get(key)
+    }
+
+    fn from_values(
+        mut values: BTreeMap<String, Value>,
+        explicit: &BTreeSet<String>,
+    ) -> Result<Config, ConfigError> {
+        let snapshot = values.clone();
+        let get = |k: &str| snapshot.get(k).cloned();
+        let int = |k: &str| get(k).and_then(|v| v.as_integer()).unwrap_or(0) as usize;
+        let float = |k: &str| {
+            get(k)
+                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+                .unwrap_or(0.0)
+        };
+        let boolean = |k: &str| get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+        let word = |k: &str| {
+            get(k)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+
+        let width = int("model.width");
+        let heads = int("model.heads");
+        if width % heads != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "model.width = {width} is not divisible by model.heads = {heads}: channels per head C = n/H must be a whole number"
+            )));
+        }
+        let norm = match word("model.norm").as_str() {
+            "pre" => Norm::Pre,
+            "post" => Norm::Post,
+            "none" => Norm::None,
+            _ => Norm::Mlp,
+        };
+        let pattern_text = word("model.pattern");
+        let mut pattern = Vec::new();
+        for c in pattern_text.chars() {
+            pattern.push(match c {
+                'A' => BlockKind::Attn,
+                'M' => BlockKind::Mlp,
+                _ => {
+                    return Err(bad(
+                        "model.pattern",
+                        &Value::from(pattern_text.clone()),
+                        format!("letter `{c}` is not a block; allowed letters are A (attention) and M (MLP)"),
+                    ));
+                }
+            });
+        }
+        if pattern.is_empty() {
+            return Err(bad(
+                "model.pattern",
+                &Value::from(""),
+                "expected a non-empty string over {A, M}, e.g. \"AM\"",
+            ));
+        }
+        let layers = int("model.layers");
+        let blocks: Vec<BlockKind> = (0..layers).flat_map(|_| pattern.iter().copied()).collect();
+        let stem = if word("model.stem") == "embedding" {
+            Stem::Embedding
+        } else {
+            Stem::Dense
+        };
+        let head = match word("model.head").as_str() {
+            "pooled" => HeadKind::Pooled,
+            "tied" => HeadKind::Tied,
+            _ => HeadKind::Dense,
+        };
+        if norm == Norm::Mlp {
+            if blocks.contains(&BlockKind::Attn) {
+                return Err(bad(
+                    "model.pattern",
+                    &Value::from(pattern_text),
+                    "model.norm = \"mlp\" (the book's plain MLP) allows only M blocks",
+                ));
+            }
+            if stem != Stem::Dense || head != HeadKind::Dense {
+                return Err(ConfigError::Invalid(
+                    "model.norm = \"mlp\" needs model.stem = \"dense\" and model.head = \"dense\""
+                        .into(),
+                ));
+            }
+        }
+        if head == HeadKind::Tied && stem != Stem::Embedding {
+            return Err(bad(
+                "model.head",
+                &Value::from("tied"),
+                "a tied head needs model.stem = \"embedding\"",
+            ));
+        }
+        let activation =
+            Activation::from_name(&word("model.activation")).unwrap_or(Activation::Gelu);
+
+        // Inputs: the stem decides which kinds fit.
+        let ids = match get("inputs.ids") {
+            Some(Value::Array(rows)) => Some(
+                rows.iter()
+                    .map(|r| {
+                        r.as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|x| x.as_integer().unwrap_or(0) as usize)
+                                    .collect::<Vec<_>>()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        let kind = match word("inputs.kind").as_str() {
+            "tokens" => InputKind::Tokens,
+            "file" => {
+                let path = word("inputs.path");
+                if path.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "inputs.kind = \"file\" needs inputs.path = \"probe.csv\" (or --inputs P.csv)".into(),
+                    ));
+                }
+                InputKind::File(PathBuf::from(path))
+            }
+            _ => InputKind::Gaussian,
+        };
+        match (&kind, stem) {
+            (InputKind::Tokens, Stem::Dense) => {
+                return Err(bad(
+                    "inputs.kind",
+                    &Value::from("tokens"),
+                    "token ids need model.stem = \"embedding\"; the dense stem takes \"gaussian\" or \"file\"",
+                ));
+            }
+            (InputKind::Gaussian, Stem::Embedding) => {
+                return Err(bad(
+                    "inputs.kind",
+                    &Value::from("gaussian"),
+                    "the embedding stem takes \"tokens\" or \"file\" (sequence,token,id)",
+                ));
+            }
+            _ => {}
+        }
+        let vocab = int("inputs.vocab");
+        if let Some(ids) = &ids {
+            let t = ids.first().map_or(0, Vec::len);
+            if ids.is_empty() || t == 0 || ids.iter().any(|r| r.len() != t) {
+                return Err(ConfigError::Invalid(
+                    "inputs.ids: expected a non-empty list of equally long sequences, e.g. [[3, 17, 17, 5]]".into(),
+                ));
+            }
+            if let Some(&bad_id) = ids.iter().flatten().find(|&&i| i >= vocab) {
+                return Err(ConfigError::Invalid(format!(
+                    "inputs.ids: token id {bad_id} is not below inputs.vocab = {vocab}"
+                )));
+            }
+            // The ids fix the probe set's shape.
+            values.insert("inputs.sequences".into(), Value::from(ids.len() as i64));
+            values.insert("inputs.tokens".into(), Value::from(t as i64));
+        }
+        let sequences = values
+            .get("inputs.sequences")
+            .and_then(|v| v.as_integer())
+            .unwrap_or(1) as usize;
+        let tokens = values
+            .get("inputs.tokens")
+            .and_then(|v| v.as_integer())
+            .unwrap_or(1) as usize;
+        let dim = int("inputs.dim");
+        let n_in = if stem == Stem::Embedding { vocab } else { dim };
+        let mut n_out = int("model.n_out");
+        if head == HeadKind::Tied {
+            if explicit.contains("model.n_out") && n_out != vocab {
+                return Err(ConfigError::Invalid(format!(
+                    "model.n_out = {n_out} conflicts with the tied head, whose output width is inputs.vocab = {vocab}"
+                )));
+            }
+            n_out = vocab;
+            values.insert("model.n_out".into(), Value::from(n_out as i64));
+        }
+        let v = |k: &str| float(&format!("model.variances.{k}"));
+        let model = ModelSpec {
+            stem,
+            width,
+            heads,
+            mlp_mult: int("model.mlp_mult"),
+            blocks,
+            norm,
+            activation,
+            logit_exponent: float("model.logit_exponent"),
+            causal: boolean("model.causal"),
+            zero_queries: boolean("model.zero_queries"),
+            ln_eps: float("model.ln_eps"),
+            xi: float("model.xi"),
+            gamma_res: float("model.gamma_res"),
+            head,
+            head_s: float("model.head_s"),
+            n_out,
+            init: if word("model.init") == "uniform" {
+                InitDist::Uniform
+            } else {
+                InitDist::Gaussian
+            },
+            absolute_variances: word("model.variance_mode") == "absolute",
+            var: Variances {
+                stem: v("stem"),
+                pe: v("pe"),
+                q: v("q"),
+                k: v("k"),
+                v: v("v"),
+                u: v("u"),
+                w: v("w"),
+                x: v("x"),
+                head: v("head"),
+                bias: v("bias"),
+            },
+            n_in,
+            tokens,
+        };
+        let inputs = InputSpec {
+            kind,
+            sequences,
+            tokens,
+            dim,
+            correlation: float("inputs.correlation"),
+            seed: int("inputs.seed") as u64,
+            vocab,
+            ids,
+        };
+        let run = RunSpec {
+            name: word("run.name"),
+            samples: int("run.samples"),
+            seed: int("run.seed") as u64,
+            sampler: match word("run.sampler").as_str() {
+                "dense" => Sampler::Dense,
+                "conditional" => Sampler::Conditional,
+                _ => Sampler::Auto,
+            },
+            backward: match word("run.backward").as_str() {
+                "none" => Backward::None,
+                "pairs" => Backward::Pairs,
+                _ => Backward::Trace,
+            },
+        };
+        Ok(Config {
+            model,
+            inputs,
+            run,
+            values,
+            explicit: explicit.clone(),
+        })
+    }
+
+    /// Whether the user gave `key` explicitly.
+    pub fn is_explicit(&self, key: &str) -> bool {
+        self.explicit.contains(key)
+    }
+
+    /// Replaces the input shape after a probe file fixed it (dim, sequences, tokens).
+    pub fn set_input_shape(&mut self, sequences: usize, tokens: usize, dim: Option<usize>) {
+        self.inputs.sequences = sequences;
+        self.inputs.tokens = tokens;
+        self.model.tokens = tokens;
+        self.values
+            .insert("inputs.sequences".into(), Value::from(sequences as i64));
+        self.values
+            .insert("inputs.tokens".into(), Value::from(tokens as i64));
+        if let Some(d) = dim {
+            self.inputs.dim = d;
+            self.model.n_in = d;
+            self.values
+                .insert("inputs.dim".into(), Value::from(d as i64));
+        }
+    }
+
+    /// Points the resolved config at a probe file (written beside the outputs).
+    pub fn set_input_file(&mut self, path: &str) {
+        self.inputs.kind = InputKind::File(PathBuf::from(path));
+        self.values
+            .insert("inputs.kind".into(), Value::from("file"));
+        self.values.insert("inputs.path".into(), Value::from(path));
+        self.values.remove("inputs.ids");
+    }
+}
+
+fn lookup(key: &str) -> Result<&'static Key, ConfigError> {
+    schema::find(key).ok_or_else(|| ConfigError::UnknownKey {
+        key: key.to_string(),
+        suggestion: schema::closest(key).to_string(),
+    })
+}
+
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut BTreeMap<String, Value>,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Table(t) if schema::find(&key).is_none() && is_section(&key) => {
+                flatten(&key, t, out)?
+            }
+            _ => {
+                lookup(&key)?;
+                out.insert(key, v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_section(key: &str) -> bool {
+    let dotted = format!("{key}.");
+    schema::KEYS.iter().any(|k| k.name.starts_with(&dotted))
+}
+
+fn check_kind(key: &Key, v: &Value) -> Result<(), ConfigError> {
+    let name = key.name;
+    match key.kind {
+        Kind::Int { min } => match v.as_integer() {
+            Some(i) if i >= min => Ok(()),
+            Some(_) => Err(bad(name, v, format!("expected a whole number ≥ {min}"))),
+            None => Err(bad(name, v, format!("expected a whole number ≥ {min}"))),
+        },
+        Kind::Float { min, max } => {
+            let x = v.as_float().or(v.as_integer().map(|i| i as f64));
+            match x {
+                Some(x) if x.is_finite() && x >= min && x <= max => Ok(()),
+                _ => Err(bad(name, v, describe_range(min, max))),
+            }
+        }
+        Kind::Bool => v
+            .as_bool()
+            .map(|_| ())
+            .ok_or_else(|| bad(name, v, "expected true or false")),
+        Kind::Choice(options) => match v.as_str() {
+            Some(s) if options.contains(&s) => Ok(()),
+            _ => Err(bad(
+                name,
+                v,
+                format!("expected one of {}", options.join(", ")),
+            )),
+        },
+        Kind::Text => v
+            .as_str()
+            .map(|_| ())
+            .ok_or_else(|| bad(name, v, "expected a string")),
+        Kind::IdMatrix => {
+            let ok = v.as_array().is_some_and(|rows| {
+                rows.iter().all(|r| {
+                    r.as_array()
+                        .is_some_and(|a| a.iter().all(|x| x.as_integer().is_some_and(|i| i >= 0)))
+                })
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(bad(
+                    name,
+                    v,
+                    "expected a list of lists of token ids ≥ 0, e.g. [[3, 17, 5]]",
+                ))
+            }
+        }
+    }
+}
+
+fn describe_range(min: f64, max: f64) -> String {
+    match (min.is_finite(), max.is_finite()) {
+        (true, true) => format!("expected a finite number in [{min}, {max}]"),
+        (true, false) => format!("expected a finite number ≥ {min}"),
+        _ => "expected a finite number".into(),
+    }
+}
+
+fn parse_cli_value(key: &Key, raw: &str) -> Result<Value, ConfigError> {
+    let unquoted = raw.trim_matches('"');
+    let v = match key.kind {
+        Kind::Int { .. } => raw.parse::<i64>().map(Value::from).map_err(|_| raw),
+        Kind::Float { .. } => raw.parse::<f64>().map(Value::from).map_err(|_| raw),
+        Kind::Bool => raw.parse::<bool>().map(Value::from).map_err(|_| raw),
+        Kind::Choice(_) | Kind::Text => Ok(Value::from(unquoted)),
+        Kind::IdMatrix => format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("v").cloned())
+            .ok_or(raw),
+    };
+    let v = v.map_err(|raw| bad(key.name, &Value::from(raw), kind_hint(key.kind)))?;
+    check_kind(key, &v)?;
+    Ok(v)
+}
+
+fn kind_hint(kind: Kind) -> String {
+    match kind {
+        Kind::Int { min } => format!("expected a whole number ≥ {min}"),
+        Kind::Float { min, max } => describe_range(min, max),
+        Kind::Bool => "expected true or false".into(),
+        Kind::Choice(o) => format!("expected one of {}", o.join(", ")),
+        Kind::Text => "expected a string".into(),
+        Kind::IdMatrix => "expected a list of lists of token ids, e.g. [[3, 17, 5]]".into(),
+    }
+}
+
+fn insert_dotted(root: &mut toml::Table, key: &str, v: Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut t = root;
+    for p in parts {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("config sections are tables");
+    }
+    t.insert(last.to_string(), v);
+}
+
+/// Folds a multi-line message (toml's error with a source excerpt) into one line.
+pub fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_paper_vit_shape() {
+        let c = ConfigBuilder::new().build().unwrap();
+        assert_eq!(c.model.width, 512);
+        assert_eq!(c.model.blocks.len(), 12);
+        assert_eq!(c.model.head_layer(), 14);
+    }
+
+    #[test]
+    fn round_trip_gives_the_same_model() {
+        for p in schema::PRESETS {
+            let c = Config::preset(p).unwrap();
+            let text = c.to_toml();
+            let back = ConfigBuilder::new()
+                .toml_str(&text, "round-trip")
+                .unwrap()
+                .build()
+                .unwrap();
+            assert_eq!(c.model, back.model, "preset {p}");
+            assert_eq!(c.inputs, back.inputs, "preset {p}");
+            assert_eq!(c.run, back.run, "preset {p}");
+        }
+    }
+
+    #[test]
+    fn set_overrides_and_errors_are_one_line() {
+        let c = ConfigBuilder::new()
+            .set("model.width=256")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.model.width, 256);
+        let e = ConfigBuilder::new()
+            .set("model.widht=256")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("model.width"), "{e}");
+        let e = ConfigBuilder::new()
+            .set("model.width=100")
+            .unwrap()
+            .build()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("divisible"), "{e}");
+        let e = ConfigBuilder::new()
+            .set("model.variances.q=-1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("model.variances.q") && !e.contains('\n'), "{e}");
+        let e = ConfigBuilder::new()
+            .set("model.variances.q=nan")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("finite"), "{e}");
+        let e = ConfigBuilder::new()
+            .set("model.activation=sigmoid")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("relu") && e.contains("gelu"), "{e}");
+    }
+}

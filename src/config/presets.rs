@@ -1,0 +1,89 @@
+//! Named presets, each after its source. A preset is a set of key overrides on top of
+//! the defaults; keys the user sets explicitly override the preset.
+
+use toml::Value;
+
+/// The preset's overrides as (key, value) pairs.
+pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
+    let v = |x: f64| Value::from(x);
+    let s = |x: &str| Value::from(x);
+    let i = |x: i64| Value::from(x);
+    let b = |x: bool| Value::from(x);
+    Some(match name {
+        // The paper's Vision Transformer experiments (§II 1): C_Q = C_K = C_V = 1/2, C_U = 1/3,
+        // C_W = 2/5, C_X = 8/5, C_patch = C_head = 1, C_PE = 0.02², GELU, M = 4, ε = 1e-6.
+        "paper-vit" => vec![
+            ("model.stem", s("dense")),
+            ("model.norm", s("pre")),
+            ("model.activation", s("gelu")),
+            ("model.mlp_mult", i(4)),
+            ("model.ln_eps", v(1e-6)),
+            ("model.variances.stem", v(1.0)),
+            ("model.variances.pe", v(0.02 * 0.02)),
+            ("model.variances.q", v(0.5)),
+            ("model.variances.k", v(0.5)),
+            ("model.variances.v", v(0.5)),
+            ("model.variances.u", v(1.0 / 3.0)),
+            ("model.variances.w", v(0.4)),
+            ("model.variances.x", v(1.6)),
+            ("model.variances.head", v(1.0)),
+            ("model.variances.bias", v(0.0)),
+        ],
+        // The paper's language experiments (§II 2): word embedding with C_WE = 1, positional
+        // embedding, and a head tied to the word embedding with N_rescale = n^{-1/2} (1.33).
+        "paper-lm" => vec![
+            ("model.stem", s("embedding")),
+            ("model.head", s("tied")),
+            ("model.norm", s("pre")),
+            ("model.activation", s("gelu")),
+            ("model.mlp_mult", i(4)),
+            ("model.ln_eps", v(1e-6)),
+            ("model.variances.stem", v(1.0)),
+            ("model.variances.pe", v(0.02 * 0.02)),
+            ("model.variances.q", v(0.5)),
+            ("model.variances.k", v(0.5)),
+            ("model.variances.v", v(0.5)),
+            ("model.variances.u", v(1.0 / 3.0)),
+            ("model.variances.w", v(0.4)),
+            ("model.variances.x", v(1.6)),
+            ("model.variances.head", v(1.0)),
+            ("model.variances.bias", v(0.0)),
+            ("inputs.kind", s("tokens")),
+            ("inputs.vocab", i(1000)),
+        ],
+        // Standard parameterization as in BART-style code: every weight and embedding drawn
+        // with std 0.02 at every width (variance 4e-4, not divided by fan-in), zero biases.
+        "standard" => vec![
+            ("model.variance_mode", s("absolute")),
+            ("model.variances.stem", v(0.02 * 0.02)),
+            ("model.variances.pe", v(0.02 * 0.02)),
+            ("model.variances.q", v(0.02 * 0.02)),
+            ("model.variances.k", v(0.02 * 0.02)),
+            ("model.variances.v", v(0.02 * 0.02)),
+            ("model.variances.u", v(0.02 * 0.02)),
+            ("model.variances.w", v(0.02 * 0.02)),
+            ("model.variances.x", v(0.02 * 0.02)),
+            ("model.variances.head", v(0.02 * 0.02)),
+            ("model.variances.bias", v(0.0)),
+        ],
+        // The book's plain ReLU MLP at criticality: C_W = 2, C_b = 0 in every layer, the first
+        // layer and the head included (PDLT §5), equal widths, two inputs.
+        "mlp-book" => vec![
+            ("model.norm", s("mlp")),
+            ("model.pattern", s("M")),
+            ("model.activation", s("relu")),
+            ("model.width", i(128)),
+            ("model.n_out", i(128)),
+            ("model.layers", i(8)),
+            ("model.variances.stem", v(2.0)),
+            ("model.variances.w", v(2.0)),
+            ("model.variances.head", v(2.0)),
+            ("model.variances.bias", v(0.0)),
+            ("model.causal", b(false)),
+            ("inputs.sequences", i(2)),
+            ("inputs.tokens", i(1)),
+            ("inputs.dim", i(128)),
+        ],
+        _ => return None,
+    })
+}

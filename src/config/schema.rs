@@ -1,0 +1,208 @@
+//! The table of every configuration key: its type, default and allowed values.
+//!
+//! This table is the public contract of SPEC §3. Defaults follow the SPEC's example file;
+//! presets (in `presets.rs`) override them, the user's file overrides the preset, and
+//! `--set key=value` overrides the file. Unknown keys are reported with the closest valid one.
+
+use toml::Value;
+
+/// What a key accepts. Bounds are inclusive unless stated.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// An integer at least `min`.
+    Int {
+        min: i64,
+    },
+    /// A finite float in [min, max].
+    Float {
+        min: f64,
+        max: f64,
+    },
+    Bool,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// Free text (a path, a name, a pattern string checked later).
+    Text,
+    /// A list of lists of non-negative integers (token ids per sequence).
+    IdMatrix,
+}
+
+pub struct Key {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// `None`: the key is optional and absent by default.
+    pub default: Option<fn() -> Value>,
+}
+
+const INF: f64 = f64::INFINITY;
+
+macro_rules! key {
+    ($name:expr, $kind:expr) => {
+        Key {
+            name: $name,
+            kind: $kind,
+            default: None,
+        }
+    };
+    ($name:expr, $kind:expr, $default:expr) => {
+        Key {
+            name: $name,
+            kind: $kind,
+            default: Some(|| Value::from($default)),
+        }
+    };
+}
+
+pub const STEMS: &[&str] = &["dense", "embedding"];
+pub const NORMS: &[&str] = &["pre", "post", "none", "mlp"];
+pub const ACTIVATIONS: &[&str] = &["relu", "gelu", "tanh", "linear", "erf", "silu", "swish"];
+pub const HEADS: &[&str] = &["dense", "pooled", "tied"];
+pub const INITS: &[&str] = &["gaussian", "uniform"];
+pub const VARIANCE_MODES: &[&str] = &["fan_in", "absolute"];
+pub const INPUT_KINDS: &[&str] = &["gaussian", "tokens", "file"];
+pub const SAMPLERS: &[&str] = &["auto", "dense", "conditional"];
+pub const BACKWARDS: &[&str] = &["none", "trace", "pairs"];
+pub const PRESETS: &[&str] = &["paper-vit", "paper-lm", "standard", "mlp-book"];
+
+/// Every valid key, in the order `config.toml` is written.
+pub const KEYS: &[Key] = &[
+    key!("model.preset", Kind::Choice(PRESETS)),
+    key!("model.stem", Kind::Choice(STEMS), "dense"),
+    key!("model.width", Kind::Int { min: 1 }, 512),
+    key!("model.heads", Kind::Int { min: 1 }, 8),
+    key!("model.mlp_mult", Kind::Int { min: 1 }, 4),
+    key!("model.pattern", Kind::Text, "AM"),
+    key!("model.layers", Kind::Int { min: 1 }, 6),
+    key!("model.norm", Kind::Choice(NORMS), "pre"),
+    key!("model.activation", Kind::Choice(ACTIVATIONS), "gelu"),
+    key!(
+        "model.logit_exponent",
+        Kind::Float { min: 0.0, max: INF },
+        0.5
+    ),
+    key!("model.causal", Kind::Bool, false),
+    key!("model.zero_queries", Kind::Bool, false),
+    key!("model.ln_eps", Kind::Float { min: 0.0, max: INF }, 1e-6),
+    key!(
+        "model.xi",
+        Kind::Float {
+            min: -INF,
+            max: INF
+        },
+        1.0
+    ),
+    key!(
+        "model.gamma_res",
+        Kind::Float {
+            min: -INF,
+            max: INF
+        },
+        1.0
+    ),
+    key!("model.head", Kind::Choice(HEADS), "dense"),
+    key!(
+        "model.head_s",
+        Kind::Float {
+            min: -INF,
+            max: INF
+        },
+        0.0
+    ),
+    key!("model.n_out", Kind::Int { min: 1 }, 512),
+    key!("model.init", Kind::Choice(INITS), "gaussian"),
+    // Extension: `absolute` uses each C as the variance itself, not C/fan_in
+    // (the standard parameterization: every weight std 0.02 at any width).
+    key!(
+        "model.variance_mode",
+        Kind::Choice(VARIANCE_MODES),
+        "fan_in"
+    ),
+    key!(
+        "model.variances.stem",
+        Kind::Float { min: 0.0, max: INF },
+        1.0
+    ),
+    key!(
+        "model.variances.pe",
+        Kind::Float { min: 0.0, max: INF },
+        0.0
+    ),
+    key!("model.variances.q", Kind::Float { min: 0.0, max: INF }, 0.5),
+    key!("model.variances.k", Kind::Float { min: 0.0, max: INF }, 0.5),
+    key!("model.variances.v", Kind::Float { min: 0.0, max: INF }, 0.5),
+    key!(
+        "model.variances.u",
+        Kind::Float { min: 0.0, max: INF },
+        1.0 / 3.0
+    ),
+    key!("model.variances.w", Kind::Float { min: 0.0, max: INF }, 0.4),
+    key!("model.variances.x", Kind::Float { min: 0.0, max: INF }, 1.6),
+    key!(
+        "model.variances.head",
+        Kind::Float { min: 0.0, max: INF },
+        1.0
+    ),
+    key!(
+        "model.variances.bias",
+        Kind::Float { min: 0.0, max: INF },
+        0.0
+    ),
+    key!("inputs.kind", Kind::Choice(INPUT_KINDS), "gaussian"),
+    key!("inputs.sequences", Kind::Int { min: 1 }, 1),
+    key!("inputs.tokens", Kind::Int { min: 1 }, 16),
+    key!("inputs.dim", Kind::Int { min: 1 }, 768),
+    key!(
+        "inputs.correlation",
+        Kind::Float { min: 0.0, max: 1.0 },
+        0.5
+    ),
+    key!("inputs.seed", Kind::Int { min: 0 }, 1),
+    key!("inputs.path", Kind::Text),
+    key!("inputs.vocab", Kind::Int { min: 1 }, 1000),
+    key!("inputs.ids", Kind::IdMatrix),
+    key!("run.name", Kind::Text),
+    key!("run.samples", Kind::Int { min: 1 }, 1000),
+    key!("run.seed", Kind::Int { min: 0 }, 0),
+    key!("run.sampler", Kind::Choice(SAMPLERS), "auto"),
+    key!("run.backward", Kind::Choice(BACKWARDS), "trace"),
+];
+
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The valid key closest to `name` in edit distance, for "did you mean" hints.
+pub fn closest(name: &str) -> &'static str {
+    KEYS.iter()
+        .map(|k| (edit_distance(name, k.name), k.name))
+        .min()
+        .map(|(_, n)| n)
+        .unwrap_or("model.width")
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_key_finds_typos() {
+        assert_eq!(closest("model.widht"), "model.width");
+        assert_eq!(closest("model.variances.qq"), "model.variances.q");
+        assert_eq!(closest("model.activaton"), "model.activation");
+    }
+}

@@ -1,0 +1,259 @@
+//! Multi-head self-attention (§I 0 C): q, k, v = Q s, K s, V s per head (1.13)–(1.15),
+//! logits Ω̃ = q·k / C^a (1.16) with a = 1/2 (the paper) or 1 (μP), softmax over keys,
+//! bidirectional (1.17) or causal (1.18), and r = U (Ω v) (1.19).
+//! Var Q, K, V, U = C_{Q,K,V,U}/n (1.27)–(1.30); zero-initialized queries set Q = 0.
+//!
+//! Theory (1.61)–(1.65): logits are jointly Gaussian with covariance C_Q C_K F⊗F,
+//! independent across heads; the kernel increment is C_U C_V Σ E[Ω Ω] F.
+//!
+//! Shapes: s, q, k, v, o are (D × n); head h owns columns h·C … (h+1)·C; sequence σ owns
+//! rows σ·T … (σ+1)·T. Logits and weights are (S·H × T × T), indexed σ·H + h.
+
+use ndarray::{Array2, Array3, ArrayView2, Axis, s};
+
+use super::init::{self, Stream};
+use super::{GradSink, GradTerm, Group, Params, linalg};
+use crate::config::ModelSpec;
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub u: usize,
+    /// Biases of q, k, v and the output (1 × n each), when C_b > 0.
+    pub bias: Option<[usize; 4]>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    pub q: Array2<f64>,
+    pub k: Array2<f64>,
+    pub v: Array2<f64>,
+    /// Ω̃, before the mask.
+    pub logits: Array3<f64>,
+    /// Ω; zero above the diagonal when causal.
+    pub attn: Array3<f64>,
+    /// Ω v, heads side by side (the input of U).
+    pub o: Array2<f64>,
+}
+
+impl Attention {
+    pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Attention {
+        let n = spec.width;
+        let var = |c: f64| spec.weight_var(c, n);
+        let cq = if spec.zero_queries { 0.0 } else { spec.var.q };
+        let mut mat = |g: Group, name: &str, c: f64, rng: &mut Stream| {
+            p.push(
+                g,
+                layer,
+                format!("block{layer}.attn.{name}"),
+                init::draw(n, n, var(c), spec.init, rng),
+                n,
+            )
+        };
+        let q = mat(Group::Q, "q", cq, rng);
+        let k = mat(Group::K, "k", spec.var.k, rng);
+        let v = mat(Group::V, "v", spec.var.v, rng);
+        let u = mat(Group::U, "u", spec.var.u, rng);
+        let bias = spec.has_bias().then(|| {
+            ["bq", "bk", "bv", "bu"].map(|name| {
+                p.push(
+                    Group::Bias,
+                    layer,
+                    format!("block{layer}.attn.{name}"),
+                    init::draw(1, n, spec.var.bias, spec.init, rng),
+                    1,
+                )
+            })
+        });
+        Attention { q, k, v, u, bias }
+    }
+
+    fn project(&self, p: &Params, w: usize, b: Option<usize>, s: ArrayView2<f64>) -> Array2<f64> {
+        let mut y = linalg::mm_t(s, p.get(w).view());
+        if let Some(b) = b {
+            y += &p.get(b).row(0);
+        }
+        y
+    }
+
+    /// r (D × n) from the block input s (D × n).
+    pub fn forward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        s: ArrayView2<f64>,
+        seqs: usize,
+        t: usize,
+    ) -> (Array2<f64>, Cache) {
+        let (h_count, c) = (spec.heads, spec.channels());
+        let b = |i: usize| self.bias.map(|b| b[i]);
+        let q = self.project(p, self.q, b(0), s);
+        let k = self.project(p, self.k, b(1), s);
+        let v = self.project(p, self.v, b(2), s);
+        let scale = (c as f64).powf(-spec.logit_exponent);
+        let mut logits = Array3::zeros((seqs * h_count, t, t));
+        let mut attn = Array3::zeros((seqs * h_count, t, t));
+        let mut o = Array2::zeros(s.raw_dim());
+        for sq in 0..seqs {
+            let rows = s![sq * t..(sq + 1) * t, ..];
+            for h in 0..h_count {
+                let cols = s![.., h * c..(h + 1) * c];
+                let qh = q.slice(rows).slice_move(cols);
+                let kh = k.slice(rows).slice_move(cols);
+                let vh = v.slice(rows).slice_move(cols);
+                let idx = sq * h_count + h;
+                let mut lg = logits.index_axis_mut(Axis(0), idx);
+                linalg::gemm(scale, qh, kh.t(), 0.0, &mut lg);
+                let mut w = attn.index_axis_mut(Axis(0), idx);
+                softmax_rows(lg.view(), &mut w, spec.causal);
+                let mut oh = o.slice_mut(s![sq * t..(sq + 1) * t, h * c..(h + 1) * c]);
+                linalg::gemm(1.0, w.view(), vh, 0.0, &mut oh);
+            }
+        }
+        let r = self.project(p, self.u, b(3), o.view());
+        (
+            r,
+            Cache {
+                q,
+                k,
+                v,
+                logits,
+                attn,
+                o,
+            },
+        )
+    }
+
+    /// ∂f/∂s from ∂f/∂r = g; parameter terms go to `sink`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        s: ArrayView2<f64>,
+        cache: &Cache,
+        g: ArrayView2<f64>,
+        t: usize,
+        sink: &mut impl GradSink,
+    ) -> Array2<f64> {
+        let (h_count, c) = (spec.heads, spec.channels());
+        let seqs = s.nrows() / t;
+        let scale = (c as f64).powf(-spec.logit_exponent);
+        // r = o Uᵀ + b_u
+        sink.term(
+            self.u,
+            GradTerm::Linear {
+                input: cache.o.view(),
+                grad: g,
+                scale: 1.0,
+            },
+        );
+        let d_o = linalg::mm(g, p.get(self.u).view());
+        let mut dq = Array2::zeros(s.raw_dim());
+        let mut dk = Array2::zeros(s.raw_dim());
+        let mut dv = Array2::zeros(s.raw_dim());
+        let mut d_attn = Array2::zeros((t, t));
+        for sq in 0..seqs {
+            for h in 0..h_count {
+                let blk = s![sq * t..(sq + 1) * t, h * c..(h + 1) * c];
+                let idx = sq * h_count + h;
+                let w = cache.attn.index_axis(Axis(0), idx);
+                let doh = d_o.slice(blk);
+                // o_h = Ω v_h
+                linalg::gemm(
+                    1.0,
+                    doh,
+                    cache.v.slice(blk).t(),
+                    0.0,
+                    &mut d_attn.view_mut(),
+                );
+                linalg::gemm(1.0, w.t(), doh, 0.0, &mut dv.slice_mut(blk));
+                // Softmax: ∂Ω̃_{tt'} = Ω_{tt'} (∂Ω_{tt'} − Σ_u Ω_{tu} ∂Ω_{tu}); masked Ω = 0.
+                for (mut drow, wrow) in d_attn.rows_mut().into_iter().zip(w.rows()) {
+                    let dot: f64 = drow.iter().zip(wrow.iter()).map(|(a, b)| a * b).sum();
+                    drow.zip_mut_with(&wrow, |d, &wi| *d = wi * (*d - dot));
+                }
+                // Ω̃ = scale · q_h k_hᵀ
+                linalg::gemm(
+                    scale,
+                    d_attn.view(),
+                    cache.k.slice(blk),
+                    0.0,
+                    &mut dq.slice_mut(blk),
+                );
+                linalg::gemm(
+                    scale,
+                    d_attn.t(),
+                    cache.q.slice(blk),
+                    0.0,
+                    &mut dk.slice_mut(blk),
+                );
+            }
+        }
+        if let Some(b) = self.bias {
+            sink.term(b[3], GradTerm::Bias { grad: g });
+            sink.term(b[0], GradTerm::Bias { grad: dq.view() });
+            sink.term(b[1], GradTerm::Bias { grad: dk.view() });
+            sink.term(b[2], GradTerm::Bias { grad: dv.view() });
+        }
+        sink.term(
+            self.q,
+            GradTerm::Linear {
+                input: s,
+                grad: dq.view(),
+                scale: 1.0,
+            },
+        );
+        sink.term(
+            self.k,
+            GradTerm::Linear {
+                input: s,
+                grad: dk.view(),
+                scale: 1.0,
+            },
+        );
+        sink.term(
+            self.v,
+            GradTerm::Linear {
+                input: s,
+                grad: dv.view(),
+                scale: 1.0,
+            },
+        );
+        let mut ds = linalg::mm(dq.view(), p.get(self.q).view());
+        linalg::gemm(
+            1.0,
+            dk.view(),
+            p.get(self.k).view(),
+            1.0,
+            &mut ds.view_mut(),
+        );
+        linalg::gemm(
+            1.0,
+            dv.view(),
+            p.get(self.v).view(),
+            1.0,
+            &mut ds.view_mut(),
+        );
+        ds
+    }
+}
+
+/// Row softmax of `logits` into `out`; with `causal`, key t' > query t gets weight 0 (1.18).
+fn softmax_rows(logits: ArrayView2<f64>, out: &mut ndarray::ArrayViewMut2<f64>, causal: bool) {
+    for (t, (lrow, mut orow)) in logits.rows().into_iter().zip(out.rows_mut()).enumerate() {
+        let keys = if causal { t + 1 } else { lrow.len() };
+        let max = lrow
+            .iter()
+            .take(keys)
+            .fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0.0;
+        for (j, o) in orow.iter_mut().enumerate() {
+            *o = if j < keys { (lrow[j] - max).exp() } else { 0.0 };
+            sum += *o;
+        }
+        orow.mapv_inplace(|x| x / sum);
+    }
+}

@@ -1,0 +1,203 @@
+//! The MLP block (§I 0 D): w = W s (1.20), r = X σ(w) (1.21), Var W = C_W/n (1.31),
+//! Var X = C_X/(M n) (1.32), optional biases with variance C_b.
+//! And the book's plain layer z^{ℓ+1} = b + W σ(z^ℓ) (PDLT (2.5)) for `mlp` mode.
+//!
+//! Theory (1.77): the kernel increment is C_X ⟨σ σ⟩ under the Gaussian of covariance
+//! C_W F; the book's layer maps K → C_b + C_W ⟨σ σ⟩_K.
+
+use ndarray::{Array2, ArrayView2, Zip};
+
+use super::init::{self, Stream};
+use super::{GradSink, GradTerm, Group, Params, linalg};
+use crate::config::ModelSpec;
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// (M n × n)
+    pub w: usize,
+    /// (n × M n)
+    pub x: usize,
+    pub bw: Option<usize>,
+    pub bx: Option<usize>,
+}
+
+/// Preactivation w (the `hidden` site) and σ(w).
+#[derive(Clone, Debug)]
+pub struct Cache {
+    pub w: Array2<f64>,
+    pub a: Array2<f64>,
+}
+
+fn affine(p: &Params, w: usize, b: Option<usize>, x: ArrayView2<f64>) -> Array2<f64> {
+    let mut y = linalg::mm_t(x, p.get(w).view());
+    if let Some(b) = b {
+        y += &p.get(b).row(0);
+    }
+    y
+}
+
+impl Mlp {
+    pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Mlp {
+        let n = spec.width;
+        let m = spec.mlp_mult * n;
+        let w = p.push(
+            Group::W,
+            layer,
+            format!("block{layer}.mlp.w"),
+            init::draw(m, n, spec.weight_var(spec.var.w, n), spec.init, rng),
+            n,
+        );
+        let x = p.push(
+            Group::X,
+            layer,
+            format!("block{layer}.mlp.x"),
+            init::draw(n, m, spec.weight_var(spec.var.x, m), spec.init, rng),
+            m,
+        );
+        let (bw, bx) = if spec.has_bias() {
+            let bw = p.push(
+                Group::Bias,
+                layer,
+                format!("block{layer}.mlp.bw"),
+                init::draw(1, m, spec.var.bias, spec.init, rng),
+                1,
+            );
+            let bx = p.push(
+                Group::Bias,
+                layer,
+                format!("block{layer}.mlp.bx"),
+                init::draw(1, n, spec.var.bias, spec.init, rng),
+                1,
+            );
+            (Some(bw), Some(bx))
+        } else {
+            (None, None)
+        };
+        Mlp { w, x, bw, bx }
+    }
+
+    pub fn forward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        s: ArrayView2<f64>,
+    ) -> (Array2<f64>, Cache) {
+        let w = affine(p, self.w, self.bw, s);
+        let act = spec.activation;
+        let a = w.mapv(|z| act.f(z));
+        let r = affine(p, self.x, self.bx, a.view());
+        (r, Cache { w, a })
+    }
+
+    pub fn backward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        s: ArrayView2<f64>,
+        cache: &Cache,
+        g: ArrayView2<f64>,
+        sink: &mut impl GradSink,
+    ) -> Array2<f64> {
+        sink.term(
+            self.x,
+            GradTerm::Linear {
+                input: cache.a.view(),
+                grad: g,
+                scale: 1.0,
+            },
+        );
+        if let Some(bx) = self.bx {
+            sink.term(bx, GradTerm::Bias { grad: g });
+        }
+        let mut dw = linalg::mm(g, p.get(self.x).view());
+        let act = spec.activation;
+        Zip::from(&mut dw)
+            .and(&cache.w)
+            .for_each(|d, &z| *d *= act.df(z));
+        sink.term(
+            self.w,
+            GradTerm::Linear {
+                input: s,
+                grad: dw.view(),
+                scale: 1.0,
+            },
+        );
+        if let Some(bw) = self.bw {
+            sink.term(bw, GradTerm::Bias { grad: dw.view() });
+        }
+        linalg::mm(dw.view(), p.get(self.w).view())
+    }
+}
+
+/// The book's layer z^{ℓ+1} = b + W σ(z^ℓ), W (n × n) with Var C_W/n.
+#[derive(Clone, Debug)]
+pub struct BookLayer {
+    pub w: usize,
+    pub b: Option<usize>,
+}
+
+/// σ(z^ℓ).
+#[derive(Clone, Debug)]
+pub struct BookCache {
+    pub a: Array2<f64>,
+}
+
+impl BookLayer {
+    pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> BookLayer {
+        let n = spec.width;
+        let w = p.push(
+            Group::W,
+            layer,
+            format!("layer{layer}.w"),
+            init::draw(n, n, spec.weight_var(spec.var.w, n), spec.init, rng),
+            n,
+        );
+        let b = spec.has_bias().then(|| {
+            p.push(
+                Group::Bias,
+                layer,
+                format!("layer{layer}.b"),
+                init::draw(1, n, spec.var.bias, spec.init, rng),
+                1,
+            )
+        });
+        BookLayer { w, b }
+    }
+
+    pub fn forward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        z: ArrayView2<f64>,
+    ) -> (Array2<f64>, BookCache) {
+        let act = spec.activation;
+        let a = z.mapv(|x| act.f(x));
+        (affine(p, self.w, self.b, a.view()), BookCache { a })
+    }
+
+    pub fn backward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        z: ArrayView2<f64>,
+        cache: &BookCache,
+        g: ArrayView2<f64>,
+        sink: &mut impl GradSink,
+    ) -> Array2<f64> {
+        sink.term(
+            self.w,
+            GradTerm::Linear {
+                input: cache.a.view(),
+                grad: g,
+                scale: 1.0,
+            },
+        );
+        if let Some(b) = self.b {
+            sink.term(b, GradTerm::Bias { grad: g });
+        }
+        let mut dz = linalg::mm(g, p.get(self.w).view());
+        let act = spec.activation;
+        Zip::from(&mut dz).and(&z).for_each(|d, &x| *d *= act.df(x));
+        dz
+    }
+}

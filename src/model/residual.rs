@@ -1,0 +1,17 @@
+//! The residual add z^{ℓ+1} = ξ z^ℓ + γ_res R (1.3), (1.5) with footnote 3's skip weight ξ.
+//!
+//! ξ = γ_res = 1 is the paper; γ_res = 1/√B and similar depth rules are common.
+
+use ndarray::{Array2, ArrayView2};
+
+/// ξ·z + γ·r.
+pub fn forward(xi: f64, gamma: f64, z: ArrayView2<f64>, r: ArrayView2<f64>) -> Array2<f64> {
+    let mut out = r.to_owned();
+    out.zip_mut_with(&z, |o, &zi| *o = xi * zi + gamma * *o);
+    out
+}
+
+/// Splits the gradient of the sum: (∂/∂z, ∂/∂r) = (ξ g, γ g).
+pub fn backward(xi: f64, gamma: f64, g: ArrayView2<f64>) -> (Array2<f64>, Array2<f64>) {
+    (g.mapv(|x| xi * x), g.mapv(|x| gamma * x))
+}
