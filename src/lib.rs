@@ -3,6 +3,9 @@
 //! Data flows one way (SPEC §0): `config` → `model` → `mc` (Monte Carlo ensembles) →
 //! `stats` (the CSV of SPEC §3), with `theory` predictions in the same schema.
 
+pub mod cmd;
 pub mod config;
 pub mod inputs;
+pub mod mc;
 pub mod model;
+pub mod stats;

@@ -634,6 +634,17 @@ impl Config {
         }
     }
 
+    /// Records the sampler a run actually used.
+    pub fn set_sampler(&mut self, s: Sampler) {
+        self.run.sampler = s;
+        let name = match s {
+            Sampler::Auto => "auto",
+            Sampler::Dense => "dense",
+            Sampler::Conditional => "conditional",
+        };
+        self.values.insert("run.sampler".into(), Value::from(name));
+    }
+
     /// Points the resolved config at a probe file (written beside the outputs).
     pub fn set_input_file(&mut self, path: &str) {
         self.inputs.kind = InputKind::File(PathBuf::from(path));

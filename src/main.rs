@@ -1,0 +1,45 @@
+//! The `sigprop` command line (SPEC §3). Errors print one line after the program's name
+//! and exit non-zero; nothing panics on bad input.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sigprop::cmd;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sigprop",
+    version,
+    about = "Signal propagation in wide and deep Transformers at initialization"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Monte Carlo ensemble: per-layer statistics with standard errors into DIR/stats.csv.
+    Simulate(cmd::simulate::SimulateArgs),
+    /// Combine shards of one ensemble exactly.
+    Merge(cmd::merge::MergeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Simulate(a) => cmd::simulate::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg: Vec<String> = e
+                .chain()
+                .map(|c| sigprop::config::one_line(&c.to_string()))
+                .collect();
+            eprintln!("sigprop: error: {}", msg.join(": "));
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The Monte Carlo engine: ensembles of randomly initialized networks, in parallel over
+//! samples, each sample drawn from its own stream (seed, sample index), so the result does
+//! not depend on the thread count. Sums stream into an [`Accumulator`]; a run can be cut
+//! into shards and merged, checkpointed, interrupted and resumed.
+
+pub mod ntk;
+pub mod observe;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use rayon::prelude::*;
+
+use crate::config::Backward;
+use crate::model::{Network, Probe, init};
+use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
+
+/// Samples per unit of parallel work; results are merged in chunk order.
+pub const CHUNK: u64 = 4;
+
+/// Set by the Ctrl-C handler; the engine stops after the current wave.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// An ensemble in progress: samples [first, end) of which [first, next) are done.
+pub struct Ensemble {
+    pub rows: Vec<(RowKey, Recipe)>,
+    pub acc: Accumulator,
+    pub first: u64,
+    pub next: u64,
+    pub end: u64,
+}
+
+impl Ensemble {
+    pub fn done(&self) -> bool {
+        self.next >= self.end
+    }
+}
+
+/// What a sample needs besides its index.
+pub struct Job<'a> {
+    pub spec: &'a crate::config::ModelSpec,
+    pub probe: &'a Probe,
+    pub backward: Backward,
+    pub seed: u64,
+}
+
+impl Job<'_> {
+    fn sample(&self, index: u64, describe: bool) -> Recorder {
+        let mut rng = init::stream(self.seed, index);
+        let net = Network::sample(self.spec, &mut rng);
+        let mut rec = Recorder::new(describe);
+        observe::observe(&net, self.probe, self.backward, &mut rng, &mut rec);
+        rec
+    }
+
+    /// Starts an ensemble over samples [first, end), running sample `first` to learn the
+    /// layout of slots and rows (it depends only on shapes).
+    pub fn start(&self, first: u64, end: u64) -> Ensemble {
+        let rec = self.sample(first, true);
+        let mut acc = Accumulator::new(rec.values.len());
+        acc.add(first, &rec.values, rec.diverged_at);
+        Ensemble {
+            rows: rec.rows.unwrap_or_default(),
+            acc,
+            first,
+            next: first + 1,
+            end,
+        }
+    }
+
+    /// The row recipes and the number of slots per sample (for merging and resuming).
+    pub fn layout(&self) -> (Vec<(RowKey, Recipe)>, usize) {
+        let rec = self.sample(0, true);
+        (rec.rows.unwrap_or_default(), rec.values.len())
+    }
+
+    /// Runs until done or interrupted, calling `after_wave` after each wave of chunks
+    /// (progress, checkpoints). Chunks are merged in order, so the sums do not depend on
+    /// the number of threads.
+    pub fn run(
+        &self,
+        ens: &mut Ensemble,
+        threads: usize,
+        mut after_wave: impl FnMut(&Ensemble) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .context("cannot start the thread pool")?;
+        let wave = CHUNK * 2 * threads as u64;
+        while !ens.done() && !INTERRUPTED.load(Ordering::SeqCst) {
+            let start = ens.next;
+            let stop = (start + wave).min(ens.end);
+            let chunks: Vec<(u64, u64)> = (start..stop)
+                .step_by(CHUNK as usize)
+                .map(|a| (a, (a + CHUNK).min(stop)))
+                .collect();
+            let slots = ens.acc.slots;
+            let parts: Vec<Accumulator> = pool.install(|| {
+                chunks
+                    .par_iter()
+                    .map(|&(a, b)| {
+                        let mut acc = Accumulator::new(slots);
+                        for k in a..b {
+                            let rec = self.sample(k, false);
+                            acc.add(k, &rec.values, rec.diverged_at);
+                        }
+                        acc
+                    })
+                    .collect()
+            });
+            for p in &parts {
+                ens.acc.merge(p);
+            }
+            ens.next = stop;
+            after_wave(ens)?;
+        }
+        Ok(())
+    }
+}
+
+const MAGIC: &[u8; 8] = b"SIGPRPM1";
+
+/// Writes the raw mergeable sums and the sample range (`moments.bin`), atomically.
+pub fn save_moments(path: &Path, ens: &Ensemble) -> anyhow::Result<()> {
+    let a = &ens.acc;
+    let mut b: Vec<u8> = Vec::with_capacity(64 + 16 * a.sum.len() + 16 * a.sumsq.len());
+    b.extend_from_slice(MAGIC);
+    for v in [
+        a.slots as u64,
+        ens.first,
+        ens.next,
+        ens.end,
+        a.diverged_at.map_or(u64::MAX, |d| d as u64),
+    ] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for c in &a.count {
+        b.extend_from_slice(&c.to_le_bytes());
+    }
+    for d in a.sum.iter().chain(&a.sumsq) {
+        b.extend_from_slice(&d.hi.to_le_bytes());
+        b.extend_from_slice(&d.lo.to_le_bytes());
+    }
+    crate::stats::csv::write_atomic(path, &b)
+}
+
+/// Reads `moments.bin`: the sums and (first, next, end).
+pub fn load_moments(path: &Path) -> anyhow::Result<(Accumulator, u64, u64, u64)> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() < 48 || &bytes[..8] != MAGIC {
+        bail!("{} is not a sigprop moments file", path.display());
+    }
+    let mut pos = 8;
+    let mut u = || {
+        let v = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes"));
+        pos += 8;
+        v
+    };
+    let (slots, first, next, end, div) = (u() as usize, u(), u(), u(), u());
+    let mut acc = Accumulator::new(slots);
+    for c in acc.count.iter_mut() {
+        *c = u();
+    }
+    let need = 8 + 8 * (5 + acc.count.len()) + 16 * (acc.sum.len() + acc.sumsq.len());
+    if bytes.len() != need {
+        bail!(
+            "{} is truncated or from another layout ({} bytes, expected {need})",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let f = |p: usize| f64::from_le_bytes(bytes[p..p + 8].try_into().expect("8 bytes"));
+    let mut p = 8 + 8 * (5 + acc.count.len());
+    for d in acc.sum.iter_mut().chain(acc.sumsq.iter_mut()) {
+        d.hi = f(p);
+        d.lo = f(p + 8);
+        p += 16;
+    }
+    acc.diverged_at = (div != u64::MAX).then_some(div as usize);
+    Ok((acc, first, next, end))
+}
+
+/// Installs the Ctrl-C handler once: the first Ctrl-C asks the run to checkpoint and stop.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "\ninterrupt: finishing the current samples and saving a checkpoint (Ctrl-C again to abort)"
+        );
+    });
+}

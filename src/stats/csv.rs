@@ -1,0 +1,89 @@
+//! The long-format CSV of SPEC §3, shared by Monte Carlo and theory:
+//! `source,config,width,heads,layer,block,site,observable,i,j,value,stderr,samples`.
+//! Matrix observables are symmetric in (i, j) and written for i ≤ j; summaries have
+//! i = j = −1; per-token rows have i = j = δ.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub source: String,
+    pub config: String,
+    pub width: usize,
+    pub heads: usize,
+    pub layer: usize,
+    pub block: String,
+    pub site: String,
+    pub observable: String,
+    pub i: i64,
+    pub j: i64,
+    pub value: f64,
+    pub stderr: f64,
+    pub samples: u64,
+}
+
+/// Writes rows to `path` atomically (a temporary file, then a rename).
+pub fn write(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    if rows.is_empty() {
+        w.write_record([
+            "source",
+            "config",
+            "width",
+            "heads",
+            "layer",
+            "block",
+            "site",
+            "observable",
+            "i",
+            "j",
+            "value",
+            "stderr",
+            "samples",
+        ])?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a stats CSV, naming the file and line of a malformed row.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut r = csv::Reader::from_path(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for rec in r.deserialize() {
+        let row: Row = rec.map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                crate::config::one_line(&e.to_string())
+            )
+        })?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Writes bytes to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees half a file and an interrupted write leaves the old one intact.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}

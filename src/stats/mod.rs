@@ -1,0 +1,10 @@
+//! Per-layer statistics: per-sample slots, their streaming sums, and the rows of the CSV
+//! schema of SPEC §3 (one schema for Monte Carlo and theory alike).
+
+pub mod accumulate;
+pub mod csv;
+pub mod recorder;
+
+pub use accumulate::Accumulator;
+pub use csv::Row;
+pub use recorder::{Recipe, Recorder, RowKey};

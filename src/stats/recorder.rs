@@ -1,0 +1,203 @@
+//! Turning one sample's forward/backward pass into slots, and slots into rows.
+//!
+//! The same code that fills a sample's slots also describes, on the first sample, how each
+//! output row is computed from slot means ([`Recipe`]), so the two cannot drift apart.
+
+use ndarray::ArrayView2;
+
+use super::accumulate::Accumulator;
+use super::csv::Row;
+use crate::model::linalg;
+
+/// Where a row lives: (layer, block, site, observable, i, j) of SPEC §3.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowKey {
+    pub layer: usize,
+    pub block: &'static str,
+    pub site: &'static str,
+    pub observable: String,
+    pub i: i64,
+    pub j: i64,
+}
+
+/// How a row's value and error follow from slot means.
+#[derive(Clone, Debug)]
+pub enum Recipe {
+    /// The mean of one slot.
+    Mean(usize),
+    /// mean over pairs of G_ij / sqrt(G_ii G_jj), a ratio of ensemble means; slots
+    /// (ij, ii, jj).
+    Corr(Vec<(usize, usize, usize)>),
+    /// width · (E[m2²] − E[m2]²): slots (m2, m2²).
+    Fluct { m2: usize, m2sq: usize, width: f64 },
+    /// E[m4] / (3 E[m2]²) − 1: slots (m2, m4).
+    Kurtosis { m2: usize, m4: usize },
+}
+
+/// Collects one sample's slot values; on request also the row recipes.
+pub struct Recorder {
+    pub values: Vec<f64>,
+    /// `Some` while describing the layout (first sample only).
+    pub rows: Option<Vec<(RowKey, Recipe)>>,
+    /// The smallest layer with a non-finite slot.
+    pub diverged_at: Option<usize>,
+}
+
+impl Recorder {
+    pub fn new(describe: bool) -> Self {
+        Recorder {
+            values: Vec::new(),
+            rows: describe.then(Vec::new),
+            diverged_at: None,
+        }
+    }
+
+    /// Stores one value and returns its slot.
+    pub fn slot(&mut self, layer: usize, v: f64) -> usize {
+        if !v.is_finite() {
+            self.diverged_at = Some(self.diverged_at.map_or(layer, |d| d.min(layer)));
+        }
+        self.values.push(v);
+        self.values.len() - 1
+    }
+
+    pub fn row(&mut self, key: RowKey, recipe: Recipe) {
+        if let Some(rows) = &mut self.rows {
+            rows.push((key, recipe));
+        }
+    }
+
+    /// A slot that is also its own row.
+    pub fn mean_row(&mut self, key: RowKey, v: f64) -> usize {
+        let s = self.slot(key.layer, v);
+        self.row(key, Recipe::Mean(s));
+        s
+    }
+
+    /// The kernel G_{δ1δ2} = (1/w) Σ_i z_{δ1 i} z_{δ2 i} of a site (rows are the D probe
+    /// tokens, T per sequence), its summaries, and, with `per_token`, the per-token
+    /// `fluct` and `kurtosis` (SPEC §2).
+    pub fn kernel(
+        &mut self,
+        layer: usize,
+        block: &'static str,
+        site: &'static str,
+        z: ArrayView2<f64>,
+        t: usize,
+        per_token: bool,
+    ) {
+        let d = z.nrows();
+        let w = z.ncols() as f64;
+        let g = linalg::gram(z) / w;
+        let key = |obs: &str, i: i64, j: i64| RowKey {
+            layer,
+            block,
+            site,
+            observable: obs.to_string(),
+            i,
+            j,
+        };
+        let mut idx = vec![0usize; d * d];
+        for i in 0..d {
+            for j in i..d {
+                let s = self.mean_row(key("kernel", i as i64, j as i64), g[[i, j]]);
+                idx[i * d + j] = s;
+                idx[j * d + i] = s;
+            }
+        }
+        let same_seq = |i: usize, j: usize| i / t == j / t;
+        let mean_over = |pred: &dyn Fn(usize, usize) -> bool| -> Option<f64> {
+            let (mut sum, mut cnt) = (0.0, 0usize);
+            for i in 0..d {
+                for j in 0..d {
+                    if pred(i, j) {
+                        sum += g[[i, j]];
+                        cnt += 1;
+                    }
+                }
+            }
+            (cnt > 0).then(|| sum / cnt as f64)
+        };
+        if let Some(v) = mean_over(&|i, j| i == j) {
+            self.mean_row(key("kernel_diag", -1, -1), v);
+        }
+        if let Some(v) = mean_over(&|i, j| i != j && same_seq(i, j)) {
+            self.mean_row(key("kernel_offdiag", -1, -1), v);
+            let pairs = (0..d)
+                .flat_map(|i| (i + 1..d).map(move |j| (i, j)))
+                .filter(|&(i, j)| same_seq(i, j))
+                .map(|(i, j)| (idx[i * d + j], idx[i * d + i], idx[j * d + j]))
+                .collect();
+            self.row(key("corr_offdiag", -1, -1), Recipe::Corr(pairs));
+        }
+        if let Some(v) = mean_over(&|i, j| !same_seq(i, j)) {
+            self.mean_row(key("kernel_cross", -1, -1), v);
+        }
+        if per_token {
+            for i in 0..d {
+                let m2 = idx[i * d + i];
+                let m2sq = self.slot(layer, g[[i, i]] * g[[i, i]]);
+                let m4 = self.slot(layer, z.row(i).iter().map(|x| x.powi(4)).sum::<f64>() / w);
+                self.row(
+                    key("fluct", i as i64, i as i64),
+                    Recipe::Fluct { m2, m2sq, width: w },
+                );
+                self.row(
+                    key("kurtosis", i as i64, i as i64),
+                    Recipe::Kurtosis { m2, m4 },
+                );
+            }
+        }
+    }
+}
+
+/// Evaluates every recipe on the accumulated sums. Rows at or above a diverged layer,
+/// and rows whose value is not finite, are left out.
+pub fn rows(
+    rows: &[(RowKey, Recipe)],
+    acc: &Accumulator,
+    source: &str,
+    config: &str,
+    width: usize,
+    heads: usize,
+) -> Vec<Row> {
+    let samples = acc.samples();
+    rows.iter()
+        .filter(|(k, _)| acc.diverged_at.is_none_or(|d| k.layer < d))
+        .filter_map(|(k, r)| {
+            let (value, stderr) = evaluate(r, acc);
+            value.is_finite().then(|| Row {
+                source: source.to_string(),
+                config: config.to_string(),
+                width,
+                heads,
+                layer: k.layer,
+                block: k.block.to_string(),
+                site: k.site.to_string(),
+                observable: k.observable.clone(),
+                i: k.i,
+                j: k.j,
+                value,
+                stderr,
+                samples,
+            })
+        })
+        .collect()
+}
+
+fn evaluate(r: &Recipe, acc: &Accumulator) -> (f64, f64) {
+    match r {
+        Recipe::Mean(s) => (acc.mean(*s), acc.stderr(*s)),
+        Recipe::Corr(pairs) => acc.jackknife(|m| {
+            pairs
+                .iter()
+                .map(|&(ij, ii, jj)| m(ij) / (m(ii) * m(jj)).sqrt())
+                .sum::<f64>()
+                / pairs.len() as f64
+        }),
+        Recipe::Fluct { m2, m2sq, width } => {
+            acc.jackknife(|m| width * (m(*m2sq) - m(*m2) * m(*m2)))
+        }
+        Recipe::Kurtosis { m2, m4 } => acc.jackknife(|m| m(*m4) / (3.0 * m(*m2) * m(*m2)) - 1.0),
+    }
+}
