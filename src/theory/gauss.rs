@@ -1,7 +1,7 @@
 //! Gaussian expectations ⟨F(z₁, z₂)⟩ under a 2×2 covariance (SPEC §4, first bullet).
 //!
-//! Every infinite-width recursion of the book (e.g. the kernel recursion (4.118) of Roberts–Yaida–
-//! Hanin, arXiv 2106.10165) and of the Transformer paper (1.77) needs averages of the form
+//! Every infinite-width recursion of the book (Roberts–Yaida–Hanin, arXiv 2106.10165, §4.3) and
+//! of the Transformer paper (the MLP block map (1.77)) needs averages of the form
 //! ⟨σ(z₁)σ(z₂)⟩_K and ⟨σ'(z₁)σ'(z₂)⟩_K over a zero-mean Gaussian (z₁, z₂) with covariance K.
 //!
 //! Three routes, chosen so that each result is accurate to about 1e-10 or better:
@@ -78,7 +78,7 @@ impl Cov2 {
 
     /// Correlation ρ = k12/√(k11 k22), or 0 when either variance vanishes.
     pub fn corr(&self) -> f64 {
-        let d = (self.k11 * self.k22).sqrt();
+        let d = self.k11.max(0.0).sqrt() * self.k22.max(0.0).sqrt();
         if d > 0.0 { self.k12 / d } else { 0.0 }
     }
 
@@ -89,6 +89,18 @@ impl Cov2 {
             k12: f(self.k12),
             k22: f(self.k22),
         }
+    }
+
+    /// 1 − ρ² = det/(k11·k22), clamped to [0, 1], computed on entries scaled by √k11·√k22 so that
+    /// neither overflow (k ~ 1e200 in a diverging network) nor rounding of an exactly singular
+    /// covariance spoils it. Returns 1 when a variance is zero (no correlation to speak of).
+    fn one_minus_rho2(&self) -> f64 {
+        let s = self.k11.max(0.0).sqrt() * self.k22.max(0.0).sqrt();
+        if s == 0.0 {
+            return 1.0;
+        }
+        let (a, b, c) = (self.k11 / s, self.k22 / s, self.k12 / s);
+        (a * b - c * c).clamp(0.0, 1.0)
     }
 
     /// Cholesky factor (l11, l21, l22) with z₁ = l11·u₁, z₂ = l21·u₁ + l22·u₂ for independent
@@ -104,11 +116,10 @@ impl Cov2 {
             return (0.0, 0.0, self.k22.max(0.0).sqrt());
         }
         let l21 = self.k12 / l11;
-        // l22² = det/k11. Forming det = k11·k22 − k12² directly (rather than k22 − l21²) keeps an
-        // exactly singular covariance exactly singular; ReLU's ⟨σ'σ'⟩ ∝ √(1 + ρ) near ρ = −1
+        // l22² = det/k11 = k22·(1 − ρ²). Forming the determinant (rather than k22 − l21²) keeps
+        // an exactly singular covariance exactly singular; ReLU's ⟨σ'σ'⟩ ∝ √(1 + ρ) near ρ = −1
         // would otherwise turn a rounding error of 1e-16 into an error of 1e-8.
-        let det = self.k11 * self.k22 - self.k12 * self.k12;
-        let l22 = (det.max(0.0) / self.k11).sqrt();
+        let l22 = (self.k22.max(0.0) * self.one_minus_rho2()).sqrt();
         (l11, l21, l22)
     }
 }
@@ -397,11 +408,10 @@ pub fn moment2(act: Activation, cov: Cov2, g: impl Fn(f64, f64) -> f64) -> f64 {
     }
 }
 
-/// Angle θ between the two inputs, θ = arccos ρ, computed as atan2(√det, k12) so it stays
+/// Angle θ between the two inputs, θ = arccos ρ, computed as atan2(√(1 − ρ²), ρ) so it stays
 /// accurate when ρ → ±1 (where arccos loses half the digits).
 fn angle(cov: Cov2) -> f64 {
-    let det = (cov.k11 * cov.k22 - cov.k12 * cov.k12).max(0.0);
-    det.sqrt().atan2(cov.k12)
+    cov.one_minus_rho2().sqrt().atan2(cov.corr())
 }
 
 /// ⟨σ(z₁)σ(z₂)⟩ under `cov`: closed form for relu, linear and erf, quadrature otherwise.
@@ -412,7 +422,7 @@ pub fn sigma_sigma(act: Activation, cov: Cov2) -> f64 {
     match act {
         Activation::Linear => cov.k12,
         Activation::Relu => {
-            let r = (cov.k11 * cov.k22).max(0.0).sqrt();
+            let r = cov.k11.max(0.0).sqrt() * cov.k22.max(0.0).sqrt();
             if r == 0.0 {
                 return 0.0;
             }
