@@ -15,7 +15,7 @@
 //!   ([`criticality`]); scale-invariant, K* = 0 and half-stable (GELU, SWISH) classes.
 //! - Four-point vertex (§4.3, single input, equal widths): V^{ℓ+1} = χ∥(K^ℓ)² V^ℓ +
 //!   C_W²(⟨σ⁴⟩ − ⟨σ²⟩²)_{K^ℓ}, V¹ = 0 ([`Mlp::vertex`]). The connected four-point function of one
-//!   neuron is E[z⁴] − 3E[z²]² = 3V/n, hence the excess kurtosis V/(nK²) ([`excess_kurtosis`]).
+//!   neuron is E\[z⁴\] − 3E\[z²\]² = 3V/n, hence the excess kurtosis V/(nK²) ([`excess_kurtosis`]).
 //! - Residual MLP: z^{ℓ+1} = ξ z^ℓ + γ(b + W σ(z^ℓ)), so K^{ℓ+1} = ξ²K^ℓ + γ²(C_b +
 //!   C_W⟨σσ⟩_{K^ℓ}) ([`Residual`]); the residual branch is independent of z^ℓ's own weights, so
 //!   the cross term vanishes on average.
@@ -46,9 +46,9 @@ pub struct Mlp {
 /// Kernel and four-point vertex of one layer for a single input.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KernelVertex {
-    /// K^ℓ = E[z²] at infinite width.
+    /// K^ℓ = E\[z²\] at infinite width.
     pub k: f64,
-    /// V^ℓ, the four-point vertex: E[z⁴] − 3E[z²]² = 3V/n at leading order.
+    /// V^ℓ, the four-point vertex: E\[z⁴\] − 3E\[z²\]² = 3V/n at leading order.
     pub v: f64,
 }
 
@@ -251,7 +251,7 @@ fn iterate<S: Copy>(
     Ok(out)
 }
 
-/// Excess kurtosis of one preactivation, E[z⁴]/(3E[z²]²) − 1 = V/(nK²), at leading order in
+/// Excess kurtosis of one preactivation, E\[z⁴\]/(3E\[z²\]²) − 1 = V/(nK²), at leading order in
 /// 1/n (n = width of the previous layer).
 pub fn excess_kurtosis(k: f64, v: f64, n: f64) -> f64 {
     v / (n * k * k)
@@ -278,7 +278,7 @@ pub struct Residual {
 
 impl Residual {
     /// One step K^{ℓ+1} = ξ²K^ℓ + γ²(C_b + C_W⟨σσ⟩_{K^ℓ}), entrywise. The cross term
-    /// 2ξγ E[z (b + Wσ(z))] vanishes because the fresh b and W have zero mean.
+    /// 2ξγ E\[z (b + Wσ(z))\] vanishes because the fresh b and W have zero mean.
     pub fn kernel_step(&self, k: Cov2) -> Cov2 {
         let branch = self.mlp.kernel_step(k);
         let (x2, g2) = (self.xi * self.xi, self.gamma * self.gamma);
