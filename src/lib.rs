@@ -9,3 +9,4 @@ pub mod inputs;
 pub mod mc;
 pub mod model;
 pub mod stats;
+pub mod theory;

@@ -248,10 +248,10 @@ fn backward_stats(
         emit(rec, *layer, format!("ntk_{}", g.name()), th);
     }
     let mut total = Array2::zeros((passes, passes));
-    for layer in 1..=l_max {
+    for (layer, th) in by_layer.iter().enumerate().skip(1) {
         if by_group.iter().any(|((_, l), _)| *l == layer) {
-            emit(rec, layer, "ntk".into(), &by_layer[layer]);
-            total += &by_layer[layer];
+            emit(rec, layer, "ntk".into(), th);
+            total += th;
         }
     }
     emit(rec, l_max, "ntk_total".into(), &total);

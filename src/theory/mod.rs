@@ -1,0 +1,40 @@
+//! Infinite-width theory and its 1/n corrections (SPEC §4).
+//!
+//! - [`gauss`]: Gaussian expectations ⟨F(z₁, z₂)⟩ under a 2×2 covariance, the building block
+//!   of every recursion (closed forms where known, quadrature otherwise).
+//! - [`book`]: the plain and residual MLP theory of Roberts–Yaida–Hanin, *The Principles of Deep
+//!   Learning Theory* (arXiv 2106.10165): kernel recursion, susceptibilities χ∥ and χ⊥,
+//!   criticality, the four-point vertex and the frozen NTK.
+pub mod book;
+pub mod gauss;
+
+use crate::model::activation::Activation;
+
+/// Numerical failures of the theory recursions: data problems, not programmer errors.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum TheoryError {
+    /// No (C_b ≥ 0, C_W > 0) makes χ∥ = χ⊥ = 1 at a fixed point of the kernel recursion.
+    #[error(
+        "activation `{activation}` has no criticality: {reason} (critical activations: relu, linear, tanh, erf, gelu, silu)"
+    )]
+    NoCriticality {
+        activation: &'static str,
+        reason: String,
+    },
+    /// A recursion produced a non-finite value; layers before `layer` are finite.
+    #[error("theory recursion diverged at layer {layer}: {quantity} = {value}")]
+    Diverged {
+        layer: usize,
+        quantity: &'static str,
+        value: f64,
+    },
+}
+
+impl TheoryError {
+    pub(crate) fn no_criticality(act: Activation, reason: impl Into<String>) -> Self {
+        TheoryError::NoCriticality {
+            activation: act.name(),
+            reason: reason.into(),
+        }
+    }
+}
