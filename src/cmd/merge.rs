@@ -27,13 +27,16 @@ fn folder(p: &Path) -> PathBuf {
     }
 }
 
+/// The first shard's config (and its text), the summed moments, the sample ranges seen.
+type Merged = (
+    crate::config::Config,
+    String,
+    crate::stats::Accumulator,
+    Vec<(u64, u64)>,
+);
+
 pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
-    let mut merged: Option<(
-        crate::config::Config,
-        String,
-        crate::stats::Accumulator,
-        Vec<(u64, u64)>,
-    )> = None;
+    let mut merged: Option<Merged> = None;
     for shard in &args.shards {
         let dir = folder(shard);
         let cfg_path = dir.join("config.toml");
