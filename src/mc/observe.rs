@@ -36,6 +36,7 @@ pub fn observe(
     let trace = net.forward(probe);
     forward_stats(net, probe, &trace, rec);
     if backward != Backward::None {
+        rec.track_divergence = false;
         backward_stats(net, probe, &trace, backward, rng, rec);
     }
 }

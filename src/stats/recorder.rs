@@ -39,8 +39,11 @@ pub struct Recorder {
     pub values: Vec<f64>,
     /// `Some` while describing the layout (first sample only).
     pub rows: Option<Vec<(RowKey, Recipe)>>,
-    /// The smallest layer with a non-finite slot.
+    /// The smallest layer with a non-finite forward slot.
     pub diverged_at: Option<usize>,
+    /// Off during the backward pass: an overflow there propagates to every layer and says
+    /// nothing about where the forward signal diverged.
+    pub track_divergence: bool,
 }
 
 impl Recorder {
@@ -49,12 +52,13 @@ impl Recorder {
             values: Vec::new(),
             rows: describe.then(Vec::new),
             diverged_at: None,
+            track_divergence: true,
         }
     }
 
     /// Stores one value and returns its slot.
     pub fn slot(&mut self, layer: usize, v: f64) -> usize {
-        if !v.is_finite() {
+        if !v.is_finite() && self.track_divergence {
             self.diverged_at = Some(self.diverged_at.map_or(layer, |d| d.min(layer)));
         }
         self.values.push(v);
