@@ -82,15 +82,13 @@ pub fn probe(cfg: &mut Config) -> Result<Probe, InputError> {
                 && cfg.is_explicit("inputs.dim")
                 && d != cfg.inputs.dim
             {
-                {
-                    return Err(InputError::File {
-                        path: path.display().to_string(),
-                        msg: format!(
-                            "rows have {d} input columns but inputs.dim = {}: the dense stem's input dimension must match",
-                            cfg.inputs.dim
-                        ),
-                    });
-                }
+                return Err(InputError::File {
+                    path: path.display().to_string(),
+                    msg: format!(
+                        "rows have {d} input columns but inputs.dim = {}: the dense stem's input dimension must match",
+                        cfg.inputs.dim
+                    ),
+                });
             }
             cfg.set_input_shape(p.sequences, p.tokens, dim);
             Ok(p)
@@ -107,6 +105,7 @@ pub fn read_file(path: &Path, stem: Stem, vocab: usize) -> Result<Probe, InputEr
     };
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
+        .flexible(true)
         .from_path(path)
         .map_err(|e| file_err(e.to_string()))?;
     let header: Vec<String> = rdr
