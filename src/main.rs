@@ -23,6 +23,8 @@ enum Command {
     Simulate(cmd::simulate::SimulateArgs),
     /// Combine shards of one ensemble exactly.
     Merge(cmd::merge::MergeArgs),
+    /// Samples/s on the reference configuration, GEMM share, and the PyTorch peer.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! The subcommands of the `sigprop` binary (SPEC §3, §8).
 
+pub mod bench;
 pub mod merge;
 pub mod simulate;
 

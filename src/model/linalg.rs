@@ -4,8 +4,16 @@
 //! measuring. Backend: `matrixmultiply` 0.3.11 (ndarray's own) with its avx512 f64 kernel,
 //! single-threaded: the Monte Carlo engine parallelizes over samples, one network per core.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+/// When on (the `bench` command), every GEMM adds its flops and nanoseconds to the counters.
+pub static PROFILE: AtomicBool = AtomicBool::new(false);
+pub static GEMM_FLOPS: AtomicU64 = AtomicU64::new(0);
+pub static GEMM_NANOS: AtomicU64 = AtomicU64::new(0);
 
 /// C ← α·A·B + β·C.
 #[inline]
@@ -16,7 +24,17 @@ pub fn gemm(
     beta: f64,
     c: &mut ArrayViewMut2<f64>,
 ) {
-    general_mat_mul(alpha, &a, &b, beta, c);
+    if PROFILE.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        general_mat_mul(alpha, &a, &b, beta, c);
+        GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        GEMM_FLOPS.fetch_add(
+            2 * (a.nrows() * a.ncols() * b.ncols()) as u64,
+            Ordering::Relaxed,
+        );
+    } else {
+        general_mat_mul(alpha, &a, &b, beta, c);
+    }
 }
 
 /// A·B.
