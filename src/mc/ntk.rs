@@ -36,7 +36,7 @@ impl NtkCollector {
         }
         NtkCollector {
             shared,
-            shapes: net.params.list.iter().map(|p| p.value.dim()).collect(),
+            shapes: net.params.list.iter().map(|p| p.shape).collect(),
             reps: (0..np).map(|_| Vec::new()).collect(),
             xgram: vec![None; np],
             pass: 0,

@@ -12,7 +12,7 @@
 use ndarray::{Array2, Array3, ArrayView2, Axis, s};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, linalg};
+use super::{GradSink, GradTerm, Group, Params, WeightOps, linalg};
 use crate::config::ModelSpec;
 
 #[derive(Clone, Debug)]
@@ -44,11 +44,14 @@ impl Attention {
         let var = |c: f64| spec.weight_var(c, n);
         let cq = if spec.zero_queries { 0.0 } else { spec.var.q };
         let mut mat = |g: Group, name: &str, c: f64, rng: &mut Stream| {
-            p.push(
+            p.linear(
                 g,
                 layer,
                 format!("block{layer}.attn.{name}"),
-                init::draw(n, n, var(c), spec.init, rng),
+                (n, n),
+                var(c),
+                spec.init,
+                rng,
                 n,
             )
         };
@@ -70,8 +73,15 @@ impl Attention {
         Attention { q, k, v, u, bias }
     }
 
-    fn project(&self, p: &Params, w: usize, b: Option<usize>, s: ArrayView2<f64>) -> Array2<f64> {
-        let mut y = linalg::mm_t(s, p.get(w).view());
+    fn project(
+        &self,
+        p: &Params,
+        ops: &mut dyn WeightOps,
+        w: usize,
+        b: Option<usize>,
+        s: ArrayView2<f64>,
+    ) -> Array2<f64> {
+        let mut y = ops.fwd(p, w, s);
         if let Some(b) = b {
             y += &p.get(b).row(0);
         }
@@ -83,15 +93,16 @@ impl Attention {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
         seqs: usize,
         t: usize,
     ) -> (Array2<f64>, Cache) {
         let (h_count, c) = (spec.heads, spec.channels());
         let b = |i: usize| self.bias.map(|b| b[i]);
-        let q = self.project(p, self.q, b(0), s);
-        let k = self.project(p, self.k, b(1), s);
-        let v = self.project(p, self.v, b(2), s);
+        let q = self.project(p, ops, self.q, b(0), s);
+        let k = self.project(p, ops, self.k, b(1), s);
+        let v = self.project(p, ops, self.v, b(2), s);
         let scale = (c as f64).powf(-spec.logit_exponent);
         let mut logits = Array3::zeros((seqs * h_count, t, t));
         let mut attn = Array3::zeros((seqs * h_count, t, t));
@@ -112,7 +123,7 @@ impl Attention {
                 linalg::gemm(1.0, w.view(), vh, 0.0, &mut oh);
             }
         }
-        let r = self.project(p, self.u, b(3), o.view());
+        let r = self.project(p, ops, self.u, b(3), o.view());
         (
             r,
             Cache {
@@ -132,6 +143,7 @@ impl Attention {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
         cache: &Cache,
         g: ArrayView2<f64>,
@@ -150,7 +162,7 @@ impl Attention {
                 scale: 1.0,
             },
         );
-        let d_o = linalg::mm(g, p.get(self.u).view());
+        let d_o = ops.bwd(p, self.u, g);
         let mut dq = Array2::zeros(s.raw_dim());
         let mut dk = Array2::zeros(s.raw_dim());
         let mut dv = Array2::zeros(s.raw_dim());
@@ -222,21 +234,9 @@ impl Attention {
                 scale: 1.0,
             },
         );
-        let mut ds = linalg::mm(dq.view(), p.get(self.q).view());
-        linalg::gemm(
-            1.0,
-            dk.view(),
-            p.get(self.k).view(),
-            1.0,
-            &mut ds.view_mut(),
-        );
-        linalg::gemm(
-            1.0,
-            dv.view(),
-            p.get(self.v).view(),
-            1.0,
-            &mut ds.view_mut(),
-        );
+        let mut ds = ops.bwd(p, self.q, dq.view());
+        ds += &ops.bwd(p, self.k, dk.view());
+        ds += &ops.bwd(p, self.v, dv.view());
         ds
     }
 }

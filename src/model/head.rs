@@ -8,7 +8,7 @@ use ndarray::{Array2, ArrayView2, Axis, Zip};
 
 use super::init::{self, Stream};
 use super::stem::Stem;
-use super::{GradSink, GradTerm, Group, Params, Probe, linalg};
+use super::{GradSink, GradTerm, Group, Params, Probe, WeightOps, linalg};
 use crate::config::{HeadKind, ModelSpec, Norm};
 
 #[derive(Clone, Debug)]
@@ -29,11 +29,14 @@ impl Head {
         let layer = spec.head_layer();
         let w = match spec.head {
             HeadKind::Tied => stem.w,
-            _ => p.push(
+            _ => p.linear(
                 Group::Head,
                 layer,
                 "head.w".into(),
-                init::draw(spec.n_out, spec.width, spec.head_var(), spec.init, rng),
+                (spec.n_out, spec.width),
+                spec.head_var(),
+                spec.init,
+                rng,
                 spec.width,
             ),
         };
@@ -54,6 +57,7 @@ impl Head {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
         probe: &Probe,
     ) -> (Array2<f64>, Cache) {
@@ -65,14 +69,14 @@ impl Head {
             }
             _ => s.to_owned(),
         };
-        let w = p.get(self.w);
         let mut z = match spec.head {
             HeadKind::Tied => {
-                let mut z = linalg::mm(input.view(), w.view());
+                // The tied word embedding is always materialized (used twice forward).
+                let mut z = linalg::mm(input.view(), p.get(self.w).view());
                 z *= spec.tied_rescale();
                 z
             }
-            _ => linalg::mm_t(input.view(), w.view()),
+            _ => ops.fwd(p, self.w, input.view()),
         };
         if let Some(b) = self.b {
             z += &p.get(b).row(0);
@@ -86,13 +90,13 @@ impl Head {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
         cache: &Cache,
         probe: &Probe,
         g: ArrayView2<f64>,
         sink: &mut impl GradSink,
     ) -> Array2<f64> {
-        let w = p.get(self.w);
         let d_in = match spec.head {
             HeadKind::Tied => {
                 let rho = spec.tied_rescale();
@@ -104,7 +108,7 @@ impl Head {
                         scale: rho,
                     },
                 );
-                let mut d = linalg::mm_t(g, w.view());
+                let mut d = linalg::mm_t(g, p.get(self.w).view());
                 d *= rho;
                 d
             }
@@ -117,7 +121,7 @@ impl Head {
                         scale: 1.0,
                     },
                 );
-                linalg::mm(g, w.view())
+                ops.bwd(p, self.w, g)
             }
         };
         if let Some(b) = self.b {

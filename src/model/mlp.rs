@@ -8,7 +8,7 @@
 use ndarray::{Array2, ArrayView2, Zip};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, linalg};
+use super::{GradSink, GradTerm, Group, Params, WeightOps};
 use crate::config::ModelSpec;
 
 #[derive(Clone, Debug)]
@@ -28,8 +28,14 @@ pub struct Cache {
     pub a: Array2<f64>,
 }
 
-fn affine(p: &Params, w: usize, b: Option<usize>, x: ArrayView2<f64>) -> Array2<f64> {
-    let mut y = linalg::mm_t(x, p.get(w).view());
+fn affine(
+    p: &Params,
+    ops: &mut dyn WeightOps,
+    w: usize,
+    b: Option<usize>,
+    x: ArrayView2<f64>,
+) -> Array2<f64> {
+    let mut y = ops.fwd(p, w, x);
     if let Some(b) = b {
         y += &p.get(b).row(0);
     }
@@ -40,18 +46,24 @@ impl Mlp {
     pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Mlp {
         let n = spec.width;
         let m = spec.mlp_mult * n;
-        let w = p.push(
+        let w = p.linear(
             Group::W,
             layer,
             format!("block{layer}.mlp.w"),
-            init::draw(m, n, spec.weight_var(spec.var.w, n), spec.init, rng),
+            (m, n),
+            spec.weight_var(spec.var.w, n),
+            spec.init,
+            rng,
             n,
         );
-        let x = p.push(
+        let x = p.linear(
             Group::X,
             layer,
             format!("block{layer}.mlp.x"),
-            init::draw(n, m, spec.weight_var(spec.var.x, m), spec.init, rng),
+            (n, m),
+            spec.weight_var(spec.var.x, m),
+            spec.init,
+            rng,
             m,
         );
         let (bw, bx) = if spec.has_bias() {
@@ -80,12 +92,13 @@ impl Mlp {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
     ) -> (Array2<f64>, Cache) {
-        let w = affine(p, self.w, self.bw, s);
+        let w = affine(p, ops, self.w, self.bw, s);
         let act = spec.activation;
         let a = w.mapv(|z| act.f(z));
-        let r = affine(p, self.x, self.bx, a.view());
+        let r = affine(p, ops, self.x, self.bx, a.view());
         (r, Cache { w, a })
     }
 
@@ -93,6 +106,7 @@ impl Mlp {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
         cache: &Cache,
         g: ArrayView2<f64>,
@@ -109,7 +123,7 @@ impl Mlp {
         if let Some(bx) = self.bx {
             sink.term(bx, GradTerm::Bias { grad: g });
         }
-        let mut dw = linalg::mm(g, p.get(self.x).view());
+        let mut dw = ops.bwd(p, self.x, g);
         let act = spec.activation;
         Zip::from(&mut dw)
             .and(&cache.w)
@@ -125,7 +139,7 @@ impl Mlp {
         if let Some(bw) = self.bw {
             sink.term(bw, GradTerm::Bias { grad: dw.view() });
         }
-        linalg::mm(dw.view(), p.get(self.w).view())
+        ops.bwd(p, self.w, dw.view())
     }
 }
 
@@ -145,11 +159,14 @@ pub struct BookCache {
 impl BookLayer {
     pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> BookLayer {
         let n = spec.width;
-        let w = p.push(
+        let w = p.linear(
             Group::W,
             layer,
             format!("layer{layer}.w"),
-            init::draw(n, n, spec.weight_var(spec.var.w, n), spec.init, rng),
+            (n, n),
+            spec.weight_var(spec.var.w, n),
+            spec.init,
+            rng,
             n,
         );
         let b = spec.has_bias().then(|| {
@@ -168,17 +185,19 @@ impl BookLayer {
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         z: ArrayView2<f64>,
     ) -> (Array2<f64>, BookCache) {
         let act = spec.activation;
         let a = z.mapv(|x| act.f(x));
-        (affine(p, self.w, self.b, a.view()), BookCache { a })
+        (affine(p, ops, self.w, self.b, a.view()), BookCache { a })
     }
 
     pub fn backward(
         &self,
         spec: &ModelSpec,
         p: &Params,
+        ops: &mut dyn WeightOps,
         z: ArrayView2<f64>,
         cache: &BookCache,
         g: ArrayView2<f64>,
@@ -195,7 +214,7 @@ impl BookLayer {
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
         }
-        let mut dz = linalg::mm(g, p.get(self.w).view());
+        let mut dz = ops.bwd(p, self.w, g);
         let act = spec.activation;
         Zip::from(&mut dz).and(&z).for_each(|d, &x| *d *= act.df(x));
         dz

@@ -78,19 +78,35 @@ pub struct Param {
     /// The layer its block produces.
     pub layer: usize,
     pub name: String,
+    /// The values; empty (0 × 0) for a weight the conditional sampler never materializes.
     pub value: Array2<f64>,
+    /// (rows, cols) = (fan_out, fan_in) for weights.
+    pub shape: (usize, usize),
+    /// The variance it was drawn with.
+    pub var: f64,
     /// Fan-in of a weight (its SGD learning-rate factor is 1/fan_in); 1 for biases and
     /// embeddings.
     pub fan_in: usize,
+}
+
+impl Param {
+    /// Whether the values exist (false for a lazily sampled weight).
+    pub fn is_materialized(&self) -> bool {
+        self.value.dim() == self.shape
+    }
 }
 
 /// All parameters of one network, in the order they are drawn.
 #[derive(Clone, Debug, Default)]
 pub struct Params {
     pub list: Vec<Param>,
+    /// Leave weights that are used as Y = X Wᵀ once forward unmaterialized: the
+    /// conditional sampler draws only what the data sees.
+    pub lazy: bool,
 }
 
 impl Params {
+    /// A parameter that is always drawn.
     fn push(
         &mut self,
         group: Group,
@@ -99,24 +115,79 @@ impl Params {
         value: Array2<f64>,
         fan_in: usize,
     ) -> usize {
+        let shape = value.dim();
         self.list.push(Param {
             group,
             layer,
             name,
             value,
+            shape,
+            var: f64::NAN,
             fan_in,
         });
         self.list.len() - 1
     }
+
+    /// A weight W (rows × cols) used once forward as Y = X Wᵀ: drawn now, or left to the
+    /// conditional sampler when `lazy`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &mut self,
+        group: Group,
+        layer: usize,
+        name: String,
+        shape: (usize, usize),
+        var: f64,
+        dist: crate::config::InitDist,
+        rng: &mut Stream,
+        fan_in: usize,
+    ) -> usize {
+        let value = if self.lazy {
+            Array2::zeros((0, 0))
+        } else {
+            init::draw(shape.0, shape.1, var, dist, rng)
+        };
+        self.list.push(Param {
+            group,
+            layer,
+            name,
+            value,
+            shape,
+            var,
+            fan_in,
+        });
+        self.list.len() - 1
+    }
+
     pub fn get(&self, i: usize) -> &Array2<f64> {
         &self.list[i].value
     }
+
     /// Zero arrays shaped like every parameter (a gradient buffer).
     pub fn zeros_like(&self) -> Vec<Array2<f64>> {
-        self.list
-            .iter()
-            .map(|p| Array2::zeros(p.value.raw_dim()))
-            .collect()
+        self.list.iter().map(|p| Array2::zeros(p.shape)).collect()
+    }
+}
+
+/// How the weights of linear layers act: Y = X Wᵀ forward and ∂X = G W backward. The
+/// dense path multiplies materialized matrices; the conditional sampler (`mc::conditional`)
+/// draws Y and ∂X from their exact conditional laws without ever forming W.
+pub trait WeightOps {
+    /// Y = X Wᵀ for weight `id`, X (D × fan_in).
+    fn fwd(&mut self, p: &Params, id: usize, x: ArrayView2<f64>) -> Array2<f64>;
+    /// ∂X = G W for weight `id`, G (D × fan_out).
+    fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64>;
+}
+
+/// Materialized weights: plain matrix products.
+pub struct Materialized;
+
+impl WeightOps for Materialized {
+    fn fwd(&mut self, p: &Params, id: usize, x: ArrayView2<f64>) -> Array2<f64> {
+        linalg::mm_t(x, p.get(id).view())
+    }
+    fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64> {
+        linalg::mm(g, p.get(id).view())
     }
 }
 
@@ -295,7 +366,16 @@ pub struct Network {
 impl Network {
     /// Draws every parameter from `rng`, stem first, then blocks in order, then the head.
     pub fn sample(spec: &ModelSpec, rng: &mut Stream) -> Network {
-        let mut params = Params::default();
+        Self::sample_with(spec, rng, false)
+    }
+
+    /// As `sample`; with `lazy`, weights used once as Y = X Wᵀ are left for the
+    /// conditional sampler to draw as the data meets them.
+    pub fn sample_with(spec: &ModelSpec, rng: &mut Stream, lazy: bool) -> Network {
+        let mut params = Params {
+            list: Vec::new(),
+            lazy,
+        };
         let stem = stem::Stem::sample(spec, &mut params, rng);
         let blocks = spec
             .blocks
@@ -326,22 +406,27 @@ impl Network {
         }
     }
 
-    /// The forward pass, keeping every site.
+    /// The forward pass with materialized weights, keeping every site.
     pub fn forward(&self, probe: &Probe) -> Trace {
+        self.forward_with(probe, &mut Materialized)
+    }
+
+    /// The forward pass with the given weight realization.
+    pub fn forward_with(&self, probe: &Probe, ops: &mut dyn WeightOps) -> Trace {
         let spec = &self.spec;
         let p = &self.params;
-        let mut z = self.stem.forward(spec, p, probe);
+        let mut z = self.stem.forward(spec, p, ops, probe);
         let mut resid = Vec::with_capacity(self.blocks.len() + 1);
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (next, bt) = self.block_forward(block, z.view(), probe);
+            let (next, bt) = self.block_forward(block, ops, z.view(), probe);
             resid.push(z);
             blocks.push(bt);
             z = next;
         }
         let final_ln = (spec.norm == Norm::Pre).then(|| ln::forward(z.view(), spec.ln_eps));
         let head_in = final_ln.as_ref().map_or(z.view(), |c| c.s.view());
-        let (out, head) = self.head.forward(spec, p, head_in, probe);
+        let (out, head) = self.head.forward(spec, p, ops, head_in, probe);
         resid.push(z);
         Trace {
             resid,
@@ -355,23 +440,24 @@ impl Network {
     fn block_forward(
         &self,
         block: &Block,
+        ops: &mut dyn WeightOps,
         z: ArrayView2<f64>,
         probe: &Probe,
     ) -> (Array2<f64>, BlockTrace) {
         let spec = &self.spec;
         let p = &self.params;
-        let inner = |x: ArrayView2<f64>| -> (Array2<f64>, InnerTrace) {
+        let mut inner = |x: ArrayView2<f64>| -> (Array2<f64>, InnerTrace) {
             match block {
                 Block::Attn(a) => {
-                    let (r, c) = a.forward(spec, p, x, probe.sequences, probe.tokens);
+                    let (r, c) = a.forward(spec, p, ops, x, probe.sequences, probe.tokens);
                     (r, InnerTrace::Attn(Box::new(c)))
                 }
                 Block::Mlp(m) => {
-                    let (r, c) = m.forward(spec, p, x);
+                    let (r, c) = m.forward(spec, p, ops, x);
                     (r, InnerTrace::Mlp(c))
                 }
                 Block::Book(l) => {
-                    let (r, c) = l.forward(spec, p, x);
+                    let (r, c) = l.forward(spec, p, ops, x);
                     (r, InnerTrace::Book(c))
                 }
             }
@@ -433,6 +519,18 @@ impl Network {
         dout: ArrayView2<f64>,
         sink: &mut impl GradSink,
     ) -> Vec<Array2<f64>> {
+        self.backward_with(trace, probe, dout, sink, &mut Materialized)
+    }
+
+    /// The backward pass with the given weight realization (the one the forward used).
+    pub fn backward_with(
+        &self,
+        trace: &Trace,
+        probe: &Probe,
+        dout: ArrayView2<f64>,
+        sink: &mut impl GradSink,
+        ops: &mut dyn WeightOps,
+    ) -> Vec<Array2<f64>> {
         let spec = &self.spec;
         let p = &self.params;
         let nb = self.blocks.len();
@@ -443,7 +541,7 @@ impl Network {
             .map_or(trace.resid[nb].view(), |c| c.s.view());
         let g_in = self
             .head
-            .backward(spec, p, head_in, &trace.head, probe, dout, sink);
+            .backward(spec, p, ops, head_in, &trace.head, probe, dout, sink);
         let mut g = match &trace.final_ln {
             Some(c) => ln::backward(c, g_in.view()),
             None => g_in,
@@ -451,7 +549,7 @@ impl Network {
         for (b, block) in self.blocks.iter().enumerate().rev() {
             let bt = &trace.blocks[b];
             let z = trace.resid[b].view();
-            let gz = self.block_backward(block, bt, z, probe, g.view(), sink);
+            let gz = self.block_backward(block, bt, z, probe, g.view(), sink, ops);
             grads[b + 1] = g;
             g = gz;
         }
@@ -468,16 +566,17 @@ impl Network {
         probe: &Probe,
         g: ArrayView2<f64>,
         sink: &mut impl GradSink,
+        ops: &mut dyn WeightOps,
     ) -> Array2<f64> {
         let spec = &self.spec;
         let p = &self.params;
         let mut inner = |x: ArrayView2<f64>, gr: ArrayView2<f64>| -> Array2<f64> {
             match (block, &bt.inner) {
                 (Block::Attn(a), InnerTrace::Attn(c)) => {
-                    a.backward(spec, p, x, c, gr, probe.tokens, sink)
+                    a.backward(spec, p, ops, x, c, gr, probe.tokens, sink)
                 }
-                (Block::Mlp(m), InnerTrace::Mlp(c)) => m.backward(spec, p, x, c, gr, sink),
-                (Block::Book(l), InnerTrace::Book(c)) => l.backward(spec, p, x, c, gr, sink),
+                (Block::Mlp(m), InnerTrace::Mlp(c)) => m.backward(spec, p, ops, x, c, gr, sink),
+                (Block::Book(l), InnerTrace::Book(c)) => l.backward(spec, p, ops, x, c, gr, sink),
                 _ => unreachable!("block and trace kinds are built together"),
             }
         };

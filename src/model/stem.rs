@@ -8,7 +8,7 @@
 use ndarray::{Array2, ArrayView2};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, Probe, linalg};
+use super::{GradSink, GradTerm, Group, Params, Probe, WeightOps};
 use crate::config::{ModelSpec, Norm, Stem as StemKind};
 
 #[derive(Clone, Debug)]
@@ -28,13 +28,26 @@ impl Stem {
             StemKind::Dense => (spec.weight_var(spec.var.stem, spec.n_in), spec.n_in),
             StemKind::Embedding => (spec.var.stem, 1),
         };
-        let w = params.push(
-            Group::Stem,
-            1,
-            "stem.w".into(),
-            init::draw(n, spec.n_in, var, spec.init, rng),
-            fan_in,
-        );
+        // The word embedding is a lookup (and the tied head's matrix): always materialized.
+        let w = match spec.stem {
+            StemKind::Dense => params.linear(
+                Group::Stem,
+                1,
+                "stem.w".into(),
+                (n, spec.n_in),
+                var,
+                spec.init,
+                rng,
+                fan_in,
+            ),
+            StemKind::Embedding => params.push(
+                Group::Stem,
+                1,
+                "stem.w".into(),
+                init::draw(n, spec.n_in, var, spec.init, rng),
+                fan_in,
+            ),
+        };
         let pe = (spec.var.pe > 0.0 && spec.norm != Norm::Mlp).then(|| {
             params.push(
                 Group::Pe,
@@ -57,15 +70,22 @@ impl Stem {
     }
 
     /// z¹ (D × n).
-    pub fn forward(&self, spec: &ModelSpec, p: &Params, probe: &Probe) -> Array2<f64> {
-        let w = p.get(self.w);
+    pub fn forward(
+        &self,
+        spec: &ModelSpec,
+        p: &Params,
+        ops: &mut dyn WeightOps,
+        probe: &Probe,
+    ) -> Array2<f64> {
         let mut z = match spec.stem {
-            StemKind::Dense => linalg::mm_t(
+            StemKind::Dense => ops.fwd(
+                p,
+                self.w,
                 probe.x.as_ref().expect("dense stem needs vectors").view(),
-                w.view(),
             ),
             StemKind::Embedding => {
                 let ids = probe.ids.as_ref().expect("embedding stem needs ids");
+                let w = p.get(self.w);
                 let mut z = Array2::zeros((ids.len(), spec.width));
                 for (mut row, &id) in z.rows_mut().into_iter().zip(ids) {
                     row.assign(&w.column(id));
