@@ -21,12 +21,7 @@ fn probe(cfg: &mut Config) -> Probe {
 
 /// Runs samples [first, end) and returns the ensemble.
 fn ensemble(cfg: &Config, probe: &Probe, first: u64, end: u64, threads: usize) -> Ensemble {
-    let job = Job {
-        spec: &cfg.model,
-        probe,
-        backward: cfg.run.backward,
-        seed: cfg.run.seed,
-    };
+    let job = Job::new(cfg, probe);
     let mut ens = job.start(first, end);
     job.run(&mut ens, threads, |_| Ok(())).unwrap();
     ens
@@ -294,12 +289,7 @@ fn threads_shards_and_resume_reproduce_the_same_statistics() {
     }
 
     // Resume: stop after 90 samples, then continue the same ensemble to the end.
-    let job = Job {
-        spec: &cfg.model,
-        probe: &p,
-        backward: cfg.run.backward,
-        seed: cfg.run.seed,
-    };
+    let job = Job::new(&cfg, &p);
     let mut ens = job.start(0, 90);
     job.run(&mut ens, 2, |_| Ok(())).unwrap();
     ens.end = n;

@@ -47,12 +47,7 @@ pub fn measure(
     samples: u64,
     threads: usize,
 ) -> anyhow::Result<f64> {
-    let job = Job {
-        spec: &cfg.model,
-        probe,
-        backward: cfg.run.backward,
-        seed: cfg.run.seed,
-    };
+    let job = Job::new(cfg, probe);
     let t = Instant::now();
     let mut ens = job.start(0, samples);
     job.run(&mut ens, threads, |_| Ok(()))?;

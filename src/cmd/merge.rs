@@ -84,12 +84,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     };
     ranges.sort();
     let probe = crate::inputs::probe(&mut cfg)?;
-    let job = Job {
-        spec: &cfg.model,
-        probe: &probe,
-        backward: cfg.run.backward,
-        seed: cfg.run.seed,
-    };
+    let job = Job::new(&cfg, &probe);
     let (rows, slots) = job.layout();
     if slots != acc.slots {
         bail!("the shards' moments do not match their config.toml");

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{ConfigArgs, out_dir, write_run_files};
-use crate::config::{Config, ConfigBuilder, Sampler};
+use crate::config::{Config, ConfigBuilder};
 use crate::mc::{self, Ensemble, Job};
 use crate::stats::recorder;
 
@@ -77,7 +77,8 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         }
     };
     let probe = crate::inputs::probe(&mut cfg)?;
-    resolve_sampler(&mut cfg);
+    let sampler = mc::resolve_sampler(&cfg, &probe)?;
+    cfg.set_sampler(sampler);
     out_dir(&out)?;
     let threads = args
         .threads
@@ -99,12 +100,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             args.shard.as_deref().unwrap_or("")
         );
     }
-    let job = Job {
-        spec: &cfg.model,
-        probe: &probe,
-        backward: cfg.run.backward,
-        seed: cfg.run.seed,
-    };
+    let job = Job::new(&cfg, &probe);
     let mut ens = match &resume {
         Some(dir) => {
             let (acc, f, next, e) = mc::load_moments(&dir.join("moments.bin"))?;
@@ -177,13 +173,6 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     }
     Ok(())
-}
-
-/// `auto` picks the sampler by cost; only the dense sampler exists so far.
-fn resolve_sampler(cfg: &mut Config) {
-    if cfg.run.sampler != Sampler::Dense {
-        cfg.set_sampler(Sampler::Dense);
-    }
 }
 
 /// Writes `stats.csv` from an ensemble's sums.

@@ -24,11 +24,14 @@ pub struct NtkCollector {
     reps: Vec<Vec<Rep>>,
     /// X Xᵀ of a linear use's input; the same in every pass.
     xgram: Vec<Option<Array2<f64>>>,
+    /// With a single pass, Θ_p(0, 0) = ⟨X Xᵀ, G Gᵀ⟩ is summed at once and nothing is kept.
+    single: Option<Vec<f64>>,
     pass: usize,
 }
 
 impl NtkCollector {
-    pub fn new(net: &Network) -> Self {
+    /// A collector for `passes` backward passes.
+    pub fn new(net: &Network, passes: usize) -> Self {
         let np = net.params.list.len();
         let mut shared = vec![false; np];
         if net.head.w == net.stem.w {
@@ -39,6 +42,7 @@ impl NtkCollector {
             shapes: net.params.list.iter().map(|p| p.shape).collect(),
             reps: (0..np).map(|_| Vec::new()).collect(),
             xgram: vec![None; np],
+            single: (passes == 1).then(|| vec![0.0; np]),
             pass: 0,
         }
     }
@@ -51,12 +55,17 @@ impl NtkCollector {
     /// Θ_p(a, b) for every parameter p: a (passes × passes) matrix each.
     pub fn finish(self) -> Vec<Array2<f64>> {
         let passes = self.pass;
+        let single = self.single;
         self.reps
             .iter()
             .zip(&self.xgram)
-            .map(|(reps, xg)| {
+            .enumerate()
+            .map(|(p, (reps, xg))| {
                 let mut theta = Array2::zeros((passes, passes));
                 if reps.len() != passes {
+                    if let Some(s) = &single {
+                        theta[[0, 0]] = s[p];
+                    }
                     return theta;
                 }
                 let projected: Vec<Option<Array2<f64>>> = reps
@@ -94,6 +103,12 @@ impl GradSink for NtkCollector {
     fn term(&mut self, p: usize, term: GradTerm<'_>) {
         let pass = self.pass - 1;
         if let (GradTerm::Linear { input, grad, scale }, false) = (&term, self.shared[p]) {
+            if let Some(s) = &mut self.single {
+                let xx = linalg::gram(*input);
+                let gg = linalg::gram(*grad);
+                s[p] += scale * scale * linalg::frobenius_dot(xx.view(), gg.view());
+                return;
+            }
             if self.xgram[p].is_none() {
                 self.xgram[p] = Some(linalg::gram(*input));
             }

@@ -8,7 +8,7 @@ use rand_distr::StandardNormal;
 use super::ntk::NtkCollector;
 use crate::config::{Backward, BlockKind, HeadKind, ModelSpec, Norm};
 use crate::model::init::Stream;
-use crate::model::{Group, InnerTrace, Network, Probe, Trace};
+use crate::model::{Group, InnerTrace, Network, Probe, Trace, WeightOps};
 use crate::stats::{Recorder, RowKey};
 
 /// The block that produces layer ℓ: stem, attn, mlp or head.
@@ -30,14 +30,15 @@ pub fn observe(
     net: &Network,
     probe: &Probe,
     backward: Backward,
+    ops: &mut dyn WeightOps,
     rng: &mut Stream,
     rec: &mut Recorder,
 ) {
-    let trace = net.forward(probe);
+    let trace = net.forward_with(probe, ops);
     forward_stats(net, probe, &trace, rec);
     if backward != Backward::None {
         rec.track_divergence = false;
-        backward_stats(net, probe, &trace, backward, rng, rec);
+        backward_stats(net, probe, &trace, backward, ops, rng, rec);
     }
 }
 
@@ -150,13 +151,15 @@ fn backward_stats(
     probe: &Probe,
     trace: &Trace,
     mode: Backward,
+    ops: &mut dyn WeightOps,
     rng: &mut Stream,
     rec: &mut Recorder,
 ) {
     let spec = &net.spec;
     let (d_out, n_out) = trace.out.dim();
     let norm = 1.0 / (n_out as f64).sqrt();
-    let mut ntk = NtkCollector::new(net);
+    let passes = if mode == Backward::Pairs { d_out } else { 1 };
+    let mut ntk = NtkCollector::new(net, passes);
     // grad2[pass][layer − 1] = Σ_{δ', i} (∂f/∂z^ℓ)²
     let mut grad2: Vec<Vec<f64>> = Vec::new();
     let cotangents: Vec<Array2<f64>> = match mode {
@@ -178,11 +181,10 @@ fn backward_stats(
     };
     for g in &cotangents {
         ntk.begin_pass();
-        let dz = net.backward(trace, probe, g.view(), &mut ntk);
+        let dz = net.backward_with(trace, probe, g.view(), &mut ntk, ops);
         grad2.push(dz.iter().map(|a| a.iter().map(|x| x * x).sum()).collect());
     }
     let theta = ntk.finish();
-    let passes = cotangents.len();
     // In trace mode the one pass carries all D outputs: divide by D (SPEC §2).
     let per_output = if mode == Backward::Trace {
         d_out as f64

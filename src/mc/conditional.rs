@@ -1,0 +1,217 @@
+//! The exact fast path (SPEC §9): at initialization a Gaussian weight W (fan_out × fan_in,
+//! i.i.d. N(0, σ²)) meets the data twice, once forward (Y = X Wᵀ) and once backward
+//! (∂X = G W). Both are drawn from their exact conditional laws without forming W.
+//!
+//! Forward. Let Q_X (r × fan_in) be orthonormal rows spanning the rows of X, X = C Q_X.
+//! Then M = W Q_Xᵀ / σ (fan_out × r) has i.i.d. N(0, 1) entries and Y = σ C Mᵀ. Cost
+//! O(D² fan_in + D r fan_out) and r·fan_out normals instead of fan_in·fan_out.
+//!
+//! Backward. W = σ M Q_X + W_⊥ with W_⊥ = W (I − Q_Xᵀ Q_X) independent of M, hence of
+//! everything the forward pass produced, and so ∂X = σ (G M) Q_X + G W_⊥. For the second
+//! term, let Q_G (k × fan_out) be orthonormal rows spanning every cotangent seen so far
+//! (G = A Q_G): then N = Q_G Z (I − Q_Xᵀ Q_X), with W_⊥ = σ Z (I − Q_Xᵀ Q_X), has i.i.d.
+//! N(0, 1) rows projected off span(X), fresh for each new basis row, and G W_⊥ = σ A N.
+//! Several cotangents (`pairs` mode) extend the same basis, so their ∂X are drawn jointly:
+//! O(n·D⁴) per matrix for D cotangents of D tokens.
+//!
+//! Rank: a row whose residual after projection is below [`RANK_TOL`] of its norm is taken
+//! to lie in the span (identical tokens, the first causal token, uniform attention). The
+//! error this makes in Y is below RANK_TOL relative.
+//!
+//! Tied embeddings are used twice forward and are materialized (the dense path) instead.
+
+use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use crate::model::init::Stream;
+use crate::model::{Params, WeightOps, linalg};
+
+/// Relative residual below which a row counts as linearly dependent.
+pub const RANK_TOL: f64 = 1e-10;
+
+struct State {
+    sd: f64,
+    /// Orthonormal rows spanning X (r × fan_in).
+    qx: Array2<f64>,
+    /// W Q_Xᵀ / σ (fan_out × r).
+    m: Array2<f64>,
+    /// Orthonormal rows spanning the cotangents so far (k × fan_out).
+    qg: Array2<f64>,
+    /// Q_G Z (I − Q_Xᵀ Q_X) (k × fan_in).
+    n_perp: Array2<f64>,
+}
+
+/// Weight realization by conditional Gaussian sampling; one per network sample.
+pub struct Conditional {
+    rng: Stream,
+    state: Vec<Option<State>>,
+    /// With one backward pass a weight's state is dropped once used (memory O(B n D)).
+    single_pass: bool,
+    /// The last input factorized, X = C Q_X: Q, K and V read the same LN output and
+    /// share one factorization.
+    last: Option<(Array2<f64>, Array2<f64>, Array2<f64>)>,
+}
+
+impl Conditional {
+    pub fn new(params: &Params, rng: Stream, single_pass: bool) -> Self {
+        Conditional {
+            rng,
+            state: (0..params.list.len()).map(|_| None).collect(),
+            single_pass,
+            last: None,
+        }
+    }
+
+    /// (C, Q_X) with X = C Q_X, reusing the previous factorization when X is the same.
+    fn factor(&mut self, x: ArrayView2<f64>) -> (Array2<f64>, Array2<f64>) {
+        if let Some((x0, c, q)) = &self.last
+            && x0.view() == x
+        {
+            return (c.clone(), q.clone());
+        }
+        let mut q = Array2::zeros((0, x.ncols()));
+        let c = extend_basis(&mut q, x);
+        self.last = Some((x.to_owned(), c.clone(), q.clone()));
+        (c, q)
+    }
+
+    fn normals(&mut self, rows: usize, cols: usize) -> Array2<f64> {
+        let rng = &mut self.rng;
+        Array2::from_shape_simple_fn((rows, cols), || rng.sample::<f64, _>(StandardNormal))
+    }
+}
+
+/// Extends the orthonormal `basis` (k × len) to span the rows of `v` (D × len) and returns
+/// the coefficients C (D × k') with v = C · basis' (block classical Gram–Schmidt with
+/// re-orthogonalization, then modified Gram–Schmidt within the block).
+pub fn extend_basis(basis: &mut Array2<f64>, v: ArrayView2<f64>) -> Array2<f64> {
+    let k = basis.nrows();
+    let d = v.nrows();
+    let mut resid = v.to_owned();
+    let mut coef_old = Array2::zeros((d, k));
+    if k > 0 {
+        for _ in 0..2 {
+            let c = linalg::mm_t(resid.view(), basis.view());
+            linalg::gemm(-1.0, c.view(), basis.view(), 1.0, &mut resid.view_mut());
+            coef_old += &c;
+        }
+    }
+    // Modified Gram–Schmidt within the block, twice, with vectorized dot/axpy on rows.
+    let len = v.ncols();
+    let mut fresh = Array2::<f64>::zeros((d, len));
+    let mut added = 0usize;
+    let mut coef_new = Array2::<f64>::zeros((d, d));
+    for i in 0..d {
+        let norm0 = v.row(i).dot(&v.row(i)).sqrt();
+        let mut r = resid.row_mut(i);
+        for _ in 0..2 {
+            for j in 0..added {
+                let q = fresh.row(j);
+                let dot = q.dot(&r);
+                r.scaled_add(-dot, &q);
+                coef_new[[i, j]] += dot;
+            }
+        }
+        let norm = r.dot(&r).sqrt();
+        if norm0 > 0.0 && norm > RANK_TOL * norm0 {
+            fresh.row_mut(added).assign(&(&r / norm));
+            coef_new[[i, added]] = norm;
+            added += 1;
+        }
+    }
+    let mut coef = Array2::zeros((d, k + added));
+    coef.slice_mut(s![.., ..k]).assign(&coef_old);
+    coef.slice_mut(s![.., k..])
+        .assign(&coef_new.slice(s![.., ..added]));
+    if added > 0 {
+        *basis = concatenate(Axis(0), &[basis.view(), fresh.slice(s![..added, ..])])
+            .expect("same width");
+    }
+    coef
+}
+
+impl WeightOps for Conditional {
+    fn fwd(&mut self, p: &Params, id: usize, x: ArrayView2<f64>) -> Array2<f64> {
+        let param = &p.list[id];
+        if param.is_materialized() {
+            return linalg::mm_t(x, param.value.view());
+        }
+        assert!(
+            self.state[id].is_none(),
+            "weight {} used twice forward; the conditional sampler needs one use",
+            param.name
+        );
+        let (fan_out, fan_in) = param.shape;
+        let sd = param.var.sqrt();
+        let (c, qx) = self.factor(x);
+        let m = self.normals(fan_out, qx.nrows());
+        let mut y = linalg::mm_t(c.view(), m.view());
+        y *= sd;
+        self.state[id] = Some(State {
+            sd,
+            qx,
+            m,
+            qg: Array2::zeros((0, fan_out)),
+            n_perp: Array2::zeros((0, fan_in)),
+        });
+        y
+    }
+
+    fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64> {
+        let param = &p.list[id];
+        if param.is_materialized() {
+            return linalg::mm(g, param.value.view());
+        }
+        let mut st = self.state[id]
+            .take()
+            .expect("backward of a weight the forward pass did not use");
+        // The part fixed by the forward pass: σ (G M) Q_X.
+        let gm = linalg::mm(g, st.m.view());
+        let mut dx = linalg::mm(gm.view(), st.qx.view());
+        // The fresh part: σ A N with G = A Q_G.
+        let k_old = st.qg.nrows();
+        let a = extend_basis(&mut st.qg, g);
+        let added = st.qg.nrows() - k_old;
+        if added > 0 {
+            let mut fresh = self.normals(added, st.qx.ncols());
+            let proj = linalg::mm_t(fresh.view(), st.qx.view());
+            linalg::gemm(-1.0, proj.view(), st.qx.view(), 1.0, &mut fresh.view_mut());
+            st.n_perp =
+                concatenate(Axis(0), &[st.n_perp.view(), fresh.view()]).expect("same width");
+        }
+        linalg::gemm(1.0, a.view(), st.n_perp.view(), 1.0, &mut dx.view_mut());
+        dx *= st.sd;
+        if !self.single_pass {
+            self.state[id] = Some(st);
+        }
+        dx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extend_basis_reconstructs_rank_deficient_rows() {
+        let mut rng = crate::model::init::stream(1, 2);
+        let mut v = Array2::from_shape_simple_fn((5, 7), || rng.sample::<f64, _>(StandardNormal));
+        // Row 3 repeats row 1; row 4 is a combination of rows 0 and 2.
+        let r1 = v.row(1).to_owned();
+        v.row_mut(3).assign(&r1);
+        let comb = &v.row(0) * 2.0 - &v.row(2);
+        v.row_mut(4).assign(&comb);
+        let mut basis = Array2::zeros((0, 7));
+        let c = extend_basis(&mut basis, v.view());
+        assert_eq!(basis.nrows(), 3);
+        let back = linalg::mm(c.view(), basis.view());
+        let err = (&back - &v).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(err < 1e-12, "reconstruction error {err}");
+        let gram = linalg::gram(basis.view());
+        let off = (&gram - &Array2::<f64>::eye(3))
+            .iter()
+            .fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(off < 1e-14, "basis not orthonormal: {off}");
+    }
+}
