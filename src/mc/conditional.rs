@@ -200,7 +200,7 @@ mod tests {
         // Row 3 repeats row 1; row 4 is a combination of rows 0 and 2.
         let r1 = v.row(1).to_owned();
         v.row_mut(3).assign(&r1);
-        let comb = &v.row(0) * 2.0 - &v.row(2);
+        let comb = &v.row(0) * 2.0 - v.row(2);
         v.row_mut(4).assign(&comb);
         let mut basis = Array2::zeros((0, 7));
         let c = extend_basis(&mut basis, v.view());
