@@ -17,7 +17,9 @@ use sigprop::stats::{Row, recorder};
 fn one_linear_layer_has_the_exact_joint_second_moments() {
     let (d, fan_in, fan_out, sd2) = (3usize, 4usize, 5usize, 0.7f64);
     let mut rng = init::stream(9, 9);
-    let mut normal = |r: usize, c: usize| Array2::from_shape_simple_fn((r, c), || rng.sample::<f64, _>(StandardNormal));
+    let mut normal = |r: usize, c: usize| {
+        Array2::from_shape_simple_fn((r, c), || rng.sample::<f64, _>(StandardNormal))
+    };
     let x_full = normal(d, fan_in);
     let mut x_def = x_full.clone();
     let sum = &x_full.row(0) + &x_full.row(1);
@@ -27,7 +29,10 @@ fn one_linear_layer_has_the_exact_joint_second_moments() {
     let g1row = g1.row(0).to_owned();
     g2.row_mut(1).assign(&g1row); // shares a direction with g1
     let params = {
-        let mut p = Params { list: Vec::new(), lazy: true };
+        let mut p = Params {
+            list: Vec::new(),
+            lazy: true,
+        };
         p.list.push(sigprop::model::Param {
             group: Group::W,
             layer: 2,
@@ -50,7 +55,12 @@ fn one_linear_layer_has_the_exact_joint_second_moments() {
             let y = ops.fwd(&params, 0, x.view());
             let dx1 = ops.bwd(&params, 0, g1.view());
             let dx2 = ops.bwd(&params, 0, g2.view());
-            let v: Vec<f64> = y.iter().chain(dx1.iter()).chain(dx2.iter()).copied().collect();
+            let v: Vec<f64> = y
+                .iter()
+                .chain(dx1.iter())
+                .chain(dx2.iter())
+                .copied()
+                .collect();
             for a in 0..len {
                 for b in 0..len {
                     let p = v[a] * v[b];
@@ -93,7 +103,13 @@ fn one_linear_layer_has_the_exact_joint_second_moments() {
                 }
             }
         }
-        assert!(worst.0 < 5.0, "{name}: |z| = {:.2} at entry ({}, {})", worst.0, worst.1, worst.2);
+        assert!(
+            worst.0 < 5.0,
+            "{name}: |z| = {:.2} at entry ({}, {})",
+            worst.0,
+            worst.1,
+            worst.2
+        );
     }
 }
 
@@ -135,10 +151,24 @@ fn run(sets: &[&str], sampler: &str, repeat: bool, samples: u64) -> Vec<Row> {
         }
     }
     let job = Job::new(&cfg, &probe);
-    assert_eq!(job.sampler, if sampler == "dense" { Sampler::Dense } else { Sampler::Conditional });
+    assert_eq!(
+        job.sampler,
+        if sampler == "dense" {
+            Sampler::Dense
+        } else {
+            Sampler::Conditional
+        }
+    );
     let mut ens = job.start(0, samples);
     job.run(&mut ens, 2, |_| Ok(())).unwrap();
-    recorder::rows(&ens.rows, &ens.acc, "mc", &cfg.run.name, cfg.model.width, cfg.model.heads)
+    recorder::rows(
+        &ens.rows,
+        &ens.acc,
+        "mc",
+        &cfg.run.name,
+        cfg.model.width,
+        cfg.model.heads,
+    )
 }
 
 fn agree(sets: &[&str], repeat: bool) {
@@ -148,39 +178,97 @@ fn agree(sets: &[&str], repeat: bool) {
     assert_eq!(dense.len(), cond.len(), "{sets:?}: row sets differ");
     let mut worst = (0.0f64, String::new());
     for (a, b) in dense.iter().zip(&cond) {
-        assert_eq!((a.layer, &a.observable, a.i, a.j), (b.layer, &b.observable, b.i, b.j));
+        assert_eq!(
+            (a.layer, &a.observable, a.i, a.j),
+            (b.layer, &b.observable, b.i, b.j)
+        );
         let se = (a.stderr.powi(2) + b.stderr.powi(2)).sqrt();
-        let z = if se > 0.0 { (a.value - b.value) / se } else { (a.value - b.value) / (1e-12 * a.value.abs().max(1e-12)) };
+        let z = if se > 0.0 {
+            (a.value - b.value) / se
+        } else {
+            (a.value - b.value) / (1e-12 * a.value.abs().max(1e-12))
+        };
         if z.abs() > worst.0 {
-            worst = (z.abs(), format!("{} {} layer {} ({},{}): {} vs {}", a.site, a.observable, a.layer, a.i, a.j, a.value, b.value));
+            worst = (
+                z.abs(),
+                format!(
+                    "{} {} layer {} ({},{}): {} vs {}",
+                    a.site, a.observable, a.layer, a.i, a.j, a.value, b.value
+                ),
+            );
         }
     }
-    assert!(worst.0 < 5.0, "{sets:?} repeat={repeat}: dense vs conditional |z| = {:.2} at {}", worst.0, worst.1);
+    assert!(
+        worst.0 < 5.0,
+        "{sets:?} repeat={repeat}: dense vs conditional |z| = {:.2} at {}",
+        worst.0,
+        worst.1
+    );
 }
 
 #[test]
 fn equal_in_distribution_pre_ln_causal_repeated_tokens() {
-    agree(&["model.norm=pre", "model.causal=true", "model.activation=gelu"], true);
+    agree(
+        &[
+            "model.norm=pre",
+            "model.causal=true",
+            "model.activation=gelu",
+        ],
+        true,
+    );
 }
 
 #[test]
 fn equal_in_distribution_post_ln_pooled_relu() {
-    agree(&["model.norm=post", "model.head=pooled", "model.activation=relu"], false);
+    agree(
+        &[
+            "model.norm=post",
+            "model.head=pooled",
+            "model.activation=relu",
+        ],
+        false,
+    );
 }
 
 #[test]
 fn equal_in_distribution_no_ln_causal_biases_repeated() {
-    agree(&["model.norm=none", "model.causal=true", "model.activation=relu", "model.variances.bias=0.1"], true);
+    agree(
+        &[
+            "model.norm=none",
+            "model.causal=true",
+            "model.activation=relu",
+            "model.variances.bias=0.1",
+        ],
+        true,
+    );
 }
 
 #[test]
 fn equal_in_distribution_book_mlp() {
-    agree(&["model.preset=mlp-book", "model.width=32", "model.n_out=8", "model.layers=4", "inputs.sequences=2", "inputs.tokens=3", "inputs.dim=12"], true);
+    agree(
+        &[
+            "model.preset=mlp-book",
+            "model.width=32",
+            "model.n_out=8",
+            "model.layers=4",
+            "inputs.sequences=2",
+            "inputs.tokens=3",
+            "inputs.dim=12",
+        ],
+        true,
+    );
 }
 
 #[test]
 fn equal_in_distribution_pairs_mode_pooled_gelu() {
-    agree(&["run.backward=pairs", "model.head=pooled", "model.causal=true"], false);
+    agree(
+        &[
+            "run.backward=pairs",
+            "model.head=pooled",
+            "model.causal=true",
+        ],
+        false,
+    );
 }
 
 #[test]
@@ -190,17 +278,39 @@ fn equal_in_distribution_pairs_mode_dense_head_repeated() {
 
 #[test]
 fn equal_in_distribution_embedding_stem_repeated_ids() {
-    agree(&["model.stem=embedding", "inputs.kind=tokens", "inputs.vocab=50", "model.causal=true"], true);
+    agree(
+        &[
+            "model.stem=embedding",
+            "inputs.kind=tokens",
+            "inputs.vocab=50",
+            "model.causal=true",
+        ],
+        true,
+    );
 }
 
 #[test]
 fn auto_prefers_conditional_at_width_and_dense_for_uniform_init() {
-    let cfg = config(&["model.width=512", "model.heads=8", "inputs.tokens=16", "inputs.sequences=1"], "auto");
+    let cfg = config(
+        &[
+            "model.width=512",
+            "model.heads=8",
+            "inputs.tokens=16",
+            "inputs.sequences=1",
+        ],
+        "auto",
+    );
     let mut c2 = cfg.clone();
     let probe = sigprop::inputs::probe(&mut c2).unwrap();
-    assert_eq!(sigprop::mc::resolve_sampler(&cfg, &probe).unwrap(), Sampler::Conditional);
+    assert_eq!(
+        sigprop::mc::resolve_sampler(&cfg, &probe).unwrap(),
+        Sampler::Conditional
+    );
     let cfg = config(&["model.init=uniform"], "auto");
-    assert_eq!(sigprop::mc::resolve_sampler(&cfg, &probe).unwrap(), Sampler::Dense);
+    assert_eq!(
+        sigprop::mc::resolve_sampler(&cfg, &probe).unwrap(),
+        Sampler::Dense
+    );
     let cfg = config(&["model.init=uniform"], "conditional");
     assert!(sigprop::mc::resolve_sampler(&cfg, &probe).is_err());
     // The network itself is the same definition on both paths.

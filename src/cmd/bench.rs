@@ -1,11 +1,15 @@
-//! `sigprop bench`: samples/s of the Monte Carlo on the reference configuration (preset
-//! paper-vit, n = 512, H = 8, T = 16, one sequence, 6 layers = 12 blocks, `trace` backward)
-//! on 1 and 2 threads, the share of time in GEMM and its GFLOP/s, and the PyTorch peer
-//! (`bench/torch_peer.py`) side by side when torch is installed.
+//! `sigprop bench`: samples/s and peak RSS of the Monte Carlo on the reference
+//! configuration (preset paper-vit, H = 8, T = 16, one sequence, 6 layers = 12 blocks,
+//! `trace` backward) at n = 512, 2048, 8192, for the dense and the conditional sampler and
+//! for the PyTorch peer (`bench/torch_peer.py`, when torch is installed), side by side.
+//! Every point runs as its own `sigprop simulate` process so that its peak RSS is its own.
+//! Also the share of single-thread time spent in GEMM and the GFLOP/s inside GEMM.
 
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use anyhow::Context;
 
 use super::ConfigArgs;
 use crate::config::Config;
@@ -16,139 +20,210 @@ use crate::model::linalg::{GEMM_FLOPS, GEMM_NANOS, PROFILE};
 pub struct BenchArgs {
     #[command(flatten)]
     pub cfg: ConfigArgs,
-    /// Samples per measurement.
-    #[arg(long, default_value_t = 64)]
-    pub samples: u64,
+    /// Widths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "512,2048,8192")]
+    pub widths: Vec<usize>,
+    /// Threads for every point (sigprop and PyTorch).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Wall-clock budget in seconds per point (the sample count is sized to it).
+    #[arg(long, default_value_t = 8.0)]
+    pub seconds: f64,
     /// Skip the PyTorch peer.
     #[arg(long)]
     pub no_torch: bool,
 }
 
 /// The reference configuration of the benchmark.
-pub fn reference_sets() -> Vec<String> {
+pub fn reference_sets(width: usize) -> Vec<String> {
     [
-        "model.preset=paper-vit",
-        "model.width=512",
-        "model.heads=8",
-        "inputs.tokens=16",
-        "inputs.sequences=1",
-        "model.layers=6",
-        "run.backward=trace",
+        "model.preset=paper-vit".to_string(),
+        format!("model.width={width}"),
+        "model.heads=8".into(),
+        "inputs.tokens=16".into(),
+        "inputs.sequences=1".into(),
+        "model.layers=6".into(),
+        "run.backward=trace".into(),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    .to_vec()
 }
 
-/// samples/s of `samples` samples on `threads` threads.
-pub fn measure(
-    cfg: &Config,
-    probe: &crate::model::Probe,
-    samples: u64,
-    threads: usize,
-) -> anyhow::Result<f64> {
-    let job = Job::new(cfg, probe);
-    let t = Instant::now();
-    let mut ens = job.start(0, samples);
-    job.run(&mut ens, threads, |_| Ok(()))?;
-    Ok(samples as f64 / t.elapsed().as_secs_f64())
+struct Point {
+    sps: f64,
+    rss_mb: f64,
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let mut cfg_args = args.cfg.clone();
-    if cfg_args.config.is_none() && cfg_args.set.is_empty() {
-        cfg_args.set = reference_sets();
+/// Runs `sigprop simulate` in a child process and reads its closing line.
+fn child(sets: &[String], sampler: &str, samples: u64, threads: usize) -> anyhow::Result<Point> {
+    let exe = std::env::current_exe().context("cannot find the sigprop executable")?;
+    let out = std::env::temp_dir().join(format!("sigprop-bench-{}-{sampler}", std::process::id()));
+    let mut cmd = Command::new(exe);
+    cmd.arg("simulate");
+    for s in sets {
+        cmd.args(["--set", s]);
     }
-    let mut cfg = cfg_args.builder()?.build()?;
-    let probe = crate::inputs::probe(&mut cfg)?;
-    let m = &cfg.model;
-    println!(
-        "config: {} n={} H={} T={} S={} blocks={} backward={:?}, {} samples per point",
-        cfg.run.name,
-        m.width,
-        m.heads,
-        cfg.inputs.tokens,
-        cfg.inputs.sequences,
-        m.num_blocks(),
-        cfg.run.backward,
-        args.samples
-    );
-    // GEMM share, single thread.
+    cmd.args(["--set", &format!("run.sampler={sampler}")]);
+    cmd.args([
+        "--samples",
+        &samples.to_string(),
+        "--threads",
+        &threads.to_string(),
+        "--out",
+    ])
+    .arg(&out);
+    let o = cmd.output()?;
+    let _ = std::fs::remove_dir_all(&out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() {
+        anyhow::bail!("simulate failed: {}", err.trim());
+    }
+    let num = |key: &str, before: bool| -> f64 {
+        err.split(&[',', '(', ')'][..])
+            .map(str::trim)
+            .find(|p| p.contains(key))
+            .and_then(|p| {
+                let w: Vec<&str> = p.split_whitespace().collect();
+                let i = w.iter().position(|x| x.contains(key))?;
+                let j = if before { i.checked_sub(1)? } else { i + 1 };
+                w.get(j)?.parse().ok()
+            })
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Point {
+        sps: num("samples/s", true),
+        rss_mb: num("RSS", false),
+    })
+}
+
+fn torch(width: usize, samples: u64, threads: usize, dtype: &str) -> Option<f64> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_peer.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([
+            "--width",
+            &width.to_string(),
+            "--heads",
+            "8",
+            "--tokens",
+            "16",
+            "--layers",
+            "6",
+        ])
+        .args([
+            "--samples",
+            &samples.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--dtype",
+            dtype,
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn has_torch() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Single-thread GEMM share and GFLOP/s of the dense path at n = 512.
+fn gemm_profile(cfg: &Config, probe: &crate::model::Probe) -> anyhow::Result<(f64, f64)> {
+    let mut c = cfg.clone();
+    c.set_sampler(crate::config::Sampler::Dense);
+    let job = Job::new(&c, probe);
     PROFILE.store(true, Ordering::SeqCst);
     GEMM_FLOPS.store(0, Ordering::SeqCst);
     GEMM_NANOS.store(0, Ordering::SeqCst);
     let t = Instant::now();
-    let sps1p = measure(&cfg, &probe, args.samples.min(16), 1)?;
+    let mut ens = job.start(0, 8);
+    job.run(&mut ens, 1, |_| Ok(()))?;
     let wall = t.elapsed().as_secs_f64();
     PROFILE.store(false, Ordering::SeqCst);
     let (flops, nanos) = (
         GEMM_FLOPS.load(Ordering::SeqCst) as f64,
         GEMM_NANOS.load(Ordering::SeqCst) as f64,
     );
-    let s1 = measure(&cfg, &probe, args.samples, 1)?;
-    let s2 = measure(&cfg, &probe, args.samples, 2)?;
-    println!("sigprop dense  1 thread : {s1:8.2} samples/s");
-    println!("sigprop dense  2 threads: {s2:8.2} samples/s");
+    Ok((nanos * 1e-9 / wall, flops / nanos))
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let torch_ok = !args.no_torch && has_torch();
     println!(
-        "GEMM: {:.0}% of single-thread time, {:.1} GFLOP/s inside GEMM ({:.2} GFLOP per sample; profiled run {sps1p:.2} samples/s)",
-        100.0 * nanos * 1e-9 / wall,
-        flops / nanos,
-        flops * 1e-9 / args.samples.min(16) as f64
+        "reference: paper-vit, H=8, T=16, S=1, 6 layers (12 blocks), trace backward, {} threads",
+        args.threads
     );
-    if args.no_torch {
-        return Ok(());
-    }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_peer.py");
-    let has_torch = Command::new("python3")
-        .args(["-c", "import torch"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has_torch {
-        println!(
-            "PyTorch peer: torch is not installed (pip install torch); skipped. Script: {}",
-            script.display()
-        );
-        return Ok(());
-    }
-    let mut best: f64 = 0.0;
-    for dtype in ["float32", "float64"] {
-        let out = Command::new("python3")
-            .arg(&script)
-            .args([
-                "--width",
-                &m.width.to_string(),
-                "--heads",
-                &m.heads.to_string(),
-                "--tokens",
-                &cfg.inputs.tokens.to_string(),
-            ])
-            .args([
-                "--layers",
-                &(m.num_blocks() / 2).to_string(),
-                "--samples",
-                &args.samples.min(32).to_string(),
-                "--threads",
-                "2",
-                "--dtype",
-                dtype,
-            ])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let sps: f64 = text
-            .split_whitespace()
-            .next()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(f64::NAN);
-        println!("PyTorch {dtype} 2 threads: {sps:8.2} samples/s");
-        if sps.is_finite() {
-            best = best.max(sps);
+    {
+        let mut b = args.cfg.builder()?;
+        for s in reference_sets(512) {
+            b = b.set(&s)?;
         }
-    }
-    if best > 0.0 {
+        let mut cfg = b.build()?;
+        let probe = crate::inputs::probe(&mut cfg)?;
+        let (share, gflops) = gemm_profile(&cfg, &probe)?;
         println!(
-            "sigprop dense (2 threads) / best PyTorch: {:.2}x",
-            s2 / best
+            "dense n=512, 1 thread: {:.0}% of time in GEMM at {gflops:.1} GFLOP/s",
+            100.0 * share
+        );
+    }
+    println!(
+        "{:>6} {:>22} {:>22} {:>16} {:>16} {:>12}",
+        "n", "dense samples/s (MB)", "cond. samples/s (MB)", "torch f32", "torch f64", "cond/torch"
+    );
+    for &n in &args.widths {
+        let mut sets = reference_sets(n);
+        sets.extend(args.cfg.set.iter().cloned());
+        // Size each point to the time budget from a rough per-sample cost.
+        let scale = (n as f64 / 512.0).powi(2);
+        let dense = if n <= 2048 {
+            let samples = ((args.seconds * 12.0 / scale) as u64).clamp(2, 256);
+            Some(child(&sets, "dense", samples, args.threads)?)
+        } else {
+            None
+        };
+        let cond_samples =
+            ((args.seconds * 120.0 / (n as f64 / 512.0).powf(1.3)) as u64).clamp(2, 2048);
+        let cond = child(&sets, "conditional", cond_samples, args.threads)?;
+        let (t32, t64) = if torch_ok && n <= 2048 {
+            let s = ((args.seconds * 6.0 / scale) as u64).clamp(2, 64);
+            (
+                torch(n, s, args.threads, "float32"),
+                torch(n, s, args.threads, "float64"),
+            )
+        } else {
+            (None, None)
+        };
+        let best = t32.into_iter().chain(t64).fold(f64::NAN, f64::max);
+        let fmt = |p: &Option<Point>| {
+            p.as_ref().map_or("—".to_string(), |p| {
+                format!("{:.2} ({:.0})", p.sps, p.rss_mb)
+            })
+        };
+        let tf = |t: Option<f64>| t.map_or("—".to_string(), |v| format!("{v:.2}"));
+        let ratio = if best.is_finite() {
+            format!("{:.1}x", cond.sps / best)
+        } else {
+            "—".into()
+        };
+        println!(
+            "{n:>6} {:>22} {:>22} {:>16} {:>16} {:>12}",
+            fmt(&dense),
+            fmt(&Some(cond)),
+            tf(t32),
+            tf(t64),
+            ratio
+        );
+    }
+    if !torch_ok {
+        println!(
+            "PyTorch peer skipped: torch is not installed here (pip install torch); the script is bench/torch_peer.py"
         );
     }
     Ok(())

@@ -151,11 +151,13 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let ran = ens.next - done0;
     eprintln!(
-        "{}: {} samples in {:.2} s ({:.1} samples/s, {threads} threads) -> {}",
+        "{}: {} samples in {:.2} s ({:.2} samples/s, {threads} threads, {:?} sampler, peak RSS {:.0} MB) -> {}",
         cfg.run.name,
         ens.next - ens.first,
         secs,
         ran as f64 / secs.max(1e-9),
+        cfg.run.sampler,
+        peak_rss_mb(),
         out.join("stats.csv").display()
     );
     if let Some(l) = ens.acc.diverged_at {
@@ -173,6 +175,20 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     }
     Ok(())
+}
+
+/// The process's peak resident set (VmHWM) in MB; NaN where /proc is not available.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Writes `stats.csv` from an ensemble's sums.
