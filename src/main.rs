@@ -23,6 +23,8 @@ enum Command {
     Simulate(cmd::simulate::SimulateArgs),
     /// Combine shards of one ensemble exactly.
     Merge(cmd::merge::MergeArgs),
+    /// PNG and SVG figures from the stats.csv of each DIR, written into the first DIR.
+    Plot(cmd::plot::PlotArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Plot(a) => cmd::plot::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
