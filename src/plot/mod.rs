@@ -316,6 +316,8 @@ pub(crate) enum Mark {
     Line(RGBColor),
     /// A least-squares fit: a dashed line.
     Dashed(RGBColor),
+    /// A note: text only.
+    Blank,
 }
 
 /// Pixel width a legend strip needs for `entries` (marker, gap, longest label, margin).
@@ -355,6 +357,7 @@ where
             Mark::Line(c) => {
                 area.draw(&PathElement::new(vec![(8, y), (36, y)], c.stroke_width(3)))?;
             }
+            Mark::Blank => {}
             Mark::Dashed(c) => {
                 for x in [8, 20, 32] {
                     area.draw(&PathElement::new(

@@ -247,6 +247,23 @@ fn legend_for(data: &Data, curves: &[&Curve]) -> Vec<(String, Mark)> {
         .collect();
     if curves.iter().any(|c| !c.key.theory) {
         out.push(("bars: ±1 stderr".into(), Mark::Point(RGBColor(90, 90, 90))));
+        // A bar under ~1% of the axis is about the size of the marker: say so, rather than
+        // leave the reader to wonder whether errors were drawn.
+        // Measured on the axis the panel uses (wants_log decides, as in `draw_panel`).
+        let log = wants_log(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
+        let t = |y: f64| if log { y.log10() } else { y };
+        let ys = curves.iter().flat_map(|c| c.points.iter().map(|p| t(p.1)));
+        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+        let e = curves
+            .iter()
+            .filter(|c| !c.key.theory)
+            .flat_map(|c| c.points.iter().map(|p| t(p.1 + p.2) - t(p.1)))
+            .fold(0.0, f64::max);
+        if hi > lo && e < 0.01 * (hi - lo) {
+            out.push(("(bars within the markers)".into(), Mark::Blank));
+        }
     }
     out
 }
@@ -327,7 +344,12 @@ fn ntk_groups(data: &Data) -> Result<Profile, Skip> {
         name: name.to_string(),
         title: "per-group NTK Θ_g (raw squared-gradient sums) vs layer".into(),
         subtitle: data.describe(rows.iter().copied()),
-        legend: legend_for(data, &refs),
+        // Panels have their own scales, so a figure-wide "bars within the markers" would
+        // mislead.
+        legend: legend_for(data, &refs)
+            .into_iter()
+            .filter(|(_, m)| !matches!(m, Mark::Blank))
+            .collect(),
         x_range: x_range(&rows),
         panels,
     })
@@ -358,7 +380,7 @@ pub(crate) fn figures(data: &Data) -> Vec<Result<Profile, Skip>> {
             "resid",
             "grad2",
             "gradient size grad2 = E Σ (∂f/∂z)² at each layer ℓ",
-            "grad2 (per output)",
+            "grad2 per output",
         ),
         ntk_groups(data),
         single(
