@@ -8,5 +8,6 @@ pub mod config;
 pub mod inputs;
 pub mod mc;
 pub mod model;
+pub mod plot;
 pub mod stats;
 pub mod theory;

@@ -25,6 +25,8 @@ enum Command {
     Merge(cmd::merge::MergeArgs),
     /// Samples/s on the reference configuration, GEMM share, and the PyTorch peer.
     Bench(cmd::bench::BenchArgs),
+    /// PNG and SVG figures from the stats.csv of each DIR, written into the first DIR.
+    Plot(cmd::plot::PlotArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Plot(a) => cmd::plot::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

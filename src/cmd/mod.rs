@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod merge;
+pub mod plot;
 pub mod simulate;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,27 @@
+//! `sigprop plot DIR...`: PNG and SVG figures from the stats.csv of each DIR (and its
+//! `theory/stats.csv`), written into the first DIR. Reads the CSV only (SPEC §3).
+
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// Run folders holding stats.csv (MC and/or theory rows; theory/stats.csv is read too).
+    /// Their rows are merged; figures go into the first.
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+pub fn run(args: &PlotArgs) -> anyhow::Result<()> {
+    let rows = crate::plot::load(&args.dirs)?;
+    let out = args.dirs[0].as_path();
+    let out = if out.is_file() {
+        out.parent().unwrap_or(std::path::Path::new("."))
+    } else {
+        out
+    };
+    let files = crate::plot::plot_all(&rows, out)?;
+    for f in &files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
