@@ -4,6 +4,7 @@
 //! `stats` (the CSV of SPEC §3), with `theory` predictions in the same schema.
 
 pub mod cmd;
+pub mod compare;
 pub mod config;
 pub mod inputs;
 pub mod mc;

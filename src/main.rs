@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Monte Carlo ensemble: per-layer statistics with standard errors into DIR/stats.csv.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Monte Carlo against theory: z-scores, relative errors, width fits, report.md.
+    Compare(cmd::compare::CompareArgs),
     /// Combine shards of one ensemble exactly.
     Merge(cmd::merge::MergeArgs),
     /// Samples/s on the reference configuration, GEMM share, and the PyTorch peer.
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Plot(a) => cmd::plot::run(a),
     };
