@@ -50,6 +50,9 @@ pub struct Joined {
     pub samples: u64,
 }
 
+/// The join key without the width: one quantity followed across widths.
+type WidthFree = (String, usize, String, String, i64, i64);
+
 /// How |MC − theory| of one quantity shrinks with width.
 #[derive(Clone, Debug, Serialize)]
 pub struct Convergence {
@@ -137,8 +140,7 @@ pub fn compare(mc: &[Row], theory: &[Row], threshold: f64) -> Comparison {
 /// Weighted least squares of log|diff| on log n over the widths of each quantity; the
 /// weight of a point is 1/σ² with σ = se/|diff| (the delta method on the log).
 fn convergence(joined: &[Joined]) -> Vec<Convergence> {
-    let mut groups: BTreeMap<(String, usize, String, String, i64, i64), Vec<&Joined>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<WidthFree, Vec<&Joined>> = BTreeMap::new();
     for j in joined {
         groups
             .entry((
