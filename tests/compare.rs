@@ -18,7 +18,7 @@ fn sigprop(args: &[&str]) -> (i32, String) {
     )
 }
 
-fn theory_rows(dir: &PathBuf, scale: f64) -> Vec<Row> {
+fn theory_rows(dir: &std::path::Path, scale: f64) -> Vec<Row> {
     let text = std::fs::read_to_string(dir.join("inputs.csv")).unwrap();
     let x: Vec<Vec<f64>> = text
         .lines()
