@@ -1,0 +1,175 @@
+//! `sigprop sweep`: one configuration over a grid of values of any keys
+//! (`--set model.width=128,256,512`), one folder per point, a combined `stats.csv`
+//! (and `theory/stats.csv` with `--theory`), and with theory a comparison whose width fits
+//! show how |MC − theory| shrinks with n. A point whose results already exist for the same
+//! configuration is not run again, so an interrupted sweep loses nothing it finished.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::simulate::SimulateArgs;
+use super::theory::TheoryArgs;
+use super::{ConfigArgs, out_dir};
+use crate::stats::csv::{read, write};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// `--set key=v1,v2,…` sweeps a key (several such flags give their product); a
+    /// single value fixes it.
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Samples per point.
+    #[arg(long)]
+    pub samples: Option<u64>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also run the theory at every point and compare.
+    #[arg(long)]
+    pub theory: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// A point of the grid: its folder label and its `key=value` settings.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub label: String,
+    pub sets: Vec<String>,
+}
+
+/// Splits the `--set` flags into fixed settings and the grid's points; `explicit` points
+/// (each a list of settings, e.g. an activation with its critical variances) multiply the
+/// grid.
+pub fn grid(sets: &[String], explicit: &[Vec<String>]) -> anyhow::Result<(Vec<String>, Vec<Point>, bool)> {
+    let mut fixed = Vec::new();
+    let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+    for s in sets {
+        let (k, v) = s.split_once('=').with_context(|| format!("--set `{s}`: expected key=value"))?;
+        if v.contains(',') && !v.trim_start().starts_with('[') {
+            let vals: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+            axes.push((k.trim().to_string(), vals));
+        } else {
+            fixed.push(s.clone());
+        }
+    }
+    let width_only = explicit.is_empty() && axes.len() == 1 && axes[0].0 == "model.width";
+    let mut points: Vec<Point> = if explicit.is_empty() {
+        vec![Point { label: String::new(), sets: Vec::new() }]
+    } else {
+        explicit
+            .iter()
+            .map(|sets| Point {
+                label: sets
+                    .iter()
+                    .filter(|s| !s.starts_with("model.variances."))
+                    .map(|s| s.rsplit_once('.').map_or(s.as_str(), |(_, t)| t).to_string())
+                    .collect::<Vec<_>>()
+                    .join("_"),
+                sets: sets.clone(),
+            })
+            .collect()
+    };
+    for (k, vals) in &axes {
+        let short = k.rsplit('.').next().unwrap_or(k);
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                vals.iter().map(move |v| {
+                    let sep = if p.label.is_empty() { "" } else { "_" };
+                    let mut sets = p.sets.clone();
+                    sets.push(format!("{k}={v}"));
+                    Point { label: format!("{}{sep}{short}={v}", p.label), sets }
+                })
+            })
+            .collect();
+    }
+    if axes.is_empty() && explicit.is_empty() {
+        points[0].label = "point".into();
+    }
+    Ok((fixed, points, width_only))
+}
+
+/// Runs every point; returns the combined MC rows' file and, with theory, the theory file.
+pub fn run_grid(
+    base: &ConfigArgs,
+    explicit: &[Vec<String>],
+    samples: Option<u64>,
+    threads: Option<usize>,
+    theory: bool,
+    out: &Path,
+    mut on_point: impl FnMut(usize, usize, &str),
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let (fixed, points, width_only) = grid(&base.set, explicit)?;
+    out_dir(out)?;
+    let base_name = base.builder()?.build().map(|c| c.run.name.clone())?;
+    let mut mc_rows = Vec::new();
+    let mut th_rows = Vec::new();
+    for (k, p) in points.iter().enumerate() {
+        on_point(k, points.len(), &p.label);
+        let dir = out.join(&p.label);
+        let mut sets = fixed.clone();
+        sets.extend(p.sets.iter().cloned());
+        if !width_only && !base.set.iter().any(|s| s.starts_with("run.name=")) {
+            sets.push(format!("run.name={base_name}-{}", p.label));
+        }
+        let cfg = ConfigArgs { config: base.config.clone(), set: sets, inputs: base.inputs.clone() };
+        if !finished(&dir, &cfg, samples)? {
+            super::simulate::run(&SimulateArgs {
+                cfg: cfg.clone(),
+                samples,
+                seed: None,
+                threads,
+                shard: None,
+                resume: None,
+                out: Some(dir.clone()),
+                checkpoint_secs: 30.0,
+            })?;
+        }
+        mc_rows.extend(read(&dir.join("stats.csv"))?);
+        if theory {
+            let tdir = dir.join("theory");
+            if !tdir.join("stats.csv").exists() {
+                super::theory::run(&TheoryArgs { cfg, out: Some(tdir.clone()) })?;
+            }
+            th_rows.extend(read(&tdir.join("stats.csv"))?);
+        }
+    }
+    let mc_path = out.join("stats.csv");
+    write(&mc_path, &mc_rows)?;
+    let th_path = if theory {
+        out_dir(&out.join("theory"))?;
+        let p = out.join("theory").join("stats.csv");
+        write(&p, &th_rows)?;
+        Some(p)
+    } else {
+        None
+    };
+    Ok((mc_path, th_path))
+}
+
+/// Whether `dir` already holds a finished run of this configuration.
+fn finished(dir: &Path, cfg: &ConfigArgs, samples: Option<u64>) -> anyhow::Result<bool> {
+    let (Ok(old), true) = (std::fs::read_to_string(dir.join("config.toml")), dir.join("stats.csv").exists()) else {
+        return Ok(false);
+    };
+    let mut b = cfg.builder()?;
+    if let Some(n) = samples {
+        b = b.value("run.samples", toml::Value::from(n as i64))?;
+    }
+    let mut want = b.build()?;
+    let probe = crate::inputs::probe(&mut want)?;
+    want.set_sampler(crate::mc::resolve_sampler(&want, &probe)?);
+    let moments_done = crate::mc::load_moments(&dir.join("moments.bin")).map(|(_, _, next, end)| next >= end).unwrap_or(false);
+    Ok(old == want.to_toml() && moments_done)
+}
+
+pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
+    let (mc, th) = run_grid(&a.cfg, &[], a.samples, a.threads, a.theory, &a.out, |k, n, label| {
+        eprintln!("[{}/{n}] {label}", k + 1);
+    })?;
+    if let Some(th) = th {
+        super::compare::run(&super::compare::CompareArgs { mc, theory: th, out: a.out.join("compare"), threshold: 5.0 })?;
+    }
+    Ok(())
+}
