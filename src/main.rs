@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Monte Carlo ensemble: per-layer statistics with standard errors into DIR/stats.csv.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Infinite-width theory predictions in the same schema into DIR/stats.csv.
+    Theory(cmd::theory::TheoryArgs),
     /// Combine shards of one ensemble exactly.
     Merge(cmd::merge::MergeArgs),
 }
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Theory(a) => cmd::theory::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

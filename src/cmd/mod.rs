@@ -2,6 +2,7 @@
 
 pub mod merge;
 pub mod simulate;
+pub mod theory;
 
 use std::path::{Path, PathBuf};
 
