@@ -751,8 +751,8 @@ pub fn predict(
     if sampled {
         let r = opts.error_batches.max(2);
         let per = (opts.logit_samples / r).max(1);
-        let mut sum = vec![0.0; rows.len()];
-        let mut sumsq = vec![0.0; rows.len()];
+        // Rows that do not depend on the logit draws must get an error of exactly 0.
+        let mut vals = vec![Vec::with_capacity(r); rows.len()];
         for b in 1..=r {
             let pb = forward(spec, &g0, sampler(per, b as u64))?;
             let rb = prediction_rows(&pb);
@@ -762,15 +762,16 @@ pub fn predict(
                     .get(k)
                     .filter(|x| x.observable == row.observable && x.layer == row.layer)
                     .map_or(f64::NAN, |x| x.value);
-                sum[k] += v;
-                sumsq[k] += v * v;
+                vals[k].push(v);
             }
         }
         let rf = r as f64;
-        for k in 0..rows.len() {
-            let mean = sum[k] / rf;
-            let var = ((sumsq[k] - rf * mean * mean) / (rf - 1.0)).max(0.0);
-            stderr[k] = (var / rf).sqrt();
+        for (se, v) in stderr.iter_mut().zip(&vals) {
+            // Shifted by the first batch, so identical values give exactly 0.
+            let v0 = v.first().copied().unwrap_or(0.0);
+            let mean = v.iter().map(|x| x - v0).sum::<f64>() / rf;
+            let var = v.iter().map(|x| (x - v0 - mean).powi(2)).sum::<f64>() / (rf - 1.0);
+            *se = (var / rf).sqrt();
         }
     }
     let samples = if sampled {
