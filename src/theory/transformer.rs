@@ -412,6 +412,27 @@ pub fn head(spec: &ModelSpec, input: &KernelState) -> KernelState {
     input.with(g)
 }
 
+/// The tied head's contact term **[derived from footnote 19 and (1.140), not in (1.84)]**.
+///
+/// The head reads z^L_{δ;i} = N Σ_j W_WE[j, i] s_{δ;j}, and s_δ still contains the stem's
+/// own column c_δ W_WE[:, id_δ] through the skip path (c_δ = ξ^B/sqrt(G_δδ + ε) in `pre`
+/// mode, with a 1/sqrt(G + ε) per post-LN, ξ^B without LN). So the output component
+/// i = id_δ has a *mean* N c_δ Σ_j W_WE[j, id_δ]² = N c_δ n C_WE, and the kernel
+/// (1/n_out) Σ_i z_{δ1;i} z_{δ2;i} gains [id_δ1 = id_δ2] N² (n C_WE)² c_δ1 c_δ2 / n_out,
+/// which is O(n/n_vocab) relative to (1.84): not negligible unless n ≪ n_vocab. The
+/// branches add no such mean: each ends in a fresh mean-zero weight.
+fn tied_contact(spec: &ModelSpec, g0: &KernelState, coef: &[f64], out: &mut KernelState) {
+    let n = spec.width as f64;
+    let amp = spec.tied_rescale() * n * spec.var.stem;
+    let n_out = spec.out_dim() as f64;
+    // G⁰ of the embedding stem is exactly [id_δ1 = id_δ2].
+    for a in 0..out.len() {
+        for b in 0..out.len() {
+            out.g[[a, b]] += g0.g[[a, b]] * amp * amp * coef[a] * coef[b] / n_out;
+        }
+    }
+}
+
 /// The book's MLP layer K' = C_b + C_W ⟨σσ⟩_K (`mlp` mode blocks, PDLT §4.3).
 fn book_layer(spec: &ModelSpec, k: &KernelState, c_w: f64, c_b: f64) -> KernelState {
     k.with(sigma_sigma_all(spec, k).mapv(|x| c_b + c_w * x))
@@ -462,6 +483,9 @@ pub fn forward(
     }
     let mut out = Vec::with_capacity(spec.num_blocks() + 2);
     let mut z = stem(spec, g0);
+    // How much of the stem's own W_WE[:, id_δ] the stream z_δ carries along the skip path
+    // (for the tied head's contact term, see [`tied_contact`]).
+    let mut stem_coef = vec![1.0; z.len()];
     let ln_of = |z: &KernelState| layer_norm(z, spec.ln_eps);
     let mut cur = layer(1, z.clone());
     for (b, kind) in spec.blocks.iter().enumerate() {
@@ -492,13 +516,20 @@ pub fn forward(
             }
         };
         z = residual(spec, &z, &delta);
+        stem_coef.iter_mut().for_each(|c| *c *= spec.xi);
         if spec.norm == Norm::Post {
+            for (a, c) in stem_coef.iter_mut().enumerate() {
+                *c /= (z.g[[a, a]] + spec.ln_eps).sqrt();
+            }
             z = ln_of(&z);
         }
         next.resid = z.clone();
         cur = next;
     }
     let head_in = if spec.norm == Norm::Pre {
+        for (a, c) in stem_coef.iter_mut().enumerate() {
+            *c /= (z.g[[a, a]] + spec.ln_eps).sqrt();
+        }
         let f = ln_of(&z);
         cur.ln = Some(f.clone());
         f
@@ -512,7 +543,11 @@ pub fn forward(
         });
     }
     out.push(cur);
-    let out_l = layer(spec.head_layer(), head(spec, &head_in));
+    let mut out_g = head(spec, &head_in);
+    if spec.head == HeadKind::Tied {
+        tied_contact(spec, g0, &stem_coef, &mut out_g);
+    }
+    let out_l = layer(spec.head_layer(), out_g);
     let diverged_at = (!out_l.resid.finite()).then_some(out_l.layer);
     if diverged_at.is_none() {
         out.push(out_l);
