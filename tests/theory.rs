@@ -27,6 +27,7 @@ fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
         logit_samples: 20000,
         error_batches: 10,
         seed: 5,
+        backward: true,
     };
     let (rows, diverged) = transformer::predict(&cfg.model, probe, opts, "test").unwrap();
     assert_eq!(diverged, None);
@@ -37,7 +38,7 @@ fn monte_carlo(cfg: &Config, probe: &Probe, samples: u64, seed: u64) -> Vec<Row>
     let job = mc::Job {
         spec: &cfg.model,
         probe,
-        backward: Backward::None,
+        backward: Backward::Trace,
         seed,
     };
     let mut ens = job.start(0, samples);
@@ -204,6 +205,43 @@ fn pre_ln_kernels_agree_with_monte_carlo() {
     assert!(wz.abs() < 5.0, "worst z = {wz:.2} at {wk:?}");
 }
 
+/// The backward recursion (1.98) with the LN factor (1.139): grad2 at every layer and every
+/// group's raw NTK summary (trace mode), including the attention logit path (E[JJ]) in the
+/// Q and K groups and the λ-weighted `ntk` and `ntk_total`.
+#[test]
+fn pre_ln_ntk_and_grad2_agree_with_monte_carlo() {
+    let (mc, th) = vit();
+    // The LN Jacobian's own O(1/n) correction ((1.137)–(1.139), and E[1/var] > 1/E[var])
+    // is resolvable here: measured +0.8% at n = 256 and +0.4% at n = 512 on grad2 and the
+    // stem/PE groups (≈ 2/n). So the check is |mc − theory| ≤ 5σ + 4|theory|/n, and the raw
+    // worst z is printed beside it.
+    let n = 512.0;
+    let z = z_scores(mc, th, |r| {
+        r.observable == "grad2" || r.observable.starts_with("ntk")
+    });
+    assert!(z.len() >= 17, "{} backward rows", z.len());
+    let (wz, wk) = worst(&z);
+    eprintln!(
+        "pre-LN backward summaries: {} rows, worst raw z = {wz:.2} at {wk:?}",
+        z.len()
+    );
+    let (mci, thi) = (index(mc), index(th));
+    let mut worst_allowed = (0.0f64, None);
+    for (_, k) in &z {
+        let (m, t) = (&mci[k], &thi[k]);
+        let se = (m.stderr.powi(2) + t.stderr.powi(2)).sqrt();
+        let excess = ((m.value - t.value).abs() - 4.0 * t.value.abs() / n).max(0.0) / se;
+        if excess > worst_allowed.0 {
+            worst_allowed = (excess, Some(k.clone()));
+        }
+    }
+    eprintln!(
+        "pre-LN backward: worst z beyond the 4/n allowance = {:.2} at {:?}",
+        worst_allowed.0, worst_allowed.1
+    );
+    assert!(worst_allowed.0 < 5.0, "{worst_allowed:?}");
+}
+
 #[test]
 fn attention_matches_gaussian_logits_and_is_not_uniform() {
     let (mc, th) = vit();
@@ -309,6 +347,16 @@ fn mlp_mode_kurtosis_follows_the_vertex() {
         "mlp kurtosis, layers 2-6: worst z = {:.2} at layer {} token {}",
         worst_z.0, worst_z.1, worst_z.2
     );
+    // The book's frozen NTK per group and grad2 (trace mode).
+    let z = z_scores(&mc, &th, |r| {
+        r.observable == "grad2" || r.observable.starts_with("ntk")
+    });
+    let (wz, wk) = worst(&z);
+    eprintln!(
+        "mlp NTK and grad2: {} rows, worst z = {wz:.2} at {wk:?}",
+        z.len()
+    );
+    assert!(wz.abs() < 5.0, "worst z = {wz:.2} at {wk:?}");
     // The kernels (every entry, every layer) are exact at infinite width.
     let z = z_scores(&mc, &th, |r| {
         r.site == "resid" && r.observable.starts_with("kernel")

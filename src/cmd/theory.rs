@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{ConfigArgs, out_dir, write_run_files};
-use crate::config::{Config, Norm};
+use crate::config::{Backward, Config, Norm};
 use crate::theory::transformer::{TheoryOptions, predict};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -25,6 +25,7 @@ pub fn options(cfg: &Config) -> TheoryOptions {
         logit_samples: int("theory.logit_samples", 20000),
         error_batches: int("theory.error_batches", 10),
         seed: cfg.run.seed,
+        backward: cfg.run.backward != Backward::None,
     }
 }
 
@@ -35,8 +36,10 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
         // The paper does no finite-width analysis (footnote 2).
         m.extend(["fluct", "kurtosis"]);
     }
-    // The backward recursions (grad2, NTK (1.98)) are not implemented yet.
-    m.extend(["grad2", "ntk_<group>", "ntk", "ntk_total"]);
+    if let Some(why) = crate::theory::ntk::unsupported(&cfg.model) {
+        eprintln!("note: no backward theory for this model: {why}");
+        m.extend(["grad2", "ntk_<group>", "ntk", "ntk_total"]);
+    }
     m
 }
 
@@ -54,10 +57,13 @@ pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
         rows.len(),
         out.join("stats.csv").display()
     );
-    eprintln!(
-        "note: no theory rows for {} in this mode",
-        missing_observables(&cfg).join(", ")
-    );
+    let missing = missing_observables(&cfg);
+    if !missing.is_empty() {
+        eprintln!(
+            "note: no theory rows for {} in this mode",
+            missing.join(", ")
+        );
+    }
     if let Some(l) = diverged {
         eprintln!(
             "warning: diverged at layer {l} (overflow or NaN); stats.csv keeps layers 1 to {}",

@@ -9,6 +9,7 @@
 //!   paper's §I 1) over the whole probe set, and the book's MLP in `mlp` mode.
 pub mod book;
 pub mod gauss;
+pub mod ntk;
 pub mod transformer;
 
 use crate::model::activation::Activation;

@@ -68,6 +68,9 @@ impl KernelState {
         self.g.iter().all(|x| x.is_finite())
     }
     /// The same shape with another matrix.
+    pub fn clone_with(&self, g: Array2<f64>) -> Self {
+        self.with(g)
+    }
     fn with(&self, g: Array2<f64>) -> Self {
         KernelState::new(g, self.sequences, self.tokens)
     }
@@ -75,21 +78,21 @@ impl KernelState {
 
 /// Effective O(1) constants at the configured width (see the module doc).
 #[derive(Clone, Copy, Debug)]
-struct Consts {
-    stem: f64,
-    pe: f64,
-    q: f64,
-    k: f64,
-    v: f64,
-    u: f64,
-    w: f64,
-    x: f64,
-    head: f64,
-    bias: f64,
+pub(crate) struct Consts {
+    pub(crate) stem: f64,
+    pub(crate) pe: f64,
+    pub(crate) q: f64,
+    pub(crate) k: f64,
+    pub(crate) v: f64,
+    pub(crate) u: f64,
+    pub(crate) w: f64,
+    pub(crate) x: f64,
+    pub(crate) head: f64,
+    pub(crate) bias: f64,
 }
 
 impl Consts {
-    fn of(spec: &ModelSpec) -> Self {
+    pub(crate) fn of(spec: &ModelSpec) -> Self {
         let n = spec.width;
         let eff = |c: f64, fan_in: usize| spec.weight_var(c, fan_in) * fan_in as f64;
         let m = spec.mlp_mult * n;
@@ -167,7 +170,7 @@ pub fn layer_norm(z: &KernelState, eps: f64) -> KernelState {
 }
 
 /// ⟨σ(w_a) σ(w_b)⟩ for every pair under the Gaussian of covariance `k` (entrywise 2×2).
-fn sigma_sigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> {
+pub(crate) fn sigma_sigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> {
     let act = spec.activation;
     let d = k.len();
     let mut out = Array2::zeros((d, d));
@@ -246,7 +249,7 @@ const THEORY_DOMAIN: u64 = 0x7EE0_4A11_C0DE_0002;
 /// C^{1−2a} C_Q C_K F F. At a = 1/2 (the paper, (1.61)) it is O(1); for a > 1/2 (μP uses
 /// a = 1, footnote 12) it vanishes as n → ∞ and attention becomes exactly uniform at
 /// infinite width (SPEC §4); a < 1/2 makes the logits diverge.
-fn logit_scale(spec: &ModelSpec) -> Result<f64, TheoryError> {
+pub(crate) fn logit_scale(spec: &ModelSpec) -> Result<f64, TheoryError> {
     let a = spec.logit_exponent;
     if (a - 0.5).abs() < 1e-12 {
         Ok(1.0)
@@ -294,6 +297,23 @@ pub fn attn_branch(
     block: usize,
     sampler: LogitSampler,
 ) -> Result<(KernelState, AttnStats), TheoryError> {
+    attn_branch_draws(spec, input, block, sampler, false).map(|(d, s, _)| (d, s))
+}
+
+/// One block's attention matrices Ω (D×D, block-diagonal over sequences, rows = queries),
+/// one per logit draw, each with its weight in the average (the NTK's E[ΩΩ] and E[JJ]
+/// reuse exactly the forward pass's draws).
+pub type Draws = Vec<(f64, Array2<f64>)>;
+
+/// [`attn_branch`], also returning the draws when `keep` is set.
+pub fn attn_branch_draws(
+    spec: &ModelSpec,
+    input: &KernelState,
+    block: usize,
+    sampler: LogitSampler,
+    keep: bool,
+) -> Result<(KernelState, AttnStats, Draws), TheoryError> {
+    let mut draws: Draws = Vec::new();
     let c = Consts::of(spec);
     let (d, t) = (input.len(), input.tokens);
     let scale = logit_scale(spec)?;
@@ -337,6 +357,9 @@ pub fn attn_branch(
             }
         }
         accumulate(&attn, 1.0);
+        if keep {
+            draws.push((1.0, attn.clone()));
+        }
     } else {
         let la = cholesky_psd(&qk);
         let lb = cholesky_psd(&kk);
@@ -365,6 +388,9 @@ pub fn attn_branch(
                 }
             }
             accumulate(&attn, weight);
+            if keep {
+                draws.push((weight, attn.clone()));
+            }
         }
     }
     let delta = input.with(e_pp.mapv(|x| c.u * x + c.bias));
@@ -376,6 +402,7 @@ pub fn attn_branch(
             max,
             sampled,
         },
+        draws,
     ))
 }
 
@@ -754,6 +781,9 @@ pub struct TheoryOptions {
     /// Independent batches for the inner Monte Carlo error (`theory.error_batches`).
     pub error_batches: usize,
     pub seed: u64,
+    /// Also predict the backward rows (grad2, ntk_<group>, ntk, ntk_total), as the Monte
+    /// Carlo does unless `run.backward = "none"`.
+    pub backward: bool,
 }
 
 /// The theory's rows for a probe set, with `source = theory`.
@@ -781,7 +811,17 @@ pub fn predict(
         .layers
         .iter()
         .any(|l| l.attn.as_ref().is_some_and(|a| a.sampled));
-    let rows = prediction_rows(&full);
+    let all_rows = |p: &Prediction, sampler: LogitSampler| -> Result<Vec<PRow>, TheoryError> {
+        let mut rows = prediction_rows(p);
+        if opts.backward
+            && p.diverged_at.is_none()
+            && let Some(b) = super::ntk::backward_rows(spec, &g0, sampler)?
+        {
+            rows.extend(b);
+        }
+        Ok(rows)
+    };
+    let rows = all_rows(&full, sampler(opts.logit_samples, 0))?;
     let mut stderr = vec![0.0; rows.len()];
     if sampled {
         let r = opts.error_batches.max(2);
@@ -789,8 +829,8 @@ pub fn predict(
         // Rows that do not depend on the logit draws must get an error of exactly 0.
         let mut vals = vec![Vec::with_capacity(r); rows.len()];
         for b in 1..=r {
-            let pb = forward(spec, &g0, sampler(per, b as u64))?;
-            let rb = prediction_rows(&pb);
+            let sb = sampler(per, b as u64);
+            let rb = all_rows(&forward(spec, &g0, sb)?, sb)?;
             for (k, row) in rows.iter().enumerate() {
                 // A batch that diverged earlier lacks rows: its error stays NaN there.
                 let v = rb
