@@ -21,10 +21,16 @@ struct Cli {
 enum Command {
     /// Monte Carlo ensemble: per-layer statistics with standard errors into DIR/stats.csv.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Infinite-width theory predictions in the same schema into DIR/stats.csv.
+    Theory(cmd::theory::TheoryArgs),
     /// Monte Carlo against theory: z-scores, relative errors, width fits, report.md.
     Compare(cmd::compare::CompareArgs),
     /// Combine shards of one ensemble exactly.
     Merge(cmd::merge::MergeArgs),
+    /// One configuration over a grid of key values, with theory and width fits.
+    Sweep(cmd::sweep::SweepArgs),
+    /// Everything an experiment file asks for, into results/NAME/.
+    Run(cmd::run::RunArgs),
     /// Samples/s on the reference configuration, GEMM share, and the PyTorch peer.
     Bench(cmd::bench::BenchArgs),
     /// PNG and SVG figures from the stats.csv of each DIR, written into the first DIR.
@@ -36,9 +42,12 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Theory(a) => cmd::theory::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Plot(a) => cmd::plot::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,10 @@ pub mod bench;
 pub mod compare;
 pub mod merge;
 pub mod plot;
+pub mod run;
 pub mod simulate;
+pub mod sweep;
+pub mod theory;
 
 use std::path::{Path, PathBuf};
 

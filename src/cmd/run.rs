@@ -55,9 +55,15 @@ pub struct Experiment {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Experiment> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read experiment {}", path.display()))?;
-    let mut e: Experiment = toml::from_str(&text)
-        .map_err(|err| anyhow::anyhow!("{}: {}", path.display(), crate::config::one_line(&err.to_string())))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read experiment {}", path.display()))?;
+    let mut e: Experiment = toml::from_str(&text).map_err(|err| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            crate::config::one_line(&err.to_string())
+        )
+    })?;
     if let Some(c) = &e.config
         && c.is_relative()
     {
@@ -68,20 +74,43 @@ pub fn load(path: &Path) -> anyhow::Result<Experiment> {
 
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let e = load(&a.experiment)?;
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("results").join(&e.name));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&e.name));
     let t0 = Instant::now();
-    let base = ConfigArgs { config: e.config.clone(), set: e.set.clone(), inputs: None };
+    let base = ConfigArgs {
+        config: e.config.clone(),
+        set: e.set.clone(),
+        inputs: None,
+    };
     eprintln!("experiment {}: {}", e.name, e.description);
-    let (mc, th) = super::sweep::run_grid(&base, &e.points, a.samples.or(e.samples), a.threads, e.theory, &out, |k, n, label| {
-        eprintln!("[{}/{n}] {label}", k + 1);
-    })?;
+    let (mc, th) = super::sweep::run_grid(
+        &base,
+        &e.points,
+        a.samples.or(e.samples),
+        a.threads,
+        e.theory,
+        &out,
+        |k, n, label| {
+            eprintln!("[{}/{n}] {label}", k + 1);
+        },
+    )?;
     if let Some(th) = th {
-        super::compare::run(&super::compare::CompareArgs { mc, theory: th, out: out.join("compare"), threshold: 5.0 })?;
+        super::compare::run(&super::compare::CompareArgs {
+            mc,
+            theory: th,
+            out: out.join("compare"),
+            threshold: 5.0,
+        })?;
     }
-    super::plot::run(&super::plot::PlotArgs { dirs: vec![out.clone()] })?;
+    super::plot::run(&super::plot::PlotArgs {
+        dirs: vec![out.clone()],
+    })?;
     if a.publish {
         let dest = PathBuf::from("plots").join(&e.name);
-        std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        std::fs::create_dir_all(&dest)
+            .with_context(|| format!("cannot create {}", dest.display()))?;
         for f in std::fs::read_dir(&out)? {
             let p = f?.path();
             if matches!(p.extension().and_then(|x| x.to_str()), Some("png" | "svg")) {
@@ -90,6 +119,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         }
         eprintln!("figures copied to {}", dest.display());
     }
-    eprintln!("experiment {} done in {:.1} s -> {}", e.name, t0.elapsed().as_secs_f64(), out.display());
+    eprintln!(
+        "experiment {} done in {:.1} s -> {}",
+        e.name,
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(())
 }

@@ -41,13 +41,22 @@ pub struct Point {
 /// Splits the `--set` flags into fixed settings and the grid's points; `explicit` points
 /// (each a list of settings, e.g. an activation with its critical variances) multiply the
 /// grid.
-pub fn grid(sets: &[String], explicit: &[Vec<String>]) -> anyhow::Result<(Vec<String>, Vec<Point>, bool)> {
+pub fn grid(
+    sets: &[String],
+    explicit: &[Vec<String>],
+) -> anyhow::Result<(Vec<String>, Vec<Point>, bool)> {
     let mut fixed = Vec::new();
     let mut axes: Vec<(String, Vec<String>)> = Vec::new();
     for s in sets {
-        let (k, v) = s.split_once('=').with_context(|| format!("--set `{s}`: expected key=value"))?;
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--set `{s}`: expected key=value"))?;
         if v.contains(',') && !v.trim_start().starts_with('[') {
-            let vals: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+            let vals: Vec<String> = v
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
             axes.push((k.trim().to_string(), vals));
         } else {
             fixed.push(s.clone());
@@ -55,7 +64,10 @@ pub fn grid(sets: &[String], explicit: &[Vec<String>]) -> anyhow::Result<(Vec<St
     }
     let width_only = explicit.is_empty() && axes.len() == 1 && axes[0].0 == "model.width";
     let mut points: Vec<Point> = if explicit.is_empty() {
-        vec![Point { label: String::new(), sets: Vec::new() }]
+        vec![Point {
+            label: String::new(),
+            sets: Vec::new(),
+        }]
     } else {
         explicit
             .iter()
@@ -63,7 +75,11 @@ pub fn grid(sets: &[String], explicit: &[Vec<String>]) -> anyhow::Result<(Vec<St
                 label: sets
                     .iter()
                     .filter(|s| !s.starts_with("model.variances."))
-                    .map(|s| s.rsplit_once('.').map_or(s.as_str(), |(_, t)| t).to_string())
+                    .map(|s| {
+                        s.rsplit_once('.')
+                            .map_or(s.as_str(), |(_, t)| t)
+                            .to_string()
+                    })
                     .collect::<Vec<_>>()
                     .join("_"),
                 sets: sets.clone(),
@@ -79,7 +95,10 @@ pub fn grid(sets: &[String], explicit: &[Vec<String>]) -> anyhow::Result<(Vec<St
                     let sep = if p.label.is_empty() { "" } else { "_" };
                     let mut sets = p.sets.clone();
                     sets.push(format!("{k}={v}"));
-                    Point { label: format!("{}{sep}{short}={v}", p.label), sets }
+                    Point {
+                        label: format!("{}{sep}{short}={v}", p.label),
+                        sets,
+                    }
                 })
             })
             .collect();
@@ -113,7 +132,11 @@ pub fn run_grid(
         if !width_only && !base.set.iter().any(|s| s.starts_with("run.name=")) {
             sets.push(format!("run.name={base_name}-{}", p.label));
         }
-        let cfg = ConfigArgs { config: base.config.clone(), set: sets, inputs: base.inputs.clone() };
+        let cfg = ConfigArgs {
+            config: base.config.clone(),
+            set: sets,
+            inputs: base.inputs.clone(),
+        };
         if !finished(&dir, &cfg, samples)? {
             super::simulate::run(&SimulateArgs {
                 cfg: cfg.clone(),
@@ -130,7 +153,10 @@ pub fn run_grid(
         if theory {
             let tdir = dir.join("theory");
             if !tdir.join("stats.csv").exists() {
-                super::theory::run(&TheoryArgs { cfg, out: Some(tdir.clone()) })?;
+                super::theory::run(&TheoryArgs {
+                    cfg,
+                    out: Some(tdir.clone()),
+                })?;
             }
             th_rows.extend(read(&tdir.join("stats.csv"))?);
         }
@@ -150,7 +176,10 @@ pub fn run_grid(
 
 /// Whether `dir` already holds a finished run of this configuration.
 fn finished(dir: &Path, cfg: &ConfigArgs, samples: Option<u64>) -> anyhow::Result<bool> {
-    let (Ok(old), true) = (std::fs::read_to_string(dir.join("config.toml")), dir.join("stats.csv").exists()) else {
+    let (Ok(old), true) = (
+        std::fs::read_to_string(dir.join("config.toml")),
+        dir.join("stats.csv").exists(),
+    ) else {
         return Ok(false);
     };
     let mut b = cfg.builder()?;
@@ -160,16 +189,31 @@ fn finished(dir: &Path, cfg: &ConfigArgs, samples: Option<u64>) -> anyhow::Resul
     let mut want = b.build()?;
     let probe = crate::inputs::probe(&mut want)?;
     want.set_sampler(crate::mc::resolve_sampler(&want, &probe)?);
-    let moments_done = crate::mc::load_moments(&dir.join("moments.bin")).map(|(_, _, next, end)| next >= end).unwrap_or(false);
+    let moments_done = crate::mc::load_moments(&dir.join("moments.bin"))
+        .map(|(_, _, next, end)| next >= end)
+        .unwrap_or(false);
     Ok(old == want.to_toml() && moments_done)
 }
 
 pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
-    let (mc, th) = run_grid(&a.cfg, &[], a.samples, a.threads, a.theory, &a.out, |k, n, label| {
-        eprintln!("[{}/{n}] {label}", k + 1);
-    })?;
+    let (mc, th) = run_grid(
+        &a.cfg,
+        &[],
+        a.samples,
+        a.threads,
+        a.theory,
+        &a.out,
+        |k, n, label| {
+            eprintln!("[{}/{n}] {label}", k + 1);
+        },
+    )?;
     if let Some(th) = th {
-        super::compare::run(&super::compare::CompareArgs { mc, theory: th, out: a.out.join("compare"), threshold: 5.0 })?;
+        super::compare::run(&super::compare::CompareArgs {
+            mc,
+            theory: th,
+            out: a.out.join("compare"),
+            threshold: 5.0,
+        })?;
     }
     Ok(())
 }

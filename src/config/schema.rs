@@ -165,6 +165,10 @@ pub const KEYS: &[Key] = &[
     key!("run.seed", Kind::Int { min: 0 }, 0),
     key!("run.sampler", Kind::Choice(SAMPLERS), "auto"),
     key!("run.backward", Kind::Choice(BACKWARDS), "trace"),
+    // Theory engine (`sigprop theory`): draws of the Gaussian logit field per attention
+    // block for E[Ω Ω] (1.64), and the number of independent batches that give its error.
+    key!("theory.logit_samples", Kind::Int { min: 2 }, 20000),
+    key!("theory.error_batches", Kind::Int { min: 2 }, 10),
 ];
 
 pub fn find(name: &str) -> Option<&'static Key> {

@@ -5,8 +5,12 @@
 //! - [`book`]: the plain and residual MLP theory of Roberts–Yaida–Hanin, *The Principles of Deep
 //!   Learning Theory* (arXiv 2106.10165): kernel recursion, susceptibilities χ∥ and χ⊥,
 //!   criticality, the four-point vertex and the frozen NTK.
+//! - [`transformer`]: the Transformer's forward kernel recursion at infinite width (the
+//!   paper's §I 1) over the whole probe set, and the book's MLP in `mlp` mode.
 pub mod book;
 pub mod gauss;
+pub mod ntk;
+pub mod transformer;
 
 use crate::model::activation::Activation;
 
@@ -21,6 +25,9 @@ pub enum TheoryError {
         activation: &'static str,
         reason: String,
     },
+    /// The configuration has no leading-order theory here (a fact about the model, not a bug).
+    #[error("no theory: {0}")]
+    Unsupported(String),
     /// A recursion produced a non-finite value; layers before `layer` are finite.
     #[error("theory recursion diverged at layer {layer}: {quantity} = {value}")]
     Diverged {

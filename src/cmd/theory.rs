@@ -1,0 +1,74 @@
+//! `sigprop theory`: the infinite-width predictions of SPEC §4 into `stats.csv` (same schema
+//! as the Monte Carlo, `source = theory`), with `config.toml` and `inputs.csv` beside it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::{ConfigArgs, out_dir, write_run_files};
+use crate::config::{Backward, Config, Norm};
+use crate::theory::transformer::{TheoryOptions, predict};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TheoryArgs {
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Output folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The theory options a configuration asks for (`theory.*` keys, `run.seed`).
+pub fn options(cfg: &Config) -> TheoryOptions {
+    let int = |k: &str, d: i64| cfg.get(k).and_then(|v| v.as_integer()).unwrap_or(d) as usize;
+    TheoryOptions {
+        logit_samples: int("theory.logit_samples", 20000),
+        error_batches: int("theory.error_batches", 10),
+        seed: cfg.run.seed,
+        backward: cfg.run.backward != Backward::None,
+    }
+}
+
+/// The observables the Monte Carlo writes that this theory does not predict, for a mode.
+pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
+    let mut m = Vec::new();
+    if cfg.model.norm != Norm::Mlp {
+        // The paper does no finite-width analysis (footnote 2).
+        m.extend(["fluct", "kurtosis"]);
+    }
+    if let Some(why) = crate::theory::ntk::unsupported(&cfg.model) {
+        eprintln!("note: no backward theory for this model: {why}");
+        m.extend(["grad2", "ntk_<group>", "ntk", "ntk_total"]);
+    }
+    m
+}
+
+pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
+    let mut cfg = args.cfg.builder()?.build()?;
+    let out = args.out.clone().context("theory needs --out DIR")?;
+    let probe = crate::inputs::probe(&mut cfg)?;
+    out_dir(&out)?;
+    write_run_files(&out, &cfg, &probe)?;
+    let (rows, diverged) = predict(&cfg.model, &probe, options(&cfg), &cfg.run.name)?;
+    crate::stats::csv::write(&out.join("stats.csv"), &rows)?;
+    eprintln!(
+        "{}: {} theory rows -> {}",
+        cfg.run.name,
+        rows.len(),
+        out.join("stats.csv").display()
+    );
+    let missing = missing_observables(&cfg);
+    if !missing.is_empty() {
+        eprintln!(
+            "note: no theory rows for {} in this mode",
+            missing.join(", ")
+        );
+    }
+    if let Some(l) = diverged {
+        eprintln!(
+            "warning: diverged at layer {l} (overflow or NaN); stats.csv keeps layers 1 to {}",
+            l - 1
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! The backward side at infinite width: the per-group NTK recursion (1.98) with the LN factor
+//! (1.139), block by block, and the gradient sizes `grad2` (SPEC §2, notes §2).
+//!
+//! Every block map is affine in Θ: Θ^{ℓ+1} = T^{ℓ+1}[Θ^ℓ] + additive^{ℓ+1}, and the transport
+//! T uses only forward quantities (G, F, the attention draws, ⟨σ'σ'⟩). So each parameter group
+//! is carried on its own (notes §2.8): its **raw** squared-gradient kernel (no learning-rate
+//! factor; SPEC's Θ_g = the paper's additive term / λ_g, so it grows like the fan-in) is
+//! injected at the layer its block produces and transported to the output. `grad2` at layer ℓ
+//! is the transport of the identity kernel injected at z^ℓ (a fictitious bias on every
+//! component of every probe point). With the trace-mode cotangent f = n_out^{-1/2} Σ u z^L,
+//! both summaries are the mean of the diagonal of the transported kernel over the outputs.
+//!
+//! Transport maps (leading order; the skip–branch cross terms vanish, (1.159), (1.172)):
+//! - LN before a branch, (1.139): Θ̄_12 = Θ_12 / (sqrt(G_11 + ε) sqrt(G_22 + ε));
+//! - MLP, (1.173): C_X C_W ⟨σ'σ'⟩_{C_W F} ⊙ Θ̄; additive raw_X = Mn⟨σσ⟩, raw_W = n C_X⟨σ'σ'⟩ ⊙ F
+//!   (1.168)–(1.169);
+//! - MHSA, (1.161)–(1.163) as reconstructed in the notes §2.5: value path C_U C_V E[Ω Θ̄ Ωᵀ],
+//!   logit path C_U C_V C_Q C_K (Θ̄ ⊙ E[S_F] + F ⊙ E[S_Θ̄]) with
+//!   S_X(δ1, δ2) = Σ F_{t1't2'} J_{δ1;t1'u1'} J_{δ2;t2'u2'} X_{u1'u2'} and the softmax Jacobian
+//!   J_{δ;t'u'} = Ω_{δt'}(δ_{t'u'} − Ω_{δu'}); additive raw_U = n C_V E[ΩFΩᵀ],
+//!   raw_V = n C_U E[ΩFΩᵀ], raw_Q = n C_U C_V C_K F ⊙ E[S_F], raw_K = n C_U C_V C_Q F ⊙ E[S_F]
+//!   (1.151)–(1.154). The expectations reuse the forward pass's logit draws;
+//! - residual add: ξ² Θ + γ² (branch); post-LN divides by the LN factor of the sum;
+//! - head (1.182): C_head n^{-s} Θ̄ (pre) or C_head n^{-s} Θ; raw_head = n F (1.179); pooled
+//!   heads average over the tokens of each sequence (by linearity, as (1.81));
+//! - stem (1.122)–(1.123): raw_stem = n_in G⁰ (dense) or G⁰ (embedding), raw_pe = δ_{t1t2};
+//! - `mlp` mode, the book's frozen NTK (PDLT §8): Θ' = C_W ⟨σ'σ'⟩_K ⊙ Θ, raw_W = n⟨σσ⟩_K,
+//!   raw_b = 1.
+//!
+//! Not covered (no rows): the tied head (its stem and head gradients share one parameter, so
+//! the group sum holds the footnote-32 cross term) and bulk biases in Transformer modes.
+
+use ndarray::{Array2, s};
+
+use super::TheoryError;
+use super::gauss::{Cov2, dsigma_dsigma, dsigma2};
+use super::transformer::{
+    Consts, KernelState, LogitSampler, PRow, attn_branch_draws, layer_norm, logit_scale, residual,
+    sigma_sigma_all, stem,
+};
+use crate::config::{BlockKind, HeadKind, ModelSpec, Norm, Stem};
+use crate::model::Group;
+
+/// Why a configuration has no backward theory here, if it has none.
+pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
+    if spec.head == HeadKind::Tied {
+        Some("tied head (stem and head gradients share one parameter group)")
+    } else if spec.norm != Norm::Mlp && spec.has_bias() {
+        Some("biases in Transformer blocks")
+    } else {
+        None
+    }
+}
+
+/// ⟨σ'(w_a) σ'(w_b)⟩ for every pair under the Gaussian of covariance `k`.
+fn dsigma_dsigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> {
+    let act = spec.activation;
+    let d = k.len();
+    let mut out = Array2::zeros((d, d));
+    for a in 0..d {
+        out[[a, a]] = dsigma2(act, k.g[[a, a]]);
+        for b in a + 1..d {
+            let v = dsigma_dsigma(act, Cov2::new(k.g[[a, a]], k.g[[a, b]], k.g[[b, b]]));
+            out[[a, b]] = v;
+            out[[b, a]] = v;
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum What {
+    Group(Group),
+    Grad2,
+}
+
+/// A kernel injected at `layer` and carried to the output.
+struct Injection {
+    layer: usize,
+    what: What,
+    theta: Array2<f64>,
+}
+
+/// Θ ⊙ (v vᵀ): the LN factor (1.139) when v_a = 1/sqrt(G_aa + ε).
+fn sandwich(theta: &Array2<f64>, v: &[f64]) -> Array2<f64> {
+    Array2::from_shape_fn(theta.raw_dim(), |(a, b)| theta[[a, b]] * v[a] * v[b])
+}
+
+/// E[Ω X Ωᵀ] and E[S_X] for every X in `xs`, over the attention draws (see the module doc).
+///
+/// With a = row δ1 of Ω and b = row δ2, J_δ = diag(a) − a aᵀ (zero on masked keys), and
+/// S_X(δ1,δ2) = Σ (J_δ1ᵀ F J_δ2)_{pq} X_pq expands into
+/// a(F⊙X)bᵀ − aX(b ⊙ Fa) − (a ⊙ Fb)Xbᵀ + (aFbᵀ)(aXbᵀ), i.e. over all pairs at once
+/// Ω(F⊙X)Ωᵀ − M − Mᵀ + (ΩFΩᵀ) ⊙ (ΩXΩᵀ) with M = ((ΩX) ⊙ (ΩF)) Ωᵀ.
+fn attention_moments(
+    draws: &[(f64, Array2<f64>)],
+    f: &Array2<f64>,
+    xs: &[Array2<f64>],
+) -> (Vec<Array2<f64>>, Vec<Array2<f64>>) {
+    let d = f.nrows();
+    let mut axa = vec![Array2::<f64>::zeros((d, d)); xs.len()];
+    let mut sx = vec![Array2::<f64>::zeros((d, d)); xs.len()];
+    let fx: Vec<Array2<f64>> = xs.iter().map(|x| f * x).collect();
+    for (w, a) in draws {
+        let af = a.dot(f);
+        let afa = af.dot(&a.t());
+        for (k, x) in xs.iter().enumerate() {
+            let ax = a.dot(x);
+            let axat = ax.dot(&a.t());
+            let m = (&ax * &af).dot(&a.t());
+            let mut s = a.dot(&fx[k]).dot(&a.t());
+            s -= &m;
+            s -= &m.t();
+            s += &(&afa * &axat);
+            axa[k].scaled_add(*w, &axat);
+            sx[k].scaled_add(*w, &s);
+        }
+    }
+    (axa, sx)
+}
+
+/// Mean over tokens of each sequence, (D×D) → (S×S), as the pooled head (1.81).
+fn pool(theta: &Array2<f64>, seqs: usize, t: usize) -> Array2<f64> {
+    Array2::from_shape_fn((seqs, seqs), |(a, b)| {
+        theta
+            .slice(s![a * t..(a + 1) * t, b * t..(b + 1) * t])
+            .sum()
+            / (t * t) as f64
+    })
+}
+
+/// The SGD learning-rate factor of the Monte Carlo's `ntk` rows: 1/fan-in for weights, 1 for
+/// biases and embeddings (SPEC §2).
+fn lambda(spec: &ModelSpec, g: Group) -> f64 {
+    let n = spec.width as f64;
+    match g {
+        Group::Stem => match spec.stem {
+            Stem::Dense => 1.0 / spec.n_in as f64,
+            Stem::Embedding => 1.0,
+        },
+        Group::Pe | Group::Bias => 1.0,
+        Group::X => 1.0 / (spec.mlp_mult as f64 * n),
+        _ => 1.0 / n,
+    }
+}
+
+/// The backward rows (`grad2`, `ntk_<group>`, `ntk`, `ntk_total`) in the Monte Carlo's
+/// labels; `None` when [`unsupported`]. Uses the same logit draws as the forward pass with
+/// the same `sampler`.
+pub fn backward_rows(
+    spec: &ModelSpec,
+    g0: &KernelState,
+    sampler: LogitSampler,
+) -> Result<Option<Vec<PRow>>, TheoryError> {
+    if unsupported(spec).is_some() {
+        return Ok(None);
+    }
+    let inj = if spec.norm == Norm::Mlp {
+        book(spec, g0)
+    } else {
+        transformer(spec, g0, sampler)?
+    };
+    let Some(inj) = inj else {
+        return Ok(None);
+    };
+    let diag_mean = |th: &Array2<f64>| {
+        let d = th.nrows();
+        (0..d).map(|a| th[[a, a]]).sum::<f64>() / d as f64
+    };
+    let l_max = spec.head_layer();
+    let mut rows = Vec::new();
+    let mut per_layer = vec![0.0; l_max + 1];
+    let mut groups: Vec<(usize, Group, f64)> = Vec::new();
+    for i in &inj {
+        let v = diag_mean(&i.theta);
+        match i.what {
+            What::Grad2 => rows.push(PRow {
+                layer: i.layer,
+                site: "resid",
+                observable: "grad2".into(),
+                i: -1,
+                j: -1,
+                value: v,
+            }),
+            What::Group(g) => {
+                groups.push((i.layer, g, v));
+                per_layer[i.layer] += lambda(spec, g) * v;
+            }
+        }
+    }
+    groups.sort_by_key(|(l, g, _)| (*l, *g));
+    for (l, g, v) in &groups {
+        rows.push(PRow {
+            layer: *l,
+            site: "param",
+            observable: format!("ntk_{}", g.name()),
+            i: -1,
+            j: -1,
+            value: *v,
+        });
+    }
+    let mut total = 0.0;
+    for (l, v) in per_layer.iter().enumerate() {
+        if groups.iter().any(|(gl, _, _)| *gl == l) {
+            rows.push(PRow {
+                layer: l,
+                site: "param",
+                observable: "ntk".into(),
+                i: -1,
+                j: -1,
+                value: *v,
+            });
+            total += v;
+        }
+    }
+    rows.push(PRow {
+        layer: l_max,
+        site: "param",
+        observable: "ntk_total".into(),
+        i: -1,
+        j: -1,
+        value: total,
+    });
+    Ok(Some(rows))
+}
+
+/// One group's raw additive kernel from a block.
+type Additive = (Group, Array2<f64>);
+
+/// The injections carried to the output (`None`: the stream diverged).
+type Carried = Option<Vec<Injection>>;
+
+/// `mlp` mode: the book's frozen NTK per group, and grad2.
+fn book(spec: &ModelSpec, g0: &KernelState) -> Carried {
+    let c = Consts::of(spec);
+    let n = spec.width as f64;
+    let d = g0.len();
+    let l_max = spec.head_layer();
+    let ones = Array2::<f64>::ones((d, d));
+    let mut k = stem(spec, g0);
+    let mut inj = vec![Injection {
+        layer: 1,
+        what: What::Group(Group::Stem),
+        theta: g0.g.mapv(|x| x * spec.n_in as f64),
+    }];
+    if spec.has_bias() {
+        inj.push(Injection {
+            layer: 1,
+            what: What::Group(Group::Bias),
+            theta: ones.clone(),
+        });
+    }
+    inj.push(Injection {
+        layer: 1,
+        what: What::Grad2,
+        theta: Array2::eye(d),
+    });
+    for l in 2..=l_max {
+        let c_w = if l == l_max { c.head } else { c.w };
+        let dd = dsigma_dsigma_all(spec, &k);
+        let ss = sigma_sigma_all(spec, &k);
+        for i in inj.iter_mut() {
+            i.theta = &i.theta * &dd * c_w;
+        }
+        let g = if l == l_max { Group::Head } else { Group::W };
+        inj.push(Injection {
+            layer: l,
+            what: What::Group(g),
+            theta: ss.mapv(|x| n * x),
+        });
+        if spec.has_bias() {
+            inj.push(Injection {
+                layer: l,
+                what: What::Group(Group::Bias),
+                theta: ones.clone(),
+            });
+        }
+        k = k.clone_with(ss.mapv(|x| c.bias + c_w * x));
+        if l < l_max {
+            inj.push(Injection {
+                layer: l,
+                what: What::Grad2,
+                theta: Array2::eye(d),
+            });
+        }
+    }
+    Some(inj)
+}
+
+/// `pre`, `post` and `none` Transformers.
+fn transformer(
+    spec: &ModelSpec,
+    g0: &KernelState,
+    sampler: LogitSampler,
+) -> Result<Carried, TheoryError> {
+    let c = Consts::of(spec);
+    let n = spec.width as f64;
+    let m = spec.mlp_mult as f64 * n;
+    let d = g0.len();
+    let (seqs, t) = (g0.sequences, g0.tokens);
+    let (x2, g2) = (spec.xi * spec.xi, spec.gamma_res * spec.gamma_res);
+    let eps = spec.ln_eps;
+    let inv_root = |z: &KernelState| -> Vec<f64> {
+        (0..z.len())
+            .map(|a| 1.0 / (z.g[[a, a]] + eps).sqrt())
+            .collect()
+    };
+    let mut z = stem(spec, g0);
+    let raw_stem = match spec.stem {
+        Stem::Dense => g0.g.mapv(|x| x * spec.n_in as f64),
+        Stem::Embedding => g0.g.clone(),
+    };
+    let mut inj = vec![Injection {
+        layer: 1,
+        what: What::Group(Group::Stem),
+        theta: raw_stem,
+    }];
+    if c.pe > 0.0 {
+        inj.push(Injection {
+            layer: 1,
+            what: What::Group(Group::Pe),
+            theta: Array2::from_shape_fn((d, d), |(a, b)| f64::from(u8::from(a % t == b % t))),
+        });
+    }
+    inj.push(Injection {
+        layer: 1,
+        what: What::Grad2,
+        theta: Array2::eye(d),
+    });
+    let scale = logit_scale(spec)?;
+    for (b, kind) in spec.blocks.iter().enumerate() {
+        let l = b + 2;
+        // The branch input and the LN factor (1.139) of the carried kernels.
+        let (input, ln) = if spec.norm == Norm::Pre {
+            (layer_norm(&z, eps), inv_root(&z))
+        } else {
+            (z.clone(), vec![1.0; d])
+        };
+        let f = &input.g;
+        let bars: Vec<Array2<f64>> = inj.iter().map(|i| sandwich(&i.theta, &ln)).collect();
+        // cum[i]: the branch's transport of injection i; raw: this block's own groups.
+        let (delta, cum, raw): (KernelState, Vec<Array2<f64>>, Vec<Additive>) = match kind {
+            BlockKind::Mlp => {
+                let hidden = input.clone_with(f.mapv(|x| c.w * x));
+                let ss = sigma_sigma_all(spec, &hidden);
+                let dd = dsigma_dsigma_all(spec, &hidden);
+                let delta = input.clone_with(ss.mapv(|x| c.x * x));
+                let cum = bars.iter().map(|th| th * &dd * (c.x * c.w)).collect();
+                let raw = vec![
+                    (Group::W, &dd * f * (n * c.x)),
+                    (Group::X, ss.mapv(|x| m * x)),
+                ];
+                (delta, cum, raw)
+            }
+            BlockKind::Attn => {
+                let (delta, _, draws) = attn_branch_draws(spec, &input, l, sampler, true)?;
+                let mut xs = vec![f.clone()];
+                xs.extend(bars.iter().cloned());
+                let (axa, sx) = attention_moments(&draws, f, &xs);
+                let (afa, s_f) = (&axa[0], &sx[0]);
+                let logit = c.q * c.k * scale;
+                let cum = (0..bars.len())
+                    .map(|k| {
+                        let mut v = axa[k + 1].clone() * (c.u * c.v);
+                        v.scaled_add(c.u * c.v * logit, &(&bars[k] * s_f));
+                        v.scaled_add(c.u * c.v * logit, &(f * &sx[k + 1]));
+                        v
+                    })
+                    .collect();
+                let fs = f * s_f;
+                let raw = vec![
+                    (Group::Q, fs.mapv(|x| n * c.u * c.v * c.k * scale * x)),
+                    (Group::K, fs.mapv(|x| n * c.u * c.v * c.q * scale * x)),
+                    (Group::V, afa.mapv(|x| n * c.u * x)),
+                    (Group::U, afa.mapv(|x| n * c.v * x)),
+                ];
+                (delta, cum, raw)
+            }
+        };
+        let sum = residual(spec, &z, &delta);
+        let post = if spec.norm == Norm::Post {
+            inv_root(&sum)
+        } else {
+            vec![1.0; d]
+        };
+        for (i, cu) in inj.iter_mut().zip(cum) {
+            let mut th = i.theta.mapv(|x| x2 * x);
+            th.scaled_add(g2, &cu);
+            i.theta = sandwich(&th, &post);
+        }
+        for (g, r) in raw {
+            inj.push(Injection {
+                layer: l,
+                what: What::Group(g),
+                theta: sandwich(&r.mapv(|x| g2 * x), &post),
+            });
+        }
+        z = if spec.norm == Norm::Post {
+            layer_norm(&sum, eps)
+        } else {
+            sum
+        };
+        if !z.g.iter().all(|x| x.is_finite()) {
+            return Ok(None);
+        }
+        inj.push(Injection {
+            layer: l,
+            what: What::Grad2,
+            theta: Array2::eye(d),
+        });
+    }
+    // Head (1.182): the final LN only in `pre` mode.
+    let (head_in, ln) = if spec.norm == Norm::Pre {
+        (layer_norm(&z, eps), inv_root(&z))
+    } else {
+        (z.clone(), vec![1.0; d])
+    };
+    let pooled = spec.head == HeadKind::Pooled;
+    let out = |th: Array2<f64>| if pooled { pool(&th, seqs, t) } else { th };
+    for i in inj.iter_mut() {
+        i.theta = out(sandwich(&i.theta, &ln).mapv(|x| c.head * x));
+    }
+    inj.push(Injection {
+        layer: spec.head_layer(),
+        what: What::Group(Group::Head),
+        theta: out(head_in.g.mapv(|x| n * x)),
+    });
+    Ok(Some(inj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// S_X from its definition, the six-index sum over (t1', u1', t2', u2') with the softmax
+    /// Jacobian J_{δ;t'u'} = Ω_{δt'}(δ_{t'u'} − Ω_{δu'}), against the matrix form.
+    #[test]
+    fn logit_path_contraction_matches_the_index_sum() {
+        let d = 5;
+        let sym = |seed: f64| {
+            let b = Array2::from_shape_fn((d, d), |(i, j)| ((i * 7 + j * 3) as f64 * seed).sin());
+            b.dot(&b.t())
+        };
+        let (f, x) = (sym(0.37), sym(1.13));
+        // Two "sequences" (rows 0-2 and 3-4), softmax-like rows that sum to 1 within each.
+        let mut a = Array2::<f64>::zeros((d, d));
+        for q in 0..d {
+            let keys: Vec<usize> = if q < 3 {
+                (0..3).collect()
+            } else {
+                (3..5).collect()
+            };
+            let w: Vec<f64> = keys
+                .iter()
+                .map(|&k| 1.0 + ((q * 5 + k) as f64).cos().abs())
+                .collect();
+            let z: f64 = w.iter().sum();
+            for (k, wk) in keys.iter().zip(&w) {
+                a[[q, *k]] = wk / z;
+            }
+        }
+        let jac =
+            |q: usize, t: usize, u: usize| a[[q, t]] * (f64::from(u8::from(t == u)) - a[[q, u]]);
+        let (axa, sx) = attention_moments(&[(1.0, a.clone())], &f, std::slice::from_ref(&x));
+        for q1 in 0..d {
+            for q2 in 0..d {
+                let mut want = 0.0;
+                for t1 in 0..d {
+                    for u1 in 0..d {
+                        for t2 in 0..d {
+                            for u2 in 0..d {
+                                want +=
+                                    f[[t1, t2]] * jac(q1, t1, u1) * jac(q2, t2, u2) * x[[u1, u2]];
+                            }
+                        }
+                    }
+                }
+                assert!((sx[0][[q1, q2]] - want).abs() < 1e-12, "S[{q1},{q2}]");
+                let v: f64 = (0..d)
+                    .flat_map(|t1| (0..d).map(move |t2| (t1, t2)))
+                    .map(|(t1, t2)| a[[q1, t1]] * x[[t1, t2]] * a[[q2, t2]])
+                    .sum();
+                assert!((axa[0][[q1, q2]] - v).abs() < 1e-12);
+            }
+        }
+    }
+}
