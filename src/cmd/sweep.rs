@@ -121,7 +121,8 @@ pub fn run_grid(
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let (fixed, points, width_only) = grid(&base.set, explicit)?;
     out_dir(out)?;
-    let base_name = base.builder()?.build().map(|c| c.run.name.clone())?;
+    let fixed_args = ConfigArgs { config: base.config.clone(), set: fixed.clone(), inputs: base.inputs.clone() };
+    let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
     let mut mc_rows = Vec::new();
     let mut th_rows = Vec::new();
     for (k, p) in points.iter().enumerate() {
