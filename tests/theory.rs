@@ -28,6 +28,7 @@ fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
         error_batches: 10,
         seed: 5,
         backward: true,
+        pairs: false,
     };
     let (rows, diverged) = transformer::predict(&cfg.model, probe, opts, "test").unwrap();
     assert_eq!(diverged, None);
@@ -424,7 +425,7 @@ fn tied_head_with_contact_term_agrees_with_monte_carlo() {
 /// of the Q and K groups and of the logit path in the transport of the stem's NTK and of
 /// grad2 are large here, so this checks the reconstructed (1.153)–(1.163). (Dropping the
 /// logit path from the transport moves the theory's grad2 at ℓ = 1 from 1.0603 to 1.0103 and
-/// its z-score against this ensemble's 1.0635 ± 0.0016 from 2 to 33.)
+/// its z-score against a 1500-network ensemble's 1.0635 ± 0.0016 from 2 to 33.)
 #[test]
 fn strong_causal_attention_ntk_agrees_with_monte_carlo() {
     let mut cfg = config(&[

@@ -26,6 +26,7 @@ pub fn options(cfg: &Config) -> TheoryOptions {
         error_batches: int("theory.error_batches", 10),
         seed: cfg.run.seed,
         backward: cfg.run.backward != Backward::None,
+        pairs: cfg.run.backward == Backward::Pairs,
     }
 }
 
