@@ -453,3 +453,40 @@ fn strong_causal_attention_ntk_agrees_with_monte_carlo() {
     );
     assert!(wz.abs() < 5.0, "worst z = {wz:.2} at {wk:?}");
 }
+
+/// `sigprop theory` writes stats.csv (source = theory, readable by the shared reader),
+/// config.toml (with the theory.* keys) and inputs.csv.
+#[test]
+fn theory_command_writes_the_run_files() {
+    let dir = std::env::temp_dir().join(format!("sigprop-theory-cmd-{}", std::process::id()));
+    let args = sigprop::cmd::theory::TheoryArgs {
+        cfg: sigprop::cmd::ConfigArgs {
+            config: None,
+            set: [
+                "model.preset=paper-vit",
+                "model.width=64",
+                "model.layers=1",
+                "inputs.tokens=3",
+                "theory.logit_samples=400",
+                "theory.error_batches=4",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            inputs: None,
+        },
+        out: Some(dir.clone()),
+    };
+    sigprop::cmd::theory::run(&args).unwrap();
+    let rows = sigprop::stats::csv::read(&dir.join("stats.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.source == "theory"));
+    assert!(
+        rows.iter()
+            .any(|r| r.observable == "ntk_q" && r.samples == 400)
+    );
+    assert!(rows.iter().any(|r| r.site == "logits" && r.stderr > 0.0));
+    let toml = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(toml.contains("logit_samples = 400"), "{toml}");
+    assert!(dir.join("inputs.csv").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
