@@ -28,6 +28,7 @@ fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
         error_batches: 10,
         seed: 5,
         backward: true,
+        pairs: false,
     };
     let (rows, diverged) = transformer::predict(&cfg.model, probe, opts, "test").unwrap();
     assert_eq!(diverged, None);
@@ -425,7 +426,7 @@ fn tied_head_with_contact_term_agrees_with_monte_carlo() {
 /// of the Q and K groups and of the logit path in the transport of the stem's NTK and of
 /// grad2 are large here, so this checks the reconstructed (1.153)–(1.163). (Dropping the
 /// logit path from the transport moves the theory's grad2 at ℓ = 1 from 1.0603 to 1.0103 and
-/// its z-score against this ensemble's 1.0635 ± 0.0016 from 2 to 33.)
+/// its z-score against a 1500-network ensemble's 1.0635 ± 0.0016 from 2 to 33.)
 #[test]
 fn strong_causal_attention_ntk_agrees_with_monte_carlo() {
     let mut cfg = config(&[
@@ -452,4 +453,41 @@ fn strong_causal_attention_ntk_agrees_with_monte_carlo() {
         z.len()
     );
     assert!(wz.abs() < 5.0, "worst z = {wz:.2} at {wk:?}");
+}
+
+/// `sigprop theory` writes stats.csv (source = theory, readable by the shared reader),
+/// config.toml (with the theory.* keys) and inputs.csv.
+#[test]
+fn theory_command_writes_the_run_files() {
+    let dir = std::env::temp_dir().join(format!("sigprop-theory-cmd-{}", std::process::id()));
+    let args = sigprop::cmd::theory::TheoryArgs {
+        cfg: sigprop::cmd::ConfigArgs {
+            config: None,
+            set: [
+                "model.preset=paper-vit",
+                "model.width=64",
+                "model.layers=1",
+                "inputs.tokens=3",
+                "theory.logit_samples=400",
+                "theory.error_batches=4",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            inputs: None,
+        },
+        out: Some(dir.clone()),
+    };
+    sigprop::cmd::theory::run(&args).unwrap();
+    let rows = sigprop::stats::csv::read(&dir.join("stats.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.source == "theory"));
+    assert!(
+        rows.iter()
+            .any(|r| r.observable == "ntk_q" && r.samples == 400)
+    );
+    assert!(rows.iter().any(|r| r.site == "logits" && r.stderr > 0.0));
+    let toml = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(toml.contains("logit_samples = 400"), "{toml}");
+    assert!(dir.join("inputs.csv").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{ConfigArgs, out_dir, write_run_files};
-use crate::config::{Backward, Config, Norm};
+use crate::config::{Backward, BlockKind, Config, InitDist, Norm};
 use crate::theory::transformer::{TheoryOptions, predict};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -26,6 +26,7 @@ pub fn options(cfg: &Config) -> TheoryOptions {
         error_batches: int("theory.error_batches", 10),
         seed: cfg.run.seed,
         backward: cfg.run.backward != Backward::None,
+        pairs: cfg.run.backward == Backward::Pairs,
     }
 }
 
@@ -62,6 +63,17 @@ pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
         eprintln!(
             "note: no theory rows for {} in this mode",
             missing.join(", ")
+        );
+    }
+    let spec = &cfg.model;
+    if spec.norm == Norm::Mlp && spec.init == InitDist::Uniform {
+        eprintln!(
+            "note: the fluct/kurtosis theory assumes Gaussian weights; uniform weights add an O(1/n) term from their own excess kurtosis (footnote 15)"
+        );
+    }
+    if spec.logit_exponent > 0.5 && spec.blocks.contains(&BlockKind::Attn) {
+        eprintln!(
+            "note: logit_exponent > 1/2: attention is exactly uniform at infinite width; a finite-width ensemble deviates by O(C^(1-2a))"
         );
     }
     if let Some(l) = diverged {

@@ -145,12 +145,15 @@ fn lambda(spec: &ModelSpec, g: Group) -> f64 {
 }
 
 /// The backward rows (`grad2`, `ntk_<group>`, `ntk`, `ntk_total`) in the Monte Carlo's
-/// labels; `None` when [`unsupported`]. Uses the same logit draws as the forward pass with
-/// the same `sampler`.
+/// labels; `None` when [`unsupported`]. Summaries are means of the diagonal over the outputs
+/// (what `trace` mode estimates); with `pairs` also every pair of outputs (a ≤ b) of each
+/// NTK and each output's grad2, as the Monte Carlo's `pairs` mode writes them. Uses the same
+/// logit draws as the forward pass with the same `sampler`.
 pub fn backward_rows(
     spec: &ModelSpec,
     g0: &KernelState,
     sampler: LogitSampler,
+    pairs: bool,
 ) -> Result<Option<Vec<PRow>>, TheoryError> {
     if unsupported(spec).is_some() {
         return Ok(None);
@@ -163,64 +166,71 @@ pub fn backward_rows(
     let Some(inj) = inj else {
         return Ok(None);
     };
-    let diag_mean = |th: &Array2<f64>| {
-        let d = th.nrows();
-        (0..d).map(|a| th[[a, a]]).sum::<f64>() / d as f64
-    };
     let l_max = spec.head_layer();
     let mut rows = Vec::new();
-    let mut per_layer = vec![0.0; l_max + 1];
-    let mut groups: Vec<(usize, Group, f64)> = Vec::new();
+    let emit = |rows: &mut Vec<PRow>,
+                layer: usize,
+                site: &'static str,
+                obs: String,
+                th: &Array2<f64>,
+                diag_only: bool| {
+        let d = th.nrows();
+        if pairs {
+            for a in 0..d {
+                for b in a..d {
+                    if !diag_only || a == b {
+                        rows.push(PRow {
+                            layer,
+                            site,
+                            observable: obs.clone(),
+                            i: a as i64,
+                            j: b as i64,
+                            value: th[[a, b]],
+                        });
+                    }
+                }
+            }
+        }
+        rows.push(PRow {
+            layer,
+            site,
+            observable: obs,
+            i: -1,
+            j: -1,
+            value: (0..d).map(|a| th[[a, a]]).sum::<f64>() / d as f64,
+        });
+    };
+    let d_out = inj.first().map_or(0, |i| i.theta.nrows());
+    let mut per_layer = vec![Array2::<f64>::zeros((d_out, d_out)); l_max + 1];
+    let mut groups: Vec<(usize, Group, &Array2<f64>)> = Vec::new();
     for i in &inj {
-        let v = diag_mean(&i.theta);
         match i.what {
-            What::Grad2 => rows.push(PRow {
-                layer: i.layer,
-                site: "resid",
-                observable: "grad2".into(),
-                i: -1,
-                j: -1,
-                value: v,
-            }),
+            What::Grad2 => emit(&mut rows, i.layer, "resid", "grad2".into(), &i.theta, true),
             What::Group(g) => {
-                groups.push((i.layer, g, v));
-                per_layer[i.layer] += lambda(spec, g) * v;
+                groups.push((i.layer, g, &i.theta));
+                per_layer[i.layer].scaled_add(lambda(spec, g), &i.theta);
             }
         }
     }
     groups.sort_by_key(|(l, g, _)| (*l, *g));
-    for (l, g, v) in &groups {
-        rows.push(PRow {
-            layer: *l,
-            site: "param",
-            observable: format!("ntk_{}", g.name()),
-            i: -1,
-            j: -1,
-            value: *v,
-        });
+    for (l, g, th) in &groups {
+        emit(
+            &mut rows,
+            *l,
+            "param",
+            format!("ntk_{}", g.name()),
+            th,
+            false,
+        );
     }
-    let mut total = 0.0;
-    for (l, v) in per_layer.iter().enumerate() {
+    let mut total = Array2::<f64>::zeros((d_out, d_out));
+    for (l, th) in per_layer.iter().enumerate() {
         if groups.iter().any(|(gl, _, _)| *gl == l) {
-            rows.push(PRow {
-                layer: l,
-                site: "param",
-                observable: "ntk".into(),
-                i: -1,
-                j: -1,
-                value: *v,
-            });
-            total += v;
+            emit(&mut rows, l, "param", "ntk".into(), th, false);
+            total += th;
         }
     }
-    rows.push(PRow {
-        layer: l_max,
-        site: "param",
-        observable: "ntk_total".into(),
-        i: -1,
-        j: -1,
-        value: total,
-    });
+    emit(&mut rows, l_max, "param", "ntk_total".into(), &total, false);
     Ok(Some(rows))
 }
 

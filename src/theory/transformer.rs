@@ -784,6 +784,8 @@ pub struct TheoryOptions {
     /// Also predict the backward rows (grad2, ntk_<group>, ntk, ntk_total), as the Monte
     /// Carlo does unless `run.backward = "none"`.
     pub backward: bool,
+    /// With `backward`: also every pair of outputs, as the Monte Carlo's `pairs` mode.
+    pub pairs: bool,
 }
 
 /// The theory's rows for a probe set, with `source = theory`.
@@ -815,7 +817,7 @@ pub fn predict(
         let mut rows = prediction_rows(p);
         if opts.backward
             && p.diverged_at.is_none()
-            && let Some(b) = super::ntk::backward_rows(spec, &g0, sampler)?
+            && let Some(b) = super::ntk::backward_rows(spec, &g0, sampler, opts.pairs)?
         {
             rows.extend(b);
         }
