@@ -121,7 +121,11 @@ pub fn run_grid(
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let (fixed, points, width_only) = grid(&base.set, explicit)?;
     out_dir(out)?;
-    let fixed_args = ConfigArgs { config: base.config.clone(), set: fixed.clone(), inputs: base.inputs.clone() };
+    let fixed_args = ConfigArgs {
+        config: base.config.clone(),
+        set: fixed.clone(),
+        inputs: base.inputs.clone(),
+    };
     let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
     let mut mc_rows = Vec::new();
     let mut th_rows = Vec::new();
@@ -130,7 +134,7 @@ pub fn run_grid(
         let dir = out.join(&p.label);
         let mut sets = fixed.clone();
         sets.extend(p.sets.iter().cloned());
-        if !width_only && !base.set.iter().any(|s| s.starts_with("run.name=")) {
+        if !width_only && points.len() > 1 && !base.set.iter().any(|s| s.starts_with("run.name=")) {
             sets.push(format!("run.name={base_name}-{}", p.label));
         }
         let cfg = ConfigArgs {
