@@ -202,9 +202,14 @@ impl<'a> Data<'a> {
 
     /// Summary rows (i = j = −1) of one observable at one site, by curve, sorted by layer.
     pub fn summary(&self, site: &str, observable: &str) -> BTreeMap<Key, Vec<&'a Row>> {
+        self.at(site, observable, -1)
+    }
+
+    /// Rows of one observable at i = j = `index` (−1: the summary; δ: a per-token row).
+    pub fn at(&self, site: &str, observable: &str, index: i64) -> BTreeMap<Key, Vec<&'a Row>> {
         let mut m: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
         for r in self.rows {
-            if r.site == site && r.observable == observable && r.i == -1 && r.j == -1 {
+            if r.site == site && r.observable == observable && r.i == index && r.j == index {
                 m.entry(key(r)).or_default().push(r);
             }
         }

@@ -284,7 +284,20 @@ fn single(
     what: &str,
     y_label: &str,
 ) -> Result<Profile, Skip> {
-    let mut by_key = data.summary(site, observable);
+    single_at(data, name, site, observable, -1, what, y_label)
+}
+
+/// As `single`, for the rows at i = j = `index` (a token's per-token statistic).
+fn single_at(
+    data: &Data,
+    name: &str,
+    site: &str,
+    observable: &str,
+    index: i64,
+    what: &str,
+    y_label: &str,
+) -> Result<Profile, Skip> {
+    let mut by_key = data.at(site, observable, index);
     for v in by_key.values_mut() {
         v.retain(|r| r.block != "head");
     }
@@ -390,6 +403,15 @@ pub(crate) fn figures(data: &Data) -> Vec<Result<Profile, Skip>> {
             "attn_entropy",
             "mean attention entropy vs layer",
             "attention entropy (nats)",
+        ),
+        single_at(
+            data,
+            "kurtosis_resid_token0",
+            "resid",
+            "kurtosis",
+            0,
+            "excess kurtosis E z⁴/(3 (E z²)²) − 1 of token δ = 0 vs layer",
+            "excess kurtosis (≈ V/(n K²))",
         ),
     ]
 }
