@@ -287,6 +287,11 @@ fn single(
     single_at(data, name, site, observable, -1, what, y_label)
 }
 
+/// The head output's row is kept where it tells something: the final LN resets the kernel.
+fn keeps_head(name: &str) -> bool {
+    name == "propagation_resid_kernel_diag"
+}
+
 /// As `single`, for the rows at i = j = `index` (a token's per-token statistic).
 fn single_at(
     data: &Data,
@@ -298,8 +303,10 @@ fn single_at(
     y_label: &str,
 ) -> Result<Profile, Skip> {
     let mut by_key = data.at(site, observable, index);
-    for v in by_key.values_mut() {
-        v.retain(|r| r.block != "head");
+    if !keeps_head(name) {
+        for v in by_key.values_mut() {
+            v.retain(|r| r.block != "head");
+        }
     }
     let rows: Vec<&Row> = by_key.values().flatten().copied().collect();
     if rows.is_empty() {
@@ -376,7 +383,7 @@ pub(crate) fn figures(data: &Data) -> Vec<Result<Profile, Skip>> {
             "propagation_resid_kernel_diag",
             "resid",
             "kernel_diag",
-            "residual-stream kernel diagonal vs layer",
+            "residual-stream kernel diagonal vs layer (last point: head output after the final LN)",
             "kernel diag G_δδ",
         ),
         single(
