@@ -4,6 +4,7 @@ pub mod bench;
 pub mod merge;
 pub mod plot;
 pub mod simulate;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
