@@ -116,6 +116,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let bar = progress(tr.spec.steps as u64, tr.step as u64);
     let tokens_per_step = (tr.spec.batch * tr.task.tokens()) as f64;
     let (mut busy, mut ran) = (Duration::ZERO, 0usize);
+    let cpu0 = cpu_seconds();
     let mut last = None;
     while tr.step < tr.spec.steps {
         if mc::INTERRUPTED.load(Ordering::SeqCst) {
@@ -167,9 +168,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     tr.save(&ckpt)?;
     log.write(&csv)?;
     let secs = busy.as_secs_f64();
+    // CPU time too: on a shared machine wall-clock tokens/s says as much about the
+    // neighbours as about the trainer (it includes evaluations and the final checkpoint).
+    let cpu = cpu_seconds() - cpu0;
     match last {
         Some((s, eval)) => eprintln!(
-            "{}: task {}, width {}, {} optimizer, {} steps: final train loss {:.4}, eval loss {:.4} (chance {:.4}); {:.0} tokens/s ({ran} steps in {secs:.2} s, {} threads) -> {}",
+            "{}: task {}, width {}, {} optimizer, {} steps: final train loss {:.4}, eval loss {:.4} (chance {:.4}); {:.0} tokens/s ({ran} steps in {secs:.2} s wall, {cpu:.2} s CPU, {} threads) -> {}",
             cfg.run.name,
             tr.task.name(),
             cfg.model.width,
@@ -272,6 +276,21 @@ impl Log {
         }
         write_atomic(path, text.as_bytes())
     }
+}
+
+/// User + system CPU seconds of this process so far (Linux /proc; NaN elsewhere). Fields 14
+/// and 15 of /proc/self/stat count clock ticks, 100 per second on Linux.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces; count fields after its ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, k): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+            Some((u + k) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 fn progress(len: u64, pos: u64) -> ProgressBar {
