@@ -360,3 +360,36 @@ fn cli_divergence_names_the_step_and_keeps_the_log() {
         "{log}"
     );
 }
+
+#[test]
+fn evaluation_sequences_are_never_trained_on() {
+    use sigprop::train::tasks::{self, Split};
+    // modadd with p = 17: 289 sequences, about 20% held out by hash.
+    let task = tasks::from_name("modadd", 0, 0, 17, 0.2).unwrap();
+    let mut rng = init::stream(3, 0);
+    let key = |b: &tasks::Batch| -> Vec<Vec<usize>> {
+        b.probe
+            .ids
+            .as_ref()
+            .unwrap()
+            .chunks(3)
+            .map(<[usize]>::to_vec)
+            .collect()
+    };
+    let train: std::collections::BTreeSet<Vec<usize>> = (0..200)
+        .flat_map(|_| key(&task.sample(&mut rng, 32, Split::Train)))
+        .collect();
+    let eval: std::collections::BTreeSet<Vec<usize>> = (0..20)
+        .flat_map(|_| key(&task.sample(&mut rng, 32, Split::Eval)))
+        .collect();
+    assert!(train.is_disjoint(&eval));
+    // 6400 draws cover the training side (≈ 231 sequences) and 640 the held-out side.
+    assert_eq!(
+        train.len() + eval.len(),
+        289,
+        "{} + {}",
+        train.len(),
+        eval.len()
+    );
+    assert!((40..=80).contains(&eval.len()), "held out {}", eval.len());
+}

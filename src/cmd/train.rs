@@ -181,7 +181,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             s.step,
             s.loss,
             eval.unwrap_or(f64::NAN),
-            (tr.task.classes() as f64).ln(),
+            tr.task.chance_loss(),
             tokens_per_step * ran as f64 / secs.max(1e-9),
             tr.parts_threads(),
             csv.display()

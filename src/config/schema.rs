@@ -202,6 +202,9 @@ pub const KEYS: &[Key] = &[
     key!("train.vocab", Kind::Int { min: 3 }, 16),
     key!("train.tokens", Kind::Int { min: 2 }, 16),
     key!("train.modulus", Kind::Int { min: 2 }, 17),
+    // Fraction of the task's sequence space (chosen by a hash of each sequence) that is
+    // never trained on; the evaluation draws only from it. 0 = evaluate on fresh draws.
+    key!("train.holdout", Kind::Float { min: 0.0, max: 0.9 }, 0.2),
     // Worker threads for the batch (0 = all cores); the batch is split into this many parts.
     key!("train.threads", Kind::Int { min: 0 }, 0),
 ];

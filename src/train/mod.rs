@@ -25,7 +25,7 @@ use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist};
 use crate::model::{Group, Network, ParamGrads, Probe, init};
 use hparams_json::HparamsJson;
 use optim::{Adam, Kind, Optimizer};
-use tasks::{Batch, Outputs, Task};
+use tasks::{Batch, Outputs, Split, Task};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -67,6 +67,7 @@ pub struct TrainSpec {
     pub vocab: usize,
     pub tokens: usize,
     pub modulus: usize,
+    pub holdout: f64,
     pub threads: usize,
 }
 
@@ -109,12 +110,20 @@ impl TrainSpec {
             vocab: int("train.vocab"),
             tokens: int("train.tokens"),
             modulus: int("train.modulus"),
+            holdout: float("train.holdout"),
             threads: int("train.threads"),
         })
     }
 
     pub fn task(&self) -> Result<Box<dyn Task>, TrainError> {
-        tasks::from_name(&self.task, self.vocab, self.tokens, self.modulus).ok_or_else(|| {
+        tasks::from_name(
+            &self.task,
+            self.vocab,
+            self.tokens,
+            self.modulus,
+            self.holdout,
+        )
+        .ok_or_else(|| {
             TrainError::Invalid(format!(
                 "train.task = \"{}\": expected one of {}",
                 self.task,
@@ -278,10 +287,11 @@ impl Trainer {
             .num_threads(threads)
             .build()
             .map_err(|e| TrainError::Invalid(format!("cannot start {threads} threads: {e}")))?;
-        // A fixed held-out set from its own stream: never a training batch.
+        // A fixed evaluation set from its own stream, drawn from the held-out side of the
+        // split: sequences no training batch contains.
         let mut erng = init::stream(spec.seed ^ EVAL_DOMAIN, 0);
         let eval = (0..spec.eval_batches)
-            .map(|_| task.sample(&mut erng, spec.batch))
+            .map(|_| task.sample(&mut erng, spec.batch, Split::Eval))
             .collect();
         Ok(Trainer {
             cfg: cfg.clone(),
@@ -302,7 +312,7 @@ impl Trainer {
     /// The training batch of update `step` (0-based): the same whatever happened before.
     pub fn batch_at(&self, step: usize) -> Batch {
         let mut rng = init::stream(self.spec.seed ^ DATA_DOMAIN, step as u64);
-        self.task.sample(&mut rng, self.spec.batch)
+        self.task.sample(&mut rng, self.spec.batch, Split::Train)
     }
 
     /// Groups that own at least one parameter, in SPEC order.

@@ -40,8 +40,63 @@ pub trait Task: Send + Sync {
     fn outputs(&self) -> Outputs;
     /// Whether the task is posed with causal attention (a left-to-right reader).
     fn causal(&self) -> bool;
-    /// A batch of `sequences` sequences from `rng`.
-    fn sample(&self, rng: &mut Stream, sequences: usize) -> Batch;
+    /// The loss of a guess that knows only which symbols can be answers.
+    fn chance_loss(&self) -> f64;
+    /// A batch of `sequences` sequences from `rng`, from one side of the train/held-out
+    /// split.
+    fn sample(&self, rng: &mut Stream, sequences: usize, split: Split) -> Batch;
+}
+
+/// Which part of the task's sequence space to draw from. The spaces are finite (copy with
+/// V = 8, T = 8 has 7⁴ = 2401 sequences; modadd with p = 17 has 289), so a training run
+/// sees all of them unless some are set aside: a fixed fraction, chosen by a hash of the
+/// sequence, is never trained on, and the evaluation draws only from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Eval,
+}
+
+/// Whether a sequence is in the held-out fraction: FNV-1a of its ids, as a number in [0, 1).
+pub fn held_out(ids: &[usize], fraction: f64) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &id in ids {
+        for b in (id as u64).to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction
+}
+
+/// Draws `sequences` sequences with `one`, keeping those on the requested side of the
+/// split. A space too small to hold both sides (say modadd with p = 2) would reject
+/// forever; after 10 000 rejections in a row the draw is kept, so such a task trains and
+/// evaluates on the same sequences rather than hanging.
+fn split_sample(
+    rng: &mut Stream,
+    sequences: usize,
+    tokens: usize,
+    split: Split,
+    fraction: f64,
+    one: impl Fn(&mut Stream) -> (Vec<usize>, Vec<Option<usize>>),
+) -> Batch {
+    let mut ids = Vec::with_capacity(sequences * tokens);
+    let mut targets = Vec::with_capacity(sequences * tokens);
+    for _ in 0..sequences {
+        let mut tries = 0;
+        let (i, t) = loop {
+            let (i, t) = one(rng);
+            tries += 1;
+            if fraction <= 0.0 || held_out(&i, fraction) == (split == Split::Eval) || tries > 10_000
+            {
+                break (i, t);
+            }
+        };
+        ids.extend(i);
+        targets.extend(t);
+    }
+    token_batch(sequences, tokens, ids, targets)
 }
 
 fn token_batch(
@@ -68,6 +123,8 @@ fn token_batch(
 pub struct Copy {
     pub vocab: usize,
     pub half: usize,
+    /// Fraction of sequences held out for evaluation.
+    pub holdout: f64,
 }
 
 impl Task for Copy {
@@ -86,18 +143,19 @@ impl Task for Copy {
     fn causal(&self) -> bool {
         true
     }
-    fn sample(&self, rng: &mut Stream, sequences: usize) -> Batch {
+    fn chance_loss(&self) -> f64 {
+        ((self.vocab - 1) as f64).ln()
+    }
+    fn sample(&self, rng: &mut Stream, sequences: usize, split: Split) -> Batch {
         let (h, t) = (self.half, 2 * self.half);
-        let mut ids = Vec::with_capacity(sequences * t);
-        let mut targets = Vec::with_capacity(sequences * t);
-        for _ in 0..sequences {
+        split_sample(rng, sequences, t, split, self.holdout, |rng| {
             let syms: Vec<usize> = (0..h).map(|_| rng.random_range(1..self.vocab)).collect();
-            ids.extend_from_slice(&syms);
+            let mut ids = syms.clone();
             ids.extend(std::iter::repeat_n(0, h));
-            targets.extend(std::iter::repeat_n(None, h));
+            let mut targets = vec![None; h];
             targets.extend(syms.iter().map(|&s| Some(s)));
-        }
-        token_batch(sequences, t, ids, targets)
+            (ids, targets)
+        })
     }
 }
 
@@ -107,6 +165,7 @@ impl Task for Copy {
 pub struct Recall {
     pub vocab: usize,
     pub pairs: usize,
+    pub holdout: f64,
 }
 
 impl Task for Recall {
@@ -125,12 +184,14 @@ impl Task for Recall {
     fn causal(&self) -> bool {
         true
     }
-    fn sample(&self, rng: &mut Stream, sequences: usize) -> Batch {
+    fn chance_loss(&self) -> f64 {
+        ((self.vocab - self.vocab / 2) as f64).ln()
+    }
+    fn sample(&self, rng: &mut Stream, sequences: usize, split: Split) -> Batch {
         let keys = self.vocab / 2;
         let t = self.tokens();
-        let mut ids = Vec::with_capacity(sequences * t);
-        let mut targets = Vec::with_capacity(sequences * t);
-        for _ in 0..sequences {
+        split_sample(rng, sequences, t, split, self.holdout, |rng| {
+            let mut ids = Vec::with_capacity(t);
             // Distinct keys: a partial Fisher–Yates shuffle of 0 … keys−1.
             let mut pool: Vec<usize> = (0..keys).collect();
             for i in 0..self.pairs {
@@ -146,10 +207,10 @@ impl Task for Recall {
             }
             let q = rng.random_range(0..self.pairs);
             ids.push(pool[q]);
-            targets.extend(std::iter::repeat_n(None, t - 1));
+            let mut targets = vec![None; t - 1];
             targets.push(Some(vals[q]));
-        }
-        token_batch(sequences, t, ids, targets)
+            (ids, targets)
+        })
     }
 }
 
@@ -157,6 +218,7 @@ impl Task for Recall {
 /// (a + b) mod p. Vocabulary p + 1; chance level ln p.
 pub struct ModAdd {
     pub modulus: usize,
+    pub holdout: f64,
 }
 
 impl Task for ModAdd {
@@ -175,33 +237,40 @@ impl Task for ModAdd {
     fn causal(&self) -> bool {
         true
     }
-    fn sample(&self, rng: &mut Stream, sequences: usize) -> Batch {
+    fn chance_loss(&self) -> f64 {
+        (self.modulus as f64).ln()
+    }
+    fn sample(&self, rng: &mut Stream, sequences: usize, split: Split) -> Batch {
         let p = self.modulus;
-        let mut ids = Vec::with_capacity(sequences * 3);
-        let mut targets = Vec::with_capacity(sequences * 3);
-        for _ in 0..sequences {
+        split_sample(rng, sequences, 3, split, self.holdout, |rng| {
             let (a, b) = (rng.random_range(0..p), rng.random_range(0..p));
-            ids.extend_from_slice(&[a, b, p]);
-            targets.extend_from_slice(&[None, None, Some((a + b) % p)]);
-        }
-        token_batch(sequences, 3, ids, targets)
+            (vec![a, b, p], vec![None, None, Some((a + b) % p)])
+        })
     }
 }
 
 /// The task a configuration names, sized by `train.vocab`, `train.tokens`, `train.modulus`.
 /// Sizes that do not fit the task are rounded to the nearest valid shape (copy: T even;
 /// recall: T odd with at most V/2 pairs) and the config is told the actual T.
-pub fn from_name(name: &str, vocab: usize, tokens: usize, modulus: usize) -> Option<Box<dyn Task>> {
+pub fn from_name(
+    name: &str,
+    vocab: usize,
+    tokens: usize,
+    modulus: usize,
+    holdout: f64,
+) -> Option<Box<dyn Task>> {
     Some(match name {
         "copy" => Box::new(Copy {
             vocab,
             half: (tokens / 2).max(1),
+            holdout,
         }),
         "recall" => Box::new(Recall {
             vocab,
             pairs: ((tokens.saturating_sub(1)) / 2).clamp(1, vocab / 2),
+            holdout,
         }),
-        "modadd" => Box::new(ModAdd { modulus }),
+        "modadd" => Box::new(ModAdd { modulus, holdout }),
         _ => return None,
     })
 }
