@@ -205,7 +205,9 @@ pub const KEYS: &[Key] = &[
     // Fraction of the task's sequence space (chosen by a hash of each sequence) that is
     // never trained on; the evaluation draws only from it. 0 = evaluate on fresh draws.
     key!("train.holdout", Kind::Float { min: 0.0, max: 0.9 }, 0.2),
-    // Worker threads for the batch (0 = all cores); the batch is split into this many parts.
+    // Worker threads for the batch (0 = all cores). The batch is split into this many parts
+    // and their gradients summed in order, so a run is reproducible at a fixed thread count;
+    // other counts differ only by floating-point rounding.
     key!("train.threads", Kind::Int { min: 0 }, 0),
 ];
 
