@@ -12,3 +12,4 @@ pub mod model;
 pub mod plot;
 pub mod stats;
 pub mod theory;
+pub mod train;

@@ -35,6 +35,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// PNG and SVG figures from the stats.csv of each DIR, written into the first DIR.
     Plot(cmd::plot::PlotArgs),
+    /// Train on a built-in task with SGD or AdamW and per-group learning rates into DIR/train.csv.
+    Train(cmd::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Plot(a) => cmd::plot::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

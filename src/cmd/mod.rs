@@ -8,6 +8,7 @@ pub mod run;
 pub mod simulate;
 pub mod sweep;
 pub mod theory;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 

@@ -63,6 +63,8 @@ pub const INPUT_KINDS: &[&str] = &["gaussian", "tokens", "file"];
 pub const SAMPLERS: &[&str] = &["auto", "dense", "conditional"];
 pub const BACKWARDS: &[&str] = &["none", "trace", "pairs"];
 pub const PRESETS: &[&str] = &["paper-vit", "paper-lm", "standard", "mlp-book"];
+pub const TASKS: &[&str] = &["copy", "recall", "modadd"];
+pub const OPTIMIZERS: &[&str] = &["sgd", "adamw"];
 
 /// Every valid key, in the order `config.toml` is written.
 pub const KEYS: &[Key] = &[
@@ -169,6 +171,48 @@ pub const KEYS: &[Key] = &[
     // block for E[Ω Ω] (1.64), and the number of independent batches that give its error.
     key!("theory.logit_samples", Kind::Int { min: 2 }, 20000),
     key!("theory.error_batches", Kind::Int { min: 2 }, 10),
+    // The compact trainer (SPEC §7). The task fixes the stem (embedding), the vocabulary, T and
+    // the number of outputs; `train.batch` sequences form one step's probe set.
+    key!("train.task", Kind::Choice(TASKS), "copy"),
+    key!("train.steps", Kind::Int { min: 0 }, 1000),
+    key!("train.batch", Kind::Int { min: 1 }, 32),
+    // Without --hparams: AdamW's global lr, or SGD's base lr multiplied by λ = 1/fan_in.
+    key!("train.lr", Kind::Float { min: 0.0, max: INF }, 1e-3),
+    // Multiplies every group's lr (also the hparams table's): the transfer sweep's knob.
+    key!("train.lr_mult", Kind::Float { min: 0.0, max: INF }, 1.0),
+    key!("train.optimizer", Kind::Choice(OPTIMIZERS), "adamw"),
+    key!("train.beta1", Kind::Float { min: 0.0, max: 1.0 }, 0.9),
+    key!("train.beta2", Kind::Float { min: 0.0, max: 1.0 }, 0.999),
+    key!("train.eps", Kind::Float { min: 0.0, max: INF }, 1e-8),
+    key!(
+        "train.weight_decay",
+        Kind::Float { min: 0.0, max: INF },
+        0.0
+    ),
+    key!("train.warmup", Kind::Int { min: 0 }, 100),
+    // The cosine decays to lr·min_lr_ratio at the last step.
+    key!(
+        "train.min_lr_ratio",
+        Kind::Float { min: 0.0, max: 1.0 },
+        0.0
+    ),
+    // Global gradient-norm clip; 0 = off.
+    key!("train.clip", Kind::Float { min: 0.0, max: INF }, 1.0),
+    key!("train.eval_every", Kind::Int { min: 1 }, 100),
+    key!("train.eval_batches", Kind::Int { min: 1 }, 4),
+    key!("train.checkpoint_every", Kind::Int { min: 1 }, 500),
+    key!("train.seed", Kind::Int { min: 0 }, 0),
+    // Task sizes: symbols (copy, recall), sequence length T, and the modulus p (modadd).
+    key!("train.vocab", Kind::Int { min: 3 }, 16),
+    key!("train.tokens", Kind::Int { min: 2 }, 16),
+    key!("train.modulus", Kind::Int { min: 2 }, 17),
+    // Fraction of the task's sequence space (chosen by a hash of each sequence) that is
+    // never trained on; the evaluation draws only from it. 0 = evaluate on fresh draws.
+    key!("train.holdout", Kind::Float { min: 0.0, max: 0.9 }, 0.2),
+    // Worker threads for the batch (0 = all cores). The batch is split into this many parts
+    // and their gradients summed in order, so a run is reproducible at a fixed thread count;
+    // other counts differ only by floating-point rounding.
+    key!("train.threads", Kind::Int { min: 0 }, 0),
 ];
 
 pub fn find(name: &str) -> Option<&'static Key> {

@@ -1,0 +1,306 @@
+//! `sigprop train`: the compact trainer (SPEC §7) into `DIR/train.csv`, `DIR/config.toml`
+//! (fully resolved, task shape included), `DIR/hparams.json` (when given) and
+//! `DIR/checkpoint.bin`; `--resume DIR` continues from the checkpoint.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use toml::Value;
+
+use super::{ConfigArgs, out_dir};
+use crate::config::ConfigBuilder;
+use crate::mc;
+use crate::stats::csv::write_atomic;
+use crate::train::hparams_json::HparamsJson;
+use crate::train::{self, StepLog, TrainError, Trainer};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Hyperparameter table for this width (`sigprop hparams --format json`): per-group
+    /// init variances and learning rates.
+    #[arg(long, value_name = "H.json")]
+    pub hparams: Option<PathBuf>,
+    /// Without --hparams: AdamW's global lr, or SGD's base lr (times λ = 1/fan_in) (train.lr).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Number of updates (train.steps).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Seed of parameters and data (train.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads (train.threads; 0 = all cores).
+    #[arg(long)]
+    pub threads: Option<u64>,
+    /// Continue the interrupted run in DIR (its config.toml, hparams.json, checkpoint.bin).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    fn builder(&self) -> anyhow::Result<ConfigBuilder> {
+        let mut b = match &self.resume {
+            Some(dir) => ConfigBuilder::new().file(&dir.join("config.toml"))?,
+            None => self.cfg.builder()?,
+        };
+        if let Some(x) = self.lr {
+            b = b.value("train.lr", Value::from(x))?;
+        }
+        for (key, x) in [
+            ("train.steps", self.steps),
+            ("train.seed", self.seed),
+            ("train.threads", self.threads),
+        ] {
+            if let Some(x) = x {
+                b = b.value(key, Value::from(x as i64))?;
+            }
+        }
+        Ok(b)
+    }
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let first = args.builder()?.build()?;
+    let cfg = train::configure(&first, args.builder()?)?;
+    let (out, hp_path) = match &args.resume {
+        Some(dir) => {
+            let h = dir.join("hparams.json");
+            (
+                args.out.clone().unwrap_or_else(|| dir.clone()),
+                h.exists().then_some(h),
+            )
+        }
+        None => (
+            args.out.clone().context("train needs --out DIR")?,
+            args.hparams.clone(),
+        ),
+    };
+    let hp = hp_path.as_deref().map(HparamsJson::read).transpose()?;
+    out_dir(&out)?;
+    let mut tr = Trainer::new(&cfg, hp.as_ref())?;
+    let mut log = Log::new(&tr);
+    match &args.resume {
+        Some(dir) => {
+            tr.load(&dir.join("checkpoint.bin"))?;
+            log.resume(&dir.join("train.csv"), tr.step)?;
+            eprintln!(
+                "resuming {}: {} of {} steps done",
+                dir.display(),
+                tr.step,
+                tr.spec.steps
+            );
+        }
+        None => {
+            write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+            if let Some(hp) = &hp {
+                write_atomic(
+                    &out.join("hparams.json"),
+                    serde_json::to_string_pretty(hp)?.as_bytes(),
+                )?;
+            }
+            log.eval_row(0, tr.evaluate());
+        }
+    }
+    let csv = out.join("train.csv");
+    let ckpt = out.join("checkpoint.bin");
+    mc::install_interrupt_handler();
+    let bar = progress(tr.spec.steps as u64, tr.step as u64);
+    let tokens_per_step = (tr.spec.batch * tr.task.tokens()) as f64;
+    let (mut busy, mut ran) = (Duration::ZERO, 0usize);
+    let cpu0 = cpu_seconds();
+    let mut last = None;
+    while tr.step < tr.spec.steps {
+        if mc::INTERRUPTED.load(Ordering::SeqCst) {
+            bar.finish_and_clear();
+            tr.save(&ckpt)?;
+            log.write(&csv)?;
+            eprintln!(
+                "interrupted after step {}: checkpoint saved; continue with: sigprop train --resume {}",
+                tr.step,
+                out.display()
+            );
+            std::process::exit(130);
+        }
+        let t0 = Instant::now();
+        let s = match tr.step() {
+            Ok(s) => s,
+            Err(e @ TrainError::Diverged { .. }) => {
+                bar.finish_and_clear();
+                if let TrainError::Diverged { step, loss, .. } = &e {
+                    log.diverged_row(*step, *loss);
+                }
+                log.write(&csv)?;
+                return Err(e).with_context(|| {
+                    format!(
+                        "{} keeps steps 0 to {}; lower the learning rate or raise train.warmup",
+                        csv.display(),
+                        tr.step
+                    )
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        busy += t0.elapsed();
+        ran += 1;
+        let eval =
+            (s.step % tr.spec.eval_every == 0 || s.step == tr.spec.steps).then(|| tr.evaluate());
+        log.step_row(&s, eval);
+        bar.set_position(s.step as u64);
+        if let Some(e) = eval {
+            bar.set_message(format!("train {:.4}  eval {e:.4}", s.loss));
+            log.write(&csv)?;
+        }
+        if s.step % tr.spec.checkpoint_every == 0 {
+            tr.save(&ckpt)?;
+        }
+        last = Some((s, eval));
+    }
+    bar.finish_and_clear();
+    tr.save(&ckpt)?;
+    log.write(&csv)?;
+    let secs = busy.as_secs_f64();
+    // CPU time too: on a shared machine wall-clock tokens/s says as much about the
+    // neighbours as about the trainer (it includes evaluations and the final checkpoint).
+    let cpu = cpu_seconds() - cpu0;
+    match last {
+        Some((s, eval)) => eprintln!(
+            "{}: task {}, width {}, {} optimizer, {} steps: final train loss {:.4}, eval loss {:.4} (chance {:.4}); {:.0} tokens/s ({ran} steps in {secs:.2} s wall, {cpu:.2} s CPU, {} threads) -> {}",
+            cfg.run.name,
+            tr.task.name(),
+            cfg.model.width,
+            tr.opt.kind.name(),
+            s.step,
+            s.loss,
+            eval.unwrap_or(f64::NAN),
+            tr.task.chance_loss(),
+            tokens_per_step * ran as f64 / secs.max(1e-9),
+            tr.parts_threads(),
+            csv.display()
+        ),
+        None => eprintln!("nothing to do: {} of {} steps done", tr.step, tr.spec.steps),
+    }
+    Ok(())
+}
+
+/// `train.csv`, kept in memory and rewritten atomically at every evaluation, checkpoint
+/// and exit: a reader never sees half a row, and a crash loses at most one eval interval.
+struct Log {
+    header: String,
+    rows: Vec<(usize, String)>,
+    groups: usize,
+}
+
+impl Log {
+    fn new(tr: &Trainer) -> Log {
+        let groups = tr.groups();
+        let mut header = "step,train_loss,eval_loss,lr,lr_factor,grad_norm".to_string();
+        for g in &groups {
+            header.push_str(&format!(",grad_norm_{}", g.name()));
+        }
+        Log {
+            header,
+            rows: Vec::new(),
+            groups: groups.len(),
+        }
+    }
+
+    fn eval_row(&mut self, step: usize, eval: f64) {
+        let empty = ",".repeat(self.groups + 3);
+        self.rows.push((step, format!("{step},,{eval:?}{empty}")));
+    }
+
+    /// The step that diverged: its loss (NaN or inf, or finite when the update overflowed)
+    /// and nothing else.
+    fn diverged_row(&mut self, step: usize, loss: f64) {
+        let empty = ",".repeat(self.groups + 4);
+        self.rows.push((step, format!("{step},{loss:?}{empty}")));
+    }
+
+    fn step_row(&mut self, s: &StepLog, eval: Option<f64>) {
+        // Debug formatting: shortest round-trip digits, with an exponent for tiny or huge
+        // values (Display would spell 1e200 out in full).
+        let mut r = format!(
+            "{},{:?},{},{:?},{:?},{:?}",
+            s.step,
+            s.loss,
+            eval.map_or(String::new(), |e| format!("{e:?}")),
+            s.lr,
+            s.lr_factor,
+            s.grad_norm
+        );
+        for (_, n) in &s.grad_norms {
+            r.push_str(&format!(",{n:?}"));
+        }
+        self.rows.push((s.step, r));
+    }
+
+    /// Keeps the rows of the steps the checkpoint holds.
+    fn resume(&mut self, path: &Path, step: usize) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut lines = text.lines();
+        if lines.next() != Some(self.header.as_str()) {
+            bail!(
+                "{}: header does not match this configuration's groups",
+                path.display()
+            );
+        }
+        for l in lines {
+            let s: usize = l
+                .split(',')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .with_context(|| format!("{}: bad row `{l}`", path.display()))?;
+            if s <= step {
+                self.rows.push((s, l.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = self.header.clone();
+        text.push('\n');
+        for (_, r) in &self.rows {
+            text.push_str(r);
+            text.push('\n');
+        }
+        write_atomic(path, text.as_bytes())
+    }
+}
+
+/// User + system CPU seconds of this process so far (Linux /proc; NaN elsewhere). Fields 14
+/// and 15 of /proc/self/stat count clock ticks, 100 per second on Linux.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces; count fields after its ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, k): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+            Some((u + k) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn progress(len: u64, pos: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_position(pos);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

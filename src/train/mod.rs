@@ -1,0 +1,480 @@
+//! The compact trainer (SPEC §7) on the one model definition: the same `Network` the Monte
+//! Carlo engine samples, with materialized weights, trained through its hand-written
+//! backward pass (checked against finite differences in `tests/gradients.rs`).
+//!
+//! One step: draw the batch for this step (a pure function of seed and step), split its
+//! sequences over threads, run `forward`, the softmax cross-entropy on z^L, and `backward`
+//! with the loss gradient as the cotangent; sum the parameter gradients, clip by global
+//! norm, and let SGD or AdamW update every parameter with its own learning rate (the
+//! group's rate from the hparams table, or the paper's SGD factors λ = 1/fan_in) times the
+//! warm-up + cosine factor.
+
+pub mod checkpoint;
+pub mod hparams_json;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod tasks;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+use thiserror::Error;
+use toml::Value;
+
+use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist};
+use crate::model::{Group, Network, ParamGrads, Probe, init};
+use hparams_json::HparamsJson;
+use optim::{Adam, Kind, Optimizer};
+use tasks::{Batch, Outputs, Split, Task};
+
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("hparams {path}: {msg}")]
+    Hparams { path: String, msg: String },
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: String, msg: String },
+    #[error("diverged at step {step}: {what}")]
+    Diverged {
+        step: usize,
+        /// The step's loss (finite when only the update overflowed).
+        loss: f64,
+        what: String,
+    },
+}
+
+/// The `[train]` section, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSpec {
+    pub task: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub lr_mult: f64,
+    pub optimizer: Kind,
+    pub adam: Adam,
+    pub weight_decay: f64,
+    pub warmup: usize,
+    pub min_lr_ratio: f64,
+    pub clip: f64,
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+    pub vocab: usize,
+    pub tokens: usize,
+    pub modulus: usize,
+    pub holdout: f64,
+    pub threads: usize,
+}
+
+impl TrainSpec {
+    pub fn from_config(cfg: &Config) -> Result<TrainSpec, TrainError> {
+        // Every train.* key has a default in the schema and was type-checked by the builder.
+        let int = |k: &str| cfg.get(k).and_then(Value::as_integer).unwrap_or(0) as usize;
+        let float = |k: &str| {
+            cfg.get(k)
+                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+                .unwrap_or(0.0)
+        };
+        let word = |k: &str| {
+            cfg.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let optimizer = Kind::from_name(&word("train.optimizer")).unwrap_or(Kind::AdamW);
+        Ok(TrainSpec {
+            task: word("train.task"),
+            steps: int("train.steps"),
+            batch: int("train.batch"),
+            lr: float("train.lr"),
+            lr_mult: float("train.lr_mult"),
+            optimizer,
+            adam: Adam {
+                beta1: float("train.beta1"),
+                beta2: float("train.beta2"),
+                eps: float("train.eps"),
+            },
+            weight_decay: float("train.weight_decay"),
+            warmup: int("train.warmup"),
+            min_lr_ratio: float("train.min_lr_ratio"),
+            clip: float("train.clip"),
+            eval_every: int("train.eval_every").max(1),
+            eval_batches: int("train.eval_batches").max(1),
+            checkpoint_every: int("train.checkpoint_every").max(1),
+            seed: int("train.seed") as u64,
+            vocab: int("train.vocab"),
+            tokens: int("train.tokens"),
+            modulus: int("train.modulus"),
+            holdout: float("train.holdout"),
+            threads: int("train.threads"),
+        })
+    }
+
+    pub fn task(&self) -> Result<Box<dyn Task>, TrainError> {
+        tasks::from_name(
+            &self.task,
+            self.vocab,
+            self.tokens,
+            self.modulus,
+            self.holdout,
+        )
+        .ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "train.task = \"{}\": expected one of {}",
+                self.task,
+                crate::config::schema::TASKS.join(", ")
+            ))
+        })
+    }
+}
+
+/// Fits the model and probe keys to the task. `first` is the user's configuration built
+/// once (to read `[train]`); `b` is a fresh builder of the same inputs that receives the
+/// task's shape. The task owns the vocabulary, T, the batch size and n_out (so they are set
+/// whatever the file says); causal masking and a positional embedding are only defaults:
+/// copy and recall are positional lookups, hopeless without b_PE, so a config without one
+/// gets C_PE = C_WE (positions as loud as token identity).
+pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainError> {
+    let spec = TrainSpec::from_config(first)?;
+    let task = spec.task()?;
+    let int = |x: usize| Value::from(x as i64);
+    b = b
+        .value("model.stem", Value::from("embedding"))?
+        .value("inputs.kind", Value::from("tokens"))?
+        .value("inputs.vocab", int(task.vocab()))?
+        .value("inputs.tokens", int(task.tokens()))?
+        .value("inputs.sequences", int(spec.batch))?;
+    if first.model.head != HeadKind::Tied {
+        b = b.value("model.n_out", int(task.classes()))?;
+    }
+    if !first.is_explicit("model.causal") {
+        b = b.value("model.causal", Value::from(task.causal()))?;
+    }
+    if !first.is_explicit("model.variances.pe") && first.model.var.pe == 0.0 {
+        b = b.value("model.variances.pe", Value::from(first.model.var.stem))?;
+    }
+    let cfg = b.build()?;
+    let outputs = match cfg.model.head {
+        HeadKind::Pooled => Outputs::PerSequence,
+        _ => Outputs::PerToken,
+    };
+    if outputs != task.outputs() {
+        return Err(TrainError::Invalid(format!(
+            "train.task = \"{}\" scores {} but model.head = \"pooled\" gives one output per sequence; use model.head = \"dense\" or \"tied\"",
+            task.name(),
+            if task.outputs() == Outputs::PerToken {
+                "every token"
+            } else {
+                "one output per sequence"
+            }
+        )));
+    }
+    Ok(cfg)
+}
+
+/// One update's record (a row of `train.csv`).
+#[derive(Clone, Debug)]
+pub struct StepLog {
+    /// Updates done, counting this one (1-based).
+    pub step: usize,
+    pub loss: f64,
+    pub lr_factor: f64,
+    /// The reference learning rate times the schedule factor.
+    pub lr: f64,
+    /// Gradient norm per group before clipping, for the groups the network has.
+    pub grad_norms: Vec<(Group, f64)>,
+    pub grad_norm: f64,
+}
+
+/// Keeps data streams apart from the parameter streams even when seeds coincide.
+const DATA_DOMAIN: u64 = 0xDA7A_5EED_0000_0001;
+const EVAL_DOMAIN: u64 = 0xE7A1_5EED_0000_0002;
+
+pub struct Trainer {
+    pub cfg: Config,
+    pub spec: TrainSpec,
+    pub task: Box<dyn Task>,
+    pub net: Network,
+    pub opt: Optimizer,
+    /// Per-parameter learning rate before the schedule (index as `net.params.list`).
+    pub lr: Vec<f64>,
+    /// Per-parameter decoupled weight decay.
+    pub wd: Vec<f64>,
+    /// The rate the `lr` column reports: train.lr (or the table's lr) × lr_mult.
+    pub reference_lr: f64,
+    /// Updates done.
+    pub step: usize,
+    eval: Vec<Batch>,
+    parts: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl Trainer {
+    /// A fresh network for a configuration from [`configure`], with the hparams table's
+    /// variances and learning rates when given.
+    pub fn new(cfg: &Config, hp: Option<&HparamsJson>) -> Result<Trainer, TrainError> {
+        let spec = TrainSpec::from_config(cfg)?;
+        let task = spec.task()?;
+        let mut model = cfg.model.clone();
+        let mut kind = spec.optimizer;
+        if let Some(hp) = hp {
+            if hp.width != 0 && hp.width != model.width {
+                return Err(TrainError::Invalid(format!(
+                    "the hparams table is for width {} but model.width = {}: make the table for this width (sigprop hparams --widths {})",
+                    hp.width, model.width, model.width
+                )));
+            }
+            if hp.mlp_mult != 0 && hp.mlp_mult != model.mlp_mult {
+                return Err(TrainError::Invalid(format!(
+                    "the hparams table has mlp_mult = {} but model.mlp_mult = {}",
+                    hp.mlp_mult, model.mlp_mult
+                )));
+            }
+            if let Some(k) = Kind::from_name(&hp.optimizer) {
+                kind = k;
+            }
+            // A table that gives b_PE or biases a variance wants them to exist.
+            let given = |g: Group| hp.group(g).and_then(|x| x.init_variance).unwrap_or(0.0);
+            if model.var.pe == 0.0 && given(Group::Pe) > 0.0 {
+                model.var.pe = given(Group::Pe);
+            }
+            if model.var.bias == 0.0 && given(Group::Bias) > 0.0 {
+                model.var.bias = given(Group::Bias);
+            }
+        }
+        let mut net = Network::sample(&model, &mut init::stream(spec.seed, 0));
+        if let Some(hp) = hp {
+            // Re-draw each group the table sizes, from its own stream: the variance is per
+            // entry, already divided by whatever fan-in the family prescribes.
+            let mut rng = init::stream(spec.seed, 1);
+            for p in net.params.list.iter_mut() {
+                if let Some(v) = hp.group(p.group).and_then(|g| g.init_variance) {
+                    init::fill(&mut p.value, v, InitDist::Gaussian, &mut rng);
+                    p.var = v;
+                }
+            }
+        }
+        let (mut lr, mut wd) = (Vec::new(), Vec::new());
+        let reference = match hp {
+            Some(hp) => hp.lr,
+            None => spec.lr,
+        } * spec.lr_mult;
+        for p in &net.params.list {
+            // The paper's SGD factor λ = 1/fan_in (fan_in is 1 for biases and embeddings).
+            let default = match kind {
+                Kind::Sgd => reference / p.fan_in as f64,
+                Kind::AdamW => reference,
+            };
+            let g = hp.and_then(|h| h.group(p.group));
+            lr.push(g.and_then(|g| g.lr).map_or(default, |x| x * spec.lr_mult));
+            wd.push(
+                g.and_then(|g| g.weight_decay)
+                    .unwrap_or(hp.map_or(spec.weight_decay, |h| h.weight_decay)),
+            );
+        }
+        let opt = Optimizer::new(kind, spec.adam, &net.params);
+        let threads = if spec.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            spec.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| TrainError::Invalid(format!("cannot start {threads} threads: {e}")))?;
+        // A fixed evaluation set from its own stream, drawn from the held-out side of the
+        // split: sequences no training batch contains.
+        let mut erng = init::stream(spec.seed ^ EVAL_DOMAIN, 0);
+        let eval = (0..spec.eval_batches)
+            .map(|_| task.sample(&mut erng, spec.batch, Split::Eval))
+            .collect();
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            parts: threads.min(spec.batch),
+            spec,
+            task,
+            net,
+            opt,
+            lr,
+            wd,
+            reference_lr: reference,
+            step: 0,
+            eval,
+            pool,
+        })
+    }
+
+    /// The training batch of update `step` (0-based): the same whatever happened before.
+    pub fn batch_at(&self, step: usize) -> Batch {
+        let mut rng = init::stream(self.spec.seed ^ DATA_DOMAIN, step as u64);
+        self.task.sample(&mut rng, self.spec.batch, Split::Train)
+    }
+
+    /// Groups that own at least one parameter, in SPEC order.
+    pub fn groups(&self) -> Vec<Group> {
+        Group::ALL
+            .into_iter()
+            .filter(|g| self.net.params.list.iter().any(|p| p.group == *g))
+            .collect()
+    }
+
+    /// Mean cross-entropy of `batch` and its gradient for every parameter.
+    pub fn loss_and_grads(&self, batch: &Batch) -> (f64, Vec<Array2<f64>>) {
+        let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
+        let parts = split(batch, self.parts);
+        let net = &self.net;
+        let results: Vec<(f64, Vec<Array2<f64>>)> = self.pool.install(|| {
+            parts
+                .par_iter()
+                .map(|b| {
+                    let trace = net.forward(&b.probe);
+                    let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
+                    dout /= total;
+                    let mut g = ParamGrads::new(&net.params);
+                    net.backward(&trace, &b.probe, dout.view(), &mut g);
+                    (sum, g.list)
+                })
+                .collect()
+        });
+        let mut it = results.into_iter();
+        let (mut sum, mut grads) = it.next().unwrap_or_default();
+        // Summed in part order, so the result does not depend on which thread ran what.
+        for (s, g) in it {
+            sum += s;
+            for (a, b) in grads.iter_mut().zip(g) {
+                *a += &b;
+            }
+        }
+        (sum / total, grads)
+    }
+
+    /// Mean cross-entropy of `batch` (forward only).
+    pub fn loss(&self, batch: &Batch) -> f64 {
+        let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
+        let parts = split(batch, self.parts);
+        let net = &self.net;
+        let sums: Vec<f64> = self.pool.install(|| {
+            parts
+                .par_iter()
+                .map(|b| loss::cross_entropy_sum(net.forward(&b.probe).out.view(), &b.targets).0)
+                .collect()
+        });
+        sums.iter().sum::<f64>() / total
+    }
+
+    /// Mean loss over the held-out batches.
+    pub fn evaluate(&self) -> f64 {
+        self.eval.iter().map(|b| self.loss(b)).sum::<f64>() / self.eval.len() as f64
+    }
+
+    /// One update on the batch of the current step. A non-finite loss or gradient stops
+    /// before touching the parameters.
+    pub fn step(&mut self) -> Result<StepLog, TrainError> {
+        let batch = self.batch_at(self.step);
+        let (loss, mut grads) = self.loss_and_grads(&batch);
+        let mut sq = vec![0.0; Group::ALL.len()];
+        for (p, g) in self.net.params.list.iter().zip(&grads) {
+            sq[p.group as usize] += g.iter().map(|x| x * x).sum::<f64>();
+        }
+        let grad_norm = sq.iter().sum::<f64>().sqrt();
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(TrainError::Diverged {
+                step: self.step + 1,
+                loss,
+                what: format!("train loss = {loss}, gradient norm = {grad_norm}"),
+            });
+        }
+        if self.spec.clip > 0.0 && grad_norm > self.spec.clip {
+            let s = self.spec.clip / grad_norm;
+            for g in grads.iter_mut() {
+                *g *= s;
+            }
+        }
+        let factor = schedule::lr_factor(
+            self.step,
+            self.spec.warmup,
+            self.spec.steps,
+            self.spec.min_lr_ratio,
+        );
+        let lr: Vec<f64> = self.lr.iter().map(|x| x * factor).collect();
+        self.opt.step(&mut self.net.params, &grads, &lr, &self.wd);
+        // An overflowing parameter does not always show up as a NaN loss: LN divides by an
+        // infinite variance and returns exact zeros, and the network dies quietly at loss
+        // ln V with zero gradient. So entries beyond ~1e154 (whose squares overflow) count
+        // as divergence too.
+        if let Some(p) = self
+            .net
+            .params
+            .list
+            .iter()
+            .find(|p| !p.value.iter().map(|x| x * x).sum::<f64>().is_finite())
+        {
+            return Err(TrainError::Diverged {
+                step: self.step + 1,
+                loss,
+                what: format!(
+                    "parameter {} overflowed (its squared norm is not finite)",
+                    p.name
+                ),
+            });
+        }
+        self.step += 1;
+        Ok(StepLog {
+            step: self.step,
+            loss,
+            lr_factor: factor,
+            lr: self.reference_lr * factor,
+            grad_norms: self
+                .groups()
+                .into_iter()
+                .map(|g| (g, sq[g as usize].sqrt()))
+                .collect(),
+            grad_norm,
+        })
+    }
+
+    /// How many parts a batch is split into (one per worker thread).
+    pub fn parts_threads(&self) -> usize {
+        self.parts
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<(), TrainError> {
+        checkpoint::save(path, self.step, &self.net.params, &self.opt)
+    }
+
+    pub fn load(&mut self, path: &std::path::Path) -> Result<(), TrainError> {
+        self.step = checkpoint::load(path, &mut self.net.params, &mut self.opt)?;
+        Ok(())
+    }
+}
+
+/// Splits a batch into at most `parts` batches of whole sequences.
+fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
+    let p = &batch.probe;
+    let (s, t) = (p.sequences, p.tokens);
+    let per = s.div_ceil(parts.max(1)).max(1);
+    let rows_per_seq = batch.targets.len() / s.max(1);
+    (0..s)
+        .step_by(per)
+        .map(|a| {
+            let b = (a + per).min(s);
+            let (d0, d1) = (a * t, b * t);
+            Batch {
+                probe: Probe {
+                    sequences: b - a,
+                    tokens: t,
+                    x: p.x
+                        .as_ref()
+                        .map(|x| x.slice(ndarray::s![d0..d1, ..]).to_owned()),
+                    ids: p.ids.as_ref().map(|ids| ids[d0..d1].to_vec()),
+                },
+                targets: batch.targets[a * rows_per_seq..b * rows_per_seq].to_vec(),
+            }
+        })
+        .collect()
+}
