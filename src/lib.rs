@@ -5,6 +5,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod hparams;
 pub mod inputs;
 pub mod mc;
 pub mod model;

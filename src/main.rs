@@ -27,6 +27,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// PNG and SVG figures from the stats.csv of each DIR, written into the first DIR.
     Plot(cmd::plot::PlotArgs),
+    /// Width-scaling table of init variances and learning rates (SPEC §6), optionally measured.
+    Hparams(cmd::hparams::HparamsArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Plot(a) => cmd::plot::run(a),
+        Command::Hparams(a) => cmd::hparams::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

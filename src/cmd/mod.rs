@@ -1,6 +1,7 @@
 //! The subcommands of the `sigprop` binary (SPEC §3, §8).
 
 pub mod bench;
+pub mod hparams;
 pub mod merge;
 pub mod plot;
 pub mod simulate;
