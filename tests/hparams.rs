@@ -464,3 +464,50 @@ fn cli_prints_tables_and_rejects_bad_flags_in_one_line() {
         assert!(!err.contains("panicked"));
     }
 }
+
+/// Issue 7 part 5: one AdamW step (and three SGD steps) from initialization. The neural
+/// tangent family keeps Δf O(1) while the residual stream moves like n^{-1/2}; μP keeps
+/// both O(1); standard AdamW's Δf grows with width.
+#[test]
+fn coordinate_check_matches_the_family_claims() {
+    use sigprop::hparams::coord::{CoordOpts, coord_check};
+    let base = || -> anyhow::Result<ConfigBuilder> {
+        Ok(ConfigBuilder::new().value("model.preset", toml::Value::from("paper-vit"))?)
+    };
+    let opts = CoordOpts {
+        widths: vec![64, 128, 256, 512],
+        samples: 4,
+        per_group: false,
+        ..CoordOpts::default()
+    };
+    let get = |fits: &[sigprop::hparams::coord::CoordFit], q: &str| {
+        fits.iter()
+            .find(|f| f.update == "all" && f.quantity == q)
+            .unwrap()
+            .exponent
+    };
+    for (family, opt, feat) in [
+        (NT, Optimizer::AdamW, -0.5),
+        (NT, Optimizer::Sgd, -0.5),
+        (MUP, Optimizer::AdamW, 0.0),
+        (MUP, Optimizer::Sgd, 0.0),
+    ] {
+        let s = setup("paper-vit", family, opt, true);
+        let fits = coord_check(&base, &s, 1e-3, &opts).unwrap();
+        let df = get(&fits, "Δf");
+        assert!(df.abs() < 0.15, "{family} {opt}: Δf ∝ n^{df}");
+        // The residual stream after the last block (layers = 1: ℓ = 1, 2, 3).
+        let dz = get(&fits, "Δz^3");
+        assert!(
+            (dz - feat).abs() < 0.15,
+            "{family} {opt}: Δz ∝ n^{dz}, claim {feat}"
+        );
+    }
+    let mut s = setup("paper-vit", Family::Standard, Optimizer::AdamW, true);
+    s.lr = 1e-3;
+    let fits = coord_check(&base, &s, 1.0, &opts).unwrap();
+    assert!(
+        get(&fits, "Δf") > 0.5,
+        "standard AdamW's Δf should grow with width"
+    );
+}

@@ -8,6 +8,7 @@ use toml::Value;
 
 use super::ConfigArgs;
 use crate::config::ConfigBuilder;
+use crate::hparams::coord::{self, CoordOpts};
 use crate::hparams::format::{self, Format};
 use crate::hparams::measure::{self, MeasureOpts};
 use crate::hparams::{Anchor, Family, Optimizer, Setup, paper_vit_optimum};
@@ -59,6 +60,19 @@ pub struct HparamsArgs {
     /// Worker threads of the measurement (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Coordinate check (issue 7 part 5): one AdamW step or a few SGD steps with the table's
+    /// rates (times --coord-lr-scale), Δf and Δz^ℓ against width (Markdown only).
+    #[arg(long)]
+    pub coord_check: bool,
+    /// Widths of the coordinate check.
+    #[arg(long, default_value = "64,128,256,512,1024")]
+    pub coord_widths: String,
+    /// Networks per width in the coordinate check.
+    #[arg(long, default_value_t = 4)]
+    pub coord_samples: usize,
+    /// Multiplies every rate in the coordinate check, to stay in the linear regime.
+    #[arg(long, default_value_t = 1e-3)]
+    pub coord_lr_scale: f64,
     /// Write here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -133,7 +147,26 @@ pub fn run(a: &HparamsArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let text = format::render(&setup, measured.as_deref(), fmt)?;
+    let mut text = format::render(&setup, measured.as_deref(), fmt)?;
+    if a.coord_check {
+        if fmt != Format::Md {
+            anyhow::bail!("--coord-check: its table is Markdown; use --format md");
+        }
+        if !(a.coord_lr_scale.is_finite() && a.coord_lr_scale > 0.0) {
+            anyhow::bail!(
+                "--coord-lr-scale {}: expected a positive number",
+                a.coord_lr_scale
+            );
+        }
+        let opts = CoordOpts {
+            widths: widths("--coord-widths", &a.coord_widths)?,
+            samples: a.coord_samples,
+            ..CoordOpts::default()
+        };
+        let fits = coord::coord_check(&builder, &setup, a.coord_lr_scale, &opts)?;
+        text.push('\n');
+        text.push_str(&coord::markdown(&setup, &fits));
+    }
     match &a.out {
         Some(p) => crate::stats::csv::write_atomic(p, text.as_bytes())?,
         None => print!("{text}"),

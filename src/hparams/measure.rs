@@ -68,17 +68,18 @@ pub struct Measured {
 pub const TOLERANCE: f64 = 0.1;
 
 impl Measured {
-    /// "yes" within [`TOLERANCE`], "NO" outside it (a contradiction: shown, never hidden),
-    /// "?" when the error bar alone is wider than the tolerance.
+    /// "yes" within [`TOLERANCE`]; "NO" (a contradiction: shown, never hidden) when the
+    /// miss exceeds the tolerance by more than three standard errors; "?" in between.
     pub fn verdict(&self) -> &'static str {
-        if !self.exponent.is_finite() {
+        let miss = (self.exponent - self.expected).abs();
+        if !miss.is_finite() {
             "?"
-        } else if (self.exponent - self.expected).abs() <= TOLERANCE {
+        } else if miss <= TOLERANCE {
             "yes"
-        } else if self.stderr > TOLERANCE {
-            "?"
-        } else {
+        } else if miss > TOLERANCE + 3.0 * self.stderr {
             "NO"
+        } else {
+            "?"
         }
     }
 }

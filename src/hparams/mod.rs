@@ -10,6 +10,7 @@
 //!   (footnote 22). A trainer that decays θ ← θ − lr_g·wd_g·θ reproduces it exactly with
 //!   wd_g = wd / λ_g, which is what the JSON carries.
 
+pub mod coord;
 pub mod format;
 pub mod measure;
 pub mod rules;
