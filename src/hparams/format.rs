@@ -295,7 +295,7 @@ fn latex(s: &Setup, measured: Option<&[Measured]>) -> String {
         },
         if meas {
             format!(
-                " The last columns compare the width exponent the rule implies for the raw neural tangent kernel $\\Theta_G = \\mathbb{{E}}\\sum_{{\\mu\\in G}}(\\partial f/\\partial\\theta_\\mu)^2$ with the Monte Carlo fit (agreement: within ${TOLERANCE}$)."
+                " The last columns compare the width exponent the rule implies for the raw neural tangent kernel $\\Theta_G = \\mathrm{{E}}\\sum_{{\\mu\\in G}}(\\partial f/\\partial\\theta_\\mu)^2$ with the Monte Carlo fit (agreement: within ${TOLERANCE}$)."
             )
         } else {
             String::new()
