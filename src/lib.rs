@@ -6,6 +6,7 @@
 pub mod cmd;
 pub mod compare;
 pub mod config;
+pub mod hparams;
 pub mod inputs;
 pub mod mc;
 pub mod model;

@@ -37,6 +37,8 @@ enum Command {
     Plot(cmd::plot::PlotArgs),
     /// Train on a built-in task with SGD or AdamW and per-group learning rates into DIR/train.csv.
     Train(cmd::train::TrainArgs),
+    /// Width-scaling table of init variances and learning rates (SPEC §6), optionally measured.
+    Hparams(cmd::hparams::HparamsArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Hparams(a) => cmd::hparams::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod hparams;
 pub mod merge;
 pub mod plot;
 pub mod run;
