@@ -194,7 +194,13 @@ impl<'a> Data<'a> {
     pub fn label(&self, key: &Key) -> String {
         let src = if key.theory { "theory" } else { "MC" };
         if self.configs.len() > 1 {
-            format!("{src} {} n={}", key.config, key.width)
+            // Sweep points share the base name; the legend shows only what differs.
+            let prefix = common_prefix(&self.configs);
+            format!(
+                "{src} {} n={}",
+                key.config[prefix.len()..].trim_start_matches('-'),
+                key.width
+            )
         } else {
             format!("{src} n={}", key.width)
         }
@@ -237,9 +243,22 @@ impl<'a> Data<'a> {
             }
         }
         let join = |v: Vec<String>| v.join(", ");
+        let names: Vec<String> = configs.iter().map(|c| c.to_string()).collect();
+        // A sweep's many names would run off the figure: the shared base and a count.
+        let config_text = if names.len() > 2 {
+            let prefix = common_prefix(&names);
+            let base = prefix.trim_end_matches('-');
+            format!(
+                "{} ({} configurations)",
+                if base.is_empty() { "sweep" } else { base },
+                names.len()
+            )
+        } else {
+            join(names)
+        };
         let mut s = format!(
             "{} · n={} · H={}",
-            join(configs.iter().map(|c| c.to_string()).collect()),
+            config_text,
             join(widths.iter().map(|w| w.to_string()).collect()),
             join(heads.iter().map(|h| h.to_string()).collect()),
         );
@@ -253,6 +272,27 @@ impl<'a> Data<'a> {
             s += " · with theory";
         }
         s
+    }
+}
+
+/// The longest prefix of all names that ends at a `-` (the base config of a sweep).
+fn common_prefix(names: &[String]) -> String {
+    let Some(first) = names.first() else {
+        return String::new();
+    };
+    let mut len = first.len();
+    for n in names {
+        len = len.min(
+            first
+                .bytes()
+                .zip(n.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    match first[..len].rfind('-') {
+        Some(i) => first[..=i].to_string(),
+        None => String::new(),
     }
 }
 
