@@ -177,7 +177,7 @@ fn plots_every_figure_as_png_and_svg_with_text() {
             "mean attention entropy vs layer",
         ),
         ("kernel_heatmap_resid", "token–token kernel"),
-        ("convergence_resid_kernel_diag", "finite-width deviation"),
+        ("convergence_relative_deviation", "finite-width deviation"),
     ];
     assert_eq!(files.len(), 2 * expected.len(), "files written: {files:?}");
     for (stem, title) in expected {
@@ -210,7 +210,7 @@ fn plots_every_figure_as_png_and_svg_with_text() {
         );
     }
     let conv =
-        std::fs::read_to_string(dir.join("convergence_resid_kernel_diag.svg")).unwrap_or_default();
+        std::fs::read_to_string(dir.join("convergence_relative_deviation.svg")).unwrap_or_default();
     // MC − theory = 2/n exactly, so the least-squares slope on log–log is −1.
     assert!(
         conv.contains("slope −1.00"),
@@ -225,7 +225,7 @@ fn mc_only_skips_convergence() {
     let loaded = sigprop::plot::load(std::slice::from_ref(&dir)).expect("load");
     let files = sigprop::plot::plot_all(&loaded, &dir).expect("plot");
     assert_eq!(files.len(), 12, "files written: {files:?}");
-    assert!(!dir.join("convergence_resid_kernel_diag.png").exists());
+    assert!(!dir.join("convergence_relative_deviation.png").exists());
 }
 
 #[test]

@@ -134,8 +134,19 @@ pub fn run_grid(
         let dir = out.join(&p.label);
         let mut sets = fixed.clone();
         sets.extend(p.sets.iter().cloned());
-        if !width_only && points.len() > 1 && !base.set.iter().any(|s| s.starts_with("run.name=")) {
-            sets.push(format!("run.name={base_name}-{}", p.label));
+        // The width has its own column: the config name carries only the other axes, so
+        // compare and plot can follow one configuration across widths.
+        let suffix: Vec<&str> = p
+            .label
+            .split('_')
+            .filter(|part| !part.starts_with("width="))
+            .collect();
+        if !width_only
+            && points.len() > 1
+            && !suffix.is_empty()
+            && !base.set.iter().any(|s| s.starts_with("run.name="))
+        {
+            sets.push(format!("run.name={base_name}-{}", suffix.join("_")));
         }
         let cfg = ConfigArgs {
             config: base.config.clone(),

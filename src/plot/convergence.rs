@@ -1,6 +1,9 @@
-//! Finite-width convergence: |MC − theory| of `kernel_diag` at the last residual layer
-//! against width on log–log axes, with the least-squares slope and its standard error in the
-//! legend (−1 is a clean 1/n correction; SPEC §5) and a 1/n guide.
+//! Finite-width convergence: the relative deviation |MC − theory|/|theory| of a few summaries
+//! (the residual kernel at the last layer, the gradient size at the stem, the LN kernel
+//! between tokens at the last LN, the query NTK of the first attention block) against width
+//! on log–log axes, each with its weighted least-squares slope and standard error in the
+//! legend (−1 is a clean 1/n correction; SPEC §5), and a 1/n guide. Relative, so that raw
+//! NTK sums that grow like n compare with O(1) quantities.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +13,10 @@ use plotters::prelude::*;
 use super::{Data, Figure, Mark, Skip, font, header, legend, legend_width, padded, short, skip};
 use crate::stats::csv::Row;
 
-/// One config's deviations: (width, |Δ|, stderr of Δ).
+/// One quantity's deviations: (width, |Δ|/|theory|, its stderr).
 struct Points {
     config: String,
+    what: String,
     layer: usize,
     pts: Vec<(f64, f64, f64)>,
     fit: Option<Fit>,
@@ -28,32 +32,30 @@ struct Fit {
 }
 
 fn fit(pts: &[(f64, f64, f64)]) -> Option<Fit> {
-    let m = pts.len() as f64;
     if pts.len() < 2 {
         return None;
     }
-    let xs: Vec<f64> = pts.iter().map(|p| p.0.log10()).collect();
-    let ys: Vec<f64> = pts.iter().map(|p| p.1.log10()).collect();
-    let (mx, my) = (xs.iter().sum::<f64>() / m, ys.iter().sum::<f64>() / m);
-    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    // Weighted by the inverse variance of log10 |Δ| (delta method: σ = se/(|Δ| ln 10)),
+    // floored so one very precise point does not decide alone.
+    let data: Vec<(f64, f64, f64)> = pts
+        .iter()
+        .map(|&(n, d, e)| {
+            let sigma = (e / (d * std::f64::consts::LN_10)).max(1e-3);
+            (n.log10(), d.log10(), 1.0 / (sigma * sigma))
+        })
+        .collect();
+    let sw: f64 = data.iter().map(|d| d.2).sum();
+    let mx = data.iter().map(|d| d.2 * d.0).sum::<f64>() / sw;
+    let my = data.iter().map(|d| d.2 * d.1).sum::<f64>() / sw;
+    let sxx: f64 = data.iter().map(|d| d.2 * (d.0 - mx).powi(2)).sum();
     if sxx <= 0.0 {
         return None;
     }
-    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let slope = sxy / sxx;
-    let intercept = my - slope * mx;
-    let slope_err = (pts.len() > 2).then(|| {
-        let ssr: f64 = xs
-            .iter()
-            .zip(&ys)
-            .map(|(x, y)| (y - intercept - slope * x).powi(2))
-            .sum();
-        (ssr / (m - 2.0) / sxx).sqrt()
-    });
+    let (slope, err) = crate::compare::weighted_slope(&data);
     Some(Fit {
         slope,
-        slope_err,
-        intercept,
+        slope_err: (pts.len() > 2).then_some(err),
+        intercept: my - slope * mx,
     })
 }
 
@@ -88,7 +90,7 @@ pub(crate) struct Convergence {
 
 impl Figure for Convergence {
     fn name(&self) -> String {
-        "convergence_resid_kernel_diag".into()
+        "convergence_relative_deviation".into()
     }
 
     fn size(&self) -> (u32, u32) {
@@ -101,27 +103,21 @@ impl Figure for Convergence {
     {
         let body = header(
             root,
-            "finite-width deviation |MC − theory| of G_δδ at the last residual layer",
+            "finite-width deviation |MC − theory| / |theory| vs width",
             &self.subtitle,
         )?;
         let (w, _) = body.dim_in_pixel();
         let mut entries = Vec::new();
         for (color, p) in &self.series {
-            let prefix = if self.series.len() > 1 {
-                format!("{} ", p.config)
-            } else {
-                String::new()
-            };
-            entries.push((
-                format!("{prefix}MC − theory at ℓ = {}", p.layer),
-                Mark::Point(*color),
-            ));
+            let prefix = format!("{} ℓ={}", p.what, p.layer);
+            let _ = &p.config;
+            entries.push((prefix.clone(), Mark::Point(*color)));
             if let Some(f) = p.fit {
                 let err = f
                     .slope_err
                     .map_or_else(|| " (2 widths, no error)".into(), |e| format!(" ± {e:.2}"));
                 entries.push((
-                    format!("{prefix}least-squares slope {}{err}", minus(f.slope)),
+                    format!("  slope {}{err}", minus(f.slope)),
                     Mark::Dashed(*color),
                 ));
             }
@@ -174,7 +170,7 @@ impl Figure for Convergence {
             .x_label_formatter(&|v| short(*v))
             .y_label_formatter(&|v| short(*v))
             .x_desc("width n (log scale)")
-            .y_desc("|MC − theory| of G_δδ (log scale)")
+            .y_desc("|MC − theory| / |theory| (log scale)")
             .axis_desc_style(font(21.0))
             .label_style(font(17.0))
             .light_line_style(WHITE)
@@ -217,22 +213,51 @@ impl Figure for Convergence {
     }
 }
 
+/// The quantities followed across widths: (site, observable, which layer, legend text).
+const QUANTITIES: [(&str, &str, Pick, &str); 4] = [
+    (
+        "resid",
+        "kernel_diag",
+        Pick::LastResidual,
+        "kernel diag G_δδ",
+    ),
+    ("resid", "grad2", Pick::First, "gradient size grad2"),
+    (
+        "ln",
+        "kernel_offdiag",
+        Pick::Last,
+        "LN kernel between tokens",
+    ),
+    ("param", "ntk_q", Pick::First, "query NTK Θ_q"),
+];
+
+#[derive(Clone, Copy)]
+enum Pick {
+    First,
+    Last,
+    LastResidual,
+}
+
 pub(crate) fn figure(data: &Data) -> Result<Convergence, Skip> {
-    let name = "convergence_resid_kernel_diag";
-    let by_key = data.summary("resid", "kernel_diag");
-    // Per config: the last residual layer, then (width → (mc, theory)) there.
-    let mut per_config: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
-    for rows in by_key.values() {
-        for r in rows.iter().filter(|r| r.block != "head") {
-            per_config.entry(r.config.as_str()).or_default().push(r);
-        }
-    }
+    let name = "convergence_relative_deviation";
+    let Some(config) = data.configs.first() else {
+        return Err(skip(name, "no rows"));
+    };
     let mut series = Vec::new();
     let mut used: Vec<&Row> = Vec::new();
-    for (config, rows) in per_config {
-        let Some(layer) = rows.iter().map(|r| r.layer).max() else {
-            continue;
+    for (k, (site, observable, pick, what)) in QUANTITIES.iter().enumerate() {
+        let rows: Vec<&Row> = data
+            .summary(site, observable)
+            .into_values()
+            .flatten()
+            .filter(|r| &r.config == config && r.block != "head")
+            .collect();
+        let layers = rows.iter().map(|r| r.layer);
+        let layer = match pick {
+            Pick::First => layers.min(),
+            Pick::Last | Pick::LastResidual => layers.max(),
         };
+        let Some(layer) = layer else { continue };
         let mut at: BTreeMap<usize, (Option<&Row>, Option<&Row>)> = BTreeMap::new();
         for r in rows.iter().filter(|r| r.layer == layer) {
             let e = at.entry(r.width).or_default();
@@ -245,25 +270,20 @@ pub(crate) fn figure(data: &Data) -> Result<Convergence, Skip> {
         let mut pts = Vec::new();
         for (w, pair) in at {
             if let (Some(mc), Some(th)) = pair {
-                let d = (mc.value - th.value).abs();
+                let d = (mc.value - th.value).abs() / th.value.abs();
                 if d > 0.0 && d.is_finite() {
-                    pts.push((w as f64, d, mc.stderr.hypot(th.stderr)));
+                    pts.push((w as f64, d, mc.stderr.hypot(th.stderr) / th.value.abs()));
                     used.extend([mc, th]);
                 }
             }
         }
         if pts.len() >= 2 {
-            // Colours mean widths elsewhere; here one colour per config, black when alone.
-            let color = if data.configs.len() == 1 {
-                RGBColor(30, 30, 30)
-            } else {
-                let k = data.configs.iter().position(|c| c == config).unwrap_or(0);
-                super::PALETTE[k % super::PALETTE.len()]
-            };
+            let color = super::PALETTE[k % super::PALETTE.len()];
             series.push((
                 color,
                 Points {
-                    config: config.to_string(),
+                    config: config.clone(),
+                    what: what.to_string(),
                     layer,
                     fit: fit(&pts),
                     pts,
@@ -274,7 +294,7 @@ pub(crate) fn figure(data: &Data) -> Result<Convergence, Skip> {
     if series.is_empty() {
         return Err(skip(
             name,
-            "needs MC and theory `kernel_diag` rows at site `resid` for at least 2 widths",
+            "needs MC and theory summary rows for at least 2 widths",
         ));
     }
     Ok(Convergence {
