@@ -96,14 +96,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             eprintln!("[{}/{n}] {label}", k + 1);
         },
     )?;
-    if let Some(th) = th {
-        super::compare::run(&super::compare::CompareArgs {
-            mc,
-            theory: th,
-            out: out.join("compare"),
-            threshold: 5.0,
-        })?;
-    }
+    super::sweep::compare_grid(mc, th, &out)?;
     super::plot::run(&super::plot::PlotArgs {
         dirs: vec![out.clone()],
     })?;

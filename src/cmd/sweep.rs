@@ -223,13 +223,18 @@ pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
             eprintln!("[{}/{n}] {label}", k + 1);
         },
     )?;
-    if let Some(th) = th {
-        super::compare::run(&super::compare::CompareArgs {
+    compare_grid(mc, th, &a.out)
+}
+
+/// With theory, writes `out/compare/` (compare.csv, convergence.csv, report.md).
+pub fn compare_grid(mc: PathBuf, theory: Option<PathBuf>, out: &Path) -> anyhow::Result<()> {
+    match theory {
+        Some(theory) => super::compare::run(&super::compare::CompareArgs {
             mc,
-            theory: th,
-            out: a.out.join("compare"),
+            theory,
+            out: out.join("compare"),
             threshold: 5.0,
-        })?;
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }

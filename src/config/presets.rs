@@ -12,45 +12,27 @@ pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
     Some(match name {
         // The paper's Vision Transformer experiments (§II 1): C_Q = C_K = C_V = 1/2, C_U = 1/3,
         // C_W = 2/5, C_X = 8/5, C_patch = C_head = 1, C_PE = 0.02², GELU, M = 4, ε = 1e-6.
-        "paper-vit" => vec![
-            ("model.stem", s("dense")),
-            ("model.norm", s("pre")),
-            ("model.activation", s("gelu")),
-            ("model.mlp_mult", i(4)),
-            ("model.ln_eps", v(1e-6)),
-            ("model.variances.stem", v(1.0)),
-            ("model.variances.pe", v(0.02 * 0.02)),
-            ("model.variances.q", v(0.5)),
-            ("model.variances.k", v(0.5)),
-            ("model.variances.v", v(0.5)),
-            ("model.variances.u", v(1.0 / 3.0)),
-            ("model.variances.w", v(0.4)),
-            ("model.variances.x", v(1.6)),
-            ("model.variances.head", v(1.0)),
-            ("model.variances.bias", v(0.0)),
-        ],
-        // The paper's language experiments (§II 2): word embedding with C_WE = 1, positional
-        // embedding, and a head tied to the word embedding with N_rescale = n^{-1/2} (1.33).
-        "paper-lm" => vec![
-            ("model.stem", s("embedding")),
-            ("model.head", s("tied")),
-            ("model.norm", s("pre")),
-            ("model.activation", s("gelu")),
-            ("model.mlp_mult", i(4)),
-            ("model.ln_eps", v(1e-6)),
-            ("model.variances.stem", v(1.0)),
-            ("model.variances.pe", v(0.02 * 0.02)),
-            ("model.variances.q", v(0.5)),
-            ("model.variances.k", v(0.5)),
-            ("model.variances.v", v(0.5)),
-            ("model.variances.u", v(1.0 / 3.0)),
-            ("model.variances.w", v(0.4)),
-            ("model.variances.x", v(1.6)),
-            ("model.variances.head", v(1.0)),
-            ("model.variances.bias", v(0.0)),
-            ("inputs.kind", s("tokens")),
-            ("inputs.vocab", i(1000)),
-        ],
+        "paper-vit" => {
+            let mut o = vec![("model.stem", s("dense")), ("model.ln_eps", v(1e-6))];
+            o.extend(pre_ln_gelu([0.5, 0.5, 0.5, 1.0 / 3.0, 0.4, 1.6]));
+            o
+        }
+        // The paper's language experiments (§II 2), BART-style: weights of std 0.02 at the
+        // paper's n = 1024, i.e. C = 0.02²·fan_in (0.4096 for Q, K, V, U, W; 1.6384 for X
+        // with fan-in 4n), a word embedding with C_WE = 1, a head tied to it with
+        // N_rescale = n^{-1/2} (1.33), ε = 1e-5 (BART's LayerNorm).
+        "paper-lm" => {
+            let c = 0.02 * 0.02 * 1024.0;
+            let mut o = vec![
+                ("model.stem", s("embedding")),
+                ("model.head", s("tied")),
+                ("model.ln_eps", v(1e-5)),
+                ("inputs.kind", s("tokens")),
+                ("inputs.vocab", i(1000)),
+            ];
+            o.extend(pre_ln_gelu([c, c, c, c, c, 4.0 * c]));
+            o
+        }
         // Standard parameterization as in BART-style code: every weight and embedding drawn
         // with std 0.02 at every width (variance 4e-4, not divided by fan-in), zero biases.
         "standard" => vec![
@@ -86,4 +68,25 @@ pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
         ],
         _ => return None,
     })
+}
+
+/// A pre-LN GELU Transformer with M = 4 and the given (C_Q, C_K, C_V, C_U, C_W, C_X);
+/// C_stem = C_head = 1, C_PE = 0.02², no biases.
+fn pre_ln_gelu(c: [f64; 6]) -> Vec<(&'static str, Value)> {
+    let v = |x: f64| Value::from(x);
+    vec![
+        ("model.norm", Value::from("pre")),
+        ("model.activation", Value::from("gelu")),
+        ("model.mlp_mult", Value::from(4)),
+        ("model.variances.stem", v(1.0)),
+        ("model.variances.pe", v(0.02 * 0.02)),
+        ("model.variances.q", v(c[0])),
+        ("model.variances.k", v(c[1])),
+        ("model.variances.v", v(c[2])),
+        ("model.variances.u", v(c[3])),
+        ("model.variances.w", v(c[4])),
+        ("model.variances.x", v(c[5])),
+        ("model.variances.head", v(1.0)),
+        ("model.variances.bias", v(0.0)),
+    ]
 }

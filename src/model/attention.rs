@@ -12,7 +12,7 @@
 use ndarray::{Array2, Array3, ArrayView2, Axis, s};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, WeightOps, linalg};
+use super::{GradSink, GradTerm, Group, Params, WeightOps, affine, linalg};
 use crate::config::ModelSpec;
 
 #[derive(Clone, Debug)]
@@ -73,21 +73,6 @@ impl Attention {
         Attention { q, k, v, u, bias }
     }
 
-    fn project(
-        &self,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        w: usize,
-        b: Option<usize>,
-        s: ArrayView2<f64>,
-    ) -> Array2<f64> {
-        let mut y = ops.fwd(p, w, s);
-        if let Some(b) = b {
-            y += &p.get(b).row(0);
-        }
-        y
-    }
-
     /// r (D × n) from the block input s (D × n).
     pub fn forward(
         &self,
@@ -100,9 +85,9 @@ impl Attention {
     ) -> (Array2<f64>, Cache) {
         let (h_count, c) = (spec.heads, spec.channels());
         let b = |i: usize| self.bias.map(|b| b[i]);
-        let q = self.project(p, ops, self.q, b(0), s);
-        let k = self.project(p, ops, self.k, b(1), s);
-        let v = self.project(p, ops, self.v, b(2), s);
+        let q = affine(p, ops, self.q, b(0), s);
+        let k = affine(p, ops, self.k, b(1), s);
+        let v = affine(p, ops, self.v, b(2), s);
         let scale = (c as f64).powf(-spec.logit_exponent);
         let mut logits = Array3::zeros((seqs * h_count, t, t));
         let mut attn = Array3::zeros((seqs * h_count, t, t));
@@ -123,7 +108,7 @@ impl Attention {
                 linalg::gemm(1.0, w.view(), vh, 0.0, &mut oh);
             }
         }
-        let r = self.project(p, ops, self.u, b(3), o.view());
+        let r = affine(p, ops, self.u, b(3), o.view());
         (
             r,
             Cache {

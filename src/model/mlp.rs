@@ -8,7 +8,7 @@
 use ndarray::{Array2, ArrayView2, Zip};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, WeightOps};
+use super::{GradSink, GradTerm, Group, Params, WeightOps, affine};
 use crate::config::ModelSpec;
 
 #[derive(Clone, Debug)]
@@ -26,20 +26,6 @@ pub struct Mlp {
 pub struct Cache {
     pub w: Array2<f64>,
     pub a: Array2<f64>,
-}
-
-fn affine(
-    p: &Params,
-    ops: &mut dyn WeightOps,
-    w: usize,
-    b: Option<usize>,
-    x: ArrayView2<f64>,
-) -> Array2<f64> {
-    let mut y = ops.fwd(p, w, x);
-    if let Some(b) = b {
-        y += &p.get(b).row(0);
-    }
-    y
 }
 
 impl Mlp {

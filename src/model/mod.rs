@@ -179,6 +179,21 @@ pub trait WeightOps {
     fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64>;
 }
 
+/// Y = X Wᵀ + b: a linear use of weight `w` with an optional bias (1 × fan_out).
+pub fn affine(
+    p: &Params,
+    ops: &mut dyn WeightOps,
+    w: usize,
+    b: Option<usize>,
+    x: ArrayView2<f64>,
+) -> Array2<f64> {
+    let mut y = ops.fwd(p, w, x);
+    if let Some(b) = b {
+        y += &p.get(b).row(0);
+    }
+    y
+}
+
 /// Materialized weights: plain matrix products.
 pub struct Materialized;
 
