@@ -1,12 +1,15 @@
 //! The one place where matrix products happen.
 //!
 //! Every GEMM in sigprop goes through these helpers so the backend can be swapped after
-//! measuring. Backend: `matrixmultiply` 0.3.11 (ndarray's own) with its avx512 f64 kernel,
-//! single-threaded: the Monte Carlo engine parallelizes over samples, one network per core.
+//! measuring. Backend: `faer` 0.24, single-threaded (`Par::Seq`): the Monte Carlo engine
+//! parallelizes over samples, one network per core. Measured on this machine in f64:
+//! 16×512×512 at 86 GFLOP/s (matrixmultiply 0.3.11 with avx512: 20), 16×2048×512 at 104 (30),
+//! 512×512×512 at 110 (87). `gemm_reference` keeps the matrixmultiply path as the check.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
@@ -26,14 +29,65 @@ pub fn gemm(
 ) {
     if PROFILE.load(Ordering::Relaxed) {
         let t = Instant::now();
-        general_mat_mul(alpha, &a, &b, beta, c);
+        faer_gemm(alpha, a, b, beta, c);
         GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         GEMM_FLOPS.fetch_add(
             2 * (a.nrows() * a.ncols() * b.ncols()) as u64,
             Ordering::Relaxed,
         );
     } else {
-        general_mat_mul(alpha, &a, &b, beta, c);
+        faer_gemm(alpha, a, b, beta, c);
+    }
+}
+
+/// The same product through matrixmultiply (ndarray's own), the reference for `gemm`.
+pub fn gemm_reference(
+    alpha: f64,
+    a: ArrayView2<f64>,
+    b: ArrayView2<f64>,
+    beta: f64,
+    c: &mut ArrayViewMut2<f64>,
+) {
+    general_mat_mul(alpha, &a, &b, beta, c);
+}
+
+fn faer_gemm(
+    alpha: f64,
+    a: ArrayView2<f64>,
+    b: ArrayView2<f64>,
+    beta: f64,
+    c: &mut ArrayViewMut2<f64>,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    assert!(
+        b.nrows() == k && c.dim() == (m, n),
+        "gemm shapes {:?} x {:?} -> {:?}",
+        a.dim(),
+        b.dim(),
+        c.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if beta == 0.0 {
+        c.fill(0.0);
+    } else if beta != 1.0 {
+        c.mapv_inplace(|x| beta * x);
+    }
+    if k == 0 || alpha == 0.0 {
+        return;
+    }
+    let (sa, sb) = (a.strides(), b.strides());
+    let (sc0, sc1) = (c.strides()[0], c.strides()[1]);
+    // SAFETY: the views are valid for their shapes and strides (ndarray guarantees it), the
+    // output does not alias the inputs (it is borrowed mutably), and the views outlive the
+    // call.
+    unsafe {
+        let fa = MatRef::<f64>::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]);
+        let fb = MatRef::<f64>::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]);
+        let fc = MatMut::<f64>::from_raw_parts_mut(c.as_mut_ptr(), m, n, sc0, sc1);
+        faer::linalg::matmul::matmul(fc, Accum::Add, fa, fb, alpha, Par::Seq);
     }
 }
 
@@ -62,4 +116,46 @@ pub fn gram(a: ArrayView2<f64>) -> Array2<f64> {
 /// Σ_ab A_ab B_ab.
 pub fn frobenius_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> f64 {
     a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// faer against matrixmultiply on transposed, sliced and empty operands, to rounding.
+    #[test]
+    fn gemm_matches_the_reference_backend() {
+        let a = Array2::from_shape_fn((7, 13), |(i, j)| ((i * 31 + j * 17) % 23) as f64 - 11.0);
+        let b = Array2::from_shape_fn((13, 9), |(i, j)| ((i * 7 + j * 5) % 19) as f64 * 0.25);
+        for (alpha, beta) in [(1.0, 0.0), (-0.5, 1.0), (2.0, 0.3)] {
+            let mut c = Array2::from_shape_fn((7, 9), |(i, j)| (i + j) as f64);
+            let mut r = c.clone();
+            gemm(alpha, a.view(), b.view(), beta, &mut c.view_mut());
+            gemm_reference(alpha, a.view(), b.view(), beta, &mut r.view_mut());
+            let err = (&c - &r).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            assert!(err < 1e-12, "alpha {alpha} beta {beta}: {err}");
+        }
+        let at = a.t().to_owned();
+        let c1 = mm(at.t(), b.view());
+        let c2 = mm(a.view(), b.view());
+        assert_eq!(c1, c2);
+        let sliced = mm(
+            a.slice(ndarray::s![1..5, 2..8]),
+            b.slice(ndarray::s![2..8, ..;2]),
+        );
+        let mut r = Array2::zeros((4, 5));
+        gemm_reference(
+            1.0,
+            a.slice(ndarray::s![1..5, 2..8]),
+            b.slice(ndarray::s![2..8, ..;2]),
+            0.0,
+            &mut r.view_mut(),
+        );
+        assert!((&sliced - &r).iter().all(|x| x.abs() < 1e-12));
+        let empty = mm(
+            Array2::<f64>::zeros((3, 0)).view(),
+            Array2::<f64>::zeros((0, 4)).view(),
+        );
+        assert_eq!(empty, Array2::<f64>::zeros((3, 4)));
+    }
 }
