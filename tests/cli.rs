@@ -200,3 +200,71 @@ fn inputs_file_round_trips_and_shards_merge() {
     let a = std::fs::read_to_string(again.join("stats.csv")).unwrap();
     assert_eq!(a, whole, "rerun from config.toml + inputs.csv differs");
 }
+
+/// Ctrl-C checkpoints the finished samples; `--resume` ends in the same stats.csv, byte for
+/// byte, as an uninterrupted run.
+#[test]
+fn interrupt_and_resume_equal_an_uninterrupted_run() {
+    let d = tmp("interrupt");
+    let args = |out: &str| -> Vec<String> {
+        [
+            "simulate",
+            "--set",
+            "model.width=16",
+            "--set",
+            "model.heads=2",
+            "--set",
+            "model.layers=1",
+            "--set",
+            "inputs.tokens=2",
+            "--set",
+            "inputs.dim=4",
+            "--set",
+            "model.n_out=4",
+            "--samples",
+            "40000",
+            "--threads",
+            "2",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([d.join(out).display().to_string()])
+        .collect()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_sigprop"))
+        .args(args("cut"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sigprop");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let interrupted = out.status.code() == Some(130);
+    eprintln!("interrupted: {interrupted}");
+    if interrupted {
+        assert!(
+            err.contains("--resume"),
+            "the interruption should say how to resume: {err}"
+        );
+        let (code, _, err) = sigprop(&["simulate", "--resume", d.join("cut").to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("resuming"), "{err}");
+    } else {
+        // The run finished before the signal arrived; the comparison below still holds.
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+    let whole_args = args("whole");
+    let refs: Vec<&str> = whole_args.iter().map(String::as_str).collect();
+    let (code, _, err) = sigprop(&refs);
+    assert_eq!(code, 0, "{err}");
+    let a = std::fs::read_to_string(d.join("cut/stats.csv")).unwrap();
+    let b = std::fs::read_to_string(d.join("whole/stats.csv")).unwrap();
+    assert_eq!(
+        a, b,
+        "resumed run differs from the uninterrupted one (interrupted: {interrupted})"
+    );
+}
