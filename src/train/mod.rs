@@ -10,6 +10,7 @@
 //! warm-up + cosine factor.
 
 pub mod checkpoint;
+pub mod data;
 pub mod hparams_json;
 pub mod loss;
 pub mod optim;
@@ -67,6 +68,7 @@ pub struct TrainSpec {
     pub vocab: usize,
     pub tokens: usize,
     pub modulus: usize,
+    pub patch: usize,
     pub holdout: f64,
     pub threads: usize,
 }
@@ -110,12 +112,27 @@ impl TrainSpec {
             vocab: int("train.vocab"),
             tokens: int("train.tokens"),
             modulus: int("train.modulus"),
+            patch: int("train.patch"),
             holdout: float("train.holdout"),
             threads: int("train.threads"),
         })
     }
 
     pub fn task(&self) -> Result<Box<dyn Task>, TrainError> {
+        // The shipped data sets can fail (a bad patch size, a T longer than the text).
+        match self.task.as_str() {
+            "digits" => {
+                return Ok(Box::new(
+                    data::Digits::new(self.patch).map_err(TrainError::Invalid)?,
+                ));
+            }
+            "charlm" => {
+                return Ok(Box::new(
+                    data::CharLm::new(self.tokens).map_err(TrainError::Invalid)?,
+                ));
+            }
+            _ => {}
+        }
         tasks::from_name(
             &self.task,
             self.vocab,
@@ -143,13 +160,25 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
     let spec = TrainSpec::from_config(first)?;
     let task = spec.task()?;
     let int = |x: usize| Value::from(x as i64);
-    b = b
-        .value("model.stem", Value::from("embedding"))?
-        .value("inputs.kind", Value::from("tokens"))?
-        .value("inputs.vocab", int(task.vocab()))?
-        .value("inputs.tokens", int(task.tokens()))?
-        .value("inputs.sequences", int(spec.batch))?;
-    if first.model.head != HeadKind::Tied {
+    b = match task.input_dim() {
+        // Vectors per token (image patches): the dense stem with n_in = the vector size.
+        // The probe kind only shapes `sigprop simulate`'s probe; training feeds the task's x.
+        Some(dim) => b
+            .value("model.stem", Value::from("dense"))?
+            .value("inputs.kind", Value::from("gaussian"))?
+            .value("inputs.dim", int(dim))?,
+        None => b
+            .value("model.stem", Value::from("embedding"))?
+            .value("inputs.kind", Value::from("tokens"))?
+            .value("inputs.vocab", int(task.vocab()))?,
+    }
+    .value("inputs.tokens", int(task.tokens()))?
+    .value("inputs.sequences", int(spec.batch))?;
+    // A task scored once per sequence wants the pooled head unless the file chose one.
+    if task.outputs() == Outputs::PerSequence && !first.is_explicit("model.head") {
+        b = b.value("model.head", Value::from("pooled"))?;
+    }
+    if first.model.head != HeadKind::Tied || task.outputs() == Outputs::PerSequence {
         b = b.value("model.n_out", int(task.classes()))?;
     }
     if !first.is_explicit("model.causal") {
@@ -164,14 +193,19 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
         _ => Outputs::PerToken,
     };
     if outputs != task.outputs() {
+        let (scores, fix) = match task.outputs() {
+            Outputs::PerToken => (
+                "every token",
+                "model.head = \"pooled\" gives one output per sequence; use model.head = \"dense\" or \"tied\"",
+            ),
+            Outputs::PerSequence => (
+                "one output per sequence",
+                "this head gives one output per token; use model.head = \"pooled\"",
+            ),
+        };
         return Err(TrainError::Invalid(format!(
-            "train.task = \"{}\" scores {} but model.head = \"pooled\" gives one output per sequence; use model.head = \"dense\" or \"tied\"",
-            task.name(),
-            if task.outputs() == Outputs::PerToken {
-                "every token"
-            } else {
-                "one output per sequence"
-            }
+            "train.task = \"{}\" scores {scores} but {fix}",
+            task.name()
         )));
     }
     Ok(cfg)
