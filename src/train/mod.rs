@@ -16,6 +16,7 @@ pub mod loss;
 pub mod optim;
 pub mod schedule;
 pub mod tasks;
+pub mod transfer;
 
 use ndarray::Array2;
 use rayon::prelude::*;
