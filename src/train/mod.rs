@@ -363,19 +363,15 @@ impl Trainer {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
-        let results: Vec<(f64, Vec<Array2<f64>>)> = self.pool.install(|| {
-            parts
-                .par_iter()
-                .map(|b| {
-                    let trace = net.forward(&b.probe);
-                    let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
-                    dout /= total;
-                    let mut g = ParamGrads::new(&net.params);
-                    net.backward(&trace, &b.probe, dout.view(), &mut g);
-                    (sum, g.list)
-                })
-                .collect()
-        });
+        let one = |b: &Batch| {
+            let trace = net.forward(&b.probe);
+            let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
+            dout /= total;
+            let mut g = ParamGrads::new(&net.params);
+            net.backward(&trace, &b.probe, dout.view(), &mut g);
+            (sum, g.list)
+        };
+        let results: Vec<(f64, Vec<Array2<f64>>)> = self.run_parts(&parts, one);
         let mut it = results.into_iter();
         let (mut sum, mut grads) = it.next().unwrap_or_default();
         // Summed in part order, so the result does not depend on which thread ran what.
@@ -388,16 +384,24 @@ impl Trainer {
         (sum / total, grads)
     }
 
+    /// `f` over the parts, in part order. A single part runs on the calling thread: entering
+    /// this trainer's pool from a worker of another pool (the transfer grid runs one trainer
+    /// per rayon task) lets rayon's waiting worker pick up *other* grid points meanwhile, so
+    /// points would interleave on one thread and their timings would add up.
+    fn run_parts<T: Send>(&self, parts: &[Batch], f: impl Fn(&Batch) -> T + Sync + Send) -> Vec<T> {
+        if parts.len() <= 1 {
+            return parts.iter().map(f).collect();
+        }
+        self.pool.install(|| parts.par_iter().map(&f).collect())
+    }
+
     /// Mean cross-entropy of `batch` (forward only).
     pub fn loss(&self, batch: &Batch) -> f64 {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
-        let sums: Vec<f64> = self.pool.install(|| {
-            parts
-                .par_iter()
-                .map(|b| loss::cross_entropy_sum(net.forward(&b.probe).out.view(), &b.targets).0)
-                .collect()
+        let sums: Vec<f64> = self.run_parts(&parts, |b: &Batch| {
+            loss::cross_entropy_sum(net.forward(&b.probe).out.view(), &b.targets).0
         });
         sums.iter().sum::<f64>() / total
     }
