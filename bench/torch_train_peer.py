@@ -67,7 +67,7 @@ def run(a, dtype):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        return float(loss)
+        return loss.item()
 
     for k in range(3):  # warm-up: allocator and thread pool
         step(k)
