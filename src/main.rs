@@ -39,6 +39,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Width-scaling table of init variances and learning rates (SPEC §6), optionally measured.
     Hparams(cmd::hparams::HparamsArgs),
+    /// Learning-rate transfer: final loss over widths × lrs per family, the optimum's drift.
+    Transfer(cmd::transfer::TransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Hparams(a) => cmd::hparams::run(a),
+        Command::Transfer(a) => cmd::transfer::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod simulate;
 pub mod sweep;
 pub mod theory;
 pub mod train;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! `sigprop plot DIR...`: PNG and SVG figures from the stats.csv of each DIR (and its
-//! `theory/stats.csv`), written into the first DIR. Reads the CSV only (SPEC §3).
+//! `theory/stats.csv`), written into the first DIR; a `sigprop transfer` folder gets its
+//! transfer figure from its transfer.csv. Reads the CSV only (SPEC §3).
 
 use std::path::PathBuf;
 
@@ -12,6 +13,14 @@ pub struct PlotArgs {
 }
 
 pub fn run(args: &PlotArgs) -> anyhow::Result<()> {
+    // A `sigprop transfer` folder has transfer.csv instead of stats.csv.
+    let first = &args.dirs[0];
+    if first.join("transfer.csv").is_file() && !first.join("stats.csv").is_file() {
+        for f in crate::plot::transfer_figure(&first.join("transfer.csv"), first)? {
+            println!("{}", f.display());
+        }
+        return Ok(());
+    }
     let rows = crate::plot::load(&args.dirs)?;
     let out = args.dirs[0].as_path();
     let out = if out.is_file() {

@@ -11,6 +11,17 @@
 //! samples = 400
 //! theory = true
 //! ```
+//!
+//! `kind = "transfer"` runs a learning-rate transfer grid instead (`sigprop transfer`):
+//! ```toml
+//! name = "transfer-digits"
+//! kind = "transfer"
+//! set = ["train.task=digits", "train.steps=200"]
+//! family = "standard,ntk,mup"
+//! widths = "64,128,256"
+//! lrs = "2^-11..2^-4"
+//! ```
+//! Files without `kind` are sweeps, as before.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -52,6 +63,15 @@ pub struct Experiment {
     /// Explicit points, each a list of settings; they multiply the sweep in `set`.
     #[serde(default)]
     pub points: Vec<Vec<String>>,
+    /// `sweep` (the default: simulate, theory, compare) or `transfer`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Transfer only: families, widths and lrs as `sigprop transfer` takes them.
+    pub family: Option<String>,
+    pub widths: Option<String>,
+    pub lrs: Option<String>,
+    /// Transfer only: global AdamW weight decay (default 0).
+    pub wd: Option<f64>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Experiment> {
@@ -85,6 +105,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         inputs: None,
     };
     eprintln!("experiment {}: {}", e.name, e.description);
+    match e.kind.as_deref().unwrap_or("sweep") {
+        "sweep" => {}
+        "transfer" => return run_transfer(a, &e, &base, &out, t0),
+        k => anyhow::bail!(
+            "{}: kind = \"{k}\": expected \"sweep\" or \"transfer\"",
+            a.experiment.display()
+        ),
+    }
     let (mc, th) = super::sweep::run_grid(
         &base,
         &e.points,
@@ -101,21 +129,69 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         dirs: vec![out.clone()],
     })?;
     if a.publish {
-        let dest = PathBuf::from("plots").join(&e.name);
-        std::fs::create_dir_all(&dest)
-            .with_context(|| format!("cannot create {}", dest.display()))?;
-        for f in std::fs::read_dir(&out)? {
-            let p = f?.path();
-            if matches!(p.extension().and_then(|x| x.to_str()), Some("png" | "svg")) {
-                std::fs::copy(&p, dest.join(p.file_name().unwrap_or_default()))?;
-            }
-        }
-        eprintln!("figures copied to {}", dest.display());
+        publish(&e.name, &out)?;
     }
     eprintln!(
         "experiment {} done in {:.1} s -> {}",
         e.name,
         t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Copies the figures of `out` into `plots/NAME/` for the README.
+fn publish(name: &str, out: &Path) -> anyhow::Result<()> {
+    let dest = PathBuf::from("plots").join(name);
+    std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    for f in std::fs::read_dir(out)? {
+        let p = f?.path();
+        if matches!(p.extension().and_then(|x| x.to_str()), Some("png" | "svg")) {
+            std::fs::copy(&p, dest.join(p.file_name().unwrap_or_default()))?;
+        }
+    }
+    eprintln!("figures copied to {}", dest.display());
+    Ok(())
+}
+
+/// `kind = "transfer"`: the grid of [`super::transfer`] into `out`, figures published on
+/// request. `samples`, `theory` and `points` belong to sweeps and are refused here, so a
+/// file does not silently ignore them.
+fn run_transfer(
+    a: &RunArgs,
+    e: &Experiment,
+    base: &ConfigArgs,
+    out: &Path,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let path = a.experiment.display();
+    if e.samples.is_some() || e.theory || !e.points.is_empty() {
+        anyhow::bail!("{path}: samples, theory and points are for sweeps, not kind = \"transfer\"");
+    }
+    let need = |v: &Option<String>, key: &str| {
+        v.clone()
+            .with_context(|| format!("{path}: kind = \"transfer\" needs `{key}`"))
+    };
+    let grid = crate::train::transfer::Grid {
+        families: super::transfer::parse_families(&need(&e.family, "family")?)?,
+        widths: super::transfer::parse_widths(&need(&e.widths, "widths")?)?,
+        lrs: crate::train::transfer::parse_lrs(&need(&e.lrs, "lrs")?)?,
+        weight_decay: e.wd.unwrap_or(0.0),
+        threads: a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        out: out.to_path_buf(),
+    };
+    let s = super::transfer::run_grid(base, &grid)?;
+    if a.publish {
+        publish(&e.name, out)?;
+    }
+    eprintln!(
+        "experiment {} done in {:.1} s ({} points trained, {} already done) -> {}",
+        e.name,
+        t0.elapsed().as_secs_f64(),
+        s.ran,
+        s.skipped,
         out.display()
     );
     Ok(())

@@ -63,7 +63,7 @@ pub const INPUT_KINDS: &[&str] = &["gaussian", "tokens", "file"];
 pub const SAMPLERS: &[&str] = &["auto", "dense", "conditional"];
 pub const BACKWARDS: &[&str] = &["none", "trace", "pairs"];
 pub const PRESETS: &[&str] = &["paper-vit", "paper-lm", "standard", "mlp-book"];
-pub const TASKS: &[&str] = &["copy", "recall", "modadd"];
+pub const TASKS: &[&str] = &["copy", "recall", "modadd", "digits", "charlm"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adamw"];
 
 /// Every valid key, in the order `config.toml` is written.
@@ -171,8 +171,8 @@ pub const KEYS: &[Key] = &[
     // block for E[Ω Ω] (1.64), and the number of independent batches that give its error.
     key!("theory.logit_samples", Kind::Int { min: 2 }, 20000),
     key!("theory.error_batches", Kind::Int { min: 2 }, 10),
-    // The compact trainer (SPEC §7). The task fixes the stem (embedding), the vocabulary, T and
-    // the number of outputs; `train.batch` sequences form one step's probe set.
+    // The compact trainer (SPEC §7). The task fixes the stem (embedding, or dense for digits),
+    // the vocabulary, T and the number of outputs; `train.batch` sequences form one step's probe set.
     key!("train.task", Kind::Choice(TASKS), "copy"),
     key!("train.steps", Kind::Int { min: 0 }, 1000),
     key!("train.batch", Kind::Int { min: 1 }, 32),
@@ -206,8 +206,11 @@ pub const KEYS: &[Key] = &[
     key!("train.vocab", Kind::Int { min: 3 }, 16),
     key!("train.tokens", Kind::Int { min: 2 }, 16),
     key!("train.modulus", Kind::Int { min: 2 }, 17),
+    // Digits: the side p of the square patches the 8×8 image is cut into (2 or 4).
+    key!("train.patch", Kind::Int { min: 2 }, 4),
     // Fraction of the task's sequence space (chosen by a hash of each sequence) that is
     // never trained on; the evaluation draws only from it. 0 = evaluate on fresh draws.
+    // Synthetic tasks only: digits and charlm hold out a fixed end of their data.
     key!("train.holdout", Kind::Float { min: 0.0, max: 0.9 }, 0.2),
     // Worker threads for the batch (0 = all cores). The batch is split into this many parts
     // and their gradients summed in order, so a run is reproducible at a fixed thread count;

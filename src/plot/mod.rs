@@ -13,6 +13,9 @@
 mod convergence;
 mod heatmap;
 mod profile;
+mod transfer;
+
+pub use transfer::transfer_figure;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

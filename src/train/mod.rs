@@ -10,11 +10,13 @@
 //! warm-up + cosine factor.
 
 pub mod checkpoint;
+pub mod data;
 pub mod hparams_json;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
 pub mod tasks;
+pub mod transfer;
 
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -67,6 +69,7 @@ pub struct TrainSpec {
     pub vocab: usize,
     pub tokens: usize,
     pub modulus: usize,
+    pub patch: usize,
     pub holdout: f64,
     pub threads: usize,
 }
@@ -110,12 +113,27 @@ impl TrainSpec {
             vocab: int("train.vocab"),
             tokens: int("train.tokens"),
             modulus: int("train.modulus"),
+            patch: int("train.patch"),
             holdout: float("train.holdout"),
             threads: int("train.threads"),
         })
     }
 
     pub fn task(&self) -> Result<Box<dyn Task>, TrainError> {
+        // The shipped data sets can fail (a bad patch size, a T longer than the text).
+        match self.task.as_str() {
+            "digits" => {
+                return Ok(Box::new(
+                    data::Digits::new(self.patch).map_err(TrainError::Invalid)?,
+                ));
+            }
+            "charlm" => {
+                return Ok(Box::new(
+                    data::CharLm::new(self.tokens).map_err(TrainError::Invalid)?,
+                ));
+            }
+            _ => {}
+        }
         tasks::from_name(
             &self.task,
             self.vocab,
@@ -143,13 +161,25 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
     let spec = TrainSpec::from_config(first)?;
     let task = spec.task()?;
     let int = |x: usize| Value::from(x as i64);
-    b = b
-        .value("model.stem", Value::from("embedding"))?
-        .value("inputs.kind", Value::from("tokens"))?
-        .value("inputs.vocab", int(task.vocab()))?
-        .value("inputs.tokens", int(task.tokens()))?
-        .value("inputs.sequences", int(spec.batch))?;
-    if first.model.head != HeadKind::Tied {
+    b = match task.input_dim() {
+        // Vectors per token (image patches): the dense stem with n_in = the vector size.
+        // The probe kind only shapes `sigprop simulate`'s probe; training feeds the task's x.
+        Some(dim) => b
+            .value("model.stem", Value::from("dense"))?
+            .value("inputs.kind", Value::from("gaussian"))?
+            .value("inputs.dim", int(dim))?,
+        None => b
+            .value("model.stem", Value::from("embedding"))?
+            .value("inputs.kind", Value::from("tokens"))?
+            .value("inputs.vocab", int(task.vocab()))?,
+    }
+    .value("inputs.tokens", int(task.tokens()))?
+    .value("inputs.sequences", int(spec.batch))?;
+    // A task scored once per sequence wants the pooled head unless the file chose one.
+    if task.outputs() == Outputs::PerSequence && !first.is_explicit("model.head") {
+        b = b.value("model.head", Value::from("pooled"))?;
+    }
+    if first.model.head != HeadKind::Tied || task.outputs() == Outputs::PerSequence {
         b = b.value("model.n_out", int(task.classes()))?;
     }
     if !first.is_explicit("model.causal") {
@@ -164,14 +194,19 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
         _ => Outputs::PerToken,
     };
     if outputs != task.outputs() {
+        let (scores, fix) = match task.outputs() {
+            Outputs::PerToken => (
+                "every token",
+                "model.head = \"pooled\" gives one output per sequence; use model.head = \"dense\" or \"tied\"",
+            ),
+            Outputs::PerSequence => (
+                "one output per sequence",
+                "this head gives one output per token; use model.head = \"pooled\"",
+            ),
+        };
         return Err(TrainError::Invalid(format!(
-            "train.task = \"{}\" scores {} but model.head = \"pooled\" gives one output per sequence; use model.head = \"dense\" or \"tied\"",
-            task.name(),
-            if task.outputs() == Outputs::PerToken {
-                "every token"
-            } else {
-                "one output per sequence"
-            }
+            "train.task = \"{}\" scores {scores} but {fix}",
+            task.name()
         )));
     }
     Ok(cfg)
@@ -328,19 +363,15 @@ impl Trainer {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
-        let results: Vec<(f64, Vec<Array2<f64>>)> = self.pool.install(|| {
-            parts
-                .par_iter()
-                .map(|b| {
-                    let trace = net.forward(&b.probe);
-                    let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
-                    dout /= total;
-                    let mut g = ParamGrads::new(&net.params);
-                    net.backward(&trace, &b.probe, dout.view(), &mut g);
-                    (sum, g.list)
-                })
-                .collect()
-        });
+        let one = |b: &Batch| {
+            let trace = net.forward(&b.probe);
+            let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
+            dout /= total;
+            let mut g = ParamGrads::new(&net.params);
+            net.backward(&trace, &b.probe, dout.view(), &mut g);
+            (sum, g.list)
+        };
+        let results: Vec<(f64, Vec<Array2<f64>>)> = self.run_parts(&parts, one);
         let mut it = results.into_iter();
         let (mut sum, mut grads) = it.next().unwrap_or_default();
         // Summed in part order, so the result does not depend on which thread ran what.
@@ -353,16 +384,24 @@ impl Trainer {
         (sum / total, grads)
     }
 
+    /// `f` over the parts, in part order. A single part runs on the calling thread: entering
+    /// this trainer's pool from a worker of another pool (the transfer grid runs one trainer
+    /// per rayon task) lets rayon's waiting worker pick up *other* grid points meanwhile, so
+    /// points would interleave on one thread and their timings would add up.
+    fn run_parts<T: Send>(&self, parts: &[Batch], f: impl Fn(&Batch) -> T + Sync + Send) -> Vec<T> {
+        if parts.len() <= 1 {
+            return parts.iter().map(f).collect();
+        }
+        self.pool.install(|| parts.par_iter().map(&f).collect())
+    }
+
     /// Mean cross-entropy of `batch` (forward only).
     pub fn loss(&self, batch: &Batch) -> f64 {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
-        let sums: Vec<f64> = self.pool.install(|| {
-            parts
-                .par_iter()
-                .map(|b| loss::cross_entropy_sum(net.forward(&b.probe).out.view(), &b.targets).0)
-                .collect()
+        let sums: Vec<f64> = self.run_parts(&parts, |b: &Batch| {
+            loss::cross_entropy_sum(net.forward(&b.probe).out.view(), &b.targets).0
         });
         sums.iter().sum::<f64>() / total
     }

@@ -3,8 +3,9 @@
 //! same batches as an uninterrupted one without saving any random-number state.
 //!
 //! Every task here needs attention: the answer sits at another position of the sequence.
-//! The [`Task`] trait is the hook for data sets (the digits ViT with a dense stem and a
-//! pooled head, a character LM on a shipped text): they produce the same [`Batch`].
+//! The [`Task`] trait is also implemented by the shipped data sets in [`super::data`] (the
+//! digits ViT with a dense stem and a pooled head, a character LM on a shipped text): they
+//! produce the same [`Batch`].
 
 use rand::Rng;
 
@@ -36,6 +37,11 @@ pub trait Task: Send + Sync {
     /// Classes of the head (n_out); equal to the vocabulary here, so a tied head fits.
     fn classes(&self) -> usize {
         self.vocab()
+    }
+    /// The dimension n_in of each token's input vector when the task feeds the dense stem
+    /// (`Probe.x`, e.g. image patches); `None` for token ids through the embedding stem.
+    fn input_dim(&self) -> Option<usize> {
+        None
     }
     fn outputs(&self) -> Outputs;
     /// Whether the task is posed with causal attention (a left-to-right reader).
