@@ -491,3 +491,34 @@ fn theory_command_writes_the_run_files() {
     assert!(dir.join("inputs.csv").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The configuration: paper-vit at n = 1024 (H = 8), two sequences of T = 4, 6
+/// layers, 2000 networks on the conditional fast path. Every kernel summary, grad2 and
+/// ntk_<group> summary agrees within 5 combined standard errors.
+#[test]
+fn paper_vit_n1024_six_layers_agrees_with_monte_carlo() {
+    let mut cfg = config(&[
+        "model.preset=paper-vit",
+        "model.width=1024",
+        "model.layers=6",
+        "model.n_out=64",
+        "inputs.sequences=2",
+        "inputs.tokens=4",
+    ]);
+    let probe = inputs::probe(&mut cfg).unwrap();
+    let mc = monte_carlo(&cfg, &probe, 2000, 23);
+    let th = theory(&cfg, &probe);
+    let z = z_scores(&mc, &th, |r| {
+        r.i == -1
+            && (r.observable.starts_with("kernel")
+                || r.observable == "grad2"
+                || r.observable.starts_with("ntk_"))
+    });
+    assert!(z.len() >= 100, "only {} summaries compared", z.len());
+    let (wz, wk) = worst(&z);
+    eprintln!(
+        "paper-vit n = 1024, 6 layers: {} summaries, worst z = {wz:.2} at {wk:?}",
+        z.len()
+    );
+    assert!(wz.abs() < 5.0, "worst z = {wz:.2} at {wk:?}");
+}
