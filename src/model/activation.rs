@@ -58,6 +58,20 @@ impl Activation {
         }
     }
 
+    /// (σ(z), σ'(z)) together: for GELU one erf serves both (the forward pass keeps σ' for
+    /// the backward pass instead of evaluating erf a second time).
+    #[inline]
+    pub fn f_df(self, z: f64) -> (f64, f64) {
+        match self {
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erf(z / SQRT_2));
+                let pdf = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                (z * cdf, cdf + z * pdf)
+            }
+            _ => (self.f(z), self.df(z)),
+        }
+    }
+
     /// σ'(z). At the ReLU kink we take σ'(0) = 0, as PyTorch does.
     #[inline]
     pub fn df(self, z: f64) -> f64 {
@@ -108,6 +122,12 @@ mod tests {
             for &z in &[-2.3, -0.7, 0.31, 1.9] {
                 let fd = (a.f(z + h) - a.f(z - h)) / (2.0 * h);
                 let err = (fd - a.df(z)).abs();
+                let (f, df) = a.f_df(z);
+                assert!(
+                    (f - a.f(z)).abs() < 1e-15 && (df - a.df(z)).abs() < 1e-15,
+                    "{}",
+                    a.name()
+                );
                 assert!(err < 1e-8, "{} at {z}: fd {fd} vs df {}", a.name(), a.df(z));
             }
         }

@@ -26,6 +26,8 @@ pub struct Mlp {
 pub struct Cache {
     pub w: Array2<f64>,
     pub a: Array2<f64>,
+    /// σ'(w), kept from the forward pass.
+    pub da: Array2<f64>,
 }
 
 impl Mlp {
@@ -83,14 +85,14 @@ impl Mlp {
     ) -> (Array2<f64>, Cache) {
         let w = affine(p, ops, self.w, self.bw, s);
         let act = spec.activation;
-        let a = w.mapv(|z| act.f(z));
+        let (a, da) = activate(act, w.view());
         let r = affine(p, ops, self.x, self.bx, a.view());
-        (r, Cache { w, a })
+        (r, Cache { w, a, da })
     }
 
     pub fn backward(
         &self,
-        spec: &ModelSpec,
+        _spec: &ModelSpec,
         p: &Params,
         ops: &mut dyn WeightOps,
         s: ArrayView2<f64>,
@@ -110,10 +112,7 @@ impl Mlp {
             sink.term(bx, GradTerm::Bias { grad: g });
         }
         let mut dw = ops.bwd(p, self.x, g);
-        let act = spec.activation;
-        Zip::from(&mut dw)
-            .and(&cache.w)
-            .for_each(|d, &z| *d *= act.df(z));
+        dw *= &cache.da;
         sink.term(
             self.w,
             GradTerm::Linear {
@@ -140,6 +139,8 @@ pub struct BookLayer {
 #[derive(Clone, Debug)]
 pub struct BookCache {
     pub a: Array2<f64>,
+    /// σ'(z^ℓ).
+    pub da: Array2<f64>,
 }
 
 impl BookLayer {
@@ -175,16 +176,19 @@ impl BookLayer {
         z: ArrayView2<f64>,
     ) -> (Array2<f64>, BookCache) {
         let act = spec.activation;
-        let a = z.mapv(|x| act.f(x));
-        (affine(p, ops, self.w, self.b, a.view()), BookCache { a })
+        let (a, da) = activate(act, z);
+        (
+            affine(p, ops, self.w, self.b, a.view()),
+            BookCache { a, da },
+        )
     }
 
     pub fn backward(
         &self,
-        spec: &ModelSpec,
+        _spec: &ModelSpec,
         p: &Params,
         ops: &mut dyn WeightOps,
-        z: ArrayView2<f64>,
+        _z: ArrayView2<f64>,
         cache: &BookCache,
         g: ArrayView2<f64>,
         sink: &mut impl GradSink,
@@ -201,8 +205,21 @@ impl BookLayer {
             sink.term(b, GradTerm::Bias { grad: g });
         }
         let mut dz = ops.bwd(p, self.w, g);
-        let act = spec.activation;
-        Zip::from(&mut dz).and(&z).for_each(|d, &x| *d *= act.df(x));
+        dz *= &cache.da;
         dz
     }
+}
+
+/// (σ(x), σ'(x)) elementwise.
+fn activate(
+    act: crate::model::activation::Activation,
+    x: ArrayView2<f64>,
+) -> (Array2<f64>, Array2<f64>) {
+    let mut a = Array2::zeros(x.raw_dim());
+    let mut da = Array2::zeros(x.raw_dim());
+    Zip::from(&mut a)
+        .and(&mut da)
+        .and(&x)
+        .for_each(|a, d, &z| (*a, *d) = act.f_df(z));
+    (a, da)
 }
