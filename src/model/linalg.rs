@@ -46,8 +46,12 @@ pub fn gemm(
 /// conditional sampler 2.8× slower at n = 512 (25 vs 70 samples/s, one thread), and faer on
 /// products with inner dimension D = 16 made it 1.8× slower at n = 2048 (17.8 vs 32.7
 /// samples/s, two threads), while products like 16 × 512 × 512 run 4× faster in faer.
+/// And only for skinny products (few rows: the D tokens of a Monte Carlo sample). With the
+/// trainer's 512-row batches faer measured 1.5× slower than matrixmultiply here (1197 vs 1793
+/// tokens/s at width 256, one thread), though it wins on the same shapes in isolation.
 const FAER_MIN_MACS: usize = 1 << 20;
 const FAER_MIN_K: usize = 128;
+const FAER_MAX_M: usize = 64;
 
 #[inline]
 fn backend(
@@ -57,7 +61,10 @@ fn backend(
     beta: f64,
     c: &mut ArrayViewMut2<f64>,
 ) {
-    if a.ncols() >= FAER_MIN_K && a.nrows() * a.ncols() * b.ncols() >= FAER_MIN_MACS {
+    if a.nrows() <= FAER_MAX_M
+        && a.ncols() >= FAER_MIN_K
+        && a.nrows() * a.ncols() * b.ncols() >= FAER_MIN_MACS
+    {
         faer_gemm(alpha, a, b, beta, c);
     } else {
         general_mat_mul(alpha, &a, &b, beta, c);
