@@ -129,7 +129,7 @@ fn hparams_group_rates_reach_the_optimizer_exactly() {
         "head":{"init_variance":0.007,"lr":0.00008}}}"#;
     let hp = HparamsJson::parse(json).unwrap();
     let cfg = small(&["train.warmup=0", "train.clip=0"]);
-    let mut tr = Trainer::new(&cfg, Some(&hp)).unwrap();
+    let mut tr: Trainer = Trainer::new(&cfg, Some(&hp)).unwrap();
     assert_eq!(tr.opt.kind, Kind::Sgd);
     for (i, p) in tr.net.params.list.iter().enumerate() {
         let g = hp.group(p.group).unwrap();
@@ -146,20 +146,21 @@ fn hparams_group_rates_reach_the_optimizer_exactly() {
         .iter()
         .find(|p| p.group == Group::W)
         .unwrap();
-    let emp = w.value.iter().map(|x| x * x).sum::<f64>() / w.value.len() as f64;
+    let emp = w.value.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / w.value.len() as f64;
     let se = 0.005 * (2.0 / w.value.len() as f64).sqrt();
     assert!(
         (emp - 0.005).abs() < 5.0 * se,
         "Var W = {emp}, want 0.005 ± {se}"
     );
-    // One update at schedule factor 1 (no warm-up, cosine at p = 0) is exactly θ − lr_g·g.
+    // One update at schedule factor 1 (no warm-up, cosine at p = 0) is exactly θ − lr_g·g
+    // (in f32, the trainer's default precision, with lr_g rounded to f32 once).
     let before = tr.net.params.clone();
     let (_, g) = tr.loss_and_grads(&tr.batch_at(0));
     let log = tr.step().unwrap();
     assert_eq!(log.lr_factor, 1.0);
     for (i, p) in tr.net.params.list.iter().enumerate() {
         let lr = hp.group(p.group).unwrap().lr.unwrap();
-        let want = &before.list[i].value - &(&g[i] * lr);
+        let want = &before.list[i].value - &(&g[i] * lr as f32);
         assert_eq!(p.value, want, "update of {}", p.name);
     }
 }
@@ -188,8 +189,14 @@ fn cross_entropy_gradient_matches_central_differences() {
 
     // Through the whole network: the trainer's loss gradient against central differences
     // of its loss, on three entries of every tensor.
-    let cfg = small(&["model.width=8", "model.heads=2", "train.batch=3"]);
-    let tr = Trainer::new(&cfg, None).unwrap();
+    // In f64: central differences need the precision.
+    let cfg = small(&[
+        "model.width=8",
+        "model.heads=2",
+        "train.batch=3",
+        "train.precision=f64",
+    ]);
+    let tr = Trainer::<f64>::new(&cfg, None).unwrap();
     let batch = tr.batch_at(0);
     let (_, grads) = tr.loss_and_grads(&batch);
     let mut worst = (0.0f64, String::new());
@@ -197,7 +204,7 @@ fn cross_entropy_gradient_matches_central_differences() {
         let n = p.value.len();
         for idx in [0, n / 2, n - 1] {
             let shifted = |d: f64| {
-                let mut t2 = Trainer::new(&cfg, None).unwrap();
+                let mut t2 = Trainer::<f64>::new(&cfg, None).unwrap();
                 t2.net.params.list[pi].value.as_slice_mut().unwrap()[idx] += d;
                 t2.loss(&batch)
             };
@@ -220,6 +227,44 @@ fn cross_entropy_gradient_matches_central_differences() {
     );
 }
 
+/// The f32 trainer computes the f64 trainer's loss and gradients to f32 rounding: same
+/// network (drawn in f64, rounded), same batch. Width 64, 2 blocks, 32 sequences of 8.
+/// Rounding errors of relative size 2⁻²⁴ ≈ 6e-8 grow through ~10 layers and sums of ~64
+/// terms; the bounds (1e-5 on the loss, 1e-4 on each tensor's gradient in Frobenius norm)
+/// sit a few hundred times above that and far below any modelling error, which is O(1).
+#[test]
+fn f32_trainer_matches_f64() {
+    let cfg = |p: &str| small(&["model.width=64", "model.heads=4", p]);
+    let lo: Trainer<f32> = Trainer::new(&cfg("train.precision=f32"), None).unwrap();
+    let hi: Trainer<f64> = Trainer::new(&cfg("train.precision=f64"), None).unwrap();
+    let batch = hi.batch_at(0);
+    let (l32, g32) = lo.loss_and_grads(&batch);
+    let (l64, g64) = hi.loss_and_grads(&batch);
+    assert!((l32 - l64).abs() < 1e-5, "loss f32 {l32} vs f64 {l64}");
+    let mut worst = 0.0f64;
+    for ((a, b), p) in g32.iter().zip(&g64).zip(&hi.net.params.list) {
+        let diff = a
+            .iter()
+            .zip(b.iter())
+            .map(|(&x, &y)| (x as f64 - y).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+        worst = worst.max(diff / norm);
+        assert!(
+            diff <= 1e-4 * norm,
+            "{}: |g32 − g64| = {diff:.3e}, |g64| = {norm:.3e}",
+            p.name
+        );
+    }
+    eprintln!(
+        "loss f32 − f64 = {:.2e}; worst relative gradient error {worst:.2e}",
+        l32 - l64
+    );
+    // Asking a trainer for the other precision is an error, not a silent conversion.
+    assert!(Trainer::<f64>::new(&cfg("train.precision=f32"), None).is_err());
+}
+
 /// Copy task, width 32, 2 × (attention, MLP), T = 8, vocabulary 8, batch 32, AdamW at
 /// lr 3e-3 with 20 warm-up steps, seed 0: the held-out loss falls below ½ ln 8 = 1.04
 /// (chance is ln 7 = 1.95) within 300 steps.
@@ -231,7 +276,7 @@ fn copy_task_converges() {
         "train.steps=300",
         "train.seed=0",
     ]);
-    let mut tr = Trainer::new(&cfg, None).unwrap();
+    let mut tr: Trainer = Trainer::new(&cfg, None).unwrap();
     let start = tr.evaluate();
     while tr.step < 300 {
         tr.step().unwrap();
@@ -255,19 +300,19 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn checkpoint_then_resume_equals_an_uninterrupted_run() {
     let cfg = small(&["train.steps=8", "train.warmup=3", "train.weight_decay=0.1"]);
-    let mut whole = Trainer::new(&cfg, None).unwrap();
+    let mut whole: Trainer = Trainer::new(&cfg, None).unwrap();
     for _ in 0..8 {
         whole.step().unwrap();
     }
     let dir = tmp("train-resume");
     let ckpt = dir.join("checkpoint.bin");
-    let mut first = Trainer::new(&cfg, None).unwrap();
+    let mut first: Trainer = Trainer::new(&cfg, None).unwrap();
     for _ in 0..5 {
         first.step().unwrap();
     }
     first.save(&ckpt).unwrap();
     drop(first);
-    let mut second = Trainer::new(&cfg, None).unwrap();
+    let mut second: Trainer = Trainer::new(&cfg, None).unwrap();
     second.load(&ckpt).unwrap();
     assert_eq!(second.step, 5);
     while second.step < 8 {

@@ -12,8 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use toml::Value;
 
 use super::{ConfigArgs, out_dir};
-use crate::config::ConfigBuilder;
+use crate::config::{Config, ConfigBuilder};
 use crate::mc;
+use crate::model::Real;
 use crate::stats::csv::write_atomic;
 use crate::train::hparams_json::HparamsJson;
 use crate::train::{self, StepLog, TrainError, Trainer};
@@ -86,7 +87,32 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     };
     let hp = hp_path.as_deref().map(HparamsJson::read).transpose()?;
     out_dir(&out)?;
-    let mut tr = Trainer::new(&cfg, hp.as_ref())?;
+    match cfg.get("train.precision").and_then(Value::as_str) {
+        Some("f64") => train_in(
+            args,
+            &cfg,
+            &out,
+            hp.as_ref(),
+            Trainer::<f64>::new(&cfg, hp.as_ref())?,
+        ),
+        _ => train_in(
+            args,
+            &cfg,
+            &out,
+            hp.as_ref(),
+            Trainer::<f32>::new(&cfg, hp.as_ref())?,
+        ),
+    }
+}
+
+/// The run itself, in the trainer's precision.
+fn train_in<F: Real>(
+    args: &TrainArgs,
+    cfg: &Config,
+    out: &Path,
+    hp: Option<&HparamsJson>,
+    mut tr: Trainer<F>,
+) -> anyhow::Result<()> {
     let mut log = Log::new(&tr);
     match &args.resume {
         Some(dir) => {
@@ -173,11 +199,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cpu = cpu_seconds() - cpu0;
     match last {
         Some((s, eval)) => eprintln!(
-            "{}: task {}, width {}, {} optimizer, {} steps: final train loss {:.4}, eval loss {:.4} (chance {:.4}); {:.0} tokens/s ({ran} steps in {secs:.2} s wall, {cpu:.2} s CPU, {} threads) -> {}",
+            "{}: task {}, width {}, {} optimizer in {}, {} steps: final train loss {:.4}, eval loss {:.4} (chance {:.4}); {:.0} tokens/s ({ran} steps in {secs:.2} s wall, {cpu:.2} s CPU, {} threads) -> {}",
             cfg.run.name,
             tr.task.name(),
             cfg.model.width,
             tr.opt.kind.name(),
+            F::NAME,
             s.step,
             s.loss,
             eval.unwrap_or(f64::NAN),
@@ -200,7 +227,7 @@ struct Log {
 }
 
 impl Log {
-    fn new(tr: &Trainer) -> Log {
+    fn new<F: Real>(tr: &Trainer<F>) -> Log {
         let groups = tr.groups();
         let mut header = "step,train_loss,eval_loss,lr,lr_factor,grad_norm".to_string();
         for g in &groups {

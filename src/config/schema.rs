@@ -65,6 +65,7 @@ pub const BACKWARDS: &[&str] = &["none", "trace", "pairs"];
 pub const PRESETS: &[&str] = &["paper-vit", "paper-lm", "standard", "mlp-book"];
 pub const TASKS: &[&str] = &["copy", "recall", "modadd", "digits", "charlm"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adamw"];
+pub const PRECISIONS: &[&str] = &["f32", "f64"];
 
 /// Every valid key, in the order `config.toml` is written.
 pub const KEYS: &[Key] = &[
@@ -181,6 +182,9 @@ pub const KEYS: &[Key] = &[
     // Multiplies every group's lr (also the hparams table's): the transfer sweep's knob.
     key!("train.lr_mult", Kind::Float { min: 0.0, max: INF }, 1.0),
     key!("train.optimizer", Kind::Choice(OPTIMIZERS), "adamw"),
+    // The trainer's floating-point type (the Monte Carlo and the theory are always f64).
+    // f32 as PyTorch trains: the GEMMs run twice as fast; f64 for checks.
+    key!("train.precision", Kind::Choice(PRECISIONS), "f32"),
     key!("train.beta1", Kind::Float { min: 0.0, max: 1.0 }, 0.9),
     key!("train.beta2", Kind::Float { min: 0.0, max: 1.0 }, 0.999),
     key!("train.eps", Kind::Float { min: 0.0, max: INF }, 1e-8),

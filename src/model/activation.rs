@@ -3,7 +3,9 @@
 //! Used by the MLP block (1.20)–(1.21) and by the book's plain MLP. The theory engine
 //! takes Gaussian expectations of the same functions, so both sides read this one enum.
 
-use std::f64::consts::{FRAC_2_SQRT_PI, SQRT_2};
+use std::f64::consts::{FRAC_2_SQRT_PI, PI, SQRT_2};
+
+use super::real::Real;
 
 /// σ ∈ {relu, gelu (exact, erf form), tanh, linear, erf, silu} (SPEC §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,14 +48,15 @@ impl Activation {
 
     /// σ(z).
     #[inline]
-    pub fn f(self, z: f64) -> f64 {
+    pub fn f<F: Real>(self, z: F) -> F {
+        let half = F::of(0.5);
         match self {
-            Activation::Relu => z.max(0.0),
+            Activation::Relu => z.max(F::zero()),
             // Exact GELU z·Φ(z), as torch.nn.GELU(approximate='none').
-            Activation::Gelu => 0.5 * z * (1.0 + libm::erf(z / SQRT_2)),
+            Activation::Gelu => half * z * (F::one() + (z / F::of(SQRT_2)).erf()),
             Activation::Tanh => z.tanh(),
             Activation::Linear => z,
-            Activation::Erf => libm::erf(z),
+            Activation::Erf => z.erf(),
             Activation::Silu => z * sigmoid(z),
         }
     }
@@ -61,11 +64,11 @@ impl Activation {
     /// (σ(z), σ'(z)) together: for GELU one erf serves both (the forward pass keeps σ' for
     /// the backward pass instead of evaluating erf a second time).
     #[inline]
-    pub fn f_df(self, z: f64) -> (f64, f64) {
+    pub fn f_df<F: Real>(self, z: F) -> (F, F) {
         match self {
             Activation::Gelu => {
-                let cdf = 0.5 * (1.0 + libm::erf(z / SQRT_2));
-                let pdf = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let cdf = F::of(0.5) * (F::one() + (z / F::of(SQRT_2)).erf());
+                let pdf = (F::of(-0.5) * z * z).exp() / F::of((2.0 * PI).sqrt());
                 (z * cdf, cdf + z * pdf)
             }
             _ => (self.f(z), self.df(z)),
@@ -74,40 +77,37 @@ impl Activation {
 
     /// σ'(z). At the ReLU kink we take σ'(0) = 0, as PyTorch does.
     #[inline]
-    pub fn df(self, z: f64) -> f64 {
+    pub fn df<F: Real>(self, z: F) -> F {
         match self {
             Activation::Relu => {
-                if z > 0.0 {
-                    1.0
+                if z > F::zero() {
+                    F::one()
                 } else {
-                    0.0
+                    F::zero()
                 }
             }
-            Activation::Gelu => {
-                let phi = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
-                0.5 * (1.0 + libm::erf(z / SQRT_2)) + z * phi
-            }
+            Activation::Gelu => self.f_df(z).1,
             Activation::Tanh => {
                 let t = z.tanh();
-                1.0 - t * t
+                F::one() - t * t
             }
-            Activation::Linear => 1.0,
-            Activation::Erf => FRAC_2_SQRT_PI * (-z * z).exp(),
+            Activation::Linear => F::one(),
+            Activation::Erf => F::of(FRAC_2_SQRT_PI) * (-z * z).exp(),
             Activation::Silu => {
                 let s = sigmoid(z);
-                s * (1.0 + z * (1.0 - s))
+                s * (F::one() + z * (F::one() - s))
             }
         }
     }
 }
 
 #[inline]
-fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
+fn sigmoid<F: Real>(z: F) -> F {
+    if z >= F::zero() {
+        F::one() / (F::one() + (-z).exp())
     } else {
         let e = z.exp();
-        e / (1.0 + e)
+        e / (F::one() + e)
     }
 }
 
@@ -119,7 +119,7 @@ mod tests {
     fn derivatives_match_central_differences() {
         let h = 1e-6;
         for a in Activation::ALL {
-            for &z in &[-2.3, -0.7, 0.31, 1.9] {
+            for &z in &[-2.3f64, -0.7, 0.31, 1.9] {
                 let fd = (a.f(z + h) - a.f(z - h)) / (2.0 * h);
                 let err = (fd - a.df(z)).abs();
                 let (f, df) = a.f_df(z);

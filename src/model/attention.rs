@@ -12,7 +12,7 @@
 use ndarray::{Array2, Array3, ArrayView2, Axis, s};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, WeightOps, affine, linalg};
+use super::{GradSink, GradTerm, Group, Params, Real, WeightOps, affine, linalg};
 use crate::config::ModelSpec;
 
 #[derive(Clone, Debug)]
@@ -26,16 +26,16 @@ pub struct Attention {
 }
 
 #[derive(Clone, Debug)]
-pub struct Cache {
-    pub q: Array2<f64>,
-    pub k: Array2<f64>,
-    pub v: Array2<f64>,
+pub struct Cache<F = f64> {
+    pub q: Array2<F>,
+    pub k: Array2<F>,
+    pub v: Array2<F>,
     /// Ω̃, before the mask.
-    pub logits: Array3<f64>,
+    pub logits: Array3<F>,
     /// Ω; zero above the diagonal when causal.
-    pub attn: Array3<f64>,
+    pub attn: Array3<F>,
     /// Ω v, heads side by side (the input of U).
-    pub o: Array2<f64>,
+    pub o: Array2<F>,
 }
 
 impl Attention {
@@ -74,21 +74,21 @@ impl Attention {
     }
 
     /// r (D × n) from the block input s (D × n).
-    pub fn forward(
+    pub fn forward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        s: ArrayView2<f64>,
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        s: ArrayView2<F>,
         seqs: usize,
         t: usize,
-    ) -> (Array2<f64>, Cache) {
+    ) -> (Array2<F>, Cache<F>) {
         let (h_count, c) = (spec.heads, spec.channels());
         let b = |i: usize| self.bias.map(|b| b[i]);
         let q = affine(p, ops, self.q, b(0), s);
         let k = affine(p, ops, self.k, b(1), s);
         let v = affine(p, ops, self.v, b(2), s);
-        let scale = (c as f64).powf(-spec.logit_exponent);
+        let scale = F::of((c as f64).powf(-spec.logit_exponent));
         let mut logits = Array3::zeros((seqs * h_count, t, t));
         let mut attn = Array3::zeros((seqs * h_count, t, t));
         let mut o = Array2::zeros(s.raw_dim());
@@ -101,11 +101,11 @@ impl Attention {
                 let vh = v.slice(rows).slice_move(cols);
                 let idx = sq * h_count + h;
                 let mut lg = logits.index_axis_mut(Axis(0), idx);
-                linalg::gemm(scale, qh, kh.t(), 0.0, &mut lg);
+                linalg::gemm(scale, qh, kh.t(), F::zero(), &mut lg);
                 let mut w = attn.index_axis_mut(Axis(0), idx);
                 softmax_rows(lg.view(), &mut w, spec.causal);
                 let mut oh = o.slice_mut(s![sq * t..(sq + 1) * t, h * c..(h + 1) * c]);
-                linalg::gemm(1.0, w.view(), vh, 0.0, &mut oh);
+                linalg::gemm(F::one(), w.view(), vh, F::zero(), &mut oh);
             }
         }
         let r = affine(p, ops, self.u, b(3), o.view());
@@ -124,27 +124,27 @@ impl Attention {
 
     /// ∂f/∂s from ∂f/∂r = g; parameter terms go to `sink`.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        s: ArrayView2<f64>,
-        cache: &Cache,
-        g: ArrayView2<f64>,
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        s: ArrayView2<F>,
+        cache: &Cache<F>,
+        g: ArrayView2<F>,
         t: usize,
-        sink: &mut impl GradSink,
-    ) -> Array2<f64> {
+        sink: &mut impl GradSink<F>,
+    ) -> Array2<F> {
         let (h_count, c) = (spec.heads, spec.channels());
         let seqs = s.nrows() / t;
-        let scale = (c as f64).powf(-spec.logit_exponent);
+        let scale = F::of((c as f64).powf(-spec.logit_exponent));
         // r = o Uᵀ + b_u
         sink.term(
             self.u,
             GradTerm::Linear {
                 input: cache.o.view(),
                 grad: g,
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         let d_o = ops.bwd(p, self.u, g);
@@ -160,16 +160,16 @@ impl Attention {
                 let doh = d_o.slice(blk);
                 // o_h = Ω v_h
                 linalg::gemm(
-                    1.0,
+                    F::one(),
                     doh,
                     cache.v.slice(blk).t(),
-                    0.0,
+                    F::zero(),
                     &mut d_attn.view_mut(),
                 );
-                linalg::gemm(1.0, w.t(), doh, 0.0, &mut dv.slice_mut(blk));
+                linalg::gemm(F::one(), w.t(), doh, F::zero(), &mut dv.slice_mut(blk));
                 // Softmax: ∂Ω̃_{tt'} = Ω_{tt'} (∂Ω_{tt'} − Σ_u Ω_{tu} ∂Ω_{tu}); masked Ω = 0.
                 for (mut drow, wrow) in d_attn.rows_mut().into_iter().zip(w.rows()) {
-                    let dot: f64 = drow.iter().zip(wrow.iter()).map(|(a, b)| a * b).sum();
+                    let dot: F = drow.iter().zip(wrow.iter()).map(|(&a, &b)| a * b).sum();
                     drow.zip_mut_with(&wrow, |d, &wi| *d = wi * (*d - dot));
                 }
                 // Ω̃ = scale · q_h k_hᵀ
@@ -177,14 +177,14 @@ impl Attention {
                     scale,
                     d_attn.view(),
                     cache.k.slice(blk),
-                    0.0,
+                    F::zero(),
                     &mut dq.slice_mut(blk),
                 );
                 linalg::gemm(
                     scale,
                     d_attn.t(),
                     cache.q.slice(blk),
-                    0.0,
+                    F::zero(),
                     &mut dk.slice_mut(blk),
                 );
             }
@@ -200,7 +200,7 @@ impl Attention {
             GradTerm::Linear {
                 input: s,
                 grad: dq.view(),
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         sink.term(
@@ -208,7 +208,7 @@ impl Attention {
             GradTerm::Linear {
                 input: s,
                 grad: dk.view(),
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         sink.term(
@@ -216,7 +216,7 @@ impl Attention {
             GradTerm::Linear {
                 input: s,
                 grad: dv.view(),
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         let mut ds = ops.bwd(p, self.q, dq.view());
@@ -227,16 +227,20 @@ impl Attention {
 }
 
 /// Row softmax of `logits` into `out`; with `causal`, key t' > query t gets weight 0 (1.18).
-fn softmax_rows(logits: ArrayView2<f64>, out: &mut ndarray::ArrayViewMut2<f64>, causal: bool) {
+fn softmax_rows<F: Real>(logits: ArrayView2<F>, out: &mut ndarray::ArrayViewMut2<F>, causal: bool) {
     for (t, (lrow, mut orow)) in logits.rows().into_iter().zip(out.rows_mut()).enumerate() {
         let keys = if causal { t + 1 } else { lrow.len() };
         let max = lrow
             .iter()
             .take(keys)
-            .fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0.0;
+            .fold(F::neg_infinity(), |m, &x| m.max(x));
+        let mut sum = F::zero();
         for (j, o) in orow.iter_mut().enumerate() {
-            *o = if j < keys { (lrow[j] - max).exp() } else { 0.0 };
+            *o = if j < keys {
+                (lrow[j] - max).exp()
+            } else {
+                F::zero()
+            };
             sum += *o;
         }
         orow.mapv_inplace(|x| x / sum);

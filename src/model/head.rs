@@ -8,7 +8,7 @@ use ndarray::{Array2, ArrayView2, Axis, Zip};
 
 use super::init::{self, Stream};
 use super::stem::Stem;
-use super::{GradSink, GradTerm, Group, Params, Probe, WeightOps, linalg};
+use super::{GradSink, GradTerm, Group, Params, Probe, Real, WeightOps, linalg};
 use crate::config::{HeadKind, ModelSpec, Norm};
 
 #[derive(Clone, Debug)]
@@ -20,8 +20,8 @@ pub struct Head {
 
 /// The head's actual input: the pooled LN output, or σ(z) in `mlp` mode.
 #[derive(Clone, Debug)]
-pub struct Cache {
-    pub input: Array2<f64>,
+pub struct Cache<F = f64> {
+    pub input: Array2<F>,
 }
 
 impl Head {
@@ -53,14 +53,14 @@ impl Head {
     }
 
     /// z^L from s (D × n): (D × n_out), or (S × n_out) pooled.
-    pub fn forward(
+    pub fn forward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        s: ArrayView2<f64>,
-        probe: &Probe,
-    ) -> (Array2<f64>, Cache) {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        s: ArrayView2<F>,
+        probe: &Probe<F>,
+    ) -> (Array2<F>, Cache<F>) {
         let input = match (spec.head, spec.norm) {
             (HeadKind::Pooled, _) => pool(s, probe.tokens),
             (_, Norm::Mlp) => {
@@ -73,7 +73,7 @@ impl Head {
             HeadKind::Tied => {
                 // The tied word embedding is always materialized (used twice forward).
                 let mut z = linalg::mm(input.view(), p.get(self.w).view());
-                z *= spec.tied_rescale();
+                z *= F::of(spec.tied_rescale());
                 z
             }
             _ => ops.fwd(p, self.w, input.view()),
@@ -86,20 +86,20 @@ impl Head {
 
     /// ∂f/∂s from ∂f/∂z^L = g.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        s: ArrayView2<f64>,
-        cache: &Cache,
-        probe: &Probe,
-        g: ArrayView2<f64>,
-        sink: &mut impl GradSink,
-    ) -> Array2<f64> {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        s: ArrayView2<F>,
+        cache: &Cache<F>,
+        probe: &Probe<F>,
+        g: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+    ) -> Array2<F> {
         let d_in = match spec.head {
             HeadKind::Tied => {
-                let rho = spec.tied_rescale();
+                let rho = F::of(spec.tied_rescale());
                 sink.term(
                     self.w,
                     GradTerm::LinearT {
@@ -118,7 +118,7 @@ impl Head {
                     GradTerm::Linear {
                         input: cache.input.view(),
                         grad: g,
-                        scale: 1.0,
+                        scale: F::one(),
                     },
                 );
                 ops.bwd(p, self.w, g)
@@ -141,7 +141,7 @@ impl Head {
 }
 
 /// Mean over the T tokens of each sequence: (D × n) → (S × n).
-pub fn pool(s: ArrayView2<f64>, t: usize) -> Array2<f64> {
+pub fn pool<F: Real>(s: ArrayView2<F>, t: usize) -> Array2<F> {
     let seqs = s.nrows() / t;
     let mut out = Array2::zeros((seqs, s.ncols()));
     for (sq, mut row) in out.rows_mut().into_iter().enumerate() {
@@ -152,11 +152,11 @@ pub fn pool(s: ArrayView2<f64>, t: usize) -> Array2<f64> {
 }
 
 /// The adjoint of `pool`: each token gets g/T.
-fn unpool(g: ArrayView2<f64>, t: usize) -> Array2<f64> {
+fn unpool<F: Real>(g: ArrayView2<F>, t: usize) -> Array2<F> {
     let mut out = Array2::zeros((g.nrows() * t, g.ncols()));
     for (d, mut row) in out.rows_mut().into_iter().enumerate() {
         row.assign(&g.row(d / t));
-        row /= t as f64;
+        row /= F::of(t as f64);
     }
     out
 }

@@ -13,6 +13,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
+use super::real::Real;
+
 /// When on (the `bench` command), every GEMM adds its flops and nanoseconds to the counters.
 pub static PROFILE: AtomicBool = AtomicBool::new(false);
 pub static GEMM_FLOPS: AtomicU64 = AtomicU64::new(0);
@@ -20,23 +22,23 @@ pub static GEMM_NANOS: AtomicU64 = AtomicU64::new(0);
 
 /// C ← α·A·B + β·C.
 #[inline]
-pub fn gemm(
-    alpha: f64,
-    a: ArrayView2<f64>,
-    b: ArrayView2<f64>,
-    beta: f64,
-    c: &mut ArrayViewMut2<f64>,
+pub fn gemm<F: Real>(
+    alpha: F,
+    a: ArrayView2<F>,
+    b: ArrayView2<F>,
+    beta: F,
+    c: &mut ArrayViewMut2<F>,
 ) {
     if PROFILE.load(Ordering::Relaxed) {
         let t = Instant::now();
-        backend(alpha, a, b, beta, c);
+        F::gemm_backend(alpha, a, b, beta, c);
         GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         GEMM_FLOPS.fetch_add(
             2 * (a.nrows() * a.ncols() * b.ncols()) as u64,
             Ordering::Relaxed,
         );
     } else {
-        backend(alpha, a, b, beta, c);
+        F::gemm_backend(alpha, a, b, beta, c);
     }
 }
 
@@ -53,8 +55,9 @@ const FAER_MIN_MACS: usize = 1 << 20;
 const FAER_MIN_K: usize = 128;
 const FAER_MAX_M: usize = 64;
 
+/// The f64 dispatch (`Real::gemm_backend` for f64).
 #[inline]
-fn backend(
+pub(super) fn backend_f64(
     alpha: f64,
     a: ArrayView2<f64>,
     b: ArrayView2<f64>,
@@ -123,30 +126,30 @@ fn faer_gemm(
 }
 
 /// A·B.
-pub fn mm(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
+pub fn mm<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    gemm(1.0, a, b, 0.0, &mut c.view_mut());
+    gemm(F::one(), a, b, F::zero(), &mut c.view_mut());
     c
 }
 
 /// A·Bᵀ: a layer's forward pass Y = X Wᵀ with W stored (fan_out × fan_in).
-pub fn mm_t(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
+pub fn mm_t<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     mm(a, b.t())
 }
 
 /// Aᵀ·B: a weight gradient Gᵀ X.
-pub fn t_mm(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
+pub fn t_mm<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     mm(a.t(), b)
 }
 
 /// The Gram matrix A·Aᵀ (rows are tokens).
-pub fn gram(a: ArrayView2<f64>) -> Array2<f64> {
+pub fn gram<F: Real>(a: ArrayView2<F>) -> Array2<F> {
     mm(a, a.t())
 }
 
 /// Σ_ab A_ab B_ab.
-pub fn frobenius_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> f64 {
-    a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+pub fn frobenius_dot<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> F {
+    a.iter().zip(b.iter()).map(|(&x, &y)| x * y).sum()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use ndarray::{Array2, ArrayView2, Zip};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, WeightOps, affine};
+use super::{GradSink, GradTerm, Group, Params, Real, WeightOps, affine};
 use crate::config::ModelSpec;
 
 #[derive(Clone, Debug)]
@@ -23,11 +23,11 @@ pub struct Mlp {
 
 /// Preactivation w (the `hidden` site) and σ(w).
 #[derive(Clone, Debug)]
-pub struct Cache {
-    pub w: Array2<f64>,
-    pub a: Array2<f64>,
+pub struct Cache<F = f64> {
+    pub w: Array2<F>,
+    pub a: Array2<F>,
     /// σ'(w), kept from the forward pass.
-    pub da: Array2<f64>,
+    pub da: Array2<F>,
 }
 
 impl Mlp {
@@ -76,13 +76,13 @@ impl Mlp {
         Mlp { w, x, bw, bx }
     }
 
-    pub fn forward(
+    pub fn forward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        s: ArrayView2<f64>,
-    ) -> (Array2<f64>, Cache) {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        s: ArrayView2<F>,
+    ) -> (Array2<F>, Cache<F>) {
         let w = affine(p, ops, self.w, self.bw, s);
         let act = spec.activation;
         let (a, da) = activate(act, w.view());
@@ -90,22 +90,22 @@ impl Mlp {
         (r, Cache { w, a, da })
     }
 
-    pub fn backward(
+    pub fn backward<F: Real>(
         &self,
         _spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        s: ArrayView2<f64>,
-        cache: &Cache,
-        g: ArrayView2<f64>,
-        sink: &mut impl GradSink,
-    ) -> Array2<f64> {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        s: ArrayView2<F>,
+        cache: &Cache<F>,
+        g: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+    ) -> Array2<F> {
         sink.term(
             self.x,
             GradTerm::Linear {
                 input: cache.a.view(),
                 grad: g,
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         if let Some(bx) = self.bx {
@@ -118,7 +118,7 @@ impl Mlp {
             GradTerm::Linear {
                 input: s,
                 grad: dw.view(),
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         if let Some(bw) = self.bw {
@@ -137,10 +137,10 @@ pub struct BookLayer {
 
 /// σ(z^ℓ).
 #[derive(Clone, Debug)]
-pub struct BookCache {
-    pub a: Array2<f64>,
+pub struct BookCache<F = f64> {
+    pub a: Array2<F>,
     /// σ'(z^ℓ).
-    pub da: Array2<f64>,
+    pub da: Array2<F>,
 }
 
 impl BookLayer {
@@ -168,13 +168,13 @@ impl BookLayer {
         BookLayer { w, b }
     }
 
-    pub fn forward(
+    pub fn forward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        z: ArrayView2<f64>,
-    ) -> (Array2<f64>, BookCache) {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        z: ArrayView2<F>,
+    ) -> (Array2<F>, BookCache<F>) {
         let act = spec.activation;
         let (a, da) = activate(act, z);
         (
@@ -183,22 +183,22 @@ impl BookLayer {
         )
     }
 
-    pub fn backward(
+    pub fn backward<F: Real>(
         &self,
         _spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        _z: ArrayView2<f64>,
-        cache: &BookCache,
-        g: ArrayView2<f64>,
-        sink: &mut impl GradSink,
-    ) -> Array2<f64> {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        _z: ArrayView2<F>,
+        cache: &BookCache<F>,
+        g: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+    ) -> Array2<F> {
         sink.term(
             self.w,
             GradTerm::Linear {
                 input: cache.a.view(),
                 grad: g,
-                scale: 1.0,
+                scale: F::one(),
             },
         );
         if let Some(b) = self.b {
@@ -211,10 +211,10 @@ impl BookLayer {
 }
 
 /// (σ(x), σ'(x)) elementwise.
-fn activate(
+fn activate<F: Real>(
     act: crate::model::activation::Activation,
-    x: ArrayView2<f64>,
-) -> (Array2<f64>, Array2<f64>) {
+    x: ArrayView2<F>,
+) -> (Array2<F>, Array2<F>) {
     let mut a = Array2::zeros(x.raw_dim());
     let mut da = Array2::zeros(x.raw_dim());
     Zip::from(&mut a)

@@ -1,5 +1,5 @@
 //! The one model definition: a pre-/post-/no-LN Transformer or the book's plain MLP,
-//! batched over S sequences × T tokens, in f64 (SPEC §1, the paper's §I 0).
+//! batched over S sequences × T tokens, in f64 or f32 (SPEC §1, the paper's §I 0; see `real`).
 //!
 //! Dimension legend (as in llm.c): D = S·T tokens of the probe set, δ = sequence·T + token;
 //! n width; H heads; C = n/H channels per head; M MLP multiplier; B residual blocks;
@@ -17,6 +17,7 @@ pub mod init;
 pub mod linalg;
 pub mod ln;
 pub mod mlp;
+pub mod real;
 pub mod residual;
 pub mod stem;
 
@@ -24,6 +25,7 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::config::{BlockKind, ModelSpec, Norm};
 use init::Stream;
+pub use real::Real;
 
 /// Parameter groups of SPEC §2; the NTK is reported per group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,13 +75,13 @@ impl Group {
 /// One parameter tensor. Biases are (1 × n); the positional embedding is (T × n);
 /// the word embedding is (n × vocab).
 #[derive(Clone, Debug)]
-pub struct Param {
+pub struct Param<F = f64> {
     pub group: Group,
     /// The layer its block produces.
     pub layer: usize,
     pub name: String,
     /// The values; empty (0 × 0) for a weight the conditional sampler never materializes.
-    pub value: Array2<f64>,
+    pub value: Array2<F>,
     /// (rows, cols) = (fan_out, fan_in) for weights.
     pub shape: (usize, usize),
     /// The variance it was drawn with.
@@ -89,7 +91,7 @@ pub struct Param {
     pub fan_in: usize,
 }
 
-impl Param {
+impl<F: Real> Param<F> {
     /// Whether the values exist (false for a lazily sampled weight).
     pub fn is_materialized(&self) -> bool {
         self.value.dim() == self.shape
@@ -98,8 +100,8 @@ impl Param {
 
 /// All parameters of one network, in the order they are drawn.
 #[derive(Clone, Debug, Default)]
-pub struct Params {
-    pub list: Vec<Param>,
+pub struct Params<F = f64> {
+    pub list: Vec<Param<F>>,
     /// Leave weights that are used as Y = X Wᵀ once forward unmaterialized: the
     /// conditional sampler draws only what the data sees.
     pub lazy: bool,
@@ -158,35 +160,57 @@ impl Params {
         });
         self.list.len() - 1
     }
+}
 
-    pub fn get(&self, i: usize) -> &Array2<f64> {
+impl<F: Real> Params<F> {
+    pub fn get(&self, i: usize) -> &Array2<F> {
         &self.list[i].value
     }
 
     /// Zero arrays shaped like every parameter (a gradient buffer).
-    pub fn zeros_like(&self) -> Vec<Array2<f64>> {
+    pub fn zeros_like(&self) -> Vec<Array2<F>> {
         self.list.iter().map(|p| Array2::zeros(p.shape)).collect()
+    }
+
+    /// The same parameters in another precision (values rounded to nearest).
+    pub fn cast<G: Real>(&self) -> Params<G> {
+        Params {
+            list: self
+                .list
+                .iter()
+                .map(|p| Param {
+                    group: p.group,
+                    layer: p.layer,
+                    name: p.name.clone(),
+                    value: p.value.mapv(|x| G::of(x.wide())),
+                    shape: p.shape,
+                    var: p.var,
+                    fan_in: p.fan_in,
+                })
+                .collect(),
+            lazy: self.lazy,
+        }
     }
 }
 
 /// How the weights of linear layers act: Y = X Wᵀ forward and ∂X = G W backward. The
 /// dense path multiplies materialized matrices; the conditional sampler (`mc::conditional`)
 /// draws Y and ∂X from their exact conditional laws without ever forming W.
-pub trait WeightOps {
+pub trait WeightOps<F = f64> {
     /// Y = X Wᵀ for weight `id`, X (D × fan_in).
-    fn fwd(&mut self, p: &Params, id: usize, x: ArrayView2<f64>) -> Array2<f64>;
+    fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F>;
     /// ∂X = G W for weight `id`, G (D × fan_out).
-    fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64>;
+    fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F>;
 }
 
 /// Y = X Wᵀ + b: a linear use of weight `w` with an optional bias (1 × fan_out).
-pub fn affine(
-    p: &Params,
-    ops: &mut dyn WeightOps,
+pub fn affine<F: Real>(
+    p: &Params<F>,
+    ops: &mut dyn WeightOps<F>,
     w: usize,
     b: Option<usize>,
-    x: ArrayView2<f64>,
-) -> Array2<f64> {
+    x: ArrayView2<F>,
+) -> Array2<F> {
     let mut y = ops.fwd(p, w, x);
     if let Some(b) = b {
         y += &p.get(b).row(0);
@@ -197,11 +221,11 @@ pub fn affine(
 /// Materialized weights: plain matrix products.
 pub struct Materialized;
 
-impl WeightOps for Materialized {
-    fn fwd(&mut self, p: &Params, id: usize, x: ArrayView2<f64>) -> Array2<f64> {
+impl<F: Real> WeightOps<F> for Materialized {
+    fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F> {
         linalg::mm_t(x, p.get(id).view())
     }
-    fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64> {
+    fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F> {
         linalg::mm(g, p.get(id).view())
     }
 }
@@ -210,57 +234,57 @@ impl WeightOps for Materialized {
 /// the use's output. The backward pass emits these; a [`GradSink`] decides whether to
 /// materialize ∂f/∂θ (the trainer, gradient checks) or only contract Gram matrices (the
 /// Monte Carlo NTK), so one backward pass serves both.
-pub enum GradTerm<'a> {
+pub enum GradTerm<'a, F = f64> {
     /// Y = scale · X Wᵀ with W (fan_out × fan_in): ∂W += scale · Gᵀ X.
     Linear {
-        input: ArrayView2<'a, f64>,
-        grad: ArrayView2<'a, f64>,
-        scale: f64,
+        input: ArrayView2<'a, F>,
+        grad: ArrayView2<'a, F>,
+        scale: F,
     },
     /// Y = scale · X W with W (fan_in × fan_out), a transposed use (the tied head):
     /// ∂W += scale · Xᵀ G.
     LinearT {
-        input: ArrayView2<'a, f64>,
-        grad: ArrayView2<'a, f64>,
-        scale: f64,
+        input: ArrayView2<'a, F>,
+        grad: ArrayView2<'a, F>,
+        scale: F,
     },
     /// Y_δ += b for every row: ∂b += Σ_δ G_δ.
-    Bias { grad: ArrayView2<'a, f64> },
+    Bias { grad: ArrayView2<'a, F> },
     /// Y_{(s,t)} += P_t: ∂P_t += Σ_s G_{(s,t)}.
     Positional {
-        grad: ArrayView2<'a, f64>,
+        grad: ArrayView2<'a, F>,
         tokens: usize,
     },
     /// Y_δ = W[:, id_δ] with W (n × vocab): ∂W[:, id_δ] += G_δ.
     Embedding {
-        grad: ArrayView2<'a, f64>,
+        grad: ArrayView2<'a, F>,
         ids: &'a [usize],
     },
 }
 
-impl GradTerm<'_> {
+impl<F: Real> GradTerm<'_, F> {
     /// Adds this term's ∂f/∂θ into `acc` (shaped like the parameter).
-    pub fn accumulate(&self, acc: &mut Array2<f64>) {
+    pub fn accumulate(&self, acc: &mut Array2<F>) {
         match self {
             GradTerm::Linear { input, grad, scale } => {
-                linalg::gemm(*scale, grad.t(), *input, 1.0, &mut acc.view_mut());
+                linalg::gemm(*scale, grad.t(), *input, F::one(), &mut acc.view_mut());
             }
             GradTerm::LinearT { input, grad, scale } => {
-                linalg::gemm(*scale, input.t(), *grad, 1.0, &mut acc.view_mut());
+                linalg::gemm(*scale, input.t(), *grad, F::one(), &mut acc.view_mut());
             }
             GradTerm::Bias { grad } => {
                 for row in grad.rows() {
-                    acc.row_mut(0).zip_mut_with(&row, |a, g| *a += g);
+                    acc.row_mut(0).zip_mut_with(&row, |a, &g| *a += g);
                 }
             }
             GradTerm::Positional { grad, tokens } => {
                 for (d, row) in grad.rows().into_iter().enumerate() {
-                    acc.row_mut(d % tokens).zip_mut_with(&row, |a, g| *a += g);
+                    acc.row_mut(d % tokens).zip_mut_with(&row, |a, &g| *a += g);
                 }
             }
             GradTerm::Embedding { grad, ids } => {
                 for (row, &id) in grad.rows().into_iter().zip(ids.iter()) {
-                    acc.column_mut(id).zip_mut_with(&row, |a, g| *a += g);
+                    acc.column_mut(id).zip_mut_with(&row, |a, &g| *a += g);
                 }
             }
         }
@@ -268,25 +292,25 @@ impl GradTerm<'_> {
 }
 
 /// Receives the parameter-gradient terms of a backward pass.
-pub trait GradSink {
-    fn term(&mut self, param: usize, term: GradTerm<'_>);
+pub trait GradSink<F = f64> {
+    fn term(&mut self, param: usize, term: GradTerm<'_, F>);
 }
 
 /// Materializes ∂f/∂θ for every parameter.
-pub struct ParamGrads {
-    pub list: Vec<Array2<f64>>,
+pub struct ParamGrads<F = f64> {
+    pub list: Vec<Array2<F>>,
 }
 
-impl ParamGrads {
-    pub fn new(params: &Params) -> Self {
+impl<F: Real> ParamGrads<F> {
+    pub fn new(params: &Params<F>) -> Self {
         ParamGrads {
             list: params.zeros_like(),
         }
     }
 }
 
-impl GradSink for ParamGrads {
-    fn term(&mut self, param: usize, term: GradTerm<'_>) {
+impl<F: Real> GradSink<F> for ParamGrads<F> {
+    fn term(&mut self, param: usize, term: GradTerm<'_, F>) {
         term.accumulate(&mut self.list[param]);
     }
 }
@@ -294,22 +318,32 @@ impl GradSink for ParamGrads {
 /// A sink that ignores parameters (gradients of the stream only).
 pub struct NoParams;
 
-impl GradSink for NoParams {
-    fn term(&mut self, _: usize, _: GradTerm<'_>) {}
+impl<F> GradSink<F> for NoParams {
+    fn term(&mut self, _: usize, _: GradTerm<'_, F>) {}
 }
 
 /// The probe set: S sequences of T tokens, either vectors (dense stem) or token ids.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Probe {
+pub struct Probe<F = f64> {
     pub sequences: usize,
     pub tokens: usize,
     /// (D × n_in) for the dense stem.
-    pub x: Option<Array2<f64>>,
+    pub x: Option<Array2<F>>,
     /// D ids for the embedding stem.
     pub ids: Option<Vec<usize>>,
 }
 
-impl Probe {
+impl<F: Real> Probe<F> {
+    /// The same probe in another precision.
+    pub fn cast<G: Real>(&self) -> Probe<G> {
+        Probe {
+            sequences: self.sequences,
+            tokens: self.tokens,
+            x: self.x.as_ref().map(|x| x.mapv(|v| G::of(v.wide()))),
+            ids: self.ids.clone(),
+        }
+    }
+
     /// D = S·T.
     pub fn len(&self) -> usize {
         self.sequences * self.tokens
@@ -330,36 +364,36 @@ pub enum Block {
 
 /// What one block's forward pass leaves for the backward pass and for the observables.
 #[derive(Clone, Debug)]
-pub struct BlockTrace {
+pub struct BlockTrace<F = f64> {
     /// LN of the block's input (pre mode) or of its sum (post mode).
-    pub ln: Option<ln::Cache>,
-    pub inner: InnerTrace,
+    pub ln: Option<ln::Cache<F>>,
+    pub inner: InnerTrace<F>,
 }
 
 #[derive(Clone, Debug)]
-pub enum InnerTrace {
-    Attn(Box<attention::Cache>),
-    Mlp(mlp::Cache),
-    Book(mlp::BookCache),
+pub enum InnerTrace<F = f64> {
+    Attn(Box<attention::Cache<F>>),
+    Mlp(mlp::Cache<F>),
+    Book(mlp::BookCache<F>),
 }
 
 /// Every site of a forward pass: the residual stream z^ℓ (ℓ = 1 … B+1), each block's
 /// internals, the final LN and the output z^L.
 #[derive(Clone, Debug)]
-pub struct Trace {
+pub struct Trace<F = f64> {
     /// resid[ℓ − 1] = z^ℓ, (D × n).
-    pub resid: Vec<Array2<f64>>,
-    pub blocks: Vec<BlockTrace>,
+    pub resid: Vec<Array2<F>>,
+    pub blocks: Vec<BlockTrace<F>>,
     /// s^{L−1} = LN(z^{B+1}) in pre mode.
-    pub final_ln: Option<ln::Cache>,
-    pub head: head::Cache,
+    pub final_ln: Option<ln::Cache<F>>,
+    pub head: head::Cache<F>,
     /// z^L: (D × n_out), or (S × n_out) for a pooled head.
-    pub out: Array2<f64>,
+    pub out: Array2<F>,
 }
 
-impl Trace {
+impl<F> Trace<F> {
     /// The LN output s^ℓ feeding block ℓ (pre mode) or the head (ℓ = B+1).
-    pub fn ln_at(&self, layer: usize) -> Option<&Array2<f64>> {
+    pub fn ln_at(&self, layer: usize) -> Option<&Array2<F>> {
         if layer <= self.blocks.len() {
             self.blocks[layer - 1].ln.as_ref().map(|c| &c.s)
         } else {
@@ -368,11 +402,11 @@ impl Trace {
     }
 }
 
-/// A network with materialized weights.
+/// A network with materialized weights, computing in f64 unless cast (see `real`).
 #[derive(Clone, Debug)]
-pub struct Network {
+pub struct Network<F = f64> {
     pub spec: ModelSpec,
-    pub params: Params,
+    pub params: Params<F>,
     pub stem: stem::Stem,
     pub blocks: Vec<Block>,
     pub head: head::Head,
@@ -420,14 +454,27 @@ impl Network {
             head,
         }
     }
+}
+
+impl<F: Real> Network<F> {
+    /// The same network computing in another precision (parameters rounded to nearest).
+    pub fn cast<G: Real>(&self) -> Network<G> {
+        Network {
+            spec: self.spec.clone(),
+            params: self.params.cast(),
+            stem: self.stem.clone(),
+            blocks: self.blocks.clone(),
+            head: self.head.clone(),
+        }
+    }
 
     /// The forward pass with materialized weights, keeping every site.
-    pub fn forward(&self, probe: &Probe) -> Trace {
+    pub fn forward(&self, probe: &Probe<F>) -> Trace<F> {
         self.forward_with(probe, &mut Materialized)
     }
 
     /// The forward pass with the given weight realization.
-    pub fn forward_with(&self, probe: &Probe, ops: &mut dyn WeightOps) -> Trace {
+    pub fn forward_with(&self, probe: &Probe<F>, ops: &mut dyn WeightOps<F>) -> Trace<F> {
         let spec = &self.spec;
         let p = &self.params;
         let mut z = self.stem.forward(spec, p, ops, probe);
@@ -455,13 +502,13 @@ impl Network {
     fn block_forward(
         &self,
         block: &Block,
-        ops: &mut dyn WeightOps,
-        z: ArrayView2<f64>,
-        probe: &Probe,
-    ) -> (Array2<f64>, BlockTrace) {
+        ops: &mut dyn WeightOps<F>,
+        z: ArrayView2<F>,
+        probe: &Probe<F>,
+    ) -> (Array2<F>, BlockTrace<F>) {
         let spec = &self.spec;
         let p = &self.params;
-        let mut inner = |x: ArrayView2<f64>| -> (Array2<f64>, InnerTrace) {
+        let mut inner = |x: ArrayView2<F>| -> (Array2<F>, InnerTrace<F>) {
             match block {
                 Block::Attn(a) => {
                     let (r, c) = a.forward(spec, p, ops, x, probe.sequences, probe.tokens);
@@ -529,23 +576,23 @@ impl Network {
     /// parameter's gradient terms to `sink`.
     pub fn backward(
         &self,
-        trace: &Trace,
-        probe: &Probe,
-        dout: ArrayView2<f64>,
-        sink: &mut impl GradSink,
-    ) -> Vec<Array2<f64>> {
+        trace: &Trace<F>,
+        probe: &Probe<F>,
+        dout: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+    ) -> Vec<Array2<F>> {
         self.backward_with(trace, probe, dout, sink, &mut Materialized)
     }
 
     /// The backward pass with the given weight realization (the one the forward used).
     pub fn backward_with(
         &self,
-        trace: &Trace,
-        probe: &Probe,
-        dout: ArrayView2<f64>,
-        sink: &mut impl GradSink,
-        ops: &mut dyn WeightOps,
-    ) -> Vec<Array2<f64>> {
+        trace: &Trace<F>,
+        probe: &Probe<F>,
+        dout: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+        ops: &mut dyn WeightOps<F>,
+    ) -> Vec<Array2<F>> {
         let spec = &self.spec;
         let p = &self.params;
         let nb = self.blocks.len();
@@ -576,16 +623,16 @@ impl Network {
     fn block_backward(
         &self,
         block: &Block,
-        bt: &BlockTrace,
-        z: ArrayView2<f64>,
-        probe: &Probe,
-        g: ArrayView2<f64>,
-        sink: &mut impl GradSink,
-        ops: &mut dyn WeightOps,
-    ) -> Array2<f64> {
+        bt: &BlockTrace<F>,
+        z: ArrayView2<F>,
+        probe: &Probe<F>,
+        g: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+        ops: &mut dyn WeightOps<F>,
+    ) -> Array2<F> {
         let spec = &self.spec;
         let p = &self.params;
-        let mut inner = |x: ArrayView2<f64>, gr: ArrayView2<f64>| -> Array2<f64> {
+        let mut inner = |x: ArrayView2<F>, gr: ArrayView2<F>| -> Array2<F> {
             match (block, &bt.inner) {
                 (Block::Attn(a), InnerTrace::Attn(c)) => {
                     a.backward(spec, p, ops, x, c, gr, probe.tokens, sink)

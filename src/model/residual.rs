@@ -4,14 +4,18 @@
 
 use ndarray::{Array2, ArrayView2};
 
+use super::real::Real;
+
 /// ξ·z + γ·r.
-pub fn forward(xi: f64, gamma: f64, z: ArrayView2<f64>, r: ArrayView2<f64>) -> Array2<f64> {
+pub fn forward<F: Real>(xi: f64, gamma: f64, z: ArrayView2<F>, r: ArrayView2<F>) -> Array2<F> {
+    let (xi, gamma) = (F::of(xi), F::of(gamma));
     let mut out = r.to_owned();
     out.zip_mut_with(&z, |o, &zi| *o = xi * zi + gamma * *o);
     out
 }
 
 /// Splits the gradient of the sum: (∂/∂z, ∂/∂r) = (ξ g, γ g).
-pub fn backward(xi: f64, gamma: f64, g: ArrayView2<f64>) -> (Array2<f64>, Array2<f64>) {
+pub fn backward<F: Real>(xi: f64, gamma: f64, g: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
+    let (xi, gamma) = (F::of(xi), F::of(gamma));
     (g.mapv(|x| xi * x), g.mapv(|x| gamma * x))
 }

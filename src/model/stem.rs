@@ -8,7 +8,7 @@
 use ndarray::{Array2, ArrayView2};
 
 use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, Probe, WeightOps};
+use super::{GradSink, GradTerm, Group, Params, Probe, Real, WeightOps};
 use crate::config::{ModelSpec, Norm, Stem as StemKind};
 
 #[derive(Clone, Debug)]
@@ -70,13 +70,13 @@ impl Stem {
     }
 
     /// z¹ (D × n).
-    pub fn forward(
+    pub fn forward<F: Real>(
         &self,
         spec: &ModelSpec,
-        p: &Params,
-        ops: &mut dyn WeightOps,
-        probe: &Probe,
-    ) -> Array2<f64> {
+        p: &Params<F>,
+        ops: &mut dyn WeightOps<F>,
+        probe: &Probe<F>,
+    ) -> Array2<F> {
         let mut z = match spec.stem {
             StemKind::Dense => ops.fwd(
                 p,
@@ -105,12 +105,12 @@ impl Stem {
         z
     }
 
-    pub fn backward(
+    pub fn backward<F: Real>(
         &self,
         spec: &ModelSpec,
-        probe: &Probe,
-        g: ArrayView2<f64>,
-        sink: &mut impl GradSink,
+        probe: &Probe<F>,
+        g: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
     ) {
         match spec.stem {
             StemKind::Dense => {
@@ -120,7 +120,7 @@ impl Stem {
                     GradTerm::Linear {
                         input: x.view(),
                         grad: g,
-                        scale: 1.0,
+                        scale: F::one(),
                     },
                 );
             }

@@ -91,7 +91,7 @@ fn dsigma_dsigma_matrix(act: Activation, k: Cov2) -> Cov2 {
 fn dsigma2_at_zero(act: Activation) -> f64 {
     match act {
         Activation::Relu => 0.5,
-        _ => act.df(0.0).powi(2),
+        _ => act.df(0.0f64).powi(2),
     }
 }
 

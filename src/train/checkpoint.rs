@@ -1,7 +1,8 @@
 //! The trainer's checkpoint: parameters, optimizer state and the step, in one little-endian
 //! binary file written atomically (temporary file, then rename), so Ctrl-C or a crash
-//! mid-write leaves the previous checkpoint intact. Values are stored bit-exactly (f64), so
-//! a resumed run continues exactly where the uninterrupted one would be.
+//! mid-write leaves the previous checkpoint intact. Values are stored as f64 whatever the
+//! trainer's precision (widening f32 is exact, and so is narrowing back), so a resumed run
+//! continues exactly where the uninterrupted one would be.
 //!
 //! Layout: magic `SIGPROPT`, version u32, step u64, optimizer updates t u64, kind u8
 //! (0 sgd, 1 adamw), count u64, then per parameter: name (u64 length + UTF-8), rows u64,
@@ -13,13 +14,18 @@ use ndarray::Array2;
 
 use super::TrainError;
 use super::optim::{Kind, Optimizer};
-use crate::model::Params;
+use crate::model::{Params, Real};
 
 const MAGIC: &[u8; 8] = b"SIGPROPT";
 const VERSION: u32 = 1;
 
 /// Writes the checkpoint of `params` and `opt` after `step` updates.
-pub fn save(path: &Path, step: usize, params: &Params, opt: &Optimizer) -> Result<(), TrainError> {
+pub fn save<F: Real>(
+    path: &Path,
+    step: usize,
+    params: &Params<F>,
+    opt: &Optimizer<F>,
+) -> Result<(), TrainError> {
     let mut b = Vec::new();
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
@@ -30,9 +36,9 @@ pub fn save(path: &Path, step: usize, params: &Params, opt: &Optimizer) -> Resul
         Kind::AdamW => 1,
     });
     b.extend_from_slice(&(params.list.len() as u64).to_le_bytes());
-    let values = |b: &mut Vec<u8>, a: &Array2<f64>| {
+    let values = |b: &mut Vec<u8>, a: &Array2<F>| {
         for x in a.iter() {
-            b.extend_from_slice(&x.to_le_bytes());
+            b.extend_from_slice(&x.wide().to_le_bytes());
         }
     };
     for p in &params.list {
@@ -69,9 +75,9 @@ impl Reader<'_> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    fn fill(&mut self, a: &mut Array2<f64>) -> Result<(), String> {
+    fn fill<F: Real>(&mut self, a: &mut Array2<F>) -> Result<(), String> {
         for x in a.iter_mut() {
-            *x = f64::from_bits(self.u64()?);
+            *x = F::of(f64::from_bits(self.u64()?));
         }
         Ok(())
     }
@@ -79,7 +85,11 @@ impl Reader<'_> {
 
 /// Loads a checkpoint into `params` and `opt`, which must come from the same configuration
 /// (names and shapes are checked); returns the step.
-pub fn load(path: &Path, params: &mut Params, opt: &mut Optimizer) -> Result<usize, TrainError> {
+pub fn load<F: Real>(
+    path: &Path,
+    params: &mut Params<F>,
+    opt: &mut Optimizer<F>,
+) -> Result<usize, TrainError> {
     let err = |msg: String| TrainError::Checkpoint {
         path: path.display().to_string(),
         msg,

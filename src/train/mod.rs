@@ -24,7 +24,7 @@ use thiserror::Error;
 use toml::Value;
 
 use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist};
-use crate::model::{Group, Network, ParamGrads, Probe, init};
+use crate::model::{Group, Network, ParamGrads, Probe, Real, init};
 use hparams_json::HparamsJson;
 use optim::{Adam, Kind, Optimizer};
 use tasks::{Batch, Outputs, Split, Task};
@@ -57,6 +57,8 @@ pub struct TrainSpec {
     pub lr: f64,
     pub lr_mult: f64,
     pub optimizer: Kind,
+    /// "f32" or "f64": the `F` of `Trainer<F>` that runs this configuration.
+    pub precision: String,
     pub adam: Adam,
     pub weight_decay: f64,
     pub warmup: usize,
@@ -97,6 +99,7 @@ impl TrainSpec {
             lr: float("train.lr"),
             lr_mult: float("train.lr_mult"),
             optimizer,
+            precision: word("train.precision"),
             adam: Adam {
                 beta1: float("train.beta1"),
                 beta2: float("train.beta2"),
@@ -230,12 +233,13 @@ pub struct StepLog {
 const DATA_DOMAIN: u64 = 0xDA7A_5EED_0000_0001;
 const EVAL_DOMAIN: u64 = 0xE7A1_5EED_0000_0002;
 
-pub struct Trainer {
+/// A training run computing in `F` (`train.precision`; f32 unless asked).
+pub struct Trainer<F: Real = f32> {
     pub cfg: Config,
     pub spec: TrainSpec,
     pub task: Box<dyn Task>,
-    pub net: Network,
-    pub opt: Optimizer,
+    pub net: Network<F>,
+    pub opt: Optimizer<F>,
     /// Per-parameter learning rate before the schedule (index as `net.params.list`).
     pub lr: Vec<f64>,
     /// Per-parameter decoupled weight decay.
@@ -249,11 +253,19 @@ pub struct Trainer {
     pool: rayon::ThreadPool,
 }
 
-impl Trainer {
+impl<F: Real> Trainer<F> {
     /// A fresh network for a configuration from [`configure`], with the hparams table's
-    /// variances and learning rates when given.
-    pub fn new(cfg: &Config, hp: Option<&HparamsJson>) -> Result<Trainer, TrainError> {
+    /// variances and learning rates when given. The parameters are drawn in f64 and rounded
+    /// to `F`, so both precisions start from the same network.
+    pub fn new(cfg: &Config, hp: Option<&HparamsJson>) -> Result<Trainer<F>, TrainError> {
         let spec = TrainSpec::from_config(cfg)?;
+        if spec.precision != F::NAME {
+            return Err(TrainError::Invalid(format!(
+                "train.precision = \"{}\" but this trainer computes in {}",
+                spec.precision,
+                F::NAME
+            )));
+        }
         let task = spec.task()?;
         let mut model = cfg.model.clone();
         let mut kind = spec.optimizer;
@@ -294,6 +306,7 @@ impl Trainer {
                 }
             }
         }
+        let net: Network<F> = net.cast();
         let (mut lr, mut wd) = (Vec::new(), Vec::new());
         let reference = match hp {
             Some(hp) => hp.lr,
@@ -359,19 +372,20 @@ impl Trainer {
     }
 
     /// Mean cross-entropy of `batch` and its gradient for every parameter.
-    pub fn loss_and_grads(&self, batch: &Batch) -> (f64, Vec<Array2<f64>>) {
+    pub fn loss_and_grads(&self, batch: &Batch) -> (f64, Vec<Array2<F>>) {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
         let one = |b: &Batch| {
-            let trace = net.forward(&b.probe);
+            let probe = b.probe.cast::<F>();
+            let trace = net.forward(&probe);
             let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
-            dout /= total;
+            dout /= F::of(total);
             let mut g = ParamGrads::new(&net.params);
-            net.backward(&trace, &b.probe, dout.view(), &mut g);
+            net.backward(&trace, &probe, dout.view(), &mut g);
             (sum, g.list)
         };
-        let results: Vec<(f64, Vec<Array2<f64>>)> = self.run_parts(&parts, one);
+        let results: Vec<(f64, Vec<Array2<F>>)> = self.run_parts(&parts, one);
         let mut it = results.into_iter();
         let (mut sum, mut grads) = it.next().unwrap_or_default();
         // Summed in part order, so the result does not depend on which thread ran what.
@@ -401,7 +415,7 @@ impl Trainer {
         let parts = split(batch, self.parts);
         let net = &self.net;
         let sums: Vec<f64> = self.run_parts(&parts, |b: &Batch| {
-            loss::cross_entropy_sum(net.forward(&b.probe).out.view(), &b.targets).0
+            loss::cross_entropy_sum(net.forward(&b.probe.cast::<F>()).out.view(), &b.targets).0
         });
         sums.iter().sum::<f64>() / total
     }
@@ -418,7 +432,7 @@ impl Trainer {
         let (loss, mut grads) = self.loss_and_grads(&batch);
         let mut sq = vec![0.0; Group::ALL.len()];
         for (p, g) in self.net.params.list.iter().zip(&grads) {
-            sq[p.group as usize] += g.iter().map(|x| x * x).sum::<f64>();
+            sq[p.group as usize] += g.iter().map(|x| x.wide() * x.wide()).sum::<f64>();
         }
         let grad_norm = sq.iter().sum::<f64>().sqrt();
         if !loss.is_finite() || !grad_norm.is_finite() {
@@ -429,7 +443,7 @@ impl Trainer {
             });
         }
         if self.spec.clip > 0.0 && grad_norm > self.spec.clip {
-            let s = self.spec.clip / grad_norm;
+            let s = F::of(self.spec.clip / grad_norm);
             for g in grads.iter_mut() {
                 *g *= s;
             }
@@ -444,14 +458,14 @@ impl Trainer {
         self.opt.step(&mut self.net.params, &grads, &lr, &self.wd);
         // An overflowing parameter does not always show up as a NaN loss: LN divides by an
         // infinite variance and returns exact zeros, and the network dies quietly at loss
-        // ln V with zero gradient. So entries beyond ~1e154 (whose squares overflow) count
-        // as divergence too.
+        // ln V with zero gradient. So entries whose squares overflow in F (beyond ~1e154 in
+        // f64, ~1e19 in f32) count as divergence too.
         if let Some(p) = self
             .net
             .params
             .list
             .iter()
-            .find(|p| !p.value.iter().map(|x| x * x).sum::<f64>().is_finite())
+            .find(|p| !p.value.iter().map(|&x| x * x).sum::<F>().is_finite())
         {
             return Err(TrainError::Diverged {
                 step: self.step + 1,

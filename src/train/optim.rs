@@ -10,7 +10,7 @@
 
 use ndarray::{Array2, Zip};
 
-use crate::model::Params;
+use crate::model::{Params, Real};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -43,17 +43,19 @@ pub struct Adam {
 
 /// The optimizer and its state: first and second moments per parameter (AdamW only) and
 /// the number of updates taken.
+/// The moments are kept in the network's precision, as PyTorch keeps them in the
+/// parameters' dtype.
 #[derive(Clone, Debug)]
-pub struct Optimizer {
+pub struct Optimizer<F = f64> {
     pub kind: Kind,
     pub adam: Adam,
-    pub m: Vec<Array2<f64>>,
-    pub v: Vec<Array2<f64>>,
+    pub m: Vec<Array2<F>>,
+    pub v: Vec<Array2<F>>,
     pub t: u64,
 }
 
-impl Optimizer {
-    pub fn new(kind: Kind, adam: Adam, params: &Params) -> Optimizer {
+impl<F: Real> Optimizer<F> {
+    pub fn new(kind: Kind, adam: Adam, params: &Params<F>) -> Optimizer<F> {
         let (m, v) = match kind {
             Kind::Sgd => (Vec::new(), Vec::new()),
             Kind::AdamW => (params.zeros_like(), params.zeros_like()),
@@ -69,13 +71,16 @@ impl Optimizer {
 
     /// One update of every parameter i with its own learning rate `lr[i]` (schedule already
     /// applied) and weight decay `wd[i]`.
-    pub fn step(&mut self, params: &mut Params, grads: &[Array2<f64>], lr: &[f64], wd: &[f64]) {
+    pub fn step(&mut self, params: &mut Params<F>, grads: &[Array2<F>], lr: &[f64], wd: &[f64]) {
         self.t += 1;
         let Adam { beta1, beta2, eps } = self.adam;
         let t = self.t as f64;
-        let (c1, c2) = (1.0 - beta1.powf(t), 1.0 - beta2.powf(t));
+        // Scalars are formed in f64 and rounded once, so f64 runs are unchanged.
+        let (c1, c2) = (F::of(1.0 - beta1.powf(t)), F::of(1.0 - beta2.powf(t)));
+        let (beta1, beta2, eps) = (F::of(beta1), F::of(beta2), F::of(eps));
+        let one = F::one();
         for (i, p) in params.list.iter_mut().enumerate() {
-            let (lr, decay) = (lr[i], 1.0 - lr[i] * wd[i]);
+            let (lr, decay) = (F::of(lr[i]), F::of(1.0 - lr[i] * wd[i]));
             match self.kind {
                 Kind::Sgd => Zip::from(&mut p.value)
                     .and(&grads[i])
@@ -85,8 +90,8 @@ impl Optimizer {
                     .and(&mut self.m[i])
                     .and(&mut self.v[i])
                     .for_each(|th, &g, m, v| {
-                        *m = beta1 * *m + (1.0 - beta1) * g;
-                        *v = beta2 * *v + (1.0 - beta2) * g * g;
+                        *m = beta1 * *m + (one - beta1) * g;
+                        *v = beta2 * *v + (one - beta2) * g * g;
                         *th = *th * decay - lr * (*m / c1) / ((*v / c2).sqrt() + eps);
                     }),
             }

@@ -31,6 +31,7 @@ use super::hparams_json::HparamsJson;
 use super::{TrainError, Trainer};
 use crate::config::ConfigBuilder;
 use crate::hparams::{Anchor, Family, Optimizer, Setup};
+use crate::model::Real;
 use crate::stats::csv::write_atomic;
 
 pub const CSV_HEADER: &str =
@@ -185,10 +186,6 @@ fn train_point(
     let first = mk()?.build()?;
     let cfg = super::configure(&first, mk()?)?;
     let hp = table_for(family, &cfg, base_width, lr, weight_decay)?;
-    let mut tr = Trainer::new(&cfg, Some(&hp))?;
-    let steps = tr.spec.steps;
-    let tail = (steps / 10).max(1);
-    let mut losses = Vec::with_capacity(steps);
     let point = |train: f64, eval: f64, diverged: bool, done: usize| Point {
         family: family.to_string(),
         width,
@@ -199,6 +196,21 @@ fn train_point(
         steps: done,
         seconds: t0.elapsed().as_secs_f64(),
     };
+    match cfg.get("train.precision").and_then(Value::as_str) {
+        Some("f64") => run_point(Trainer::<f64>::new(&cfg, Some(&hp))?, point),
+        _ => run_point(Trainer::<f32>::new(&cfg, Some(&hp))?, point),
+    }
+}
+
+/// Runs a point's trainer to its last step: the final train loss is the mean over the last
+/// tenth of the steps, the eval loss the held-out loss at the end.
+fn run_point<F: Real>(
+    mut tr: Trainer<F>,
+    point: impl Fn(f64, f64, bool, usize) -> Point,
+) -> anyhow::Result<Option<Point>> {
+    let steps = tr.spec.steps;
+    let tail = (steps / 10).max(1);
+    let mut losses = Vec::with_capacity(steps);
     while tr.step < steps {
         if crate::mc::INTERRUPTED.load(Ordering::SeqCst) {
             return Ok(None);

@@ -1,0 +1,85 @@
+//! The floating-point type a network computes in.
+//!
+//! The Monte Carlo engine and the theory work in f64: the observables are differences of
+//! O(1/n) between O(1) numbers, and the ensemble sums are double-double. The trainer works
+//! in f32 by default, as PyTorch does: the GEMMs run at twice the f64 rate here (≈ 200 vs
+//! 100 GFLOP/s per core at the trainer's 512 × 256 × 1024 shapes, matrixmultiply with
+//! AVX-512), and a training step does not need more than f32's 24 bits. One model definition
+//! serves both: every block is generic over `Real`.
+
+use std::iter::Sum;
+
+use ndarray::{ArrayView2, ArrayViewMut2, NdFloat};
+
+pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
+    /// The name in configs and logs: "f32" or "f64".
+    const NAME: &'static str;
+    /// A constant or a config value (always given in f64).
+    fn of(x: f64) -> Self;
+    /// Widened to f64, exactly.
+    fn wide(self) -> f64;
+    /// The error function.
+    fn erf(self) -> Self;
+    /// C ← α·A·B + β·C on the fastest backend for this type and shape.
+    fn gemm_backend(
+        alpha: Self,
+        a: ArrayView2<Self>,
+        b: ArrayView2<Self>,
+        beta: Self,
+        c: &mut ArrayViewMut2<Self>,
+    );
+}
+
+impl Real for f64 {
+    const NAME: &'static str = "f64";
+    #[inline]
+    fn of(x: f64) -> f64 {
+        x
+    }
+    #[inline]
+    fn wide(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn erf(self) -> f64 {
+        libm::erf(self)
+    }
+    #[inline]
+    fn gemm_backend(
+        alpha: f64,
+        a: ArrayView2<f64>,
+        b: ArrayView2<f64>,
+        beta: f64,
+        c: &mut ArrayViewMut2<f64>,
+    ) {
+        super::linalg::backend_f64(alpha, a, b, beta, c)
+    }
+}
+
+impl Real for f32 {
+    const NAME: &'static str = "f32";
+    #[inline]
+    fn of(x: f64) -> f32 {
+        x as f32
+    }
+    #[inline]
+    fn wide(self) -> f64 {
+        self as f64
+    }
+    #[inline]
+    fn erf(self) -> f32 {
+        libm::erff(self)
+    }
+    /// matrixmultiply for every shape: the trainer's products have hundreds of rows, where
+    /// it beat faer in f64 (see `linalg`).
+    #[inline]
+    fn gemm_backend(
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: ArrayView2<f32>,
+        beta: f32,
+        c: &mut ArrayViewMut2<f32>,
+    ) {
+        ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
+    }
+}
