@@ -4,6 +4,10 @@
 //! for the PyTorch peer (`bench/torch_peer.py`, when torch is installed), side by side.
 //! Every point runs as its own `sigprop simulate` process so that its peak RSS is its own.
 //! Also the share of single-thread time spent in GEMM and the GFLOP/s inside GEMM.
+//!
+//! `sigprop bench --train`: training tokens/s of `sigprop train`'s default model (copy task,
+//! 6 × (attention, MLP) blocks, batch 32 × 16, AdamW) at `--train-width`, in f32 and f64,
+//! beside `bench/torch_train_peer.py` (the same model in PyTorch) on the same threads.
 
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -14,7 +18,9 @@ use anyhow::Context;
 use super::ConfigArgs;
 use crate::config::Config;
 use crate::mc::Job;
+use crate::model::Real;
 use crate::model::linalg::{GEMM_FLOPS, GEMM_NANOS, PROFILE};
+use crate::train::{self, Trainer};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -32,6 +38,15 @@ pub struct BenchArgs {
     /// Skip the PyTorch peer.
     #[arg(long)]
     pub no_torch: bool,
+    /// Measure the trainer instead of the Monte Carlo.
+    #[arg(long)]
+    pub train: bool,
+    /// Width of the trainer benchmark.
+    #[arg(long, default_value_t = 256)]
+    pub train_width: usize,
+    /// Timed training steps per point (after 3 warm-up steps, as the PyTorch peer does).
+    #[arg(long, default_value_t = 30)]
+    pub train_steps: usize,
 }
 
 /// The reference configuration of the benchmark.
@@ -154,7 +169,85 @@ fn gemm_profile(cfg: &Config, probe: &crate::model::Probe) -> anyhow::Result<(f6
     Ok((nanos * 1e-9 / wall, flops / nanos))
 }
 
+/// Tokens/s of `steps` training steps after 3 warm-up steps, in precision `F`.
+fn train_tokens_per_s<F: Real>(args: &BenchArgs) -> anyhow::Result<f64> {
+    let mk = || -> anyhow::Result<crate::config::ConfigBuilder> {
+        let mut b = args.cfg.builder()?;
+        for s in [
+            format!("model.width={}", args.train_width),
+            format!("train.threads={}", args.threads),
+            format!("train.precision={}", F::NAME),
+            format!("train.steps={}", args.train_steps + 3),
+        ] {
+            b = b.set(&s)?;
+        }
+        Ok(b)
+    };
+    let cfg = train::configure(&mk()?.build()?, mk()?)?;
+    let mut tr = Trainer::<F>::new(&cfg, None)?;
+    for _ in 0..3 {
+        tr.step()?;
+    }
+    let t = Instant::now();
+    for _ in 0..args.train_steps {
+        tr.step()?;
+    }
+    let tokens = (args.train_steps * tr.spec.batch * tr.task.tokens()) as f64;
+    Ok(tokens / t.elapsed().as_secs_f64())
+}
+
+/// The PyTorch peer's (f32, f64) tokens/s on the same model and threads.
+fn torch_train(args: &BenchArgs) -> Option<(f64, f64)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch_train_peer.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--width", &args.train_width.to_string()])
+        .args(["--steps", &args.train_steps.to_string()])
+        .args(["--threads", &args.threads.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = |name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    Some((rate("torch float32:")?, rate("torch float64:")?))
+}
+
+fn run_train(args: &BenchArgs) -> anyhow::Result<()> {
+    println!(
+        "trainer: copy task, width {}, 6 × (attention, MLP), batch 32 × 16 tokens, AdamW, {} threads, {} timed steps",
+        args.train_width, args.threads, args.train_steps
+    );
+    let s32 = train_tokens_per_s::<f32>(args)?;
+    let s64 = train_tokens_per_s::<f64>(args)?;
+    println!("sigprop f32: {s32:.0} tokens/s");
+    println!("sigprop f64: {s64:.0} tokens/s");
+    match (!args.no_torch && has_torch())
+        .then(|| torch_train(args))
+        .flatten()
+    {
+        Some((t32, t64)) => {
+            println!("torch f32: {t32:.0} tokens/s");
+            println!("torch f64: {t64:.0} tokens/s");
+            println!(
+                "sigprop/torch: f32 {:.2}x, f64 {:.2}x; sigprop f32 vs the fastest torch: {:.2}x",
+                s32 / t32,
+                s64 / t64,
+                s32 / t32.max(t64)
+            );
+        }
+        None => println!(
+            "PyTorch peer skipped: torch is not installed here (pip install torch); the script is bench/torch_train_peer.py"
+        ),
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.train {
+        return run_train(args);
+    }
     let torch_ok = !args.no_torch && has_torch();
     println!(
         "reference: paper-vit, H=8, T=16, S=1, 6 layers (12 blocks), trace backward, {} threads",

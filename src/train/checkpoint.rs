@@ -26,7 +26,10 @@ pub fn save<F: Real>(
     params: &Params<F>,
     opt: &Optimizer<F>,
 ) -> Result<(), TrainError> {
-    let mut b = Vec::new();
+    // Sized up front: the file is ~24 bytes per parameter (value, m, v) and growing a
+    // buffer of that size by doubling cost more than writing it.
+    let entries: usize = params.list.iter().map(|p| p.value.len()).sum::<usize>() * 3;
+    let mut b = Vec::with_capacity(8 * entries + 64 * params.list.len() + 64);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
     b.extend_from_slice(&(step as u64).to_le_bytes());
