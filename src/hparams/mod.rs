@@ -14,16 +14,15 @@ pub mod coord;
 pub mod format;
 pub mod measure;
 pub mod rules;
+pub mod table;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelSpec, Variances};
 use crate::model::Group;
 pub use rules::{Dims, Monomial};
+pub use table::{GroupHparams, HparamTable, parse_json};
 
 /// A parameterization family.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -211,7 +210,7 @@ impl Setup {
         }
     }
 
-    /// The trainer's table at width n.
+    /// The trainer's table at width n, every field and every group's three numbers given.
     pub fn table(&self, n: usize) -> HparamTable {
         let groups = self
             .groups()
@@ -220,9 +219,9 @@ impl Setup {
                 (
                     g.name().to_string(),
                     GroupHparams {
-                        init_variance: self.init_rule(g).eval(n, &self.dims),
-                        lr: self.lr * self.factor(g, n),
-                        weight_decay: self.group_weight_decay(g, n),
+                        init_variance: Some(self.init_rule(g).eval(n, &self.dims)),
+                        lr: Some(self.lr * self.factor(g, n)),
+                        weight_decay: Some(self.group_weight_decay(g, n)),
                     },
                 )
             })
@@ -243,43 +242,6 @@ impl Setup {
     pub fn tables(&self) -> Vec<HparamTable> {
         self.widths.iter().map(|&n| self.table(n)).collect()
     }
-}
-
-/// What the trainer reads (issue 7 part 3): one object per target width. Weight decay is
-/// decoupled, θ ← θ − lr_g·wd_g·θ each step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HparamTable {
-    pub family: String,
-    pub s: f64,
-    pub optimizer: String,
-    pub base_width: usize,
-    pub width: usize,
-    pub mlp_mult: usize,
-    /// The global η at this width.
-    pub lr: f64,
-    /// The global wd (η·wd is what the paper keeps O(1)).
-    pub weight_decay: f64,
-    pub groups: BTreeMap<String, GroupHparams>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GroupHparams {
-    /// The variance of each entry at initialization.
-    pub init_variance: f64,
-    /// The group's actual learning rate η·λ_g.
-    pub lr: f64,
-    /// wd_g, applied as θ ← θ − lr_g·wd_g·θ.
-    pub weight_decay: f64,
-}
-
-/// Parses a JSON table file: one object or an array of them.
-pub fn parse_json(text: &str) -> anyhow::Result<Vec<HparamTable>> {
-    let v: serde_json::Value = serde_json::from_str(text)?;
-    Ok(if v.is_array() {
-        serde_json::from_value(v)?
-    } else {
-        vec![serde_json::from_value(v)?]
-    })
 }
 
 /// The paper's tuned ViT optima (lr*, wd*) (§II 1, Table II 1 E), used as default base values
