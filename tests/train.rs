@@ -9,8 +9,8 @@ use ndarray::{Array2, array};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use sigprop::config::{Config, ConfigBuilder};
+use sigprop::hparams::HparamTable;
 use sigprop::model::{Group, Param, Params, init};
-use sigprop::train::hparams_json::HparamsJson;
 use sigprop::train::optim::{Adam, Kind, Optimizer};
 use sigprop::train::{self, Trainer, loss};
 
@@ -127,7 +127,7 @@ fn hparams_group_rates_reach_the_optimizer_exactly() {
         "w":{"init_variance":0.005,"lr":0.00006},
         "x":{"init_variance":0.006,"lr":0.00007},
         "head":{"init_variance":0.007,"lr":0.00008}}}"#;
-    let hp = HparamsJson::parse(json).unwrap();
+    let hp = HparamTable::parse(json).unwrap();
     let cfg = small(&["train.warmup=0", "train.clip=0"]);
     let mut tr: Trainer = Trainer::new(&cfg, Some(&hp)).unwrap();
     assert_eq!(tr.opt.kind, Kind::Sgd);

@@ -13,10 +13,10 @@ use toml::Value;
 
 use super::{ConfigArgs, out_dir};
 use crate::config::{Config, ConfigBuilder};
+use crate::hparams::HparamTable;
 use crate::mc;
 use crate::model::Real;
 use crate::stats::csv::write_atomic;
-use crate::train::hparams_json::HparamsJson;
 use crate::train::{self, StepLog, TrainError, Trainer};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -85,7 +85,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             args.hparams.clone(),
         ),
     };
-    let hp = hp_path.as_deref().map(HparamsJson::read).transpose()?;
+    let hp = hp_path.as_deref().map(HparamTable::read).transpose()?;
     out_dir(&out)?;
     match cfg.get("train.precision").and_then(Value::as_str) {
         Some("f64") => train_in(
@@ -110,7 +110,7 @@ fn train_in<F: Real>(
     args: &TrainArgs,
     cfg: &Config,
     out: &Path,
-    hp: Option<&HparamsJson>,
+    hp: Option<&HparamTable>,
     mut tr: Trainer<F>,
 ) -> anyhow::Result<()> {
     let mut log = Log::new(&tr);

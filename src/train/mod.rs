@@ -11,7 +11,6 @@
 
 pub mod checkpoint;
 pub mod data;
-pub mod hparams_json;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
@@ -24,8 +23,8 @@ use thiserror::Error;
 use toml::Value;
 
 use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist};
+use crate::hparams::HparamTable;
 use crate::model::{Group, Network, ParamGrads, Probe, Real, init};
-use hparams_json::HparamsJson;
 use optim::{Adam, Kind, Optimizer};
 use tasks::{Batch, Outputs, Split, Task};
 
@@ -257,7 +256,7 @@ impl<F: Real> Trainer<F> {
     /// A fresh network for a configuration from [`configure`], with the hparams table's
     /// variances and learning rates when given. The parameters are drawn in f64 and rounded
     /// to `F`, so both precisions start from the same network.
-    pub fn new(cfg: &Config, hp: Option<&HparamsJson>) -> Result<Trainer<F>, TrainError> {
+    pub fn new(cfg: &Config, hp: Option<&HparamTable>) -> Result<Trainer<F>, TrainError> {
         let spec = TrainSpec::from_config(cfg)?;
         if spec.precision != F::NAME {
             return Err(TrainError::Invalid(format!(

@@ -27,10 +27,9 @@ use anyhow::{Context, bail};
 use rayon::prelude::*;
 use toml::Value;
 
-use super::hparams_json::HparamsJson;
 use super::{TrainError, Trainer};
 use crate::config::ConfigBuilder;
-use crate::hparams::{Anchor, Family, Optimizer, Setup};
+use crate::hparams::{Anchor, Family, HparamTable, Optimizer, Setup};
 use crate::model::Real;
 use crate::stats::csv::write_atomic;
 
@@ -138,15 +137,15 @@ pub fn lr_label(lr: f64) -> String {
     }
 }
 
-/// The AdamW table of one family at `width`, anchored at `base_width` with global rate `lr`,
-/// in the form the trainer reads.
+/// The AdamW table of one family at `cfg.model.width`, anchored at `base_width` with global
+/// rate `lr`: the table `sigprop hparams` would write, handed to the trainer directly.
 pub fn table_for(
     family: Family,
     cfg: &crate::config::Config,
     base_width: usize,
     lr: f64,
     weight_decay: f64,
-) -> anyhow::Result<HparamsJson> {
+) -> anyhow::Result<HparamTable> {
     let setup = Setup {
         family,
         optimizer: Optimizer::AdamW,
@@ -161,9 +160,12 @@ pub fn table_for(
     };
     setup.validate()?;
     let table = setup.table(cfg.model.width);
-    // The writer's and the reader's schemas are separate types; going through JSON keeps
-    // them honest (the same path `sigprop hparams --format json | sigprop train` takes).
-    Ok(HparamsJson::parse(&serde_json::to_string(&table)?)?)
+    // The checks a table file gets when the trainer reads it (a rule that overflowed at
+    // this width must not train with an infinite rate).
+    table
+        .validate()
+        .map_err(|msg| anyhow::anyhow!("the {family} table at width {}: {msg}", cfg.model.width))?;
+    Ok(table)
 }
 
 /// Trains one point to the end (or to divergence). `None` when interrupted.
