@@ -438,3 +438,17 @@ fn evaluation_sequences_are_never_trained_on() {
     );
     assert!((40..=80).contains(&eval.len()), "held out {}", eval.len());
 }
+
+/// A hand-written table that gives only some groups' rates and no global lr: the other
+/// groups keep `train.lr` (AdamW: the rate itself), not a silent 0.
+#[test]
+fn table_without_a_global_lr_keeps_train_lr() {
+    let hp = HparamTable::parse(r#"{"groups":{"q":{"lr":0.0005}}}"#).unwrap();
+    let cfg = small(&["train.lr=0.002"]);
+    let tr: Trainer = Trainer::new(&cfg, Some(&hp)).unwrap();
+    assert_eq!(tr.reference_lr, 0.002);
+    for (i, p) in tr.net.params.list.iter().enumerate() {
+        let want = if p.group == Group::Q { 0.0005 } else { 0.002 };
+        assert_eq!(tr.lr[i], want, "lr of {}", p.name);
+    }
+}

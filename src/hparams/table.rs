@@ -41,7 +41,7 @@ pub struct HparamTable {
     pub mlp_mult: usize,
     /// The global η the groups' rates were scaled from. The trainer uses it in place of
     /// `train.lr`: the reference rate it reports, and the base of the rate of every group
-    /// without its own `lr` (so a file that leaves it out trains those groups at rate 0).
+    /// without its own `lr`. Left out (read as 0), the trainer keeps `train.lr`.
     pub lr: f64,
     /// The global wd (η·wd is what the paper keeps O(1)). The trainer uses it in place of
     /// `train.weight_decay` for every group without its own `weight_decay`.

@@ -307,9 +307,12 @@ impl<F: Real> Trainer<F> {
         }
         let net: Network<F> = net.cast();
         let (mut lr, mut wd) = (Vec::new(), Vec::new());
+        // A table without a global lr (a hand-written file may leave it out, and it reads as
+        // 0) keeps train.lr: a zero reference would silently freeze every group without its
+        // own rate.
         let reference = match hp {
-            Some(hp) => hp.lr,
-            None => spec.lr,
+            Some(hp) if hp.lr > 0.0 => hp.lr,
+            _ => spec.lr,
         } * spec.lr_mult;
         for p in &net.params.list {
             // The paper's SGD factor λ = 1/fan_in (fan_in is 1 for biases and embeddings).
