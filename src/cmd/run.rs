@@ -140,13 +140,18 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies the figures of `out` into `plots/NAME/` for the README.
+/// Copies the figures of `out` into `plots/NAME/` for the README, with the small tables the
+/// README quotes beside them (a transfer grid's `transfer.csv` and `drift.md`), so the
+/// published folder never mixes two runs.
 fn publish(name: &str, out: &Path) -> anyhow::Result<()> {
     let dest = PathBuf::from("plots").join(name);
     std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
     for f in std::fs::read_dir(out)? {
         let p = f?.path();
-        if matches!(p.extension().and_then(|x| x.to_str()), Some("png" | "svg")) {
+        let file = p.file_name().and_then(|x| x.to_str()).unwrap_or_default();
+        if matches!(p.extension().and_then(|x| x.to_str()), Some("png" | "svg"))
+            || matches!(file, "transfer.csv" | "drift.md")
+        {
             std::fs::copy(&p, dest.join(p.file_name().unwrap_or_default()))?;
         }
     }
