@@ -45,7 +45,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub train_width: usize,
     /// Timed training steps per point (after 3 warm-up steps, as the PyTorch peer does).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub train_steps: usize,
 }
 
