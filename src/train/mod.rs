@@ -388,14 +388,19 @@ impl<F: Real> Trainer<F> {
             (sum, g.list)
         };
         let results: Vec<(f64, Vec<Array2<F>>)> = self.run_parts(&parts, one);
-        let mut it = results.into_iter();
-        let (mut sum, mut grads) = it.next().unwrap_or_default();
         // Summed in part order, so the result does not depend on which thread ran what.
-        for (s, g) in it {
-            sum += s;
-            for (a, b) in grads.iter_mut().zip(g) {
-                *a += &b;
-            }
+        let sum: f64 = results.iter().map(|r| r.0).sum();
+        let mut lists = results.into_iter().map(|r| r.1);
+        let mut grads = lists.next().unwrap_or_default();
+        let rest: Vec<Vec<Array2<F>>> = lists.collect();
+        if !rest.is_empty() {
+            let add = |(i, a): (usize, &mut Array2<F>)| {
+                for part in &rest {
+                    *a += &part[i];
+                }
+            };
+            self.pool
+                .install(|| grads.par_iter_mut().enumerate().for_each(add));
         }
         (sum / total, grads)
     }
@@ -431,10 +436,15 @@ impl<F: Real> Trainer<F> {
     /// before touching the parameters.
     pub fn step(&mut self) -> Result<StepLog, TrainError> {
         let batch = self.batch_at(self.step);
-        let (loss, mut grads) = self.loss_and_grads(&batch);
+        let (loss, grads) = self.loss_and_grads(&batch);
+        let norm2 = |g: &Array2<F>| g.iter().map(|x| x.wide() * x.wide()).sum::<f64>();
+        let per_param: Vec<f64> = match self.parts {
+            1 => grads.iter().map(norm2).collect(),
+            _ => self.pool.install(|| grads.par_iter().map(norm2).collect()),
+        };
         let mut sq = vec![0.0; Group::ALL.len()];
-        for (p, g) in self.net.params.list.iter().zip(&grads) {
-            sq[p.group as usize] += g.iter().map(|x| x.wide() * x.wide()).sum::<f64>();
+        for (p, s) in self.net.params.list.iter().zip(&per_param) {
+            sq[p.group as usize] += s;
         }
         let grad_norm = sq.iter().sum::<f64>().sqrt();
         if !loss.is_finite() || !grad_norm.is_finite() {
@@ -444,12 +454,11 @@ impl<F: Real> Trainer<F> {
                 what: format!("train loss = {loss}, gradient norm = {grad_norm}"),
             });
         }
-        if self.spec.clip > 0.0 && grad_norm > self.spec.clip {
-            let s = F::of(self.spec.clip / grad_norm);
-            for g in grads.iter_mut() {
-                *g *= s;
-            }
-        }
+        let grad_scale = if self.spec.clip > 0.0 && grad_norm > self.spec.clip {
+            self.spec.clip / grad_norm
+        } else {
+            1.0
+        };
         let factor = schedule::lr_factor(
             self.step,
             self.spec.warmup,
@@ -457,24 +466,35 @@ impl<F: Real> Trainer<F> {
             self.spec.min_lr_ratio,
         );
         let lr: Vec<f64> = self.lr.iter().map(|x| x * factor).collect();
-        self.opt.step(&mut self.net.params, &grads, &lr, &self.wd);
+        // A single thread runs inline, for the reason given at `run_parts`.
+        let pool = (self.parts > 1).then_some(&self.pool);
+        let finite = self.opt.update(
+            &mut self.net.params,
+            &grads,
+            &lr,
+            &self.wd,
+            grad_scale,
+            pool,
+        );
         // An overflowing parameter does not always show up as a NaN loss: LN divides by an
         // infinite variance and returns exact zeros, and the network dies quietly at loss
         // ln V with zero gradient. So entries whose squares overflow in F (beyond ~1e154 in
         // f64, ~1e19 in f32) count as divergence too.
-        if let Some(p) = self
+        if let Some((p, _)) = self
             .net
             .params
             .list
             .iter()
-            .find(|p| !p.value.iter().map(|&x| x * x).sum::<F>().is_finite())
+            .zip(&finite)
+            .find(|(_, ok)| !**ok)
         {
             return Err(TrainError::Diverged {
                 step: self.step + 1,
                 loss,
                 what: format!(
-                    "parameter {} overflowed (its squared norm is not finite)",
-                    p.name
+                    "parameter {} overflowed (an entry's square is not finite in {})",
+                    p.name,
+                    F::NAME
                 ),
             });
         }

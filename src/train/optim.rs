@@ -9,8 +9,9 @@
 //!   θ ← θ − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε).
 
 use ndarray::{Array2, Zip};
+use rayon::prelude::*;
 
-use crate::model::{Params, Real};
+use crate::model::{Param, Params, Real};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -72,29 +73,109 @@ impl<F: Real> Optimizer<F> {
     /// One update of every parameter i with its own learning rate `lr[i]` (schedule already
     /// applied) and weight decay `wd[i]`.
     pub fn step(&mut self, params: &mut Params<F>, grads: &[Array2<F>], lr: &[f64], wd: &[f64]) {
+        self.update(params, grads, lr, wd, 1.0, None);
+    }
+
+    /// As `step`, with every gradient multiplied by `grad_scale` first (global-norm
+    /// clipping) and the parameters spread over `pool`'s threads when given. Returns, per
+    /// parameter, whether every entry's square is still finite in F after the update
+    /// (false: it overflowed, beyond ~1e154 in f64 or ~1e19 in f32). One pass over each
+    /// tensor does all of it, since the update is memory-bound; the check is a flag, not a
+    /// sum, so the loop still vectorizes.
+    pub fn update(
+        &mut self,
+        params: &mut Params<F>,
+        grads: &[Array2<F>],
+        lr: &[f64],
+        wd: &[f64],
+        grad_scale: f64,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Vec<bool> {
         self.t += 1;
         let Adam { beta1, beta2, eps } = self.adam;
         let t = self.t as f64;
         // Scalars are formed in f64 and rounded once, so f64 runs are unchanged.
-        let (c1, c2) = (F::of(1.0 - beta1.powf(t)), F::of(1.0 - beta2.powf(t)));
-        let (beta1, beta2, eps) = (F::of(beta1), F::of(beta2), F::of(eps));
+        let c = Consts {
+            kind: self.kind,
+            c1: F::of(1.0 - beta1.powf(t)),
+            c2: F::of(1.0 - beta2.powf(t)),
+            beta1: F::of(beta1),
+            beta2: F::of(beta2),
+            eps: F::of(eps),
+            scale: F::of(grad_scale),
+        };
+        let moments: Vec<Option<(&mut Array2<F>, &mut Array2<F>)>> = match self.kind {
+            Kind::Sgd => params.list.iter().map(|_| None).collect(),
+            Kind::AdamW => self.m.iter_mut().zip(self.v.iter_mut()).map(Some).collect(),
+        };
+        let jobs: Vec<_> = params
+            .list
+            .iter_mut()
+            .zip(grads)
+            .zip(moments)
+            .enumerate()
+            .map(|(i, ((p, g), mv))| (p, g, mv, F::of(lr[i]), F::of(1.0 - lr[i] * wd[i])))
+            .collect();
+        let one = |(p, g, mv, lr, decay)| c.apply(p, g, mv, lr, decay);
+        match pool {
+            Some(pool) => pool.install(|| jobs.into_par_iter().map(one).collect()),
+            None => jobs.into_iter().map(one).collect(),
+        }
+    }
+}
+
+/// What one update shares across parameters.
+#[derive(Clone, Copy)]
+struct Consts<F> {
+    kind: Kind,
+    c1: F,
+    c2: F,
+    beta1: F,
+    beta2: F,
+    eps: F,
+    scale: F,
+}
+
+impl<F: Real> Consts<F> {
+    /// Updates one parameter in place; false if an entry's square overflows.
+    fn apply(
+        &self,
+        p: &mut Param<F>,
+        g: &Array2<F>,
+        mv: Option<(&mut Array2<F>, &mut Array2<F>)>,
+        lr: F,
+        decay: F,
+    ) -> bool {
+        let Consts {
+            c1,
+            c2,
+            beta1,
+            beta2,
+            eps,
+            scale,
+            ..
+        } = *self;
         let one = F::one();
-        for (i, p) in params.list.iter_mut().enumerate() {
-            let (lr, decay) = (F::of(lr[i]), F::of(1.0 - lr[i] * wd[i]));
-            match self.kind {
-                Kind::Sgd => Zip::from(&mut p.value)
-                    .and(&grads[i])
-                    .for_each(|th, &g| *th = *th * decay - lr * g),
-                Kind::AdamW => Zip::from(&mut p.value)
-                    .and(&grads[i])
-                    .and(&mut self.m[i])
-                    .and(&mut self.v[i])
+        let mut finite = true;
+        match (self.kind, mv) {
+            (Kind::AdamW, Some((m, v))) => {
+                Zip::from(&mut p.value)
+                    .and(g)
+                    .and(m)
+                    .and(v)
                     .for_each(|th, &g, m, v| {
+                        let g = g * scale;
                         *m = beta1 * *m + (one - beta1) * g;
                         *v = beta2 * *v + (one - beta2) * g * g;
                         *th = *th * decay - lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-                    }),
+                        finite &= (*th * *th).is_finite();
+                    })
             }
+            _ => Zip::from(&mut p.value).and(g).for_each(|th, &g| {
+                *th = *th * decay - lr * (g * scale);
+                finite &= (*th * *th).is_finite();
+            }),
         }
+        finite
     }
 }
