@@ -11,6 +11,12 @@
 //! - the features move like n^{(s−1)/2}: n^{-1/2} at s = 0 (neural tangent: the NTK is
 //!   frozen, footnote 23), O(1) at s = 1 (maximal update).
 //!
+//! Measured exception (README, "Hyperparameter tables"): at s = 0 the queries and keys,
+//! updated alone, move the features O(1) in n at fixed head count H, with a size ∝ H^{-1/2}.
+//! At a fixed head width C = n/H they move them like n^{-1/2}. The H logits per token pair
+//! are a width-H readout whose NTK the rule keeps O(1), so the logits move O(1). The check
+//! flags those rows instead of hiding them.
+//!
 //! The first AdamW step with bias correction is θ ← θ − η λ̃ g/√(g² + ε): a sign step. We
 //! take ε → 0 (1e-300): the paper's ε = 1e-8 inside the root would floor √(g²) at 1e-4,
 //! and small gradients at large n would then be measured against ε, not against width.
@@ -231,7 +237,7 @@ pub fn markdown(setup: &Setup, fits: &[CoordFit]) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         o,
-        "Coordinate check, {} family, {} ({}), widths {}: RMS change of the output (Δf) and of the residual stream at layer ℓ (Δz^ℓ) after the update, fitted ∝ n^e. Claim: Δf O(1), features n^((s−1)/2).\n",
+        "Coordinate check, {} family, {} ({}), widths {}: RMS change of the output (Δf) and of the residual stream at layer ℓ (Δz^ℓ) after the update (mean over networks, per width), fitted ∝ n^e. Claim: Δf O(1), features n^((s−1)/2).\n",
         setup.family,
         setup.optimizer,
         match setup.optimizer {
@@ -240,15 +246,18 @@ pub fn markdown(setup: &Setup, fits: &[CoordFit]) -> String {
         },
         widths.join(", ")
     );
+    let head: String = widths.iter().map(|w| format!(" n={w} |")).collect();
+    let rule: String = widths.iter().map(|_| "---:|").collect();
     let _ = writeln!(
         o,
-        "| update | quantity | exponent | behaviour | claim | agrees |"
+        "| update | quantity |{head} exponent | behaviour | claim | agrees |"
     );
-    let _ = writeln!(o, "|---|---|---:|---|---:|---|");
+    let _ = writeln!(o, "|---|---|{rule}---:|---|---:|---|");
     for f in fits {
+        let values: String = f.points.iter().map(|p| format!(" {:.3e} |", p.1)).collect();
         let _ = writeln!(
             o,
-            "| {} | {} | {:.3} ± {:.3} | {} | {} | {} |",
+            "| {} | {} |{values} {:.3} ± {:.3} | {} | {} | {} |",
             f.update,
             f.quantity,
             f.exponent,
