@@ -27,8 +27,19 @@
 //! - `mlp` mode, the book's frozen NTK (PDLT §8): Θ' = C_W ⟨σ'σ'⟩_K ⊙ Θ, raw_W = n⟨σσ⟩_K,
 //!   raw_b = 1.
 //!
+//! Biases (C_b > 0), derived here beyond the paper by the same rules: the branch kernels gain
+//! C_b (hidden C_W F + C_b; values V = C_V F + C_b, keys K = C_K F + C_b, queries
+//! Q = C_Q F + C_b), and S takes the value kernel V in place of C_V F:
+//! S_X(δ1, δ2) = Σ V_{t1't2'} J_{δ1;t1'u1'} J_{δ2;t2'u2'} X_{u1'u2'}. Then
+//! raw_Q = n C_U F ⊙ E[S_K], raw_K = n C_U Q ⊙ E[S_F], raw_U = n E[ΩVΩᵀ], logit-path
+//! transport C_U C_Q (Θ̄ ⊙ E[S_K]) + C_U C_K (Q ⊙ E[S_Θ̄]) (times the logit scale), all of
+//! which reduce to the paper's forms at C_b = 0. The block's bias group (one `ntk_bias` per
+//! layer, as the Monte Carlo sums it): attention b_U 1, b_V C_U E[Ω1Ωᵀ], b_Q C_U E[S_K],
+//! b_K 0 (the softmax ignores a shift shared by a query's keys, Σ_u' J_{δ;t'u'} = 0); MLP
+//! b_X 1, b_W C_X⟨σ'σ'⟩; the head's bias 1. (1 is the all-ones kernel.)
+//!
 //! Not covered (no rows): the tied head (its stem and head gradients share one parameter, so
-//! the group sum holds the footnote-32 cross term) and bulk biases in Transformer modes.
+//! the group sum holds the footnote-32 cross term).
 
 use ndarray::{Array2, s};
 
@@ -43,13 +54,8 @@ use crate::model::Group;
 
 /// Why a configuration has no backward theory here, if it has none.
 pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
-    if spec.head == HeadKind::Tied {
-        Some("tied head (stem and head gradients share one parameter group)")
-    } else if spec.norm != Norm::Mlp && spec.has_bias() {
-        Some("biases in Transformer blocks")
-    } else {
-        None
-    }
+    (spec.head == HeadKind::Tied)
+        .then_some("tied head (stem and head gradients share one parameter group)")
 }
 
 /// ⟨σ'(w_a) σ'(w_b)⟩ for every pair under the Gaussian of covariance `k`.
@@ -351,39 +357,53 @@ fn transformer(
         // cum[i]: the branch's transport of injection i; raw: this block's own groups.
         let (delta, cum, raw): (KernelState, Vec<Array2<f64>>, Vec<Additive>) = match kind {
             BlockKind::Mlp => {
-                let hidden = input.clone_with(f.mapv(|x| c.w * x));
+                let hidden = input.clone_with(f.mapv(|x| c.w * x + c.bias));
                 let ss = sigma_sigma_all(spec, &hidden);
                 let dd = dsigma_dsigma_all(spec, &hidden);
-                let delta = input.clone_with(ss.mapv(|x| c.x * x));
+                let delta = input.clone_with(ss.mapv(|x| c.x * x + c.bias));
                 let cum = bars.iter().map(|th| th * &dd * (c.x * c.w)).collect();
-                let raw = vec![
+                let mut raw = vec![
                     (Group::W, &dd * f * (n * c.x)),
                     (Group::X, ss.mapv(|x| m * x)),
                 ];
+                if spec.has_bias() {
+                    // b_W: C_X⟨σ'σ'⟩; b_X: 1.
+                    raw.push((Group::Bias, dd.mapv(|x| c.x * x + 1.0)));
+                }
                 (delta, cum, raw)
             }
             BlockKind::Attn => {
                 let (delta, _, draws) = attn_branch_draws(spec, &input, l, sampler, true)?;
-                let mut xs = vec![f.clone()];
+                // Value, key and query kernels (with the biases' C_b).
+                let vk = f.mapv(|x| c.v * x + c.bias);
+                let kk = f.mapv(|x| c.k * x + c.bias);
+                let qk = f.mapv(|x| c.q * x + c.bias);
+                const FIXED: usize = 4;
+                let mut xs = vec![f.clone(), kk, vk.clone(), Array2::ones((d, d))];
                 xs.extend(bars.iter().cloned());
-                let (axa, sx) = attention_moments(&draws, f, &xs);
-                let (afa, s_f) = (&axa[0], &sx[0]);
-                let logit = c.q * c.k * scale;
+                let (axa, sx) = attention_moments(&draws, &vk, &xs);
+                // E[ΩFΩᵀ], E[S_F], E[S_K], E[ΩVΩᵀ], E[Ω1Ωᵀ].
+                let (afa, s_f, s_k, ava, a1a) = (&axa[0], &sx[0], &sx[1], &axa[2], &axa[3]);
                 let cum = (0..bars.len())
                     .map(|k| {
-                        let mut v = axa[k + 1].clone() * (c.u * c.v);
-                        v.scaled_add(c.u * c.v * logit, &(&bars[k] * s_f));
-                        v.scaled_add(c.u * c.v * logit, &(f * &sx[k + 1]));
+                        let mut v = axa[k + FIXED].clone() * (c.u * c.v);
+                        v.scaled_add(c.u * c.q * scale, &(&bars[k] * s_k));
+                        v.scaled_add(c.u * c.k * scale, &(&qk * &sx[k + FIXED]));
                         v
                     })
                     .collect();
-                let fs = f * s_f;
-                let raw = vec![
-                    (Group::Q, fs.mapv(|x| n * c.u * c.v * c.k * scale * x)),
-                    (Group::K, fs.mapv(|x| n * c.u * c.v * c.q * scale * x)),
+                let mut raw = vec![
+                    (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
+                    (Group::K, (&qk * s_f).mapv(|x| n * c.u * scale * x)),
                     (Group::V, afa.mapv(|x| n * c.u * x)),
-                    (Group::U, afa.mapv(|x| n * c.v * x)),
+                    (Group::U, ava.mapv(|x| n * x)),
                 ];
+                if spec.has_bias() {
+                    // b_U: 1; b_V: C_U E[Ω1Ωᵀ]; b_Q: C_U E[S_K]; b_K: 0.
+                    let mut b = a1a.mapv(|x| c.u * x + 1.0);
+                    b.scaled_add(c.u * scale, s_k);
+                    raw.push((Group::Bias, b));
+                }
                 (delta, cum, raw)
             }
         };
@@ -435,6 +455,13 @@ fn transformer(
         what: What::Group(Group::Head),
         theta: out(head_in.g.mapv(|x| n * x)),
     });
+    if spec.has_bias() {
+        inj.push(Injection {
+            layer: spec.head_layer(),
+            what: What::Group(Group::Bias),
+            theta: out(Array2::ones((d, d))),
+        });
+    }
     Ok(Some(inj))
 }
 
