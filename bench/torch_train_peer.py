@@ -10,7 +10,7 @@ the second half scored), 32 sequences a step. AdamW with gradient clipping at 1,
 trainer does. Prints tokens/s for float32 and float64 on the same threads.
 
     python3 bench/torch_train_peer.py --width 256 --threads 2
-    sigprop train --set model.width=256 --set train.steps=30 --set train.threads=2 --out DIR
+    sigprop bench --train --threads 2        # runs this script beside sigprop f32 and f64
 """
 import argparse
 import math
