@@ -438,9 +438,11 @@ impl<F: Real> Trainer<F> {
         let batch = self.batch_at(self.step);
         let (loss, grads) = self.loss_and_grads(&batch);
         let norm2 = |g: &Array2<F>| g.iter().map(|x| x.wide() * x.wide()).sum::<f64>();
-        let per_param: Vec<f64> = match self.parts {
-            1 => grads.iter().map(norm2).collect(),
-            _ => self.pool.install(|| grads.par_iter().map(norm2).collect()),
+        // A single thread runs inline, for the reason given at `run_parts`.
+        let per_param: Vec<f64> = if self.parts > 1 {
+            self.pool.install(|| grads.par_iter().map(norm2).collect())
+        } else {
+            grads.iter().map(norm2).collect()
         };
         let mut sq = vec![0.0; Group::ALL.len()];
         for (p, s) in self.net.params.list.iter().zip(&per_param) {
@@ -466,7 +468,6 @@ impl<F: Real> Trainer<F> {
             self.spec.min_lr_ratio,
         );
         let lr: Vec<f64> = self.lr.iter().map(|x| x * factor).collect();
-        // A single thread runs inline, for the reason given at `run_parts`.
         let pool = (self.parts > 1).then_some(&self.pool);
         let finite = self.opt.update(
             &mut self.net.params,
