@@ -38,8 +38,48 @@
 //! b_K 0 (the softmax ignores a shift shared by a query's keys, Σ_u' J_{δ;t'u'} = 0); MLP
 //! b_X 1, b_W C_X⟨σ'σ'⟩; the head's bias 1. (1 is the all-ones kernel.)
 //!
-//! Not covered (no rows): the tied head (its stem and head gradients share one parameter, so
-//! the group sum holds the footnote-32 cross term).
+//! Tied head, z^L = N W_WEᵀ s with N = n^{-(1+s)/2} ((1.24), (1.84)), pre-LN; derived here
+//! beyond the paper (footnotes 19 and 32 name the double use, the paper gives no backward
+//! for it). W_WE is one parameter of the group `stem` at layer 1, so its raw sum is the
+//! squared norm of the total gradient: stem use² + head use² + 2 × cross. With the
+//! trace-mode cotangent g (E[g_{δi} g_{δ'j}] = δ_{δδ'} δ_ij / n_out):
+//! - head use: ∂z^L_{δ;i}/∂W_WE[j, i] = N s_{δ;j}, so Σ → N² n F (F the head's input
+//!   kernel), added to ntk_stem;
+//! - cross: E_g = (N²/n_out) Σ_{δδ'} ∂(|s_δ|²/2)/∂z¹_{δ'} · W_WE[:, id_δ'] = O(ε), since the
+//!   LN output's norm is n G/(G + ε) whatever its input (checked: ntk_stem agrees without it);
+//! - the stem use and every other group see the cotangent b_δ = N Σ_i g_{δi} w_i
+//!   (w_i = W_WE[:, i]) at s_δ, whose component N g_{δ;id_δ} w_{id_δ} (mean square
+//!   c_head/n_out) is *not* generic: s_δ holds c_δ w_{id_δ} through the skip path
+//!   (c_δ = ξ^B/σ_δ, σ_δ = sqrt(G_δδ + ε), the forward's footnote-19 coefficient). The final
+//!   LN's Jacobian (I − s sᵀ/n)/σ, which (1.139) treats as 1/σ, removes w's component along
+//!   s. For a group whose output gradient at z^B is x_θ (Σ_θ |x_θ|² = n Θ_δδ) this output
+//!   gives (N²/σ²) Σ_θ (w·x − c C (x·s))², C = C_WE, and with w generic against x:
+//!   Θ_out(δ,δ) = c_head Θ_δδ/σ² · [1 − c² C/n_out] + c_head c² C/(n_out σ²) · S_coh/n,
+//!   where the first bracket is the **deficit** (what an isotropic x would give) and
+//!   S_coh = Σ_θ (x_θ·s_δ)² − n Θ_δδ is the part of the gradient that is coherent with s;
+//! - the **logit contact**: the attention output ρ U(V Ω s) sits in s_δ with ρ = γ ξ^(blocks
+//!   after), and the logit path of x_θ is ρ U V Σ_{t'} ∂Ω_{δt'}/∂θ s_{t'}; (U a)·(U b) → C_U a·b
+//!   makes their overlap coherent over the channels: x_θ·s_δ = (ρ² C_U n/(H σ))
+//!   Σ_{t'} ∂Ω_{δt'}/∂θ β_{t'}, β = V ω_δ (value kernel V, ω_δ the query's attention row).
+//!   With Σ_θ ∂Ω ∂Ωᵀ = J L J (J the softmax Jacobian, L_{u'u''} = Σ_θ ∂logit_{δu'}
+//!   ∂logit_{δu''}), S_coh/n = n (ρ² C_U/σ)² E[γᵀ L γ]/H with γ = J β = ω ⊙ (β − ω·β), and
+//!   L = scale (C_Q Θ̄_δδ K + C_K Q_δδ Θ̄) for a carried kernel (as in the transport above),
+//!   n scale F_δδ K for Q, n scale Q_δδ F for K, scale K for b_Q (per head; heads have their
+//!   own Q, K, U, V so cross-head terms vanish, hence 1/H). Relative to Θ it is O(n/n_out): the
+//!   logits are T-dimensional, so the coherent part does not spread over the channels. The
+//!   same overlap through the value path or the MLP is spread over n (resp. Mn) directions
+//!   and only O(1/n_out) × (the branch's share of the stream); it is neglected.
+//!
+//! The generic outputs' own projection, −c_head S_coh/(n² σ²) (the contact × n_out/(n c² C)),
+//! is what (1.139) omits for the dense head too; it is omitted here as well (the dense
+//! paper-lm head's ntk_q agrees with the MC to < 1%).
+//! Only the diagonal (the summaries and the pairs mode's Θ(a, a)) carries the deficit and
+//! the contact; the pairs mode's off-diagonal entries keep the leading form.
+//!
+//! Not covered (no rows): the tied head without pre-LN (post-LN puts an LN with its own
+//! projection and contact after every block; without any LN the cross term survives) and
+//! with more than one attention block (the contact squares a sum over blocks whose cross
+//! terms need the cross-layer logit-gradient covariance).
 
 use ndarray::{Array2, s};
 
@@ -54,8 +94,26 @@ use crate::model::Group;
 
 /// Why a configuration has no backward theory here, if it has none.
 pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
-    (spec.head == HeadKind::Tied)
-        .then_some("tied head (stem and head gradients share one parameter group)")
+    if spec.head != HeadKind::Tied {
+        return None;
+    }
+    let attn = spec
+        .blocks
+        .iter()
+        .filter(|b| **b == BlockKind::Attn)
+        .count();
+    if spec.norm != Norm::Pre {
+        // Post-LN puts a LayerNorm after every block on the skip path of W_WE[:, id] (each
+        // with its own projection and logit contact), and without any LN the head-use ×
+        // stem-use cross term survives: neither is derived here.
+        Some("tied head without pre-LN (only the pre-LN tied backward is derived)")
+    } else if attn > 1 {
+        // The logit contact squares a sum over attention blocks; the cross-block terms need
+        // the cross-layer logit-gradient covariance, which is not carried.
+        Some("tied head with more than one attention block (cross-block logit contact)")
+    } else {
+        None
+    }
 }
 
 /// ⟨σ'(w_a) σ'(w_b)⟩ for every pair under the Gaussian of covariance `k`.
@@ -344,6 +402,10 @@ fn transformer(
         theta: Array2::eye(d),
     });
     let scale = logit_scale(spec)?;
+    // Tied head (pre-LN): per injection and probe point, the logit contact accumulated in the
+    // attention block, in units of c_head c² C_WE n / (n_out σ⁴) (see [`tied_logit_contact`]).
+    let tied = spec.head == HeadKind::Tied;
+    let mut contact: Vec<Vec<f64>> = Vec::new();
     for (b, kind) in spec.blocks.iter().enumerate() {
         let l = b + 2;
         // The branch input and the LN factor (1.139) of the carried kernels.
@@ -354,6 +416,9 @@ fn transformer(
         };
         let f = &input.g;
         let bars: Vec<Array2<f64>> = inj.iter().map(|i| sandwich(&i.theta, &ln)).collect();
+        contact.resize(inj.len(), vec![0.0; d]);
+        // The tied head's logit contact of this block's own groups, in `raw`'s order.
+        let mut raw_contact: Vec<Vec<f64>> = Vec::new();
         // cum[i]: the branch's transport of injection i; raw: this block's own groups.
         let (delta, cum, raw): (KernelState, Vec<Array2<f64>>, Vec<Additive>) = match kind {
             BlockKind::Mlp => {
@@ -379,7 +444,7 @@ fn transformer(
                 let kk = f.mapv(|x| c.k * x + c.bias);
                 let qk = f.mapv(|x| c.q * x + c.bias);
                 const FIXED: usize = 4;
-                let mut xs = vec![f.clone(), kk, vk.clone(), Array2::ones((d, d))];
+                let mut xs = vec![f.clone(), kk.clone(), vk.clone(), Array2::ones((d, d))];
                 xs.extend(bars.iter().cloned());
                 let (axa, sx) = attention_moments(&draws, &vk, &xs);
                 // E[ΩFΩᵀ], E[S_F], E[S_K], E[ΩVΩᵀ], E[Ω1Ωᵀ].
@@ -392,6 +457,29 @@ fn transformer(
                         v
                     })
                     .collect();
+                if tied {
+                    // ρ⁴ C_U² with ρ = γ ξ^(blocks after): the block's output in z^B.
+                    let rho = spec.gamma_res * spec.xi.powi((spec.blocks.len() - b - 1) as i32);
+                    let w = rho.powi(4) * c.u * c.u / spec.heads as f64;
+                    let mut ys = vec![kk.clone(), f.clone()];
+                    ys.extend(bars.iter().cloned());
+                    let e = tied_logit_contact(&draws, &vk, &ys);
+                    let (e_k, e_f) = (&e[0], &e[1]);
+                    for (k, th) in bars.iter().enumerate() {
+                        for a in 0..d {
+                            contact[k][a] += w
+                                * scale
+                                * (c.q * th[[a, a]] * e_k[a] + c.k * qk[[a, a]] * e[k + 2][a]);
+                        }
+                    }
+                    let per = |v: &dyn Fn(usize) -> f64| (0..d).map(|a| w * v(a)).collect();
+                    raw_contact.push(per(&|a| n * scale * f[[a, a]] * e_k[a]));
+                    raw_contact.push(per(&|a| n * scale * qk[[a, a]] * e_f[a]));
+                    raw_contact.push(vec![0.0; d]);
+                    raw_contact.push(vec![0.0; d]);
+                    // b_Q: ∂logit/∂b_Q sums to K (as C_U E[S_K] in the bias group).
+                    raw_contact.push(per(&|a| scale * e_k[a]));
+                }
                 let mut raw = vec![
                     (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
                     (Group::K, (&qk * s_f).mapv(|x| n * c.u * scale * x)),
@@ -418,7 +506,8 @@ fn transformer(
             th.scaled_add(g2, &cu);
             i.theta = sandwich(&th, &post);
         }
-        for (g, r) in raw {
+        for (k, (g, r)) in raw.into_iter().enumerate() {
+            contact.push(raw_contact.get(k).cloned().unwrap_or(vec![0.0; d]));
             inj.push(Injection {
                 layer: l,
                 what: What::Group(g),
@@ -447,14 +536,41 @@ fn transformer(
     };
     let pooled = spec.head == HeadKind::Pooled;
     let out = |th: Array2<f64>| if pooled { pool(&th, seqs, t) } else { th };
-    for i in inj.iter_mut() {
-        i.theta = out(sandwich(&i.theta, &ln).mapv(|x| c.head * x));
+    contact.resize(inj.len(), vec![0.0; d]);
+    for (i, con) in inj.iter_mut().zip(&contact) {
+        let mut th = sandwich(&i.theta, &ln).mapv(|x| c.head * x);
+        if tied {
+            // The head's own column w = W_WE[:, id_a] (module doc): the final LN removes its
+            // component along s_a, c_a² C_WE of it (the deficit), and the logit gradient's
+            // coherent overlap with the attention output in s_a comes back through it (the
+            // contact). c_a = ξ^B/σ_a is the stem's coefficient in s_a.
+            let n_out = spec.out_dim() as f64;
+            let c_we = spec.var.stem;
+            for a in 0..d {
+                let is2 = ln[a] * ln[a];
+                let frac = (spec.xi.powi(spec.blocks.len() as i32) * ln[a]).powi(2) * c_we;
+                th[[a, a]] += c.head * frac / n_out * is2 * (n * is2 * con[a] - i.theta[[a, a]]);
+            }
+        }
+        i.theta = out(th);
     }
-    inj.push(Injection {
-        layer: spec.head_layer(),
-        what: What::Group(Group::Head),
-        theta: out(head_in.g.mapv(|x| n * x)),
-    });
+    if tied {
+        // The head use of W_WE, one parameter with the stem's lookup, so in the stem group:
+        // ∂z^L_{δ;i}/∂W_WE[j, i] = N s_{δ;j}, Σ_j → N² n F. Its cross term with the stem use
+        // is N²/n_out Σ_δ ∂(|s_δ|²/2)/∂z¹ · w_id = O(ε): the LN output's norm is fixed.
+        let head_use = head_in.g.mapv(|x| spec.tied_rescale().powi(2) * n * x);
+        let stem = inj
+            .iter_mut()
+            .find(|i| i.what == What::Group(Group::Stem))
+            .expect("the stem group is injected first");
+        stem.theta += &head_use;
+    } else {
+        inj.push(Injection {
+            layer: spec.head_layer(),
+            what: What::Group(Group::Head),
+            theta: out(head_in.g.mapv(|x| n * x)),
+        });
+    }
     if spec.has_bias() {
         inj.push(Injection {
             layer: spec.head_layer(),
@@ -463,6 +579,39 @@ fn transformer(
         });
     }
     Ok(Some(inj))
+}
+
+/// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with
+/// β_a = V ω_a (V the value kernel, ω_a = row a of Ω) and γ_a = J_a β_a = ω_a ⊙ (β_a − ω_a·β_a).
+///
+/// Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'} is the part of ∂z_a/∂θ · (U V Ω s)_a that is coherent over the
+/// n channels ((U a)·(U b) → C_U a·b): with X the logit-gradient covariance
+/// Σ_θ ∂logit_{au'} ∂logit_{au''}, Σ_θ (Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'})² = γ_aᵀ X γ_a.
+fn tied_logit_contact(
+    draws: &[(f64, Array2<f64>)],
+    vk: &Array2<f64>,
+    xs: &[Array2<f64>],
+) -> Vec<Vec<f64>> {
+    let d = vk.nrows();
+    let mut out = vec![vec![0.0; d]; xs.len()];
+    for (w, a) in draws {
+        // Row a of A V is β_aᵀ (V symmetric).
+        let beta = a.dot(vk);
+        let mut gamma = Array2::<f64>::zeros((d, d));
+        for r in 0..d {
+            let wb: f64 = (0..d).map(|u| a[[r, u]] * beta[[r, u]]).sum();
+            for u in 0..d {
+                gamma[[r, u]] = a[[r, u]] * (beta[[r, u]] - wb);
+            }
+        }
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            let gx = gamma.dot(x);
+            for (r, v) in o.iter_mut().enumerate() {
+                *v += w * (0..d).map(|u| gx[[r, u]] * gamma[[r, u]]).sum::<f64>();
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
