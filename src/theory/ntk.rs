@@ -73,8 +73,10 @@
 //! The generic outputs' own projection, −c_head S_coh/(n² σ²) (the contact × n_out/(n c² C)),
 //! is what (1.139) omits for the dense head too; it is omitted here as well (the dense
 //! paper-lm head's ntk_q agrees with the MC to < 1%).
-//! Only the diagonal (the summaries and the pairs mode's Θ(a, a)) carries the deficit and
-//! the contact; the pairs mode's off-diagonal entries keep the leading form.
+//! All of this is for the diagonal Θ(a, a) (the summaries, and the pairs mode's per-output
+//! rows). Off the diagonal the cross term does not vanish (s_aᵀ ∂s_b/∂z¹ ≠ 0 for a ≠ b) and
+//! the deficit and contact change form; measured, the leading form sits ~6% above the Monte
+//! Carlo there (z ≈ −11 at n = 512), so the pairs mode writes no off-diagonal tied rows.
 //!
 //! Not covered (no rows): the tied head without pre-LN (post-LN puts an LN with its own
 //! projection and contact after every block; without any LN the cross term survives) and
@@ -231,6 +233,9 @@ pub fn backward_rows(
         return Ok(None);
     };
     let l_max = spec.head_layer();
+    // The tied head's off-diagonal pairs Θ(a, b) get their own cross term and contacts (the
+    // LN norm argument holds only for a = b); not derived, so only the diagonal is written.
+    let tied = spec.head == HeadKind::Tied;
     let mut rows = Vec::new();
     let emit = |rows: &mut Vec<PRow>,
                 layer: usize,
@@ -284,17 +289,17 @@ pub fn backward_rows(
             "param",
             format!("ntk_{}", g.name()),
             th,
-            false,
+            tied,
         );
     }
     let mut total = Array2::<f64>::zeros((d_out, d_out));
     for (l, th) in per_layer.iter().enumerate() {
         if groups.iter().any(|(gl, _, _)| *gl == l) {
-            emit(&mut rows, l, "param", "ntk".into(), th, false);
+            emit(&mut rows, l, "param", "ntk".into(), th, tied);
             total += th;
         }
     }
-    emit(&mut rows, l_max, "param", "ntk_total".into(), &total, false);
+    emit(&mut rows, l_max, "param", "ntk_total".into(), &total, tied);
     Ok(Some(rows))
 }
 
