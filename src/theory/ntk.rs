@@ -80,8 +80,10 @@
 //!
 //! Not covered (no rows): the tied head without pre-LN (post-LN puts an LN with its own
 //! projection and contact after every block; without any LN the cross term survives) and
-//! with more than one attention block (the contact squares a sum over blocks whose cross
-//! terms need the cross-layer logit-gradient covariance).
+//! with more than one attention block (a later block's value path carries an earlier block's
+//! coherent overlap to other positions, since ∂s_{t'}·s_{u'} is coherent for t' ≠ u'). MLP
+//! blocks carry none: their input is an LN output at the same position, ∂s·s = 0, so the
+//! hidden units' (W ∂s)_j is uncorrelated with h_j.
 
 use ndarray::{Array2, s};
 
@@ -110,8 +112,9 @@ pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
         // stem-use cross term survives: neither is derived here.
         Some("tied head without pre-LN (only the pre-LN tied backward is derived)")
     } else if attn > 1 {
-        // The logit contact squares a sum over attention blocks; the cross-block terms need
-        // the cross-layer logit-gradient covariance, which is not carried.
+        // Blocks have their own Q and K, so the direct cross-block logit terms vanish, but a
+        // later block's value path carries an earlier block's coherent overlap to other
+        // positions ((∂s_t'·s_u') is coherent for t' ≠ u'): not derived here.
         Some("tied head with more than one attention block (cross-block logit contact)")
     } else {
         None
