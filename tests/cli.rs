@@ -1,27 +1,10 @@
 //! The command line as a user meets it: bad input gets one line naming the field and what
 //! is allowed, and a non-zero exit; shards merge into the unsharded statistics.
 
-use std::path::PathBuf;
+mod common;
+use common::{sigprop, tmp};
+
 use std::process::Command;
-
-fn sigprop(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sigprop"))
-        .args(args)
-        .output()
-        .expect("run sigprop");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Runs a bad simulate and checks the error: non-zero, one line, no panic, mentions `needles`.
 fn rejects(args: &[&str], needles: &[&str]) {

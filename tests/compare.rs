@@ -1,22 +1,13 @@
 //! `sigprop compare` on a case with a closed form: the stem kernel G¹ = C_stem x·x/n_in
 //! + C_PE δ_{tt'} (1.41), computed here independently from the written inputs.csv.
 
+mod common;
+use common::sigprop;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use sigprop::stats::Row;
 use sigprop::stats::csv::{read, write};
-
-fn sigprop(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sigprop"))
-        .args(args)
-        .output()
-        .expect("run sigprop");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 fn theory_rows(dir: &std::path::Path, scale: f64) -> Vec<Row> {
     let text = std::fs::read_to_string(dir.join("inputs.csv")).unwrap();
@@ -57,7 +48,7 @@ fn compare_passes_the_right_theory_and_fails_a_wrong_one() {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compare");
     let _ = std::fs::remove_dir_all(&d);
     let mc = d.join("mc");
-    let (code, err) = sigprop(&[
+    let (code, _, err) = sigprop(&[
         "simulate",
         "--set",
         "run.name=stem",
@@ -90,7 +81,7 @@ fn compare_passes_the_right_theory_and_fails_a_wrong_one() {
         std::fs::create_dir_all(&th).unwrap();
         write(&th.join("stats.csv"), &theory_rows(&mc, scale)).unwrap();
         let out = d.join(format!("cmp{scale}"));
-        let (code, err) = sigprop(&[
+        let (code, _, err) = sigprop(&[
             "compare",
             mc.join("stats.csv").to_str().unwrap(),
             th.join("stats.csv").to_str().unwrap(),

@@ -3,7 +3,8 @@
 //! M simplification), the formats are well formed, and the SGD rules agree with the
 //! width exponents of the raw NTK measured by Monte Carlo.
 
-use std::process::Command;
+mod common;
+use common::sigprop;
 
 use sigprop::config::{Config, ConfigBuilder};
 use sigprop::hparams::format::{Format, render};
@@ -421,21 +422,9 @@ fn fit_recovers_a_known_slope() {
     assert!(chi < 1e-20);
 }
 
-fn sigprop_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sigprop"))
-        .args(args)
-        .output()
-        .expect("run sigprop");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn cli_prints_tables_and_rejects_bad_flags_in_one_line() {
-    let (code, out, err) = sigprop_cli(&[
+    let (code, out, err) = sigprop(&[
         "hparams",
         "--family",
         "ntk",
@@ -461,7 +450,7 @@ fn cli_prints_tables_and_rejects_bad_flags_in_one_line() {
     ] {
         let mut all = vec!["hparams"];
         all.extend(args.iter().copied());
-        let (code, _, err) = sigprop_cli(&all);
+        let (code, _, err) = sigprop(&all);
         assert_ne!(code, 0, "{args:?}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");

@@ -2,8 +2,8 @@
 //! the optimizer exactly, the loss gradient against central differences, convergence on
 //! the copy task, exact resume, and the command line (log, divergence).
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+use common::{sigprop, tmp};
 
 use ndarray::{Array2, array};
 use rand::Rng;
@@ -290,13 +290,6 @@ fn copy_task_converges() {
     );
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn checkpoint_then_resume_equals_an_uninterrupted_run() {
     let cfg = small(&["train.steps=8", "train.warmup=3", "train.weight_decay=0.1"]);
@@ -326,17 +319,6 @@ fn checkpoint_then_resume_equals_an_uninterrupted_run() {
     assert_eq!(whole.opt.t, second.opt.t);
 }
 
-fn sigprop(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sigprop"))
-        .args(args)
-        .output()
-        .expect("run sigprop");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 const SMALL: [&str; 10] = [
     "--set=model.width=16",
     "--set=model.heads=2",
@@ -356,7 +338,7 @@ fn cli_writes_the_log_and_resumes() {
     let d = dir.to_str().unwrap();
     let mut args = vec!["train", "--out", d, "--steps", "10"];
     args.extend(SMALL);
-    let (code, err) = sigprop(&args);
+    let (code, _, err) = sigprop(&args);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("tokens/s"), "{err}");
     let log = std::fs::read_to_string(dir.join("train.csv")).unwrap();
@@ -368,7 +350,7 @@ fn cli_writes_the_log_and_resumes() {
     );
     assert_eq!(lines.count(), 11, "{log}");
     // Asking for more steps on resume continues from the checkpoint.
-    let (code, err) = sigprop(&["train", "--resume", d, "--steps", "12"]);
+    let (code, _, err) = sigprop(&["train", "--resume", d, "--steps", "12"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("10 of 12 steps done"), "{err}");
     let log = std::fs::read_to_string(dir.join("train.csv")).unwrap();
@@ -384,7 +366,7 @@ fn cli_divergence_names_the_step_and_keeps_the_log() {
     let d = dir.to_str().unwrap();
     let mut args = vec!["train", "--out", d, "--steps", "20", "--lr", "1e200"];
     args.extend(SMALL);
-    let (code, err) = sigprop(&args);
+    let (code, _, err) = sigprop(&args);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("diverged at step"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
