@@ -22,7 +22,7 @@ use std::str::FromStr;
 use crate::config::{ModelSpec, Variances};
 use crate::model::Group;
 pub use rules::{Dims, Monomial};
-pub use table::{GroupHparams, HparamTable, parse_json};
+pub use table::{GroupHparams, HparamTable, TableError, parse_json};
 
 /// A parameterization family.
 #[derive(Clone, Copy, Debug, PartialEq)]

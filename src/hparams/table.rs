@@ -22,7 +22,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Group;
-use crate::train::TrainError;
+
+/// A table file that cannot be read or does not validate: one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("hparams {path}: {msg}")]
+pub struct TableError {
+    pub path: String,
+    pub msg: String,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -65,8 +72,8 @@ pub struct GroupHparams {
 
 impl HparamTable {
     /// Reads and validates one table from a file; errors are one line naming the file.
-    pub fn read(path: &Path) -> Result<HparamTable, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Hparams {
+    pub fn read(path: &Path) -> Result<HparamTable, TableError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TableError {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
@@ -74,12 +81,12 @@ impl HparamTable {
     }
 
     /// [`read`](Self::read) from text already in memory.
-    pub fn parse(text: &str) -> Result<HparamTable, TrainError> {
+    pub fn parse(text: &str) -> Result<HparamTable, TableError> {
         Self::parse_named(text, "<text>")
     }
 
-    fn parse_named(text: &str, path: &str) -> Result<HparamTable, TrainError> {
-        let err = |msg: String| TrainError::Hparams {
+    fn parse_named(text: &str, path: &str) -> Result<HparamTable, TableError> {
+        let err = |msg: String| TableError {
             path: path.to_string(),
             msg,
         };

@@ -34,8 +34,6 @@ pub enum TrainError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Invalid(String),
-    #[error("hparams {path}: {msg}")]
-    Hparams { path: String, msg: String },
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: String, msg: String },
     #[error("diverged at step {step}: {what}")]
