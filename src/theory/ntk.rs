@@ -425,8 +425,8 @@ fn transformer(
         let f = &input.g;
         let bars: Vec<Array2<f64>> = inj.iter().map(|i| sandwich(&i.theta, &ln)).collect();
         contact.resize(inj.len(), vec![0.0; d]);
-        // The tied head's logit contact of this block's own groups, in `raw`'s order.
-        let mut raw_contact: Vec<Vec<f64>> = Vec::new();
+        // The tied head's logit contact of this block's own groups (none: zero).
+        let mut raw_contact: Vec<(Group, Vec<f64>)> = Vec::new();
         // cum[i]: the branch's transport of injection i; raw: this block's own groups.
         let (delta, cum, raw): (KernelState, Vec<Array2<f64>>, Vec<Additive>) = match kind {
             BlockKind::Mlp => {
@@ -481,12 +481,11 @@ fn transformer(
                         }
                     }
                     let per = |v: &dyn Fn(usize) -> f64| (0..d).map(|a| w * v(a)).collect();
-                    raw_contact.push(per(&|a| n * scale * f[[a, a]] * e_k[a]));
-                    raw_contact.push(per(&|a| n * scale * qk[[a, a]] * e_f[a]));
-                    raw_contact.push(vec![0.0; d]);
-                    raw_contact.push(vec![0.0; d]);
-                    // b_Q: ∂logit/∂b_Q sums to K (as C_U E[S_K] in the bias group).
-                    raw_contact.push(per(&|a| scale * e_k[a]));
+                    raw_contact.push((Group::Q, per(&|a| n * scale * f[[a, a]] * e_k[a])));
+                    raw_contact.push((Group::K, per(&|a| n * scale * qk[[a, a]] * e_f[a])));
+                    // b_Q: ∂logit/∂b_Q sums to K (as C_U E[S_K] in the bias group). V and U
+                    // have no logit path, so no contact.
+                    raw_contact.push((Group::Bias, per(&|a| scale * e_k[a])));
                 }
                 let mut raw = vec![
                     (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
@@ -514,8 +513,13 @@ fn transformer(
             th.scaled_add(g2, &cu);
             i.theta = sandwich(&th, &post);
         }
-        for (k, (g, r)) in raw.into_iter().enumerate() {
-            contact.push(raw_contact.get(k).cloned().unwrap_or(vec![0.0; d]));
+        for (g, r) in raw {
+            contact.push(
+                raw_contact
+                    .iter()
+                    .find(|(cg, _)| *cg == g)
+                    .map_or(vec![0.0; d], |(_, v)| v.clone()),
+            );
             inj.push(Injection {
                 layer: l,
                 what: What::Group(g),
