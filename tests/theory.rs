@@ -577,6 +577,7 @@ fn theory_command_writes_the_run_files() {
             inputs: None,
         },
         out: Some(dir.clone()),
+        force: false,
     };
     sigprop::cmd::theory::run(&args).unwrap();
     let rows = sigprop::stats::csv::read(&dir.join("stats.csv")).unwrap();

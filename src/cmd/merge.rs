@@ -1,12 +1,18 @@
 //! `sigprop merge SHARD.csv... --out DIR`: combines shards of one ensemble exactly, from
-//! the `moments.bin` and `config.toml` beside each shard's `stats.csv`.
+//! the `moments.bin`, `config.toml` and `inputs.csv` beside each shard's `stats.csv`.
+//!
+//! Shards merge only when their fingerprints agree (same resolved configuration, same probe
+//! contents) and their sample ranges do not overlap. Sample k is the same network whatever
+//! the run's size, so shards of runs of different lengths merge too; missing ranges are
+//! reported, and the result records the samples it really holds.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use super::{out_dir, write_run_files};
-use crate::config::ConfigBuilder;
+use super::{claim, load_run, out_dir, write_run_files};
+use crate::config::fingerprint::{Fingerprint, Purpose};
+use crate::mc::moments::{self, Moments};
 use crate::mc::{self, Ensemble, Job};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -14,8 +20,12 @@ pub struct MergeArgs {
     /// The shards' stats.csv files (or their folders).
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
+    /// Output folder (stats.csv, moments.bin, config.toml, inputs.csv).
     #[arg(long)]
     pub out: PathBuf,
+    /// Overwrite an output folder that holds other results.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn folder(p: &Path) -> PathBuf {
@@ -27,86 +37,122 @@ fn folder(p: &Path) -> PathBuf {
     }
 }
 
-/// The first shard's config (and its text), the summed moments, the sample ranges seen.
-type Merged = (
-    crate::config::Config,
-    String,
-    crate::stats::Accumulator,
-    Vec<(u64, u64)>,
-);
+/// Joins touching ranges of a sorted list.
+fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == r.0 => last.1 = r.1,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+fn show(ranges: &[(u64, u64)]) -> String {
+    ranges
+        .iter()
+        .map(|(a, b)| format!("{a}..{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
-    let mut merged: Option<Merged> = None;
+    let mut first: Option<(PathBuf, crate::config::Config, crate::model::Probe, Moments)> = None;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut total_samples = 0u64;
     for shard in &args.shards {
         let dir = folder(shard);
-        let cfg_path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("cannot read {}", cfg_path.display()))?;
-        let (acc, first, next, end) = mc::load_moments(&dir.join("moments.bin"))?;
-        if next < end {
+        let (cfg, probe) = load_run(&dir)?;
+        let m = moments::load(&dir.join("moments.bin"))?;
+        let fp = Fingerprint::of(&cfg, &probe, Purpose::MonteCarlo);
+        if m.fingerprint.hash != fp.hash {
+            bail!(
+                "{}: config.toml or inputs.csv changed since its moments were written ({})",
+                dir.display(),
+                m.fingerprint
+                    .difference(&fp)
+                    .unwrap_or_else(|| "their contents".into())
+            );
+        }
+        if m.next < m.end {
             bail!(
                 "{}: shard is unfinished ({} of {} samples); resume it first",
                 dir.display(),
-                next - first,
-                end - first
+                m.next - m.first,
+                m.end - m.first
             );
         }
-        match &mut merged {
-            None => {
-                let cfg = ConfigBuilder::new().file(&cfg_path)?.build()?;
-                merged = Some((cfg, text, acc, vec![(first, end)]));
+        total_samples = total_samples.max(cfg.run.samples as u64).max(m.end);
+        for &(a, b) in &m.ranges {
+            if let Some(r) = ranges.iter().find(|r| a < r.1 && r.0 < b) {
+                bail!(
+                    "{}: samples {a}..{b} overlap another shard's {}..{}",
+                    dir.display(),
+                    r.0,
+                    r.1
+                );
             }
-            Some((_, t0, total, ranges)) => {
-                if *t0 != text {
+            ranges.push((a, b));
+        }
+        match &mut first {
+            None => first = Some((dir, cfg, probe, m)),
+            Some((dir0, _, _, total)) => {
+                if total.fingerprint.hash != m.fingerprint.hash {
                     bail!(
-                        "{}: config.toml differs from the first shard's; only shards of one run merge",
-                        dir.display()
-                    );
-                }
-                if let Some(r) = ranges.iter().find(|r| first < r.1 && r.0 < end) {
-                    bail!(
-                        "{}: samples {first}..{end} overlap another shard's {}..{}",
+                        "{} is not a shard of the same run as {}: {}",
                         dir.display(),
-                        r.0,
-                        r.1
+                        dir0.display(),
+                        total
+                            .fingerprint
+                            .difference(&m.fingerprint)
+                            .unwrap_or_else(|| "different fingerprints".into())
                     );
                 }
-                if total.slots != acc.slots {
+                if total.acc.slots != m.acc.slots {
                     bail!("{}: moments.bin has another layout", dir.display());
                 }
-                total.merge(&acc);
-                ranges.push((first, end));
+                total.acc.merge(&m.acc);
             }
         }
     }
-    let Some((mut cfg, _, acc, mut ranges)) = merged else {
+    let Some((_, mut cfg, probe, merged)) = first else {
         bail!("no shards given")
     };
-    ranges.sort();
-    let probe = crate::inputs::probe(&mut cfg)?;
+    let ranges = coalesce(ranges);
+    let gaps = moments::missing(&ranges, 0, total_samples);
     let job = Job::new(&cfg, &probe);
     let (rows, slots) = job.layout();
-    if slots != acc.slots {
+    if slots != merged.acc.slots {
         bail!("the shards' moments do not match their config.toml");
     }
+    let fp = merged.fingerprint.clone();
+    claim(&args.out, &fp, Purpose::MonteCarlo, args.force, "--out")?;
     out_dir(&args.out)?;
-    let first = ranges[0].0;
-    let end = ranges.iter().map(|r| r.1).max().unwrap_or(first);
+    let held = merged.acc.samples();
     let ens = Ensemble {
         rows,
-        acc,
-        first,
-        next: end,
-        end,
+        acc: merged.acc,
+        first: 0,
+        next: total_samples,
+        end: total_samples,
     };
-    write_run_files(&args.out, &cfg, &probe)?;
-    mc::save_moments(&args.out.join("moments.bin"), &ens)?;
+    // The configuration records the samples the merge really holds.
+    cfg.set_samples(held);
+    write_run_files(&args.out, &cfg, &probe, &fp)?;
+    mc::moments::save(&args.out.join("moments.bin"), &ens, &fp, &ranges)?;
     super::simulate::write_stats(&args.out, &cfg, &ens)?;
     eprintln!(
-        "merged {} shards, {} samples -> {}",
+        "merged {} shards, {held} samples -> {}",
         args.shards.len(),
-        ens.acc.samples(),
         args.out.join("stats.csv").display()
     );
+    if !gaps.is_empty() {
+        eprintln!(
+            "warning: samples {} of 0..{total_samples} are missing: the merge holds {held} samples (run and merge the missing shards to complete it)",
+            show(&gaps)
+        );
+    }
     Ok(())
 }

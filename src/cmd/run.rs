@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Override the experiment's samples per point.
     #[arg(long)]
     pub samples: Option<u64>,
+    /// Rerun points whose folders hold results of another configuration (they are refused
+    /// otherwise).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +123,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         a.samples.or(e.samples),
         a.threads,
         e.theory,
+        a.force,
         &out,
         |k, n, label| {
             eprintln!("[{}/{n}] {label}", k + 1);

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{ConfigArgs, out_dir, write_run_files};
-use crate::config::{Config, ConfigBuilder};
+use super::{ConfigArgs, Existing, out_dir, write_run_files};
+use crate::config::Config;
+use crate::config::fingerprint::{Fingerprint, Purpose};
+use crate::mc::moments::Moments;
 use crate::mc::{self, Ensemble, Job};
+use crate::model::Probe;
 use crate::stats::recorder;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -39,6 +42,9 @@ pub struct SimulateArgs {
     /// Seconds between checkpoints.
     #[arg(long, default_value_t = 30.0)]
     pub checkpoint_secs: f64,
+    /// Overwrite an output folder that holds other results.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -54,43 +60,131 @@ fn parse_shard(s: &str) -> anyhow::Result<(u64, u64)> {
     Ok((i, n))
 }
 
+/// Where a run starts: fresh, from a checkpoint of the same run, or already finished.
+enum Start {
+    Fresh { first: u64, end: u64 },
+    Continue { moments: Moments, end: u64 },
+    Done(Moments),
+}
+
+/// Everything a run needs before it draws a sample.
+struct Plan {
+    cfg: Config,
+    probe: Probe,
+    fp: Fingerprint,
+    out: PathBuf,
+    start: Start,
+}
+
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
-    let (mut cfg, out, resume) = match &args.resume {
-        Some(dir) => {
-            let b = ConfigBuilder::new().file(&dir.join("config.toml"))?;
-            (
-                b.build()?,
-                args.out.clone().unwrap_or_else(|| dir.clone()),
-                Some(dir.clone()),
-            )
-        }
-        None => {
-            let mut b = args.cfg.builder()?;
-            if let Some(n) = args.samples {
-                b = b.value("run.samples", toml::Value::from(n as i64))?;
-            }
-            if let Some(s) = args.seed {
-                b = b.value("run.seed", toml::Value::from(s as i64))?;
-            }
-            let out = args.out.clone().context("simulate needs --out DIR")?;
-            (b.build()?, out, None)
-        }
-    };
-    let probe = crate::inputs::probe(&mut cfg)?;
-    let sampler = mc::resolve_sampler(&cfg, &probe)?;
-    cfg.set_sampler(sampler);
-    out_dir(&out)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         bail!("--threads 0: expected at least 1 thread");
     }
+    let plan = match &args.resume {
+        Some(dir) => resume_plan(args, dir)?,
+        None => new_plan(args)?,
+    };
+    execute(plan, threads, args.checkpoint_secs)
+}
+
+/// `--resume DIR`: the run exactly as it was started, read from DIR (its config.toml,
+/// inputs.csv and moments.bin, which must agree); only `--samples` may grow it.
+fn resume_plan(args: &SimulateArgs, dir: &Path) -> anyhow::Result<Plan> {
+    let changes = [
+        ("--config", args.cfg.config.is_some()),
+        ("--set", !args.cfg.set.is_empty()),
+        ("--inputs", args.cfg.inputs.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--shard", args.shard.is_some()),
+        ("--force", args.force),
+        ("--out", args.out.as_ref().is_some_and(|o| o != dir)),
+    ];
+    if let Some((flag, _)) = changes.iter().find(|c| c.1) {
+        bail!(
+            "--resume continues {} exactly as it was started, and {flag} would change it; start a new run with --out instead",
+            dir.display()
+        );
+    }
+    let (mut cfg, probe) = super::load_run(dir)?;
+    let moments = mc::moments::load(&dir.join("moments.bin"))?;
+    let fp = Fingerprint::of(&cfg, &probe, Purpose::MonteCarlo);
+    if moments.fingerprint.hash != fp.hash {
+        bail!(
+            "{}: config.toml or inputs.csv changed since the checkpoint ({}); restore them, or start a new run with --out",
+            dir.display(),
+            moments
+                .fingerprint
+                .difference(&fp)
+                .unwrap_or_else(|| "their contents".into())
+        );
+    }
+    if !moments.resumable() {
+        bail!(
+            "{} was merged from shards with missing samples; resume the missing shards and merge again",
+            dir.display()
+        );
+    }
+    let sharded = moments.first != 0 || moments.end != cfg.run.samples as u64;
+    let end = match args.samples {
+        Some(_) if sharded => bail!(
+            "--samples: {} is shard {}..{} of a run; a shard's samples are fixed",
+            dir.display(),
+            moments.first,
+            moments.end
+        ),
+        Some(n) if n < moments.next => bail!(
+            "--samples {n}: {} already has {} samples; --samples can only grow a run",
+            dir.display(),
+            moments.next
+        ),
+        Some(n) => n,
+        None => moments.end,
+    };
+    if end > moments.end {
+        cfg.set_samples(end);
+    }
+    let start = if moments.next >= end {
+        Start::Done(moments)
+    } else {
+        Start::Continue { moments, end }
+    };
+    Ok(Plan {
+        cfg,
+        probe,
+        fp,
+        out: dir.to_path_buf(),
+        start,
+    })
+}
+
+/// A new run into `--out`; a folder that already holds this run continues it, one that
+/// holds anything else is refused unless `--force`.
+fn new_plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
+    let mut b = args.cfg.builder()?;
+    if let Some(n) = args.samples {
+        b = b.value(
+            "run.samples",
+            toml::Value::from(n.min(i64::MAX as u64) as i64),
+        )?;
+    }
+    if let Some(s) = args.seed {
+        b = b.value("run.seed", toml::Value::from(s.min(i64::MAX as u64) as i64))?;
+    }
+    let out = args.out.clone().context("simulate needs --out DIR")?;
+    let mut cfg = b.build()?;
+    let probe = crate::inputs::probe(&mut cfg)?;
+    let sampler = mc::resolve_sampler(&cfg, &probe)?;
+    cfg.set_sampler(sampler);
     let total = cfg.run.samples as u64;
     let (first, end) = match &args.shard {
         Some(s) => {
             let (i, n) = parse_shard(s)?;
-            (i * total / n, (i + 1) * total / n)
+            // u128: i·total overflows u64 for large runs.
+            let at = |k: u64| (k as u128 * total as u128 / n as u128) as u64;
+            (at(i), at(i + 1))
         }
         None => (0, total),
     };
@@ -100,53 +194,151 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             args.shard.as_deref().unwrap_or("")
         );
     }
+    let fp = Fingerprint::of(&cfg, &probe, Purpose::MonteCarlo);
+    let start = match super::claim(&out, &fp, Purpose::MonteCarlo, args.force, "--out")? {
+        Existing::Same => continue_in(&out, &fp, first, end, args)?,
+        _ => Start::Fresh { first, end },
+    };
+    if let Start::Done(m) | Start::Continue { moments: m, .. } = &start
+        && m.end != total
+        && args.shard.is_none()
+    {
+        cfg.set_samples(m.end.max(end));
+    }
+    Ok(Plan {
+        cfg,
+        probe,
+        fp,
+        out,
+        start,
+    })
+}
+
+/// The folder holds this run: continue, extend, or report it finished.
+fn continue_in(
+    out: &Path,
+    fp: &Fingerprint,
+    first: u64,
+    end: u64,
+    args: &SimulateArgs,
+) -> anyhow::Result<Start> {
+    let path = out.join("moments.bin");
+    if !path.exists() {
+        return Ok(Start::Fresh { first, end });
+    }
+    let m = match mc::moments::load(&path) {
+        Ok(m) => m,
+        Err(_) if args.force => return Ok(Start::Fresh { first, end }),
+        Err(e) => bail!("{e}; pass --force to start the run over"),
+    };
+    if m.fingerprint.hash != fp.hash {
+        if args.force {
+            return Ok(Start::Fresh { first, end });
+        }
+        bail!(
+            "{}: moments.bin is not from the run config.toml describes ({}); pass --force to start over",
+            out.display(),
+            m.fingerprint
+                .difference(fp)
+                .unwrap_or_else(|| "their contents".into())
+        );
+    }
+    if !m.resumable() || m.first != first || (args.shard.is_some() && m.end != end) {
+        bail!(
+            "{} holds samples {}..{} of this configuration, not {first}..{end}; pass --force to start over, or choose another --out",
+            out.display(),
+            m.first,
+            m.end
+        );
+    }
+    // Unsharded, the ensemble may grow; it never shrinks below what is done.
+    let end = if args.shard.is_some() {
+        m.end
+    } else {
+        end.max(m.next)
+    };
+    Ok(if m.next >= end {
+        Start::Done(m)
+    } else {
+        Start::Continue { moments: m, end }
+    })
+}
+
+fn execute(plan: Plan, threads: usize, checkpoint_secs: f64) -> anyhow::Result<()> {
+    let Plan {
+        cfg,
+        probe,
+        fp,
+        out,
+        start,
+    } = plan;
     let job = Job::new(&cfg, &probe);
-    let mut ens = match &resume {
-        Some(dir) => {
-            let (acc, f, next, e) = mc::load_moments(&dir.join("moments.bin"))?;
+    let moments_path = out.join("moments.bin");
+    let mut ens = match start {
+        Start::Done(m) => {
             let (rows, slots) = job.layout();
-            if acc.slots != slots {
-                bail!(
-                    "{}: the checkpoint does not match config.toml",
-                    dir.display()
-                );
+            check_layout(&out, m.acc.slots, slots)?;
+            let n = m.next;
+            let mut ens = m.into_ensemble(rows);
+            ens.end = n;
+            if !out.join("stats.csv").exists() {
+                write_stats(&out, &cfg, &ens)?;
             }
             eprintln!(
-                "resuming {}: {} of {} samples done",
-                dir.display(),
-                next - f,
-                e - f
+                "{}: already finished ({} samples of this configuration); nothing to do",
+                out.display(),
+                ens.acc.samples()
             );
-            Ensemble {
-                rows,
-                acc,
-                first: f,
-                next,
-                end: e,
-            }
+            return finish_divergence(&ens);
         }
-        None => {
-            write_run_files(&out, &cfg, &probe)?;
-            job.start(first, end)
+        Start::Continue { moments, end } => {
+            let (rows, slots) = job.layout();
+            check_layout(&out, moments.acc.slots, slots)?;
+            let mut ens = moments.into_ensemble(rows);
+            eprintln!(
+                "resuming {}: {} of {} samples done",
+                out.display(),
+                ens.next - ens.first,
+                end - ens.first
+            );
+            if end != ens.end {
+                ens.end = end;
+                super::write_run_files(&out, &cfg, &probe, &fp)?;
+            }
+            ens
+        }
+        Start::Fresh { first, end } => {
+            out_dir(&out)?;
+            write_run_files(&out, &cfg, &probe, &fp)?;
+            let ens = job.start(first, end);
+            mc::moments::save(&moments_path, &ens, &fp, &[(ens.first, ens.next)])?;
+            ens
         }
     };
     mc::install_interrupt_handler();
     let bar = progress(ens.end - ens.first, ens.next - ens.first);
     let mut last_save = Instant::now();
-    let every = Duration::from_secs_f64(args.checkpoint_secs.max(0.1));
-    let moments = out.join("moments.bin");
+    let every = Duration::from_secs_f64(checkpoint_secs.max(0.1));
     let t0 = Instant::now();
     let done0 = ens.next;
     job.run(&mut ens, threads, |e| {
         bar.set_position(e.next - e.first);
         if last_save.elapsed() >= every || mc::INTERRUPTED.load(Ordering::SeqCst) {
-            mc::save_moments(&moments, e)?;
+            mc::moments::save(&moments_path, e, &fp, &[(e.first, e.next)])?;
             last_save = Instant::now();
         }
         Ok(())
     })?;
     bar.finish_and_clear();
-    mc::save_moments(&moments, &ens)?;
+    mc::moments::save(&moments_path, &ens, &fp, &[(ens.first, ens.next)])?;
+    if !ens.done() {
+        eprintln!(
+            "interrupted: {} samples saved; continue with: sigprop simulate --resume {}",
+            ens.next - ens.first,
+            out.display()
+        );
+        std::process::exit(130);
+    }
     write_stats(&out, &cfg, &ens)?;
     let secs = t0.elapsed().as_secs_f64();
     let ran = ens.next - done0;
@@ -160,19 +352,25 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         peak_rss_mb(),
         out.join("stats.csv").display()
     );
+    finish_divergence(&ens)
+}
+
+fn check_layout(out: &Path, stored: usize, built: usize) -> anyhow::Result<()> {
+    if stored != built {
+        bail!(
+            "{}: moments.bin holds {stored} statistics per sample, but this configuration makes {built}; it was written by another version of sigprop",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn finish_divergence(ens: &Ensemble) -> anyhow::Result<()> {
     if let Some(l) = ens.acc.diverged_at {
         eprintln!(
             "warning: diverged at layer {l} (overflow or NaN); stats.csv keeps layers 1 to {}",
             l - 1
         );
-    }
-    if !ens.done() {
-        eprintln!(
-            "interrupted: {} samples saved; continue with: sigprop simulate --resume {}",
-            ens.next - ens.first,
-            out.display()
-        );
-        std::process::exit(130);
     }
     Ok(())
 }

@@ -27,8 +27,13 @@ pub struct SweepArgs {
     /// Also run the theory at every point and compare.
     #[arg(long)]
     pub theory: bool,
+    /// Output folder: one subfolder per point, the combined stats.csv, theory/, compare/.
     #[arg(long)]
     pub out: PathBuf,
+    /// Rerun points whose folders hold results of another configuration (they are refused
+    /// otherwise).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A point of the grid: its folder label and its `key=value` settings.
@@ -116,6 +121,7 @@ pub fn run_grid(
     samples: Option<u64>,
     threads: Option<usize>,
     theory: bool,
+    force: bool,
     out: &Path,
     mut on_point: impl FnMut(usize, usize, &str),
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
@@ -153,62 +159,44 @@ pub fn run_grid(
             set: sets,
             inputs: base.inputs.clone(),
         };
-        if !finished(&dir, &cfg, samples)? {
-            super::simulate::run(&SimulateArgs {
-                cfg: cfg.clone(),
-                samples,
-                seed: None,
-                threads,
-                shard: None,
-                resume: None,
-                out: Some(dir.clone()),
-                checkpoint_secs: 30.0,
-            })?;
-        }
+        // A point folder that holds this point's run continues it (or is left as it is when
+        // finished); one that holds anything else is refused unless --force.
+        super::simulate::run(&SimulateArgs {
+            cfg: cfg.clone(),
+            samples,
+            seed: None,
+            threads,
+            shard: None,
+            resume: None,
+            out: Some(dir.clone()),
+            checkpoint_secs: 30.0,
+            force,
+        })?;
         mc_rows.extend(read(&dir.join("stats.csv"))?);
         if theory {
             let tdir = dir.join("theory");
-            if !tdir.join("stats.csv").exists() {
-                super::theory::run(&TheoryArgs {
-                    cfg,
-                    out: Some(tdir.clone()),
-                })?;
-            }
+            super::theory::run(&TheoryArgs {
+                cfg,
+                out: Some(tdir.clone()),
+                force,
+            })?;
             th_rows.extend(read(&tdir.join("stats.csv"))?);
         }
     }
+    let labels: Vec<&str> = points.iter().map(|p| p.label.as_str()).collect();
+    super::compare::write_points(out, &labels, "")?;
     let mc_path = out.join("stats.csv");
     write(&mc_path, &mc_rows)?;
     let th_path = if theory {
         out_dir(&out.join("theory"))?;
         let p = out.join("theory").join("stats.csv");
         write(&p, &th_rows)?;
+        super::compare::write_points(&out.join("theory"), &labels, "theory")?;
         Some(p)
     } else {
         None
     };
     Ok((mc_path, th_path))
-}
-
-/// Whether `dir` already holds a finished run of this configuration.
-fn finished(dir: &Path, cfg: &ConfigArgs, samples: Option<u64>) -> anyhow::Result<bool> {
-    let (Ok(old), true) = (
-        std::fs::read_to_string(dir.join("config.toml")),
-        dir.join("stats.csv").exists(),
-    ) else {
-        return Ok(false);
-    };
-    let mut b = cfg.builder()?;
-    if let Some(n) = samples {
-        b = b.value("run.samples", toml::Value::from(n as i64))?;
-    }
-    let mut want = b.build()?;
-    let probe = crate::inputs::probe(&mut want)?;
-    want.set_sampler(crate::mc::resolve_sampler(&want, &probe)?);
-    let moments_done = crate::mc::load_moments(&dir.join("moments.bin"))
-        .map(|(_, _, next, end)| next >= end)
-        .unwrap_or(false);
-    Ok(old == want.to_toml() && moments_done)
 }
 
 pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
@@ -218,6 +206,7 @@ pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
         a.samples,
         a.threads,
         a.theory,
+        a.force,
         &a.out,
         |k, n, label| {
             eprintln!("[{}/{n}] {label}", k + 1);
@@ -234,6 +223,7 @@ pub fn compare_grid(mc: PathBuf, theory: Option<PathBuf>, out: &Path) -> anyhow:
             theory,
             out: out.join("compare"),
             threshold: 5.0,
+            force: false,
         }),
         None => Ok(()),
     }

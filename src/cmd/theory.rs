@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{ConfigArgs, out_dir, write_run_files};
+use super::{ConfigArgs, Existing, claim, out_dir, write_run_files};
+use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::config::{Backward, BlockKind, Config, InitDist, Norm};
 use crate::theory::transformer::{TheoryOptions, predict};
 
@@ -16,6 +17,9 @@ pub struct TheoryArgs {
     /// Output folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Overwrite an output folder that holds other results.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The theory options a configuration asks for (`theory.*` keys, `run.seed`).
@@ -48,8 +52,18 @@ pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
     let mut cfg = args.cfg.builder()?.build()?;
     let out = args.out.clone().context("theory needs --out DIR")?;
     let probe = crate::inputs::probe(&mut cfg)?;
+    let fp = Fingerprint::of(&cfg, &probe, Purpose::Theory);
+    if let Existing::Same = claim(&out, &fp, Purpose::Theory, args.force, "--out")?
+        && out.join("stats.csv").exists()
+    {
+        eprintln!(
+            "{}: theory of this configuration is already there; nothing to do",
+            out.display()
+        );
+        return Ok(());
+    }
     out_dir(&out)?;
-    write_run_files(&out, &cfg, &probe)?;
+    write_run_files(&out, &cfg, &probe, &fp)?;
     let (rows, diverged) = predict(&cfg.model, &probe, options(&cfg), &cfg.run.name)?;
     crate::stats::csv::write(&out.join("stats.csv"), &rows)?;
     eprintln!(

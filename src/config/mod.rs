@@ -4,6 +4,7 @@
 //! later stage can trust it. The resolved values are kept as a flat key → value map so
 //! that the written `config.toml` lists every key and reads back into the same model.
 
+pub mod fingerprint;
 pub mod presets;
 pub mod schema;
 
@@ -364,6 +365,11 @@ impl Config {
         self.values.get(key)
     }
 
+    /// Every resolved value, by key (the fingerprint hashes these).
+    pub fn flat(&self) -> &BTreeMap<String, Value> {
+        &self.values
+    }
+
     fn from_values(
         mut values: BTreeMap<String, Value>,
         explicit: &BTreeSet<String>,
@@ -632,6 +638,15 @@ impl Config {
             self.values
                 .insert("inputs.dim".into(), Value::from(d as i64));
         }
+    }
+
+    /// Sets the ensemble size (a resumed run that grows).
+    pub fn set_samples(&mut self, n: u64) {
+        self.run.samples = n as usize;
+        self.values.insert(
+            "run.samples".into(),
+            Value::from(n.min(i64::MAX as u64) as i64),
+        );
     }
 
     /// Records the sampler a run actually used.

@@ -4,14 +4,14 @@
 //! into shards and merged, checkpointed, interrupted and resumed.
 
 pub mod conditional;
+pub mod moments;
 pub mod ntk;
 pub mod observe;
 
-use std::io::{Read, Write};
-use std::path::Path;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rayon::prelude::*;
 
 use crate::config::{Backward, Config, HeadKind, InitDist, ModelSpec, Sampler};
@@ -219,72 +219,9 @@ pub fn sampler_costs(m: &ModelSpec, probe: &Probe, backward: Backward) -> (f64, 
     (dense, cond)
 }
 
-const MAGIC: &[u8; 8] = b"SIGPRPM1";
-
-/// Writes the raw mergeable sums and the sample range (`moments.bin`), atomically.
-pub fn save_moments(path: &Path, ens: &Ensemble) -> anyhow::Result<()> {
-    let a = &ens.acc;
-    let mut b: Vec<u8> = Vec::with_capacity(64 + 16 * a.sum.len() + 16 * a.sumsq.len());
-    b.extend_from_slice(MAGIC);
-    for v in [
-        a.slots as u64,
-        ens.first,
-        ens.next,
-        ens.end,
-        a.diverged_at.map_or(u64::MAX, |d| d as u64),
-    ] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    for c in &a.count {
-        b.extend_from_slice(&c.to_le_bytes());
-    }
-    for d in a.sum.iter().chain(&a.sumsq) {
-        b.extend_from_slice(&d.hi.to_le_bytes());
-        b.extend_from_slice(&d.lo.to_le_bytes());
-    }
-    crate::stats::csv::write_atomic(path, &b)
-}
-
-/// Reads `moments.bin`: the sums and (first, next, end).
-pub fn load_moments(path: &Path) -> anyhow::Result<(Accumulator, u64, u64, u64)> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() < 48 || &bytes[..8] != MAGIC {
-        bail!("{} is not a sigprop moments file", path.display());
-    }
-    let mut pos = 8;
-    let mut u = || {
-        let v = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes"));
-        pos += 8;
-        v
-    };
-    let (slots, first, next, end, div) = (u() as usize, u(), u(), u(), u());
-    let mut acc = Accumulator::new(slots);
-    for c in acc.count.iter_mut() {
-        *c = u();
-    }
-    let need = 8 + 8 * (5 + acc.count.len()) + 16 * (acc.sum.len() + acc.sumsq.len());
-    if bytes.len() != need {
-        bail!(
-            "{} is truncated or from another layout ({} bytes, expected {need})",
-            path.display(),
-            bytes.len()
-        );
-    }
-    let f = |p: usize| f64::from_le_bytes(bytes[p..p + 8].try_into().expect("8 bytes"));
-    let mut p = 8 + 8 * (5 + acc.count.len());
-    for d in acc.sum.iter_mut().chain(acc.sumsq.iter_mut()) {
-        d.hi = f(p);
-        d.lo = f(p + 8);
-        p += 16;
-    }
-    acc.diverged_at = (div != u64::MAX).then_some(div as usize);
-    Ok((acc, first, next, end))
-}
-
-/// Installs the Ctrl-C handler once: the first Ctrl-C asks the run to checkpoint and stop.
+/// Installs the signal handler once: the first SIGINT (Ctrl-C), SIGTERM (a cluster's time
+/// limit, `scancel`, `kill`) or SIGHUP (a closed terminal) asks the run to finish the current
+/// samples, checkpoint and stop; a second one aborts.
 pub fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
@@ -292,7 +229,7 @@ pub fn install_interrupt_handler() {
         }
         let _ = writeln!(
             std::io::stderr(),
-            "\ninterrupt: finishing the current samples and saving a checkpoint (Ctrl-C again to abort)"
+            "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): finishing the current samples and saving a checkpoint (signal again to abort)"
         );
     });
 }

@@ -2,6 +2,7 @@
 //! schema of SPEC §3 (one schema for Monte Carlo and theory alike).
 
 pub mod accumulate;
+pub mod binfile;
 pub mod csv;
 pub mod recorder;
 

@@ -4,9 +4,11 @@
 //! trainer's precision (widening f32 is exact, and so is narrowing back), so a resumed run
 //! continues exactly where the uninterrupted one would be.
 //!
-//! Layout: magic `SIGPROPT`, version u32, step u64, optimizer updates t u64, kind u8
-//! (0 sgd, 1 adamw), count u64, then per parameter: name (u64 length + UTF-8), rows u64,
-//! cols u64, values; then, for AdamW, m and v in the same order (values only).
+//! The file is the checked container of [`crate::stats::binfile`] (magic `SIGPROPT`, version,
+//! length, checksum), so a truncated or corrupted checkpoint is an error naming the file.
+//! Payload: step u64, optimizer updates t u64, kind u8 (0 sgd, 1 adamw), count u64, then per
+//! parameter: name (u64 length + UTF-8), rows u64, cols u64, values; then, for AdamW, m and v
+//! in the same order (values only).
 
 use std::path::Path;
 
@@ -15,9 +17,11 @@ use ndarray::Array2;
 use super::TrainError;
 use super::optim::{Kind, Optimizer};
 use crate::model::{Params, Real};
+use crate::stats::binfile::{self, Cursor};
 
 const MAGIC: &[u8; 8] = b"SIGPROPT";
-const VERSION: u32 = 1;
+/// Version 2: the payload of version 1 inside the checked container.
+const VERSION: u32 = 2;
 
 /// Writes the checkpoint of `params` and `opt` after `step` updates.
 pub fn save<F: Real>(
@@ -30,8 +34,6 @@ pub fn save<F: Real>(
     // buffer of that size by doubling cost more than writing it.
     let entries: usize = params.list.iter().map(|p| p.value.len()).sum::<usize>() * 3;
     let mut b = Vec::with_capacity(8 * entries + 64 * params.list.len() + 64);
-    b.extend_from_slice(MAGIC);
-    b.extend_from_slice(&VERSION.to_le_bytes());
     b.extend_from_slice(&(step as u64).to_le_bytes());
     b.extend_from_slice(&opt.t.to_le_bytes());
     b.push(match opt.kind {
@@ -54,36 +56,17 @@ pub fn save<F: Real>(
     for a in opt.m.iter().chain(opt.v.iter()) {
         values(&mut b, a);
     }
-    crate::stats::csv::write_atomic(path, &b).map_err(|e| TrainError::Checkpoint {
+    binfile::write(path, MAGIC, VERSION, &b).map_err(|e| TrainError::Checkpoint {
         path: path.display().to_string(),
         msg: e.to_string(),
     })
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| "file is truncated".to_string())?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
+fn fill<F: Real>(r: &mut Cursor, a: &mut Array2<F>) -> Result<(), String> {
+    for x in a.iter_mut() {
+        *x = F::of(r.f64()?);
     }
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn fill<F: Real>(&mut self, a: &mut Array2<F>) -> Result<(), String> {
-        for x in a.iter_mut() {
-            *x = F::of(f64::from_bits(self.u64()?));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Loads a checkpoint into `params` and `opt`, which must come from the same configuration
@@ -97,24 +80,15 @@ pub fn load<F: Real>(
         path: path.display().to_string(),
         msg,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let mut r = Reader { b: &bytes, at: 0 };
-    if r.take(8).map_err(&err)? != MAGIC {
-        return Err(err("not a sigprop trainer checkpoint".into()));
-    }
-    let mut v = [0u8; 4];
-    v.copy_from_slice(r.take(4).map_err(&err)?);
-    if u32::from_le_bytes(v) != VERSION {
-        return Err(err(format!(
-            "version {} (this build reads {VERSION})",
-            u32::from_le_bytes(v)
-        )));
-    }
+    let bytes =
+        binfile::read(path, MAGIC, VERSION, "trainer checkpoint").map_err(|e| err(e.msg))?;
+    let mut r = Cursor::new(&bytes);
     let step = r.u64().map_err(&err)? as usize;
     let t = r.u64().map_err(&err)?;
     let kind = match r.take(1).map_err(&err)?[0] {
         0 => Kind::Sgd,
-        _ => Kind::AdamW,
+        1 => Kind::AdamW,
+        k => return Err(err(format!("unknown optimizer kind {k}"))),
     };
     if kind != opt.kind {
         return Err(err(format!(
@@ -131,8 +105,7 @@ pub fn load<F: Real>(
         )));
     }
     for p in params.list.iter_mut() {
-        let len = r.u64().map_err(&err)? as usize;
-        let name = String::from_utf8_lossy(r.take(len).map_err(&err)?).into_owned();
+        let name = r.string().map_err(&err)?;
         let (rows, cols) = (r.u64().map_err(&err)?, r.u64().map_err(&err)?);
         if name != p.name || (rows as usize, cols as usize) != p.value.dim() {
             return Err(err(format!(
@@ -141,10 +114,16 @@ pub fn load<F: Real>(
                 p.value.dim()
             )));
         }
-        r.fill(&mut p.value).map_err(&err)?;
+        fill(&mut r, &mut p.value).map_err(&err)?;
     }
     for a in opt.m.iter_mut().chain(opt.v.iter_mut()) {
-        r.fill(a).map_err(&err)?;
+        fill(&mut r, a).map_err(&err)?;
+    }
+    if r.remaining() != 0 {
+        return Err(err(format!(
+            "{} bytes more than the configuration's parameters hold",
+            r.remaining()
+        )));
     }
     opt.t = t;
     Ok(step)

@@ -1,0 +1,161 @@
+//! The fingerprint of a run: a hash of everything that decides its numbers — the resolved
+//! configuration and the probe's contents (not its path) — so that results are reused
+//! (resume, merge, sweep, run, compare) only when they are results of the same thing.
+//!
+//! The hash goes over a canonical list of `key = value` pairs (the resolved flat map, in key
+//! order), minus the keys that do not change the numbers for the purpose at hand, then the
+//! probe's shape and values bit for bit. The pairs are kept beside the hash so that a refusal
+//! can name the first key that differs.
+
+use crate::model::Probe;
+use crate::stats::binfile::Fnv;
+
+use super::Config;
+
+/// What the results are: the keys that matter differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A Monte Carlo ensemble: the sample count may grow (resume extends a run), so it is
+    /// left out; the theory's and the trainer's keys do not touch it.
+    MonteCarlo,
+    /// Theory predictions: no sampler, no sample count.
+    Theory,
+    /// Whether a Monte Carlo and a theory file describe the same model and probe: neither the
+    /// seed, the sampler, the backward mode nor the run's name (the joined `config` column).
+    Compare,
+}
+
+impl Purpose {
+    fn ignores(self, key: &str) -> bool {
+        let always = key == "run.samples"
+            || key == "inputs.path"
+            || key == "model.preset"
+            || key.starts_with("train.");
+        always
+            || match self {
+                Purpose::MonteCarlo => key.starts_with("theory."),
+                Purpose::Theory => key == "run.sampler",
+                Purpose::Compare => {
+                    key.starts_with("theory.")
+                        || matches!(
+                            key,
+                            "run.sampler" | "run.seed" | "run.name" | "run.backward"
+                        )
+                }
+            }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Purpose::MonteCarlo => "mc",
+            Purpose::Theory => "theory",
+            Purpose::Compare => "compare",
+        }
+    }
+}
+
+/// A run's fingerprint and the pairs it was made from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fingerprint {
+    pub hash: u64,
+    /// `(key, value)` in key order; the probe appears as `inputs.contents`.
+    pub pairs: Vec<(String, String)>,
+}
+
+/// Bumped when the meaning of the fingerprint changes.
+const VERSION: &str = "sigprop-fingerprint-1";
+
+impl Fingerprint {
+    pub fn of(cfg: &Config, probe: &Probe, purpose: Purpose) -> Fingerprint {
+        let mut pairs: Vec<(String, String)> = cfg
+            .flat()
+            .iter()
+            .filter(|(k, _)| !purpose.ignores(k))
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        pairs.push((
+            "inputs.contents".into(),
+            format!("{:016x}", probe_hash(probe)),
+        ));
+        let mut h = Fnv::default();
+        h.bytes(VERSION.as_bytes()).bytes(purpose.tag().as_bytes());
+        for (k, v) in &pairs {
+            h.bytes(k.as_bytes())
+                .bytes(b" = ")
+                .bytes(v.as_bytes())
+                .bytes(b"\n");
+        }
+        Fingerprint {
+            hash: h.finish(),
+            pairs,
+        }
+    }
+
+    /// The pairs as text, one `key = value` a line (stored beside the hash).
+    pub fn text(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect()
+    }
+
+    /// The inverse of [`Fingerprint::text`]; `hash` is the stored one.
+    pub fn from_text(hash: u64, text: &str) -> Fingerprint {
+        let pairs = text
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Fingerprint { hash, pairs }
+    }
+
+    /// The first key whose value differs, as "key (old → new)", or None when the pairs agree.
+    pub fn difference(&self, new: &Fingerprint) -> Option<String> {
+        let get = |p: &[(String, String)], k: &str| {
+            p.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone())
+        };
+        let mut keys: Vec<&String> = self
+            .pairs
+            .iter()
+            .chain(&new.pairs)
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().find_map(|k| {
+            let (a, b) = (get(&self.pairs, k), get(&new.pairs, k));
+            (a != b).then(|| {
+                let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
+                if k == "inputs.contents" {
+                    "the probe inputs (inputs.csv contents)".to_string()
+                } else {
+                    format!("{k} ({} → {})", show(a), show(b))
+                }
+            })
+        })
+    }
+
+    /// A short hexadecimal form for messages and files.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
+}
+
+/// The probe's shape and contents, bit for bit.
+fn probe_hash(p: &Probe) -> u64 {
+    let mut h = Fnv::default();
+    h.u64(p.sequences as u64).u64(p.tokens as u64);
+    if let Some(x) = &p.x {
+        h.bytes(b"x").u64(x.nrows() as u64).u64(x.ncols() as u64);
+        for v in x.iter() {
+            h.u64(v.to_bits());
+        }
+    }
+    if let Some(ids) = &p.ids {
+        h.bytes(b"ids").u64(ids.len() as u64);
+        for &i in ids {
+            h.u64(i as u64);
+        }
+    }
+    h.finish()
+}
