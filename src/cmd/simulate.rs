@@ -231,16 +231,21 @@ fn continue_in(
         Err(_) if args.force => return Ok(Start::Fresh { first, end }),
         Err(e) => bail!("{e}; pass --force to start the run over"),
     };
-    if m.fingerprint.hash != fp.hash {
+    // The folder's config.toml must still be the one the moments were made with.
+    let (c, p) = super::load_run(out)?;
+    let written = Fingerprint::of(&c, &p, Purpose::MonteCarlo);
+    if m.fingerprint.hash != fp.hash || written.hash != fp.hash {
         if args.force {
             return Ok(Start::Fresh { first, end });
         }
+        let d = m
+            .fingerprint
+            .difference(&written)
+            .or_else(|| m.fingerprint.difference(fp));
         bail!(
-            "{}: moments.bin is not from the run config.toml describes ({}); pass --force to start over",
+            "{}: config.toml or inputs.csv changed since the moments were written ({}); pass --force to start over",
             out.display(),
-            m.fingerprint
-                .difference(fp)
-                .unwrap_or_else(|| "their contents".into())
+            d.unwrap_or_else(|| "their contents".into())
         );
     }
     if !m.resumable() || m.first != first || (args.shard.is_some() && m.end != end) {

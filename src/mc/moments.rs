@@ -126,6 +126,12 @@ pub fn load(path: &Path) -> Result<Moments, BinError> {
     parse(&payload).map_err(|msg| BinError::new(path, format!("corrupt moments file: {msg}")))
 }
 
+/// [`load`] on the bytes of a file already in memory; `path` names it in errors.
+pub fn decode(bytes: Vec<u8>, path: &Path) -> Result<Moments, BinError> {
+    let payload = binfile::decode(bytes, path, MAGIC, VERSION, "moments file")?;
+    parse(&payload).map_err(|msg| BinError::new(path, format!("corrupt moments file: {msg}")))
+}
+
 fn parse(payload: &[u8]) -> Result<Moments, String> {
     let mut c = Cursor::new(payload);
     let hash = c.u64()?;

@@ -85,40 +85,40 @@ pub fn read(path: &Path, magic: &[u8; 8], version: u32, what: &str) -> Result<Ve
         .metadata()
         .map_err(|e| err(format!("cannot read: {e}")))?
         .len();
-    if size < (HEADER + TRAILER) as u64 {
+    // The header is checked before the rest is read, so a file that announces another size
+    // costs nothing to refuse.
+    let mut head = [0u8; HEADER];
+    if size < (HEADER + TRAILER) as u64 || f.read_exact(&mut head).is_err() {
         return Err(err(format!("not a sigprop {what} (only {size} bytes)")));
     }
-    let mut head = [0u8; HEADER];
-    f.read_exact(&mut head)
-        .map_err(|e| err(format!("cannot read: {e}")))?;
-    if &head[..8] != magic {
-        return Err(err(format!(
-            "not a sigprop {what}, or one from an older version"
-        )));
+    let len = check_header(&head, magic, version, what).map_err(&err)?;
+    if len.checked_add((HEADER + TRAILER) as u64) != Some(size) {
+        return Err(err(truncated(size, len)));
     }
-    let ver = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-    if ver != version {
-        return Err(err(format!(
-            "{what} format version {ver}; this build reads version {version}"
-        )));
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&head[12..20]);
-    let len = u64::from_le_bytes(len);
-    let want = len
-        .checked_add((HEADER + TRAILER) as u64)
-        .filter(|&w| w == size)
-        .ok_or_else(|| {
-            err(format!(
-                "truncated or corrupt: {size} bytes, but its header announces {len} bytes of data"
-            ))
-        })?;
-    let mut b = Vec::with_capacity(want as usize);
+    let mut b = Vec::with_capacity(size as usize);
     b.extend_from_slice(&head);
     f.read_to_end(&mut b)
         .map_err(|e| err(format!("cannot read: {e}")))?;
-    if b.len() as u64 != want {
-        return Err(err("changed while it was being read".into()));
+    decode(b, path, magic, version, what)
+}
+
+/// Checks a whole container held in memory (what [`read`] does after reading the file);
+/// `path` names it in errors.
+pub fn decode(
+    mut b: Vec<u8>,
+    path: &Path,
+    magic: &[u8; 8],
+    version: u32,
+    what: &str,
+) -> Result<Vec<u8>, BinError> {
+    let err = |msg: String| BinError::new(path, msg);
+    let size = b.len() as u64;
+    if b.len() < HEADER + TRAILER {
+        return Err(err(format!("not a sigprop {what} (only {size} bytes)")));
+    }
+    let len = check_header(&b[..HEADER], magic, version, what).map_err(&err)?;
+    if len.checked_add((HEADER + TRAILER) as u64) != Some(size) {
+        return Err(err(truncated(size, len)));
     }
     let body = b.len() - TRAILER;
     let mut stored = [0u8; 8];
@@ -129,6 +129,28 @@ pub fn read(path: &Path, magic: &[u8; 8], version: u32, what: &str) -> Result<Ve
     b.truncate(body);
     b.drain(..HEADER);
     Ok(b)
+}
+
+fn truncated(size: u64, len: u64) -> String {
+    format!("truncated or corrupt: {size} bytes, but its header announces {len} bytes of data")
+}
+
+/// Magic and version; returns the announced payload length.
+fn check_header(head: &[u8], magic: &[u8; 8], version: u32, what: &str) -> Result<u64, String> {
+    if &head[..8] != magic {
+        return Err(format!(
+            "not a sigprop {what}, or one from an older version"
+        ));
+    }
+    let ver = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if ver != version {
+        return Err(format!(
+            "{what} format version {ver}; this build reads version {version}"
+        ));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[12..20]);
+    Ok(u64::from_le_bytes(len))
 }
 
 /// Bounds-checked little-endian reads from a payload.

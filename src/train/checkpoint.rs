@@ -76,12 +76,26 @@ pub fn load<F: Real>(
     params: &mut Params<F>,
     opt: &mut Optimizer<F>,
 ) -> Result<usize, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::Checkpoint {
+        path: path.display().to_string(),
+        msg: format!("cannot read: {e}"),
+    })?;
+    restore(bytes, path, params, opt)
+}
+
+/// [`load`] from the file's bytes already in memory; `path` names it in errors.
+pub fn restore<F: Real>(
+    bytes: Vec<u8>,
+    path: &Path,
+    params: &mut Params<F>,
+    opt: &mut Optimizer<F>,
+) -> Result<usize, TrainError> {
     let err = |msg: String| TrainError::Checkpoint {
         path: path.display().to_string(),
         msg,
     };
-    let bytes =
-        binfile::read(path, MAGIC, VERSION, "trainer checkpoint").map_err(|e| err(e.msg))?;
+    let bytes = binfile::decode(bytes, path, MAGIC, VERSION, "trainer checkpoint")
+        .map_err(|e| err(e.msg))?;
     let mut r = Cursor::new(&bytes);
     let step = r.u64().map_err(&err)? as usize;
     let t = r.u64().map_err(&err)?;

@@ -525,6 +525,12 @@ impl<F: Real> Trainer<F> {
         self.step = checkpoint::load(path, &mut self.net.params, &mut self.opt)?;
         Ok(())
     }
+
+    /// [`Trainer::load`] from a checkpoint's bytes in memory; `path` names it in errors.
+    pub fn restore(&mut self, bytes: Vec<u8>, path: &std::path::Path) -> Result<(), TrainError> {
+        self.step = checkpoint::restore(bytes, path, &mut self.net.params, &mut self.opt)?;
+        Ok(())
+    }
 }
 
 /// Splits a batch into at most `parts` batches of whole sequences.
