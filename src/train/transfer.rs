@@ -323,14 +323,20 @@ pub fn run(
     // The base configuration must be the one the CSV's rows were made with: resuming a
     // grid under another config would mix incomparable runs in one plot.
     let base = builder()?.build()?;
-    let base_toml = base.to_toml();
+    // The anchor width and the weight decay set every point's rates too.
+    let base_width = grid.widths.iter().copied().min().unwrap_or(1);
+    let base_toml = format!(
+        "# transfer grid: rates anchored at width {base_width}, weight decay {:?}\n{}",
+        grid.weight_decay,
+        base.to_toml()
+    );
     let cfg_path = grid.out.join("config.toml");
     if cfg_path.exists() {
         let old = std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("cannot read {}", cfg_path.display()))?;
         if old != base_toml {
             bail!(
-                "{} holds a transfer grid of another configuration ({} differs); use a new --out",
+                "{} holds a transfer grid of another configuration, anchor width or weight decay ({} differs); use a new --out",
                 grid.out.display(),
                 cfg_path.display()
             );
@@ -341,7 +347,6 @@ pub fn run(
     let csv = grid.out.join("transfer.csv");
     let done = read_csv(&csv)?;
     let have: BTreeSet<_> = done.iter().map(Point::key).collect();
-    let base_width = grid.widths.iter().copied().min().unwrap_or(1);
     // Largest widths first: they take longest, and starting them early keeps both threads
     // busy to the end.
     let mut todo = Vec::new();
