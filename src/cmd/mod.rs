@@ -141,6 +141,9 @@ pub fn inspect(dir: &Path, fp: &Fingerprint, purpose: Purpose) -> Existing {
                 Err(_) => "another run's results".into(),
             })
         }
+        None if names.iter().any(|n| n == "config.toml") => Existing::Other(
+            "results without a fingerprint, written by an older sigprop or by hand".into(),
+        ),
         None => {
             let mut shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
             if names.len() > 4 {

@@ -338,7 +338,7 @@ fn execute(plan: Plan, threads: usize, checkpoint_secs: f64) -> anyhow::Result<(
     mc::moments::save(&moments_path, &ens, &fp, &[(ens.first, ens.next)])?;
     if !ens.done() {
         eprintln!(
-            "interrupted: {} samples saved; continue with: sigprop simulate --resume {}",
+            "interrupted: {} samples saved; continue with: sigprop simulate --resume {} (or the same command again)",
             ens.next - ens.first,
             out.display()
         );
