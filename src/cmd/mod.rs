@@ -30,6 +30,10 @@ pub struct ConfigArgs {
     /// Probe inputs file (CSV: sequence,token,x0,… or sequence,token,id).
     #[arg(long)]
     pub inputs: Option<PathBuf>,
+    /// Memory the run may use, e.g. 40G (default: the memory available); a configuration
+    /// whose estimated peak exceeds it is refused before anything is allocated.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 impl ConfigArgs {

@@ -41,11 +41,15 @@ pub struct RunArgs {
     /// Also copy the figures into plots/NAME/.
     #[arg(long)]
     pub publish: bool,
+    /// Worker threads for the Monte Carlo (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Override the experiment's samples per point.
     #[arg(long)]
     pub samples: Option<u64>,
+    /// Memory each point may use, e.g. 40G (default: the memory available).
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +107,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         config: e.config.clone(),
         set: e.set.clone(),
         inputs: None,
+        max_memory: a.max_memory.clone(),
     };
     eprintln!("experiment {}: {}", e.name, e.description);
     match e.kind.as_deref().unwrap_or("sweep") {

@@ -41,6 +41,31 @@ pub struct SimulateArgs {
     pub checkpoint_secs: f64,
 }
 
+/// The largest checkpoint interval (a year): beyond it a `Duration` cannot hold the value
+/// reliably, and nobody waits that long for a checkpoint.
+const MAX_CHECKPOINT_SECS: f64 = 3.2e7;
+
+/// Checks the flags and the configuration's size before anything is allocated or written:
+/// threads within [`crate::limits::MAX_THREADS`], a finite checkpoint interval, at least two
+/// samples (a standard error needs two), and a peak memory that fits.
+fn validate(args: &SimulateArgs, cfg: &Config, threads: usize) -> anyhow::Result<()> {
+    crate::limits::check_threads("--threads", threads)?;
+    let c = args.checkpoint_secs;
+    if !(c.is_finite() && (0.0..=MAX_CHECKPOINT_SECS).contains(&c)) {
+        bail!(
+            "--checkpoint-secs {c}: expected a number of seconds from 0 to {MAX_CHECKPOINT_SECS:e}"
+        );
+    }
+    if cfg.run.samples < 2 {
+        bail!(
+            "run.samples = {}: a standard error needs at least 2 samples",
+            cfg.run.samples
+        );
+    }
+    let est = crate::limits::monte_carlo(cfg, threads);
+    crate::limits::enforce("the Monte Carlo", &est, args.cfg.max_memory.as_deref())
+}
+
 fn parse_shard(s: &str) -> anyhow::Result<(u64, u64)> {
     let err = || anyhow::anyhow!("--shard `{s}`: expected i/N with 0 ≤ i < N, e.g. 0/4");
     let (i, n) = s.split_once('/').ok_or_else(err)?;
@@ -67,25 +92,29 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         None => {
             let mut b = args.cfg.builder()?;
             if let Some(n) = args.samples {
-                b = b.value("run.samples", toml::Value::from(n as i64))?;
+                b = b.value(
+                    "run.samples",
+                    crate::config::count_value("run.samples", "--samples", n)?,
+                )?;
             }
             if let Some(s) = args.seed {
-                b = b.value("run.seed", toml::Value::from(s as i64))?;
+                b = b.value(
+                    "run.seed",
+                    crate::config::count_value("run.seed", "--seed", s)?,
+                )?;
             }
             let out = args.out.clone().context("simulate needs --out DIR")?;
             (b.build()?, out, None)
         }
     };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    validate(args, &cfg, threads)?;
     let probe = crate::inputs::probe(&mut cfg)?;
     let sampler = mc::resolve_sampler(&cfg, &probe)?;
     cfg.set_sampler(sampler);
     out_dir(&out)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        bail!("--threads 0: expected at least 1 thread");
-    }
     let total = cfg.run.samples as u64;
     let (first, end) = match &args.shard {
         Some(s) => {
@@ -160,6 +189,13 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         peak_rss_mb(),
         out.join("stats.csv").display()
     );
+    if let Some(l) = ens.acc.diverged_at
+        && l <= 1
+    {
+        bail!(
+            "diverged at layer {l} (overflow or NaN): no layer has finite statistics; lower the variances (model.variances.*) or the input scale"
+        );
+    }
     if let Some(l) = ens.acc.diverged_at {
         eprintln!(
             "warning: diverged at layer {l} (overflow or NaN); stats.csv keeps layers 1 to {}",

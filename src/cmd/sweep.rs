@@ -125,6 +125,7 @@ pub fn run_grid(
         config: base.config.clone(),
         set: fixed.clone(),
         inputs: base.inputs.clone(),
+        max_memory: base.max_memory.clone(),
     };
     let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
     let mut mc_rows = Vec::new();
@@ -152,6 +153,7 @@ pub fn run_grid(
             config: base.config.clone(),
             set: sets,
             inputs: base.inputs.clone(),
+            max_memory: base.max_memory.clone(),
         };
         if !finished(&dir, &cfg, samples)? {
             super::simulate::run(&SimulateArgs {
