@@ -106,10 +106,18 @@ pub fn human(bytes: f64) -> String {
 /// `what` names the command's work ("the Monte Carlo", "the theory", "training").
 pub fn enforce(what: &str, est: &Estimate, max_memory: Option<&str>) -> anyhow::Result<()> {
     let need = est.bytes();
-    let (limit, source) = match max_memory {
-        Some(m) => (parse_size(m)? as f64, "the --max-memory limit"),
+    let (limit, source, fix) = match max_memory {
+        Some(m) => (
+            parse_size(m)? as f64,
+            "the --max-memory limit",
+            "raise --max-memory",
+        ),
         None => match mem_available() {
-            Some(a) => (a as f64, "available (MemAvailable)"),
+            Some(a) => (
+                a as f64,
+                "available (MemAvailable)",
+                "pass --max-memory SIZE (e.g. --max-memory 40G)",
+            ),
             None => return Ok(()),
         },
     };
@@ -120,7 +128,7 @@ pub fn enforce(what: &str, est: &Estimate, max_memory: Option<&str>) -> anyhow::
         format!(", mostly {} ({})", t.what, human(t.bytes))
     });
     bail!(
-        "{what} needs about {} of memory{main}, but {} is {source}; make those sizes smaller, or pass --max-memory SIZE (e.g. --max-memory 40G) to go ahead",
+        "{what} needs about {} of memory{main}, but {} is {source}; make those sizes smaller, or {fix} to go ahead",
         human(need),
         human(limit)
     )
@@ -282,7 +290,7 @@ pub fn monte_carlo(cfg: &Config, threads: usize) -> Estimate {
 }
 
 /// Peak memory of `sigprop theory`: D × D kernels per layer and site with the NTK per
-/// parameter group, the attention's logit-field draws (`theory.logit_samples` × D × T),
+/// parameter group, the attention's logit-field draws (`theory.logit_samples` × D × D),
 /// and for the book's MLP the four-point vertex.
 pub fn theory(cfg: &Config) -> Estimate {
     let s = Shapes::of(cfg);
@@ -303,9 +311,16 @@ pub fn theory(cfg: &Config) -> Estimate {
             .get("theory.logit_samples")
             .and_then(toml::Value::as_integer)
             .unwrap_or(20000) as f64;
+        // Each draw is a D × D attention matrix; the backward theory keeps every draw of
+        // a block (to reuse the forward's draws exactly), the forward only a few at a time.
+        let kept = if cfg.run.backward == Backward::None {
+            4.0
+        } else {
+            draws + 4.0
+        };
         est.add(
-            "the attention's logit-field draws (theory.logit_samples × inputs.sequences × inputs.tokens²)",
-            8.0 * 4.0 * draws * s.d * s.t,
+            "the attention's logit-field draws (theory.logit_samples × (inputs.sequences × inputs.tokens)²)",
+            8.0 * kept * s.d * s.d,
         );
     }
     est

@@ -73,3 +73,22 @@ pub fn write_run_files(
         crate::inputs::to_csv(probe).as_bytes(),
     )
 }
+
+/// Refuses a grid over widths whose largest point would not fit in memory: the
+/// configuration at the largest width is built from `builder`, turned into the point's
+/// configuration by `point`, and estimated by `estimate` (see [`crate::limits`]).
+pub fn check_largest_width(
+    builder: &dyn Fn() -> anyhow::Result<ConfigBuilder>,
+    widths: &[usize],
+    point: &dyn Fn(Config) -> anyhow::Result<Config>,
+    estimate: &dyn Fn(&Config) -> crate::limits::Estimate,
+    what: &str,
+    max_memory: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(&w) = widths.iter().max() else {
+        return Ok(());
+    };
+    let width = crate::config::count_value("model.width", "width", w as u64)?;
+    let cfg = point(builder()?.value("model.width", width)?.build()?)?;
+    crate::limits::enforce(what, &estimate(&cfg), max_memory)
+}

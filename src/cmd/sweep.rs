@@ -120,6 +120,9 @@ pub fn run_grid(
     mut on_point: impl FnMut(usize, usize, &str),
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let (fixed, points, width_only) = grid(&base.set, explicit)?;
+    if let Some(n) = samples {
+        crate::config::count_value("run.samples", "--samples", n)?;
+    }
     out_dir(out)?;
     let fixed_args = ConfigArgs {
         config: base.config.clone(),

@@ -62,7 +62,8 @@ impl TrainArgs {
             ("train.threads", self.threads),
         ] {
             if let Some(x) = x {
-                b = b.value(key, Value::from(x as i64))?;
+                let flag = format!("--{}", key.trim_start_matches("train."));
+                b = b.value(key, crate::config::count_value(key, &flag, x)?)?;
             }
         }
         Ok(b)
@@ -86,6 +87,16 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         ),
     };
     let hp = hp_path.as_deref().map(HparamTable::read).transpose()?;
+    let threads = match cfg.get("train.threads").and_then(Value::as_integer) {
+        Some(t) if t > 0 => t as usize,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    crate::limits::check_threads("train.threads", threads)?;
+    crate::limits::enforce(
+        "training",
+        &crate::limits::training(&cfg, threads),
+        args.cfg.max_memory.as_deref(),
+    )?;
     out_dir(&out)?;
     match cfg.get("train.precision").and_then(Value::as_str) {
         Some("f64") => train_in(
