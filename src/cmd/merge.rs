@@ -14,6 +14,7 @@ pub struct MergeArgs {
     /// The shards' stats.csv files (or their folders).
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
+    /// Output folder for the merged run.
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -21,7 +21,8 @@ use crate::config::{Config, ConfigBuilder};
 /// Options every command that reads a configuration shares.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
-    /// Configuration file (SPEC §3); built-in defaults (preset paper-vit shape) without it.
+    /// Configuration file (TOML; keys in docs/configuration.md); built-in defaults (the
+    /// paper-vit shape) without it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Override any key: --set model.width=256 (repeatable).

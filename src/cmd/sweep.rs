@@ -22,11 +22,13 @@ pub struct SweepArgs {
     /// Samples per point.
     #[arg(long)]
     pub samples: Option<u64>,
+    /// Worker threads for the Monte Carlo (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Also run the theory at every point and compare.
     #[arg(long)]
     pub theory: bool,
+    /// Output folder: one subfolder per point, the combined stats.csv, compare/.
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -31,6 +31,7 @@ pub struct TransferArgs {
     /// Points trained at once, one thread each (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Output folder (transfer.csv, drift.md, the figure); points already in it are kept.
     #[arg(long)]
     pub out: PathBuf,
 }
