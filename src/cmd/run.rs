@@ -96,8 +96,28 @@ pub fn load(path: &Path) -> anyhow::Result<Experiment> {
     Ok(e)
 }
 
+/// An experiment's `name` becomes a folder under `results/` (and `plots/` on publish): it
+/// must be one plain path component, so it cannot write anywhere else.
+fn check_name(path: &Path, name: &str) -> anyhow::Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.contains("..")
+        && !name.starts_with('.')
+        && !Path::new(name).is_absolute();
+    if !plain {
+        anyhow::bail!(
+            "{}: name = \"{name}\": expected a plain folder name (no `/`, `\\`, `..` or leading `.`), e.g. \"prelayernorm-growth\"",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let e = load(&a.experiment)?;
+    check_name(&a.experiment, &e.name)?;
     let out = a
         .out
         .clone()
