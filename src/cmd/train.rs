@@ -47,12 +47,36 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
 }
 
+/// A first run with no configuration trains at this width for [`FIRST_RUN_STEPS`] steps,
+/// about a minute, where the shared defaults (width 512, 1000 steps) take ~9.5 minutes.
+/// Measured here: 400 steps of the copy task in 37 s of CPU (95 s wall on two cores shared
+/// with other jobs), eval loss from 2.71 (chance) to 0.0005.
+pub const FIRST_RUN_WIDTH: i64 = 128;
+pub const FIRST_RUN_STEPS: i64 = 400;
+
 impl TrainArgs {
+    /// Whether this is a first run: no --config, --resume, --hparams, width, preset or steps
+    /// given. Only then do the smaller first-run sizes apply.
+    fn first_run(&self, b: &ConfigBuilder) -> bool {
+        self.resume.is_none()
+            && self.cfg.config.is_none()
+            && self.hparams.is_none()
+            && self.steps.is_none()
+            && !["model.width", "model.preset", "train.steps"]
+                .iter()
+                .any(|k| b.is_set(k))
+    }
+
     fn builder(&self) -> anyhow::Result<ConfigBuilder> {
         let mut b = match &self.resume {
             Some(dir) => ConfigBuilder::new().file(&dir.join("config.toml"))?,
             None => self.cfg.builder()?,
         };
+        if self.first_run(&b) {
+            b = b
+                .value("model.width", Value::from(FIRST_RUN_WIDTH))?
+                .value("train.steps", Value::from(FIRST_RUN_STEPS))?;
+        }
         if let Some(x) = self.lr {
             b = b.value("train.lr", Value::from(x))?;
         }
@@ -71,6 +95,11 @@ impl TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if args.resume.is_none() && args.first_run(&args.cfg.builder()?) {
+        eprintln!(
+            "note: no configuration given: a first run at model.width = {FIRST_RUN_WIDTH} for {FIRST_RUN_STEPS} steps (about a minute); scale up with e.g. --set model.width=512 --steps 1000, or a --config file"
+        );
+    }
     let first = args.builder()?.build()?;
     let cfg = train::configure(&first, args.builder()?)?;
     let (out, hp_path) = match &args.resume {
