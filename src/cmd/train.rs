@@ -95,11 +95,7 @@ impl TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    if args.resume.is_none() && args.first_run(&args.cfg.builder()?) {
-        eprintln!(
-            "note: no configuration given: a first run at model.width = {FIRST_RUN_WIDTH} for {FIRST_RUN_STEPS} steps (about a minute); scale up with e.g. --set model.width=512 --steps 1000, or a --config file"
-        );
-    }
+    let first_run = args.resume.is_none() && args.first_run(&args.cfg.builder()?);
     let first = args.builder()?.build()?;
     let cfg = train::configure(&first, args.builder()?)?;
     let (out, hp_path) = match &args.resume {
@@ -126,6 +122,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         &crate::limits::training(&cfg, threads),
         args.cfg.max_memory.as_deref(),
     )?;
+    if first_run {
+        eprintln!(
+            "note: no configuration given: a first run at model.width = {FIRST_RUN_WIDTH} for {FIRST_RUN_STEPS} steps (about a minute); scale up with e.g. --set model.width=512 --steps 1000, or a --config file"
+        );
+    }
     out_dir(&out)?;
     match cfg.get("train.precision").and_then(Value::as_str) {
         Some("f64") => train_in(
