@@ -376,14 +376,28 @@ fn plot_of_values_near_the_float_limit_finishes_in_seconds() {
     }
     std::fs::write(dir.join("stats.csv"), csv).unwrap();
     let d = dir.to_str().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let d2 = d.to_string();
-    std::thread::spawn(move || {
-        let _ = tx.send(sigprop(&["plot", &d2]));
-    });
-    let (code, out, err) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("sigprop plot {d} still running after 30 s"));
+    // Polled and killed on timeout, so a hang fails the test instead of outliving it.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigprop"))
+        .args(["plot", d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sigprop plot {d} still running after 30 s (killed)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let (code, out, err) = (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(".png") && out.contains(".svg"), "{out}");
     assert!(err.contains("leaving out"), "{err}");
