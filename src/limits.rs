@@ -72,7 +72,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     };
     let x: f64 = num.trim().parse().map_err(|_| err())?;
     let bytes = x * mult as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1.8e19) {
+    if !(1.0..1.8e19).contains(&bytes) {
         return Err(err());
     }
     Ok(bytes as u64)

@@ -195,12 +195,12 @@ fn plottable(rows: &[Row]) -> Vec<Row> {
     let mut dropped = 0usize;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        if !(r.value.abs() <= PLOT_MAX) {
+        if r.value.is_nan() || r.value.abs() > PLOT_MAX {
             dropped += 1;
             continue;
         }
         let mut r = r.clone();
-        if !(r.stderr.abs() <= PLOT_MAX) {
+        if r.stderr.abs() > PLOT_MAX {
             r.stderr = f64::NAN;
         }
         out.push(r);
