@@ -38,11 +38,15 @@ pub struct Joined {
     pub i: i64,
     pub j: i64,
     pub mc: f64,
+    /// Empty in the CSV when undefined (NaN), as in stats.csv.
+    #[serde(serialize_with = "crate::stats::csv::empty_if_undefined")]
     pub mc_stderr: f64,
     pub theory: f64,
+    #[serde(serialize_with = "crate::stats::csv::empty_if_undefined")]
     pub theory_stderr: f64,
     pub diff: f64,
-    /// (mc − theory) / sqrt(se_mc² + se_theory²)
+    /// (mc − theory) / sqrt(se_mc² + se_theory²); empty when either error is undefined.
+    #[serde(serialize_with = "crate::stats::csv::empty_if_undefined")]
     pub z: f64,
     /// (mc − theory) / |theory|
     pub rel: f64,
@@ -94,7 +98,11 @@ pub fn compare(mc: &[Row], theory: &[Row], threshold: f64) -> Comparison {
         matched.insert(k);
         let diff = m.value - t.value;
         let se = (m.stderr.powi(2) + t.stderr.powi(2)).sqrt();
-        let z = if se > 0.0 {
+        // An undefined error (NaN) leaves the row without a z-score: it neither passes
+        // nor fails, and the report counts it apart.
+        let z = if se.is_nan() {
+            f64::NAN
+        } else if se > 0.0 {
             diff / se
         } else if diff == 0.0 {
             0.0
@@ -163,7 +171,7 @@ fn convergence(joined: &[Joined]) -> Vec<Convergence> {
         }
         let data: Vec<(f64, f64, f64)> = pts
             .iter()
-            .filter(|p| p.diff != 0.0 && p.theory != 0.0)
+            .filter(|p| p.diff != 0.0 && p.theory != 0.0 && !p.z.is_nan())
             .map(|p| {
                 let se = (p.mc_stderr.powi(2) + p.theory_stderr.powi(2)).sqrt();
                 let sigma = (se / p.diff.abs()).max(1e-3);
@@ -226,6 +234,7 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
     let mut s = String::new();
     let n = c.joined.len();
     let pass = c.joined.iter().filter(|j| j.pass).count();
+    let no_error = c.joined.iter().filter(|j| j.z.is_nan()).count();
     let _ = writeln!(s, "# Monte Carlo vs theory\n");
     let _ = writeln!(s, "- Monte Carlo: `{mc_name}`\n- Theory: `{th_name}`");
     let _ = writeln!(
@@ -239,6 +248,12 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
         c.threshold,
         100.0 * pass as f64 / n.max(1) as f64
     );
+    if no_error > 0 {
+        let _ = writeln!(
+            s,
+            "- **{no_error} of {n} rows have no standard error** (fewer than two samples, or sums that overflowed): no z-score, counted neither as pass nor as fail.\n"
+        );
+    }
     let _ = writeln!(s, "## Per observable\n");
     let _ = writeln!(
         s,
@@ -253,7 +268,11 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
             .push(j);
     }
     for ((site, obs), v) in &by_obs {
-        let mut zs: Vec<f64> = v.iter().map(|j| j.z.abs()).collect();
+        let mut zs: Vec<f64> = v
+            .iter()
+            .map(|j| j.z.abs())
+            .filter(|z| !z.is_nan())
+            .collect();
         zs.sort_by(f64::total_cmp);
         let rel = v
             .iter()
@@ -265,8 +284,8 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
             "| {site} | {obs} | {} | {} | {:.2} | {:.2} | {:.2e} |",
             v.len(),
             v.iter().filter(|j| j.pass).count(),
-            zs.last().copied().unwrap_or(0.0),
-            zs[zs.len() / 2],
+            zs.last().copied().unwrap_or(f64::NAN),
+            zs.get(zs.len() / 2).copied().unwrap_or(f64::NAN),
             rel
         );
     }
@@ -284,10 +303,15 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
         let _ = writeln!(s, "|---:|---:|---|---|---|---:|---:|---:|---:|");
     }
     for j in summaries {
+        let (se, z) = if j.z.is_nan() {
+            ("—".to_string(), "—".to_string())
+        } else {
+            (format!("{:.2e}", j.mc_stderr), format!("{:+.2}", j.z))
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.6} | {:.2e} | {:.6} | {:+.2} |",
-            j.width, j.layer, j.block, j.site, j.observable, j.mc, j.mc_stderr, j.theory, j.z
+            "| {} | {} | {} | {} | {} | {:.6} | {se} | {:.6} | {z} |",
+            j.width, j.layer, j.block, j.site, j.observable, j.mc, j.theory
         );
     }
     let _ = writeln!(s, "\n## Worst disagreements\n");
@@ -296,7 +320,7 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
         "| width | layer | site | observable | i | j | MC | ± | theory | z |"
     );
     let _ = writeln!(s, "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|");
-    let mut worst: Vec<&Joined> = c.joined.iter().collect();
+    let mut worst: Vec<&Joined> = c.joined.iter().filter(|j| !j.z.is_nan()).collect();
     worst.sort_by(|a, b| b.z.abs().total_cmp(&a.z.abs()));
     for j in worst.iter().take(12) {
         let _ = writeln!(

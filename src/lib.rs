@@ -33,6 +33,7 @@ pub mod compare;
 pub mod config;
 pub mod hparams;
 pub mod inputs;
+pub mod limits;
 pub mod mc;
 pub mod model;
 pub mod plot;

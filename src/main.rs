@@ -1,4 +1,4 @@
-//! The `sigprop` command line (SPEC §3). Errors print one line after the program's name
+//! The `sigprop` command line. Errors print one line after the program's name
 //! and exit non-zero; nothing panics on bad input.
 
 use std::process::ExitCode;
@@ -44,7 +44,7 @@ enum Command {
     Plot(cmd::plot::PlotArgs),
     /// Train on a built-in task with SGD or AdamW and per-group learning rates into DIR/train.csv.
     Train(cmd::train::TrainArgs),
-    /// Width-scaling table of init variances and learning rates (SPEC §6), optionally measured.
+    /// Width-scaling table of init variances and learning rates, optionally measured.
     Hparams(cmd::hparams::HparamsArgs),
     /// Learning-rate transfer: final loss over widths × lrs per family, the optimum's drift.
     Transfer(cmd::transfer::TransferArgs),

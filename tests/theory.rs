@@ -575,6 +575,7 @@ fn theory_command_writes_the_run_files() {
             .map(|s| s.to_string())
             .collect(),
             inputs: None,
+            max_memory: None,
         },
         out: Some(dir.clone()),
         force: false,

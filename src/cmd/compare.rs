@@ -14,6 +14,7 @@ pub struct CompareArgs {
     pub mc: PathBuf,
     /// Theory stats.csv (rows with source = theory).
     pub theory: PathBuf,
+    /// Output folder for compare.csv, convergence.csv and report.md.
     #[arg(long)]
     pub out: PathBuf,
     /// Pass when |z| is below this.

@@ -60,7 +60,7 @@ pub struct HparamsArgs {
     /// Worker threads of the measurement (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Coordinate check (issue 7 part 5): one AdamW step or a few SGD steps with the table's
+    /// Coordinate check: one AdamW step or a few SGD steps with the table's
     /// rates (times --coord-lr-scale), Δf and Δz^ℓ against width (Markdown only).
     #[arg(long)]
     pub coord_check: bool,
@@ -143,6 +143,15 @@ pub fn run(a: &HparamsArgs) -> anyhow::Result<()> {
             threads,
             ..MeasureOpts::default()
         };
+        crate::limits::check_threads("--threads", threads)?;
+        super::check_largest_width(
+            &builder,
+            &opts.widths,
+            &|c| Ok(c),
+            &|c| crate::limits::monte_carlo(c, threads),
+            "the measurement at the largest width",
+            a.cfg.max_memory.as_deref(),
+        )?;
         Some(measure::measure(&builder, family, setup.m_factors, &opts)?)
     } else {
         None

@@ -22,7 +22,8 @@ use crate::config::{Config, ConfigBuilder};
 /// Options every command that reads a configuration shares.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
-    /// Configuration file (SPEC §3); built-in defaults (preset paper-vit shape) without it.
+    /// Configuration file (TOML; keys in docs/configuration.md); built-in defaults (the
+    /// paper-vit shape) without it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Override any key: --set model.width=256 (repeatable).
@@ -31,6 +32,10 @@ pub struct ConfigArgs {
     /// Probe inputs file (CSV: sequence,token,x0,… or sequence,token,id).
     #[arg(long)]
     pub inputs: Option<PathBuf>,
+    /// Memory the run may use, e.g. 40G (default: the memory available); a configuration
+    /// whose estimated peak exceeds it is refused before anything is allocated.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 impl ConfigArgs {
@@ -184,4 +189,23 @@ pub fn claim(
         return Ok(Existing::Nothing);
     }
     Ok(e)
+}
+
+/// Refuses a grid over widths whose largest point would not fit in memory: the
+/// configuration at the largest width is built from `builder`, turned into the point's
+/// configuration by `point`, and estimated by `estimate` (see [`crate::limits`]).
+pub fn check_largest_width(
+    builder: &dyn Fn() -> anyhow::Result<ConfigBuilder>,
+    widths: &[usize],
+    point: &dyn Fn(Config) -> anyhow::Result<Config>,
+    estimate: &dyn Fn(&Config) -> crate::limits::Estimate,
+    what: &str,
+    max_memory: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(&w) = widths.iter().max() else {
+        return Ok(());
+    };
+    let width = crate::config::count_value("model.width", "width", w as u64)?;
+    let cfg = point(builder()?.value("model.width", width)?.build()?)?;
+    crate::limits::enforce(what, &estimate(&cfg), max_memory)
 }

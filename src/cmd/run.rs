@@ -41,6 +41,7 @@ pub struct RunArgs {
     /// Also copy the figures into plots/NAME/.
     #[arg(long)]
     pub publish: bool,
+    /// Worker threads for the Monte Carlo (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Override the experiment's samples per point.
@@ -50,6 +51,9 @@ pub struct RunArgs {
     /// otherwise).
     #[arg(long)]
     pub force: bool,
+    /// Memory each point may use, e.g. 40G (default: the memory available).
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,8 +100,28 @@ pub fn load(path: &Path) -> anyhow::Result<Experiment> {
     Ok(e)
 }
 
+/// An experiment's `name` becomes a folder under `results/` (and `plots/` on publish): it
+/// must be one plain path component, so it cannot write anywhere else.
+fn check_name(path: &Path, name: &str) -> anyhow::Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.contains("..")
+        && !name.starts_with('.')
+        && !Path::new(name).is_absolute();
+    if !plain {
+        anyhow::bail!(
+            "{}: name = \"{name}\": expected a plain folder name (no `/`, `\\`, `..` or leading `.`), e.g. \"prelayernorm-growth\"",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let e = load(&a.experiment)?;
+    check_name(&a.experiment, &e.name)?;
     let out = a
         .out
         .clone()
@@ -107,6 +131,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         config: e.config.clone(),
         set: e.set.clone(),
         inputs: None,
+        max_memory: a.max_memory.clone(),
     };
     eprintln!("experiment {}: {}", e.name, e.description);
     match e.kind.as_deref().unwrap_or("sweep") {

@@ -47,6 +47,31 @@ pub struct SimulateArgs {
     pub force: bool,
 }
 
+/// The largest checkpoint interval (a year): beyond it a `Duration` cannot hold the value
+/// reliably, and nobody waits that long for a checkpoint.
+const MAX_CHECKPOINT_SECS: f64 = 3.2e7;
+
+/// Checks the flags and the configuration's size before anything is allocated or written:
+/// threads within [`crate::limits::MAX_THREADS`], a finite checkpoint interval, at least two
+/// samples (a standard error needs two), and a peak memory that fits.
+fn validate(args: &SimulateArgs, cfg: &Config, threads: usize) -> anyhow::Result<()> {
+    crate::limits::check_threads("--threads", threads)?;
+    let c = args.checkpoint_secs;
+    if !(c.is_finite() && (0.0..=MAX_CHECKPOINT_SECS).contains(&c)) {
+        bail!(
+            "--checkpoint-secs {c}: expected a number of seconds from 0 to {MAX_CHECKPOINT_SECS:e}"
+        );
+    }
+    if cfg.run.samples < 2 {
+        bail!(
+            "run.samples = {}: a standard error needs at least 2 samples",
+            cfg.run.samples
+        );
+    }
+    let est = crate::limits::monte_carlo(cfg, threads);
+    crate::limits::enforce("the Monte Carlo", &est, args.cfg.max_memory.as_deref())
+}
+
 fn parse_shard(s: &str) -> anyhow::Result<(u64, u64)> {
     let err = || anyhow::anyhow!("--shard `{s}`: expected i/N with 0 ≤ i < N, e.g. 0/4");
     let (i, n) = s.split_once('/').ok_or_else(err)?;
@@ -80,19 +105,16 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        bail!("--threads 0: expected at least 1 thread");
-    }
     let plan = match &args.resume {
-        Some(dir) => resume_plan(args, dir)?,
-        None => new_plan(args)?,
+        Some(dir) => resume_plan(args, dir, threads)?,
+        None => new_plan(args, threads)?,
     };
     execute(plan, threads, args.checkpoint_secs)
 }
 
 /// `--resume DIR`: the run exactly as it was started, read from DIR (its config.toml,
 /// inputs.csv and moments.bin, which must agree); only `--samples` may grow it.
-fn resume_plan(args: &SimulateArgs, dir: &Path) -> anyhow::Result<Plan> {
+fn resume_plan(args: &SimulateArgs, dir: &Path, threads: usize) -> anyhow::Result<Plan> {
     let changes = [
         ("--config", args.cfg.config.is_some()),
         ("--set", !args.cfg.set.is_empty()),
@@ -146,6 +168,7 @@ fn resume_plan(args: &SimulateArgs, dir: &Path) -> anyhow::Result<Plan> {
     if end > moments.end {
         cfg.set_samples(end);
     }
+    validate(args, &cfg, threads)?;
     let start = if moments.next >= end {
         Start::Done(moments)
     } else {
@@ -162,19 +185,23 @@ fn resume_plan(args: &SimulateArgs, dir: &Path) -> anyhow::Result<Plan> {
 
 /// A new run into `--out`; a folder that already holds this run continues it, one that
 /// holds anything else is refused unless `--force`.
-fn new_plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
+fn new_plan(args: &SimulateArgs, threads: usize) -> anyhow::Result<Plan> {
     let mut b = args.cfg.builder()?;
     if let Some(n) = args.samples {
         b = b.value(
             "run.samples",
-            toml::Value::from(n.min(i64::MAX as u64) as i64),
+            crate::config::count_value("run.samples", "--samples", n)?,
         )?;
     }
     if let Some(s) = args.seed {
-        b = b.value("run.seed", toml::Value::from(s.min(i64::MAX as u64) as i64))?;
+        b = b.value(
+            "run.seed",
+            crate::config::count_value("run.seed", "--seed", s)?,
+        )?;
     }
     let out = args.out.clone().context("simulate needs --out DIR")?;
     let mut cfg = b.build()?;
+    validate(args, &cfg, threads)?;
     let probe = crate::inputs::probe(&mut cfg)?;
     let sampler = mc::resolve_sampler(&cfg, &probe)?;
     cfg.set_sampler(sampler);
@@ -371,6 +398,13 @@ fn check_layout(out: &Path, stored: usize, built: usize) -> anyhow::Result<()> {
 }
 
 fn finish_divergence(ens: &Ensemble) -> anyhow::Result<()> {
+    if let Some(l) = ens.acc.diverged_at
+        && l <= 1
+    {
+        bail!(
+            "diverged at layer {l} (overflow or NaN): no layer has finite statistics; lower the variances (model.variances.*) or the input scale"
+        );
+    }
     if let Some(l) = ens.acc.diverged_at {
         eprintln!(
             "warning: diverged at layer {l} (overflow or NaN); stats.csv keeps layers 1 to {}",

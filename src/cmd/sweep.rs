@@ -22,6 +22,7 @@ pub struct SweepArgs {
     /// Samples per point.
     #[arg(long)]
     pub samples: Option<u64>,
+    /// Worker threads for the Monte Carlo (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Also run the theory at every point and compare.
@@ -126,11 +127,15 @@ pub fn run_grid(
     mut on_point: impl FnMut(usize, usize, &str),
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let (fixed, points, width_only) = grid(&base.set, explicit)?;
+    if let Some(n) = samples {
+        crate::config::count_value("run.samples", "--samples", n)?;
+    }
     out_dir(out)?;
     let fixed_args = ConfigArgs {
         config: base.config.clone(),
         set: fixed.clone(),
         inputs: base.inputs.clone(),
+        max_memory: base.max_memory.clone(),
     };
     let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
     let mut mc_rows = Vec::new();
@@ -158,6 +163,7 @@ pub fn run_grid(
             config: base.config.clone(),
             set: sets,
             inputs: base.inputs.clone(),
+            max_memory: base.max_memory.clone(),
         };
         // A point folder that holds this point's run continues it (or is left as it is when
         // finished); one that holds anything else is refused unless --force.

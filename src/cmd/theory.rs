@@ -51,6 +51,11 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
 pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
     let mut cfg = args.cfg.builder()?.build()?;
     let out = args.out.clone().context("theory needs --out DIR")?;
+    crate::limits::enforce(
+        "the theory",
+        &crate::limits::theory(&cfg),
+        args.cfg.max_memory.as_deref(),
+    )?;
     let probe = crate::inputs::probe(&mut cfg)?;
     let fp = Fingerprint::of(&cfg, &probe, Purpose::Theory);
     if let Existing::Same = claim(&out, &fp, Purpose::Theory, args.force, "--out")?
@@ -88,6 +93,13 @@ pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
     if spec.logit_exponent > 0.5 && spec.blocks.contains(&BlockKind::Attn) {
         eprintln!(
             "note: logit_exponent > 1/2: attention is exactly uniform at infinite width; a finite-width ensemble deviates by O(C^(1-2a))"
+        );
+    }
+    if let Some(l) = diverged
+        && l <= 1
+    {
+        anyhow::bail!(
+            "diverged at layer {l} (overflow or NaN): no layer has finite predictions; lower the variances (model.variances.*)"
         );
     }
     if let Some(l) = diverged {

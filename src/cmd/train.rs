@@ -47,12 +47,36 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
 }
 
+/// A first run with no configuration trains at this width for [`FIRST_RUN_STEPS`] steps,
+/// about a minute, where the shared defaults (width 512, 1000 steps) take ~9.5 minutes.
+/// Measured here: 400 steps of the copy task in 37 s of CPU (95 s wall on two cores shared
+/// with other jobs), eval loss from 2.71 (chance) to 0.0005.
+pub const FIRST_RUN_WIDTH: i64 = 128;
+pub const FIRST_RUN_STEPS: i64 = 400;
+
 impl TrainArgs {
+    /// Whether this is a first run: no --config, --resume, --hparams, width, preset or steps
+    /// given. Only then do the smaller first-run sizes apply.
+    fn first_run(&self, b: &ConfigBuilder) -> bool {
+        self.resume.is_none()
+            && self.cfg.config.is_none()
+            && self.hparams.is_none()
+            && self.steps.is_none()
+            && !["model.width", "model.preset", "train.steps"]
+                .iter()
+                .any(|k| b.is_set(k))
+    }
+
     fn builder(&self) -> anyhow::Result<ConfigBuilder> {
         let mut b = match &self.resume {
             Some(dir) => ConfigBuilder::new().file(&dir.join("config.toml"))?,
             None => self.cfg.builder()?,
         };
+        if self.first_run(&b) {
+            b = b
+                .value("model.width", Value::from(FIRST_RUN_WIDTH))?
+                .value("train.steps", Value::from(FIRST_RUN_STEPS))?;
+        }
         if let Some(x) = self.lr {
             b = b.value("train.lr", Value::from(x))?;
         }
@@ -62,7 +86,8 @@ impl TrainArgs {
             ("train.threads", self.threads),
         ] {
             if let Some(x) = x {
-                b = b.value(key, Value::from(x as i64))?;
+                let flag = format!("--{}", key.trim_start_matches("train."));
+                b = b.value(key, crate::config::count_value(key, &flag, x)?)?;
             }
         }
         Ok(b)
@@ -70,6 +95,7 @@ impl TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let first_run = args.resume.is_none() && args.first_run(&args.cfg.builder()?);
     let first = args.builder()?.build()?;
     let cfg = train::configure(&first, args.builder()?)?;
     let (out, hp_path) = match &args.resume {
@@ -86,6 +112,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         ),
     };
     let hp = hp_path.as_deref().map(HparamTable::read).transpose()?;
+    let threads = match cfg.get("train.threads").and_then(Value::as_integer) {
+        Some(t) if t > 0 => t as usize,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    crate::limits::check_threads("train.threads", threads)?;
+    crate::limits::enforce(
+        "training",
+        &crate::limits::training(&cfg, threads),
+        args.cfg.max_memory.as_deref(),
+    )?;
+    if first_run {
+        eprintln!(
+            "note: no configuration given: a first run at model.width = {FIRST_RUN_WIDTH} for {FIRST_RUN_STEPS} steps (about a minute); scale up with e.g. --set model.width=512 --steps 1000, or a --config file"
+        );
+    }
     out_dir(&out)?;
     match cfg.get("train.precision").and_then(Value::as_str) {
         Some("f64") => train_in(

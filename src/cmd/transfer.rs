@@ -31,6 +31,7 @@ pub struct TransferArgs {
     /// Points trained at once, one thread each (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Output folder (transfer.csv, drift.md, the figure); points already in it are kept.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -75,6 +76,20 @@ pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summa
         anyhow::bail!("--wd {}: expected a number ≥ 0", grid.weight_decay);
     }
     let builder = || cfg.builder();
+    super::check_largest_width(
+        &builder,
+        &grid.widths,
+        &|first| {
+            let w = crate::config::count_value("model.width", "width", first.model.width as u64)?;
+            Ok(crate::train::configure(
+                &first,
+                builder()?.value("model.width", w)?,
+            )?)
+        },
+        &|c| crate::limits::training(c, grid.threads),
+        "training at the largest width",
+        cfg.max_memory.as_deref(),
+    )?;
     let s = transfer::run(&builder, grid, &|p, k, n| {
         eprintln!(
             "[{k}/{n}] {} n={} lr={}: train {:.4}, eval {:.4}{} ({:.1} s)",

@@ -425,6 +425,7 @@ impl Config {
             ));
         }
         let layers = int("model.layers");
+        check_sizes(&snapshot, pattern.len())?;
         let blocks: Vec<BlockKind> = (0..layers).flat_map(|_| pattern.iter().copied()).collect();
         let stem = if word("model.stem") == "embedding" {
             Stem::Embedding
@@ -671,9 +672,112 @@ impl Config {
 }
 
 fn lookup(key: &str) -> Result<&'static Key, ConfigError> {
-    schema::find(key).ok_or_else(|| ConfigError::UnknownKey {
-        key: key.to_string(),
-        suggestion: schema::closest(key).to_string(),
+    schema::find(key).ok_or_else(|| match schema::closest(key) {
+        Some(s) => ConfigError::UnknownKey {
+            key: key.to_string(),
+            suggestion: s.to_string(),
+        },
+        None => ConfigError::Invalid(format!(
+            "unknown key `{key}`; the keys are listed in docs/configuration.md"
+        )),
+    })
+}
+
+/// The most elements any one array may have (2^48, 2 PiB of f64). Beyond it the shape
+/// products themselves overflow or ndarray refuses the shape; no machine holds it anyway.
+pub const MAX_ELEMENTS: f64 = 281_474_976_710_656.0;
+
+/// The most residual blocks (layers × pattern length): the block list is built before any
+/// memory estimate, so it must stay small itself.
+pub const MAX_BLOCKS: f64 = 1_048_576.0;
+
+/// Refuses shapes whose products overflow or exceed [`MAX_ELEMENTS`], before anything is
+/// allocated. Products are taken in f64, where they cannot wrap (2^58 + 1 times 512 is
+/// not 512).
+fn check_sizes(values: &BTreeMap<String, Value>, pattern_len: usize) -> Result<(), ConfigError> {
+    let n = |k: &str| values.get(k).and_then(Value::as_integer).unwrap_or(1) as f64;
+    let ids_len = |k: usize| {
+        values
+            .get("inputs.ids")
+            .and_then(Value::as_array)
+            .map(|rows| {
+                if k == 0 {
+                    rows.len() as f64
+                } else {
+                    rows.first().and_then(Value::as_array).map_or(0, Vec::len) as f64
+                }
+            })
+    };
+    let seqs = ids_len(0).unwrap_or_else(|| n("inputs.sequences"));
+    let toks = ids_len(1).unwrap_or_else(|| n("inputs.tokens"));
+    let blocks = n("model.layers") * pattern_len as f64;
+    if blocks > MAX_BLOCKS {
+        return Err(ConfigError::Invalid(format!(
+            "model.layers × len(model.pattern) = {} blocks is too many (at most {MAX_BLOCKS})",
+            big(blocks)
+        )));
+    }
+    let d = seqs * toks;
+    let products: [(&str, f64); 8] = [
+        (
+            "model.mlp_mult × model.width",
+            n("model.mlp_mult") * n("model.width"),
+        ),
+        (
+            "model.width × model.width",
+            n("model.width") * n("model.width"),
+        ),
+        (
+            "model.mlp_mult × model.width²",
+            n("model.mlp_mult") * n("model.width") * n("model.width"),
+        ),
+        (
+            "inputs.sequences × inputs.tokens × inputs.dim",
+            d * n("inputs.dim"),
+        ),
+        ("(inputs.sequences × inputs.tokens)²", d * d),
+        (
+            "inputs.sequences × inputs.tokens × model.width",
+            d * n("model.width"),
+        ),
+        (
+            "inputs.vocab × model.width",
+            n("inputs.vocab") * n("model.width"),
+        ),
+        (
+            "model.n_out × model.width",
+            n("model.n_out") * n("model.width"),
+        ),
+    ];
+    for (what, x) in products {
+        if x > MAX_ELEMENTS {
+            return Err(ConfigError::Invalid(format!(
+                "{what} = {} elements is too large (at most 2^48 per array)",
+                big(x)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A count for a message: exact below 10^15, else in scientific notation.
+fn big(x: f64) -> String {
+    if x < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// A count from a command-line flag (`--samples`, `--seed`, …) as a configuration value.
+/// TOML integers are signed 64-bit: a larger count is refused as typed, not wrapped to
+/// a negative number.
+pub fn count_value(key: &str, flag: &str, n: u64) -> Result<Value, ConfigError> {
+    i64::try_from(n).map(Value::from).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{flag} {n}: too large for {key} (at most {})",
+            i64::MAX
+        ))
     })
 }
 
@@ -767,6 +871,16 @@ fn describe_range(min: f64, max: f64) -> String {
 
 fn parse_cli_value(key: &Key, raw: &str) -> Result<Value, ConfigError> {
     let unquoted = raw.trim_matches('"');
+    if let Kind::Int { .. } = key.kind
+        && raw.parse::<i64>().is_err()
+        && raw.parse::<u128>().is_ok()
+    {
+        return Err(ConfigError::Invalid(format!(
+            "`{}` = {raw}: too large (at most {})",
+            key.name,
+            i64::MAX
+        )));
+    }
     let v = match key.kind {
         Kind::Int { .. } => raw.parse::<i64>().map(Value::from).map_err(|_| raw),
         Kind::Float { .. } => raw.parse::<f64>().map(Value::from).map_err(|_| raw),

@@ -226,13 +226,29 @@ pub fn find(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-/// The valid key closest to `name` in edit distance, for "did you mean" hints.
-pub fn closest(name: &str) -> &'static str {
-    KEYS.iter()
+/// The valid key closest to `name` in edit distance, for "did you mean" hints; `None`
+/// when even the closest is far off (more than a third of the name's characters, at least
+/// 2, changed), so a wild guess is never offered as a fix. The part after the last dot is
+/// also matched alone, so `model.widht` and `widht` both find `model.width`.
+pub fn closest(name: &str) -> Option<&'static str> {
+    let limit = |len: usize| (len / 3).max(2);
+    let whole = KEYS
+        .iter()
         .map(|k| (edit_distance(name, k.name), k.name))
         .min()
+        .filter(|(d, _)| *d <= limit(name.chars().count()));
+    if whole.is_some() {
+        return whole.map(|(_, n)| n);
+    }
+    let tail = name.rsplit('.').next().unwrap_or(name);
+    KEYS.iter()
+        .map(|k| {
+            let t = k.name.rsplit('.').next().unwrap_or(k.name);
+            (edit_distance(tail, t), k.name)
+        })
+        .min()
+        .filter(|(d, _)| *d <= limit(tail.chars().count()).min(2) && tail.chars().count() > 2)
         .map(|(_, n)| n)
-        .unwrap_or("model.width")
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -256,8 +272,10 @@ mod tests {
 
     #[test]
     fn closest_key_finds_typos() {
-        assert_eq!(closest("model.widht"), "model.width");
-        assert_eq!(closest("model.variances.qq"), "model.variances.q");
-        assert_eq!(closest("model.activaton"), "model.activation");
+        assert_eq!(closest("model.widht"), Some("model.width"));
+        assert_eq!(closest("model.variances.qq"), Some("model.variances.q"));
+        assert_eq!(closest("model.activaton"), Some("model.activation"));
+        assert_eq!(closest("zzzzzz.qqqqqq"), None);
+        assert_eq!(closest("foo"), None);
     }
 }

@@ -90,6 +90,24 @@ impl HparamTable {
             path: path.to_string(),
             msg,
         };
+        // `sigprop hparams --format json --widths a,b` writes an array, one table per
+        // width; a run trains one width, so name the widths it could take instead.
+        if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text) {
+            let widths: Vec<String> = items
+                .iter()
+                .filter_map(|t| t.get("width").and_then(serde_json::Value::as_u64))
+                .map(|w| w.to_string())
+                .collect();
+            return Err(err(format!(
+                "holds {} tables (widths {}); training needs the table of one width: make it with `sigprop hparams --format json --widths N`",
+                items.len(),
+                if widths.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    widths.join(", ")
+                }
+            )));
+        }
         let hp: HparamTable =
             serde_json::from_str(text).map_err(|e| err(crate::config::one_line(&e.to_string())))?;
         hp.validate().map_err(err)?;

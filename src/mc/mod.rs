@@ -189,9 +189,14 @@ pub fn resolve_sampler(cfg: &Config, probe: &Probe) -> Result<Sampler, crate::co
 
 /// Estimated (dense, conditional) cost of one sample.
 pub fn sampler_costs(m: &ModelSpec, probe: &Probe, backward: Backward) -> (f64, f64) {
-    let d = probe.len() as f64;
+    sampler_costs_of(m, probe.len() as f64, probe.sequences as f64, backward)
+}
+
+/// [`sampler_costs`] from the probe's shape alone (D tokens in `sequences` sequences), so
+/// the memory check can pick the sampler before the probe exists. Sizes are f64 throughout.
+pub fn sampler_costs_of(m: &ModelSpec, d: f64, sequences: f64, backward: Backward) -> (f64, f64) {
     let outputs = if m.head == HeadKind::Pooled {
-        probe.sequences as f64
+        sequences
     } else {
         d
     };
@@ -201,7 +206,7 @@ pub fn sampler_costs(m: &ModelSpec, probe: &Probe, backward: Backward) -> (f64, 
         1.0
     };
     let n = m.width as f64;
-    let mn = (m.mlp_mult * m.width) as f64;
+    let mn = m.mlp_mult as f64 * m.width as f64;
     let mut shapes: Vec<(f64, f64)> = Vec::new();
     for b in &m.blocks {
         match (m.norm, b) {

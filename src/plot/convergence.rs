@@ -271,7 +271,8 @@ pub(crate) fn figure(data: &Data) -> Result<Convergence, Skip> {
         for (w, pair) in at {
             if let (Some(mc), Some(th)) = pair {
                 let d = (mc.value - th.value).abs() / th.value.abs();
-                if d > 0.0 && d.is_finite() {
+                // A point without a standard error cannot be weighted: skip it.
+                if d > 0.0 && d.is_finite() && mc.stderr.is_finite() && th.stderr.is_finite() {
                     pts.push((w as f64, d, mc.stderr.hypot(th.stderr) / th.value.abs()));
                     used.extend([mc, th]);
                 }

@@ -85,10 +85,11 @@ pub fn load(dirs: &[PathBuf]) -> anyhow::Result<Vec<Row>> {
 /// Figures whose rows are absent are skipped with a note on stderr.
 pub fn plot_all(rows: &[Row], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     register_font()?;
+    let rows = plottable(rows);
     if rows.is_empty() {
         bail!("no rows to plot");
     }
-    let data = Data::new(rows);
+    let data = Data::new(&rows);
     let mut written = Vec::new();
     let note = |name: &str, why: &str| eprintln!("sigprop plot: skipping {name}: {why}");
     for fig in profile::figures(&data) {
@@ -136,23 +137,80 @@ pub(crate) trait Figure {
 pub(crate) fn save<F: Figure>(fig: &F, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let png = out.join(format!("{}.png", fig.name()));
     let svg = out.join(format!("{}.svg", fig.name()));
-    {
-        let root = BitMapBackend::new(&png, fig.size()).into_drawing_area();
-        root.fill(&WHITE)?;
-        fig.draw(&root)
-            .with_context(|| format!("drawing {}", png.display()))?;
-        root.present()
-            .with_context(|| format!("cannot write {}", png.display()))?;
+    // Drawn into temporary files in the same folder and renamed, so a reader never sees
+    // half a figure and an interrupted plot leaves the old one intact. The temporary names
+    // keep their extension: the bitmap backend picks the encoder from it.
+    let png_tmp = out.join(format!("{}.tmp.png", fig.name()));
+    let svg_tmp = out.join(format!("{}.tmp.svg", fig.name()));
+    let result = (|| -> anyhow::Result<()> {
+        for tmp in [&png_tmp, &svg_tmp] {
+            // The backends report I/O failures as Debug dumps; find them here first.
+            std::fs::File::create(tmp)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        }
+        {
+            let root = BitMapBackend::new(&png_tmp, fig.size()).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| drawing(&png, &e))?;
+            fig.draw(&root)
+                .with_context(|| format!("drawing {}", png.display()))?;
+            root.present().map_err(|e| drawing(&png, &e))?;
+        }
+        {
+            let root = SVGBackend::new(&svg_tmp, fig.size()).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| drawing(&svg, &e))?;
+            fig.draw(&root)
+                .with_context(|| format!("drawing {}", svg.display()))?;
+            root.present().map_err(|e| drawing(&svg, &e))?;
+        }
+        for (tmp, path) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
+            std::fs::rename(tmp, path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&png_tmp);
+        let _ = std::fs::remove_file(&svg_tmp);
     }
-    {
-        let root = SVGBackend::new(&svg, fig.size()).into_drawing_area();
-        root.fill(&WHITE)?;
-        fig.draw(&root)
-            .with_context(|| format!("drawing {}", svg.display()))?;
-        root.present()
-            .with_context(|| format!("cannot write {}", svg.display()))?;
+    result.map(|()| vec![png, svg])
+}
+
+/// A drawing error in one line.
+fn drawing(path: &Path, e: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot draw {}: {}",
+        path.display(),
+        crate::config::one_line(&e.to_string())
+    )
+}
+
+/// The largest magnitude a figure shows. Beyond ~1e290 plotters' log-axis key points never
+/// terminate (a decade step overflows to inf), and a value this large only says the
+/// network diverged, which `simulate` already reports.
+pub const PLOT_MAX: f64 = 1e200;
+
+/// Leaves out rows no axis can show (|value| > [`PLOT_MAX`]) with a note, and treats an
+/// error bar that would reach beyond it as undefined.
+fn plottable(rows: &[Row]) -> Vec<Row> {
+    let mut dropped = 0usize;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.value.is_nan() || r.value.abs() > PLOT_MAX {
+            dropped += 1;
+            continue;
+        }
+        let mut r = r.clone();
+        if r.stderr.abs() > PLOT_MAX {
+            r.stderr = f64::NAN;
+        }
+        out.push(r);
     }
-    Ok(vec![png, svg])
+    if dropped > 0 {
+        eprintln!(
+            "sigprop plot: leaving out {dropped} rows with |value| > {PLOT_MAX:e} (a diverging network; no axis can show them)"
+        );
+    }
+    out
 }
 
 /// One curve of the input: a source and a (config, width) ensemble.

@@ -184,10 +184,16 @@ where
     }
     for c in panel.curves.iter().filter(|c| !c.key.theory) {
         let style = c.color.stroke_width(2);
-        chart.draw_series(c.points.iter().map(|&(x, y, e)| {
-            let (a, b) = bar(log, y, e);
-            ErrorBar::new_vertical(x + c.dodge, a, y, b, style, 12)
-        }))?;
+        // An undefined error (NaN: empty in the CSV) gets no bar.
+        chart.draw_series(
+            c.points
+                .iter()
+                .filter(|p| p.2.is_finite())
+                .map(|&(x, y, e)| {
+                    let (a, b) = bar(log, y, e);
+                    ErrorBar::new_vertical(x + c.dodge, a, y, b, style, 12)
+                }),
+        )?;
         chart.draw_series(
             c.points
                 .iter()

@@ -127,8 +127,14 @@ impl Accumulator {
             return f64::NAN;
         }
         let mean = self.total(slot) / n;
-        let var = ((self.sumsq[slot].value() - n * mean * mean) / (n - 1.0)).max(0.0);
-        (var / n).sqrt()
+        let var = (self.sumsq[slot].value() - n * mean * mean) / (n - 1.0);
+        // Sums that overflowed give inf or inf − inf = NaN: the error is then undefined
+        // (NaN), not 0 — `.max(0.0)` would turn NaN into 0. Only a finite rounding
+        // residue below zero is clipped.
+        if !var.is_finite() {
+            return f64::NAN;
+        }
+        (var.max(0.0) / n).sqrt()
     }
 
     /// A nonlinear function of slot means and its delete-a-batch jackknife error.
@@ -138,7 +144,14 @@ impl Accumulator {
         let full = f(&|s| self.mean(s));
         let batches: Vec<usize> = (0..BATCHES).filter(|&b| self.count[b] > 0).collect();
         let g = batches.len() as f64;
-        if g < 2.0 {
+        // Each leave-one-out estimate must rest on at least two samples: with one, a
+        // variance-type statistic (fluct) is exactly 0 in every replicate and the error
+        // would read 0.0 instead of undefined.
+        let smallest_loo = batches
+            .iter()
+            .map(|&b| n - self.count[b] as f64)
+            .fold(f64::INFINITY, f64::min);
+        if g < 2.0 || smallest_loo < 2.0 {
             return (full, f64::NAN);
         }
         let loo: Vec<f64> = batches
@@ -150,7 +163,14 @@ impl Accumulator {
             .collect();
         let mean_loo = loo.iter().sum::<f64>() / g;
         let var = (g - 1.0) / g * loo.iter().map(|x| (x - mean_loo).powi(2)).sum::<f64>();
-        (full, var.sqrt())
+        (
+            full,
+            if var.is_finite() {
+                var.sqrt()
+            } else {
+                f64::NAN
+            },
+        )
     }
 }
 

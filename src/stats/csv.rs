@@ -21,8 +21,36 @@ pub struct Row {
     pub i: i64,
     pub j: i64,
     pub value: f64,
+    /// NaN means undefined (fewer than two samples, or sums that overflowed); it is
+    /// written as an empty field, never as a number, and an empty field reads back as NaN.
+    #[serde(
+        serialize_with = "empty_if_undefined",
+        deserialize_with = "nan_if_empty"
+    )]
     pub stderr: f64,
     pub samples: u64,
+}
+
+/// Writes a non-finite number as an empty field: an undefined error must not read as a value.
+pub fn empty_if_undefined<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        s.serialize_f64(*x)
+    } else {
+        s.serialize_str("")
+    }
+}
+
+/// Reads an empty (or non-finite) field as NaN, "undefined".
+pub fn nan_if_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(f64::NAN);
+    }
+    let x: f64 = t
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("stderr `{t}` is not a number")))?;
+    Ok(if x.is_finite() { x } else { f64::NAN })
 }
 
 /// Writes rows to `path` atomically (a temporary file, then a rename).

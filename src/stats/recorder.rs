@@ -58,7 +58,9 @@ impl Recorder {
 
     /// Stores one value and returns its slot.
     pub fn slot(&mut self, layer: usize, v: f64) -> usize {
-        if !v.is_finite() && self.track_divergence {
+        // A value whose square overflows (|v| > ~1.3e154) is as lost as an inf: the
+        // accumulator's Σx² becomes inf and the row's standard error undefined.
+        if !(v * v).is_finite() && self.track_divergence {
             self.diverged_at = Some(self.diverged_at.map_or(layer, |d| d.min(layer)));
         }
         self.values.push(v);
@@ -155,8 +157,16 @@ impl Recorder {
     }
 }
 
-/// Evaluates every recipe on the accumulated sums. Rows at or above a diverged layer,
-/// and rows whose value is not finite, are left out.
+/// Whether a row comes from the backward pass. The gradient at layer ℓ flows back from the
+/// head through every layer above ℓ, so once the forward pass diverged anywhere these
+/// rows are meaningless at every layer.
+pub fn is_backward(observable: &str) -> bool {
+    observable == "grad2" || observable.starts_with("ntk")
+}
+
+/// Evaluates every recipe on the accumulated sums. Rows at or above a diverged layer
+/// (forward) or of a diverged network at all (backward, see [`is_backward`]), and rows whose
+/// value is not finite, are left out.
 pub fn rows(
     rows: &[(RowKey, Recipe)],
     acc: &Accumulator,
@@ -167,7 +177,10 @@ pub fn rows(
 ) -> Vec<Row> {
     let samples = acc.samples();
     rows.iter()
-        .filter(|(k, _)| acc.diverged_at.is_none_or(|d| k.layer < d))
+        .filter(|(k, _)| {
+            acc.diverged_at
+                .is_none_or(|d| k.layer < d && !is_backward(&k.observable))
+        })
         .filter_map(|(k, r)| {
             let (value, stderr) = evaluate(r, acc);
             value.is_finite().then(|| Row {
