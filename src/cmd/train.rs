@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use toml::Value;
 
-use super::{ConfigArgs, out_dir};
+use super::{ConfigArgs, Existing, claim, out_dir};
+use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::config::{Config, ConfigBuilder};
 use crate::hparams::HparamTable;
 use crate::mc;
@@ -45,6 +46,9 @@ pub struct TrainArgs {
     /// Output folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Overwrite an output folder that holds other results.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A first run with no configuration trains at this width for [`FIRST_RUN_STEPS`] steps,
@@ -94,7 +98,33 @@ impl TrainArgs {
     }
 }
 
+/// `--resume DIR` continues the run exactly as it was started: a flag that would change it
+/// is refused. `--steps` may extend it, and the thread count (which changes results only by
+/// rounding) may differ.
+fn refuse_changes(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
+    let changes = [
+        ("--config", args.cfg.config.is_some()),
+        ("--set", !args.cfg.set.is_empty()),
+        ("--inputs", args.cfg.inputs.is_some()),
+        ("--hparams", args.hparams.is_some()),
+        ("--lr", args.lr.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--force", args.force),
+        ("--out", args.out.as_ref().is_some_and(|o| o != dir)),
+    ];
+    if let Some((flag, _)) = changes.iter().find(|c| c.1) {
+        bail!(
+            "--resume continues {} exactly as it was started, and {flag} would change it; start a new run with --out instead",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.resume {
+        refuse_changes(args, dir)?;
+    }
     let first_run = args.resume.is_none() && args.first_run(&args.cfg.builder()?);
     let first = args.builder()?.build()?;
     let cfg = train::configure(&first, args.builder()?)?;
@@ -112,6 +142,28 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         ),
     };
     let hp = hp_path.as_deref().map(HparamTable::read).transpose()?;
+    let hp_bytes = match &hp_path {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    let fp = Fingerprint::of_training(&cfg, hp_bytes.as_deref());
+    // Where to continue from: the folder given to --resume, or --out when it holds this very
+    // run (the same command run again); a folder with anything else needs --force.
+    let resume: Option<PathBuf> = match &args.resume {
+        Some(dir) => {
+            if super::stored_fingerprint(dir).as_deref() != Some(fp.hex().as_str()) {
+                bail!(
+                    "{}: config.toml or hparams.json changed since the run started (or it was written by an older sigprop); restore them, or start a new run with --out",
+                    dir.display()
+                );
+            }
+            Some(dir.clone())
+        }
+        None => match claim(&out, &fp, Purpose::Train, args.force, "--out")? {
+            Existing::Same if out.join("checkpoint.bin").exists() => Some(out.clone()),
+            _ => None,
+        },
+    };
     let threads = match cfg.get("train.threads").and_then(Value::as_integer) {
         Some(t) if t > 0 => t as usize,
         _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -128,36 +180,45 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     out_dir(&out)?;
+    let run = Run {
+        cfg: &cfg,
+        out: &out,
+        hp: hp.as_ref(),
+        fp: &fp,
+        resume: resume.as_deref(),
+    };
     match cfg.get("train.precision").and_then(Value::as_str) {
-        Some("f64") => train_in(
-            args,
-            &cfg,
-            &out,
-            hp.as_ref(),
-            Trainer::<f64>::new(&cfg, hp.as_ref())?,
-        ),
-        _ => train_in(
-            args,
-            &cfg,
-            &out,
-            hp.as_ref(),
-            Trainer::<f32>::new(&cfg, hp.as_ref())?,
-        ),
+        Some("f64") => train_in(&run, Trainer::<f64>::new(&cfg, hp.as_ref())?),
+        _ => train_in(&run, Trainer::<f32>::new(&cfg, hp.as_ref())?),
     }
 }
 
+/// What [`train_in`] needs besides the trainer.
+struct Run<'a> {
+    cfg: &'a Config,
+    out: &'a Path,
+    hp: Option<&'a HparamTable>,
+    fp: &'a Fingerprint,
+    /// The folder whose checkpoint the run continues.
+    resume: Option<&'a Path>,
+}
+
 /// The run itself, in the trainer's precision.
-fn train_in<F: Real>(
-    args: &TrainArgs,
-    cfg: &Config,
-    out: &Path,
-    hp: Option<&HparamTable>,
-    mut tr: Trainer<F>,
-) -> anyhow::Result<()> {
+fn train_in<F: Real>(run: &Run, mut tr: Trainer<F>) -> anyhow::Result<()> {
+    let (cfg, out, hp) = (run.cfg, run.out, run.hp);
     let mut log = Log::new(&tr);
-    match &args.resume {
+    tr.fingerprint = run.fp.hash;
+    match run.resume {
         Some(dir) => {
             tr.load(&dir.join("checkpoint.bin"))?;
+            if tr.step >= tr.spec.steps {
+                eprintln!(
+                    "{}: already finished ({} steps of this configuration); nothing to do",
+                    dir.display(),
+                    tr.step
+                );
+                return Ok(());
+            }
             log.resume(&dir.join("train.csv"), tr.step)?;
             eprintln!(
                 "resuming {}: {} of {} steps done",
@@ -167,7 +228,7 @@ fn train_in<F: Real>(
             );
         }
         None => {
-            write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+            super::write_config(out, cfg, run.fp)?;
             if let Some(hp) = &hp {
                 write_atomic(
                     &out.join("hparams.json"),

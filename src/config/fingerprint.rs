@@ -23,10 +23,22 @@ pub enum Purpose {
     /// Whether a Monte Carlo and a theory file describe the same model and probe: neither the
     /// seed, the sampler, the backward mode nor the run's name (the joined `config` column).
     Compare,
+    /// A training run: every `train.*` key but the thread count (which changes results only
+    /// by rounding) and the step count (a resumed run may be extended); the Monte Carlo's and
+    /// the theory's keys do not touch it.
+    Train,
 }
 
 impl Purpose {
     fn ignores(self, key: &str) -> bool {
+        if self == Purpose::Train {
+            return key == "train.threads"
+                || key == "train.steps"
+                || key == "model.preset"
+                || key.starts_with("run.")
+                || key.starts_with("theory.")
+                || key.starts_with("inputs.");
+        }
         let always = key == "run.samples"
             || key == "inputs.path"
             || key == "model.preset"
@@ -35,6 +47,7 @@ impl Purpose {
             || match self {
                 Purpose::MonteCarlo => key.starts_with("theory."),
                 Purpose::Theory => key == "run.sampler",
+                Purpose::Train => false,
                 Purpose::Compare => {
                     key.starts_with("theory.")
                         || matches!(
@@ -50,6 +63,7 @@ impl Purpose {
             Purpose::MonteCarlo => "mc",
             Purpose::Theory => "theory",
             Purpose::Compare => "compare",
+            Purpose::Train => "train",
         }
     }
 }
@@ -67,16 +81,33 @@ const VERSION: &str = "sigprop-fingerprint-1";
 
 impl Fingerprint {
     pub fn of(cfg: &Config, probe: &Probe, purpose: Purpose) -> Fingerprint {
-        let mut pairs: Vec<(String, String)> = cfg
-            .flat()
-            .iter()
-            .filter(|(k, _)| !purpose.ignores(k))
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect();
+        let mut pairs = Self::config_pairs(cfg, purpose);
         pairs.push((
             "inputs.contents".into(),
             format!("{:016x}", probe_hash(probe)),
         ));
+        Self::from_pairs(pairs, purpose)
+    }
+
+    /// A training run's: its configuration and the bytes of its hparams table, if any.
+    pub fn of_training(cfg: &Config, hparams: Option<&[u8]>) -> Fingerprint {
+        let mut pairs = Self::config_pairs(cfg, Purpose::Train);
+        let table = hparams.map_or("none".to_string(), |b| {
+            format!("{:016x}", Fnv::default().bytes(b).finish())
+        });
+        pairs.push(("hparams.contents".into(), table));
+        Self::from_pairs(pairs, Purpose::Train)
+    }
+
+    fn config_pairs(cfg: &Config, purpose: Purpose) -> Vec<(String, String)> {
+        cfg.flat()
+            .iter()
+            .filter(|(k, _)| !purpose.ignores(k))
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect()
+    }
+
+    fn from_pairs(pairs: Vec<(String, String)>, purpose: Purpose) -> Fingerprint {
         let mut h = Fnv::default();
         h.bytes(VERSION.as_bytes()).bytes(purpose.tag().as_bytes());
         for (k, v) in &pairs {
@@ -128,6 +159,8 @@ impl Fingerprint {
                 let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
                 if k == "inputs.contents" {
                     "the probe inputs (inputs.csv contents)".to_string()
+                } else if k == "hparams.contents" {
+                    "the hparams table (hparams.json contents)".to_string()
                 } else {
                     format!("{k} ({} → {})", show(a), show(b))
                 }

@@ -6,7 +6,7 @@
 //!
 //! The file is the checked container of [`crate::stats::binfile`] (magic `SIGPROPT`, version,
 //! length, checksum), so a truncated or corrupted checkpoint is an error naming the file.
-//! Payload: step u64, optimizer updates t u64, kind u8 (0 sgd, 1 adamw), count u64, then per
+//! Payload: the run's fingerprint u64 (0 = none), step u64, optimizer updates t u64, kind u8 (0 sgd, 1 adamw), count u64, then per
 //! parameter: name (u64 length + UTF-8), rows u64, cols u64, values; then, for AdamW, m and v
 //! in the same order (values only).
 
@@ -23,17 +23,20 @@ const MAGIC: &[u8; 8] = b"SIGPROPT";
 /// Version 2: the payload of version 1 inside the checked container.
 const VERSION: u32 = 2;
 
-/// Writes the checkpoint of `params` and `opt` after `step` updates.
+/// Writes the checkpoint of `params` and `opt` after `step` updates, for the run whose
+/// fingerprint is `fingerprint` (0 = not tied to a run folder).
 pub fn save<F: Real>(
     path: &Path,
     step: usize,
     params: &Params<F>,
     opt: &Optimizer<F>,
+    fingerprint: u64,
 ) -> Result<(), TrainError> {
     // Sized up front: the file is ~24 bytes per parameter (value, m, v) and growing a
     // buffer of that size by doubling cost more than writing it.
     let entries: usize = params.list.iter().map(|p| p.value.len()).sum::<usize>() * 3;
     let mut b = Vec::with_capacity(8 * entries + 64 * params.list.len() + 64);
+    b.extend_from_slice(&fingerprint.to_le_bytes());
     b.extend_from_slice(&(step as u64).to_le_bytes());
     b.extend_from_slice(&opt.t.to_le_bytes());
     b.push(match opt.kind {
@@ -70,12 +73,12 @@ fn fill<F: Real>(r: &mut Cursor, a: &mut Array2<F>) -> Result<(), String> {
 }
 
 /// Loads a checkpoint into `params` and `opt`, which must come from the same configuration
-/// (names and shapes are checked); returns the step.
+/// (names and shapes are checked); returns the step and the run's fingerprint.
 pub fn load<F: Real>(
     path: &Path,
     params: &mut Params<F>,
     opt: &mut Optimizer<F>,
-) -> Result<usize, TrainError> {
+) -> Result<(usize, u64), TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::Checkpoint {
         path: path.display().to_string(),
         msg: format!("cannot read: {e}"),
@@ -89,7 +92,7 @@ pub fn restore<F: Real>(
     path: &Path,
     params: &mut Params<F>,
     opt: &mut Optimizer<F>,
-) -> Result<usize, TrainError> {
+) -> Result<(usize, u64), TrainError> {
     let err = |msg: String| TrainError::Checkpoint {
         path: path.display().to_string(),
         msg,
@@ -97,6 +100,7 @@ pub fn restore<F: Real>(
     let bytes = binfile::decode(bytes, path, MAGIC, VERSION, "trainer checkpoint")
         .map_err(|e| err(e.msg))?;
     let mut r = Cursor::new(&bytes);
+    let fingerprint = r.u64().map_err(&err)?;
     let step = r.u64().map_err(&err)? as usize;
     let t = r.u64().map_err(&err)?;
     let kind = match r.take(1).map_err(&err)?[0] {
@@ -140,5 +144,5 @@ pub fn restore<F: Real>(
         )));
     }
     opt.t = t;
-    Ok(step)
+    Ok((step, fingerprint))
 }

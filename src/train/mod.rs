@@ -245,6 +245,9 @@ pub struct Trainer<F: Real = f32> {
     pub reference_lr: f64,
     /// Updates done.
     pub step: usize,
+    /// The fingerprint of the run folder this trainer writes to (0 = none); its checkpoints
+    /// carry it, and loading one of another run is refused.
+    pub fingerprint: u64,
     eval: Vec<Batch>,
     parts: usize,
     pool: rayon::ThreadPool,
@@ -352,6 +355,7 @@ impl<F: Real> Trainer<F> {
             wd,
             reference_lr: reference,
             step: 0,
+            fingerprint: 0,
             eval,
             pool,
         })
@@ -518,17 +522,40 @@ impl<F: Real> Trainer<F> {
     }
 
     pub fn save(&self, path: &std::path::Path) -> Result<(), TrainError> {
-        checkpoint::save(path, self.step, &self.net.params, &self.opt)
+        checkpoint::save(
+            path,
+            self.step,
+            &self.net.params,
+            &self.opt,
+            self.fingerprint,
+        )
     }
 
     pub fn load(&mut self, path: &std::path::Path) -> Result<(), TrainError> {
-        self.step = checkpoint::load(path, &mut self.net.params, &mut self.opt)?;
-        Ok(())
+        let loaded = checkpoint::load(path, &mut self.net.params, &mut self.opt);
+        self.adopt(loaded, path)
     }
 
     /// [`Trainer::load`] from a checkpoint's bytes in memory; `path` names it in errors.
     pub fn restore(&mut self, bytes: Vec<u8>, path: &std::path::Path) -> Result<(), TrainError> {
-        self.step = checkpoint::restore(bytes, path, &mut self.net.params, &mut self.opt)?;
+        let loaded = checkpoint::restore(bytes, path, &mut self.net.params, &mut self.opt);
+        self.adopt(loaded, path)
+    }
+
+    fn adopt(
+        &mut self,
+        loaded: Result<(usize, u64), TrainError>,
+        path: &std::path::Path,
+    ) -> Result<(), TrainError> {
+        let (step, fp) = loaded?;
+        if self.fingerprint != 0 && fp != self.fingerprint {
+            return Err(TrainError::Checkpoint {
+                path: path.display().to_string(),
+                msg: "it belongs to another run (its fingerprint differs from config.toml's)"
+                    .into(),
+            });
+        }
+        self.step = step;
         Ok(())
     }
 }
