@@ -210,6 +210,35 @@ fn checkpoint_interval_and_thread_count_are_checked_first() {
         &["train", "--out", "unused", "--threads", "100000"],
         &["train.threads"],
     );
+    // The other commands that start threads (transfer stalled for over a minute).
+    refuses(&["bench", "--threads", "100000"], &["--threads", "1024"]);
+    refuses(
+        &[
+            "transfer",
+            "--out",
+            "unused",
+            "--threads",
+            "100000",
+            "--widths",
+            "16",
+            "--family",
+            "standard",
+            "--lrs",
+            "1e-3",
+        ],
+        &["--threads", "1024"],
+    );
+    refuses(
+        &[
+            "hparams",
+            "--measure",
+            "--optimizer",
+            "sgd",
+            "--threads",
+            "100000",
+        ],
+        &["--threads", "1024"],
+    );
 }
 
 /// The stats.csv rows: (observable, layer, value field, stderr field).

@@ -246,6 +246,7 @@ fn run_train(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    crate::limits::check_threads("--threads", args.threads)?;
     if args.train {
         return run_train(args);
     }

@@ -75,6 +75,7 @@ pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summa
     if !(grid.weight_decay.is_finite() && grid.weight_decay >= 0.0) {
         anyhow::bail!("--wd {}: expected a number ≥ 0", grid.weight_decay);
     }
+    crate::limits::check_threads("--threads", grid.threads)?;
     let builder = || cfg.builder();
     super::check_largest_width(
         &builder,

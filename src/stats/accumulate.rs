@@ -190,6 +190,40 @@ mod tests {
     }
 
     #[test]
+    fn overflowed_sums_give_an_undefined_error_not_zero_or_inf() {
+        // Σx² of 1e200 overflows: the old code wrote inf, or 0.0 where inf − inf became
+        // NaN and `.max(0.0)` made it 0.
+        let mut a = Accumulator::new(1);
+        for k in 0..10u64 {
+            a.add(k, &[1e200 * (1.0 + k as f64)], None);
+        }
+        assert!(a.mean(0).is_finite());
+        assert!(a.stderr(0).is_nan(), "{}", a.stderr(0));
+        // A constant slot has a true error of 0, which stays 0.
+        let mut c = Accumulator::new(1);
+        for k in 0..10u64 {
+            c.add(k, &[0.25], None);
+        }
+        assert_eq!(c.stderr(0), 0.0);
+    }
+
+    #[test]
+    fn a_jackknife_replicate_of_one_sample_leaves_the_error_undefined() {
+        // Two samples: each leave-one-out mean rests on one sample, where a variance-type
+        // statistic is exactly 0 and the error would read 0.0.
+        let mut a = Accumulator::new(2);
+        for (k, x) in [1.0f64, 3.0].iter().enumerate() {
+            a.add(k as u64, &[*x, x * x], None);
+        }
+        let (v, se) = a.jackknife(|m| m(1) - m(0) * m(0));
+        assert_eq!(v, 1.0);
+        assert!(se.is_nan(), "{se}");
+        // Three samples: defined again.
+        a.add(2, &[2.0, 4.0], None);
+        assert!(a.jackknife(|m| m(1) - m(0) * m(0)).1.is_finite());
+    }
+
+    #[test]
     fn merge_is_order_independent() {
         let xs: Vec<f64> = (0..1000)
             .map(|k| ((k * 7919) % 1013) as f64 * 1e-3 + 1e6)

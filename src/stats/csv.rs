@@ -115,3 +115,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undefined_stderr_is_an_empty_field_and_reads_back_as_nan() {
+        let dir = std::env::temp_dir().join(format!("sigprop-csv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.csv");
+        let row = |stderr: f64| Row {
+            source: "mc".into(),
+            config: "c".into(),
+            width: 8,
+            heads: 1,
+            layer: 1,
+            block: "stem".into(),
+            site: "resid".into(),
+            observable: "kernel_diag".into(),
+            i: -1,
+            j: -1,
+            value: 1.5,
+            stderr,
+            samples: 1,
+        };
+        write(&path, &[row(f64::NAN), row(f64::INFINITY), row(0.25)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let fields: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(11).unwrap())
+            .collect();
+        assert_eq!(fields, ["", "", "0.25"], "{text}");
+        let back = read(&path).unwrap();
+        assert!(back[0].stderr.is_nan() && back[1].stderr.is_nan());
+        assert_eq!(back[2].stderr, 0.25);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
