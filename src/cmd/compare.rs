@@ -141,8 +141,14 @@ pub fn run(a: &CompareArgs) -> anyhow::Result<()> {
     );
     write_atomic(&a.out.join("report.md"), rep.as_bytes())?;
     let pass = c.joined.iter().filter(|j| j.pass).count();
+    let no_error = c.joined.iter().filter(|j| j.z.is_nan()).count();
+    let undefined = if no_error > 0 {
+        format!(" ({no_error} rows without a standard error are neither)")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{} of {} rows pass |z| < {} -> {}",
+        "{} of {} rows pass |z| < {}{undefined} -> {}",
         pass,
         c.joined.len(),
         a.threshold,
