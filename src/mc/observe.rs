@@ -63,8 +63,12 @@ fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder
         }
         if layer >= 2 {
             match &trace.blocks[layer - 2].inner {
-                InnerTrace::Mlp(c) => rec.kernel(layer, block, "hidden", c.w.view(), t, false),
-                InnerTrace::Attn(c) => attention_stats(spec, layer, probe, &c.logits, &c.attn, rec),
+                InnerTrace::Mlp(m) => {
+                    rec.kernel(layer, block, "hidden", m.cache.w.view(), t, false)
+                }
+                InnerTrace::Attn(a) => {
+                    attention_stats(spec, layer, probe, &a.cache.logits, &a.cache.attn, rec)
+                }
                 InnerTrace::Book(_) => {}
             }
         }
