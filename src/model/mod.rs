@@ -117,13 +117,14 @@ pub struct Params<F = f64> {
 }
 
 impl Params {
-    /// A parameter that is always drawn.
+    /// A parameter that is always drawn, with variance `var`.
     fn push(
         &mut self,
         group: Group,
         layer: usize,
         name: String,
         value: Array2<f64>,
+        var: f64,
         fan_in: usize,
     ) -> usize {
         let shape = value.dim();
@@ -133,7 +134,7 @@ impl Params {
             name,
             value,
             shape,
-            var: f64::NAN,
+            var,
             fan_in,
         });
         self.list.len() - 1
@@ -178,7 +179,7 @@ impl Params {
         rng: &mut Stream,
     ) -> usize {
         let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng);
-        self.push(group, layer, name, value, w.lr_fan_in)
+        self.push(group, layer, name, value, w.var, w.lr_fan_in)
     }
 
     /// A bias (1 × len) with variance C_b.
@@ -191,7 +192,7 @@ impl Params {
         rng: &mut Stream,
     ) -> usize {
         let value = init::draw(1, len, spec.var.bias, spec.init, rng);
-        self.push(Group::Bias, layer, name, value, 1)
+        self.push(Group::Bias, layer, name, value, spec.var.bias, 1)
     }
 }
 
