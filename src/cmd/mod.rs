@@ -64,8 +64,5 @@ pub fn write_run_files(
     probe: &crate::model::Probe,
 ) -> anyhow::Result<()> {
     crate::stats::csv::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    crate::stats::csv::write_atomic(
-        &dir.join("inputs.csv"),
-        crate::inputs::to_csv(probe).as_bytes(),
-    )
+    crate::stats::csv::write_atomic(&dir.join("inputs.csv"), &crate::inputs::to_csv(probe)?)
 }

@@ -4,6 +4,7 @@
 pub mod accumulate;
 pub mod csv;
 pub mod recorder;
+pub mod table;
 
 pub use accumulate::Accumulator;
 pub use csv::Row;
