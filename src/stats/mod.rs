@@ -3,6 +3,7 @@
 
 pub mod accumulate;
 pub mod csv;
+pub mod fit;
 pub mod recorder;
 pub mod table;
 
