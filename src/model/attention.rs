@@ -143,96 +143,79 @@ impl ResidualBlock for Attention {
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
-        let spec = cx.spec;
-        let (seqs, t) = (cx.probe.sequences, cx.probe.tokens);
-        let (h_count, c) = (spec.heads, spec.channels());
-        let scale = F::of((c as f64).powf(-spec.logit_exponent));
         // r = o Uᵀ + b_u
-        sink.term(
-            self.u,
-            GradTerm::Linear {
-                input: cache.o.view(),
-                grad: g,
-                scale: F::one(),
-            },
-        );
+        sink.term(self.u, GradTerm::linear(cache.o.view(), g));
         let d_o = cx.bwd(self.u, g);
-        let mut dq = Array2::zeros(s.raw_dim());
-        let mut dk = Array2::zeros(s.raw_dim());
-        let mut dv = Array2::zeros(s.raw_dim());
-        let mut d_attn = Array2::zeros((t, t));
-        for sq in 0..seqs {
-            for h in 0..h_count {
-                let blk = s![sq * t..(sq + 1) * t, h * c..(h + 1) * c];
-                let idx = sq * h_count + h;
-                let w = cache.attn.index_axis(Axis(0), idx);
-                let doh = d_o.slice(blk);
-                // o_h = Ω v_h
-                linalg::gemm(
-                    F::one(),
-                    doh,
-                    cache.v.slice(blk).t(),
-                    F::zero(),
-                    &mut d_attn.view_mut(),
-                );
-                linalg::gemm(F::one(), w.t(), doh, F::zero(), &mut dv.slice_mut(blk));
-                // Softmax: ∂Ω̃_{tt'} = Ω_{tt'} (∂Ω_{tt'} − Σ_u Ω_{tu} ∂Ω_{tu}); masked Ω = 0.
-                for (mut drow, wrow) in d_attn.rows_mut().into_iter().zip(w.rows()) {
-                    let dot: F = drow.iter().zip(wrow.iter()).map(|(&a, &b)| a * b).sum();
-                    drow.zip_mut_with(&wrow, |d, &wi| *d = wi * (*d - dot));
-                }
-                // Ω̃ = scale · q_h k_hᵀ
-                linalg::gemm(
-                    scale,
-                    d_attn.view(),
-                    cache.k.slice(blk),
-                    F::zero(),
-                    &mut dq.slice_mut(blk),
-                );
-                linalg::gemm(
-                    scale,
-                    d_attn.t(),
-                    cache.q.slice(blk),
-                    F::zero(),
-                    &mut dk.slice_mut(blk),
-                );
-            }
-        }
+        let [dq, dk, dv] = mixing_backward(cx.spec, cx.probe.tokens, cache, d_o.view());
         if let Some(b) = self.bias {
             sink.term(b[3], GradTerm::Bias { grad: g });
             sink.term(b[0], GradTerm::Bias { grad: dq.view() });
             sink.term(b[1], GradTerm::Bias { grad: dk.view() });
             sink.term(b[2], GradTerm::Bias { grad: dv.view() });
         }
-        sink.term(
-            self.q,
-            GradTerm::Linear {
-                input: s,
-                grad: dq.view(),
-                scale: F::one(),
-            },
-        );
-        sink.term(
-            self.k,
-            GradTerm::Linear {
-                input: s,
-                grad: dk.view(),
-                scale: F::one(),
-            },
-        );
-        sink.term(
-            self.v,
-            GradTerm::Linear {
-                input: s,
-                grad: dv.view(),
-                scale: F::one(),
-            },
-        );
+        sink.term(self.q, GradTerm::linear(s, dq.view()));
+        sink.term(self.k, GradTerm::linear(s, dk.view()));
+        sink.term(self.v, GradTerm::linear(s, dv.view()));
         let mut ds = cx.bwd(self.q, dq.view());
         ds += &cx.bwd(self.k, dk.view());
         ds += &cx.bwd(self.v, dv.view());
         ds
     }
+}
+
+/// (∂q, ∂k, ∂v) from ∂o, o_h = Ω_h v_h per sequence and head, through the softmax and the
+/// logits Ω̃ = scale · q_h k_hᵀ (1.16)–(1.19).
+fn mixing_backward<F: Real>(
+    spec: &ModelSpec,
+    t: usize,
+    cache: &Cache<F>,
+    d_o: ArrayView2<F>,
+) -> [Array2<F>; 3] {
+    let (h_count, c) = (spec.heads, spec.channels());
+    let seqs = d_o.nrows() / t;
+    let scale = F::of((c as f64).powf(-spec.logit_exponent));
+    let mut dq = Array2::zeros(d_o.raw_dim());
+    let mut dk = Array2::zeros(d_o.raw_dim());
+    let mut dv = Array2::zeros(d_o.raw_dim());
+    let mut d_attn = Array2::zeros((t, t));
+    for sq in 0..seqs {
+        for h in 0..h_count {
+            let blk = s![sq * t..(sq + 1) * t, h * c..(h + 1) * c];
+            let idx = sq * h_count + h;
+            let w = cache.attn.index_axis(Axis(0), idx);
+            let doh = d_o.slice(blk);
+            // o_h = Ω v_h
+            linalg::gemm(
+                F::one(),
+                doh,
+                cache.v.slice(blk).t(),
+                F::zero(),
+                &mut d_attn.view_mut(),
+            );
+            linalg::gemm(F::one(), w.t(), doh, F::zero(), &mut dv.slice_mut(blk));
+            // Softmax: ∂Ω̃_{tt'} = Ω_{tt'} (∂Ω_{tt'} − Σ_u Ω_{tu} ∂Ω_{tu}); masked Ω = 0.
+            for (mut drow, wrow) in d_attn.rows_mut().into_iter().zip(w.rows()) {
+                let dot: F = drow.iter().zip(wrow.iter()).map(|(&a, &b)| a * b).sum();
+                drow.zip_mut_with(&wrow, |d, &wi| *d = wi * (*d - dot));
+            }
+            // Ω̃ = scale · q_h k_hᵀ
+            linalg::gemm(
+                scale,
+                d_attn.view(),
+                cache.k.slice(blk),
+                F::zero(),
+                &mut dq.slice_mut(blk),
+            );
+            linalg::gemm(
+                scale,
+                d_attn.t(),
+                cache.q.slice(blk),
+                F::zero(),
+                &mut dk.slice_mut(blk),
+            );
+        }
+    }
+    [dq, dk, dv]
 }
 
 /// Row softmax of `logits` into `out`; with `causal`, key t' > query t gets weight 0 (1.18).

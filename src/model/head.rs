@@ -125,14 +125,7 @@ impl Head {
                 d
             }
             _ => {
-                sink.term(
-                    self.w,
-                    GradTerm::Linear {
-                        input: cache.input.view(),
-                        grad: g,
-                        scale: F::one(),
-                    },
-                );
+                sink.term(self.w, GradTerm::linear(cache.input.view(), g));
                 cx.bwd(self.w, g)
             }
         };

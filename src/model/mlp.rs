@@ -127,27 +127,13 @@ impl ResidualBlock for Mlp {
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
-        sink.term(
-            self.x,
-            GradTerm::Linear {
-                input: cache.a.view(),
-                grad: g,
-                scale: F::one(),
-            },
-        );
+        sink.term(self.x, GradTerm::linear(cache.a.view(), g));
         if let Some(bx) = self.bx {
             sink.term(bx, GradTerm::Bias { grad: g });
         }
         let mut dw = cx.bwd(self.x, g);
         dw *= &cache.da;
-        sink.term(
-            self.w,
-            GradTerm::Linear {
-                input: s,
-                grad: dw.view(),
-                scale: F::one(),
-            },
-        );
+        sink.term(self.w, GradTerm::linear(s, dw.view()));
         if let Some(bw) = self.bw {
             sink.term(bw, GradTerm::Bias { grad: dw.view() });
         }
@@ -195,14 +181,7 @@ impl ResidualBlock for BookLayer {
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
-        sink.term(
-            self.w,
-            GradTerm::Linear {
-                input: cache.a.view(),
-                grad: g,
-                scale: F::one(),
-            },
-        );
+        sink.term(self.w, GradTerm::linear(cache.a.view(), g));
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
         }

@@ -117,25 +117,24 @@ pub struct Params<F = f64> {
 }
 
 impl Params {
-    /// A parameter that is always drawn, with variance `var`.
-    fn push(
+    /// Records a tensor drawn as `w` says (`value` is empty when left to the conditional
+    /// sampler).
+    fn add(
         &mut self,
         group: Group,
         layer: usize,
         name: String,
+        w: Weight,
         value: Array2<f64>,
-        var: f64,
-        fan_in: usize,
     ) -> usize {
-        let shape = value.dim();
         self.list.push(Param {
             group,
             layer,
             name,
             value,
-            shape,
-            var,
-            fan_in,
+            shape: w.shape,
+            var: w.var,
+            fan_in: w.lr_fan_in,
         });
         self.list.len() - 1
     }
@@ -156,19 +155,10 @@ impl Params {
         } else {
             init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng)
         };
-        self.list.push(Param {
-            group,
-            layer,
-            name,
-            value,
-            shape: w.shape,
-            var: w.var,
-            fan_in: w.lr_fan_in,
-        });
-        self.list.len() - 1
+        self.add(group, layer, name, w, value)
     }
 
-    /// A tensor that is always drawn (a lookup table or a positional embedding).
+    /// A tensor that is always drawn (a lookup table, a positional embedding, a bias).
     fn table(
         &mut self,
         group: Group,
@@ -179,7 +169,7 @@ impl Params {
         rng: &mut Stream,
     ) -> usize {
         let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng);
-        self.push(group, layer, name, value, w.var, w.lr_fan_in)
+        self.add(group, layer, name, w, value)
     }
 
     /// A bias (1 × len) with variance C_b.
@@ -191,8 +181,8 @@ impl Params {
         len: usize,
         rng: &mut Stream,
     ) -> usize {
-        let value = init::draw(1, len, spec.var.bias, spec.init, rng);
-        self.push(Group::Bias, layer, name, value, spec.var.bias, 1)
+        let w = Weight::lookup(spec.var.bias, 1, len);
+        self.table(Group::Bias, layer, name, w, spec, rng)
     }
 }
 
@@ -296,7 +286,16 @@ pub enum GradTerm<'a, F = f64> {
     },
 }
 
-impl<F: Real> GradTerm<'_, F> {
+impl<'a, F: Real> GradTerm<'a, F> {
+    /// Y = X Wᵀ (scale 1): ∂W += Gᵀ X.
+    pub fn linear(input: ArrayView2<'a, F>, grad: ArrayView2<'a, F>) -> Self {
+        GradTerm::Linear {
+            input,
+            grad,
+            scale: F::one(),
+        }
+    }
+
     /// Adds this term's ∂f/∂θ into `acc` (shaped like the parameter).
     pub fn accumulate(&self, acc: &mut Array2<F>) {
         match self {

@@ -107,14 +107,7 @@ impl Stem {
         match spec.stem {
             StemKind::Dense => {
                 let x = probe.x.as_ref().expect("dense stem needs vectors");
-                sink.term(
-                    self.w,
-                    GradTerm::Linear {
-                        input: x.view(),
-                        grad: g,
-                        scale: F::one(),
-                    },
-                );
+                sink.term(self.w, GradTerm::linear(x.view(), g));
             }
             StemKind::Embedding => {
                 let ids = probe.ids.as_ref().expect("embedding stem needs ids");

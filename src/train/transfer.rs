@@ -37,6 +37,17 @@ use crate::stats::csv::write_atomic;
 pub const CSV_HEADER: &str =
     "family,width,lr,final_train_loss,final_eval_loss,diverged,steps,seconds";
 
+/// The columns of `drift.csv`.
+const DRIFT_HEADER: [&str; 7] = [
+    "family",
+    "width",
+    "argmin_lr",
+    "argmin_index",
+    "min_eval_loss",
+    "at_grid_edge",
+    "steps_from_smallest_width",
+];
+
 /// The grid and where it goes.
 #[derive(Clone, Debug)]
 pub struct Grid {
@@ -552,18 +563,9 @@ pub fn write_drift(dir: &Path, rows: &[Point]) -> anyhow::Result<()> {
         }
         md.push('\n');
     }
-    let header = [
-        "family",
-        "width",
-        "argmin_lr",
-        "argmin_index",
-        "min_eval_loss",
-        "at_grid_edge",
-        "steps_from_smallest_width",
-    ];
     write_atomic(
         &dir.join("drift.csv"),
-        &stats::table::to_bytes(&header, csv)?,
+        &stats::table::to_bytes(&DRIFT_HEADER, csv)?,
     )?;
     write_atomic(&dir.join("drift.md"), md.as_bytes())
 }
