@@ -146,3 +146,50 @@ fn rules_written_once_hold_in_the_network() {
     assert!((h.x.c_eff() - spec.var.x).abs() <= 4.0 * f64::EPSILON * spec.var.x);
     assert_eq!(attention::hyper(&spec).q.c_eff(), 0.0);
 }
+
+/// The hparams table's symbolic rules, evaluated at the model's sizes, give the variances the
+/// sampler draws (neural-tangent s = 0 and μP s = 1) and, at s = 0 under SGD with the M
+/// factors, the λ the Monte Carlo weights its `ntk` rows with.
+#[test]
+fn hparams_rules_agree_with_the_model_source() {
+    use sigprop::hparams::{Family, Optimizer, Setup, rules};
+    for s in [0.0, 1.0] {
+        let head_s = format!("model.head_s={s}");
+        let spec = spec(&["model.preset=paper-vit", &head_s, "model.variances.pe=0.2"]);
+        let dims = Setup::dims_of(&spec);
+        let n = spec.width;
+        let fam = Family::Scaling(s);
+        let weights = [
+            (Group::Stem, stem::hyper(&spec).w),
+            (Group::Q, attention::hyper(&spec).q),
+            (Group::K, attention::hyper(&spec).k),
+            (Group::V, attention::hyper(&spec).v),
+            (Group::U, attention::hyper(&spec).u),
+            (Group::W, mlp::hyper(&spec).w),
+            (Group::X, mlp::hyper(&spec).x),
+            (Group::Head, head::hyper(&spec).w.unwrap()),
+        ];
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+        for (g, w) in weights {
+            let rule = rules::init(g, fam, &spec.var, &dims).eval(n, &dims);
+            assert!(
+                close(rule, w.var),
+                "s = {s}, {g:?}: rule {rule} vs drawn {}",
+                w.var
+            );
+            if s == 0.0 {
+                let lr = rules::lr(g, fam, Optimizer::Sgd, &dims, true).eval(n, &dims);
+                assert!(
+                    close(lr, w.lambda()),
+                    "{g:?}: rule λ {lr} vs {}",
+                    w.lambda()
+                );
+            }
+        }
+        let pe = rules::init(Group::Pe, fam, &spec.var, &dims).eval(n, &dims);
+        assert!(
+            close(pe, stem::hyper(&spec).pe.unwrap()),
+            "s = {s}: C_PE {pe}"
+        );
+    }
+}
