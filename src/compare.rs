@@ -174,19 +174,20 @@ fn convergence(joined: &[Joined]) -> Vec<Convergence> {
             .filter(|p| p.diff != 0.0 && p.theory != 0.0 && !p.z.is_nan())
             .map(|p| {
                 let se = (p.mc_stderr.powi(2) + p.theory_stderr.powi(2)).sqrt();
-                let sigma = (se / p.diff.abs()).max(1e-3);
                 (
-                    (p.width as f64).ln(),
+                    p.width as f64,
                     // Relative, so raw NTK sums that grow like n compare with O(1) ones.
-                    (p.diff.abs() / p.theory.abs()).ln(),
-                    1.0 / (sigma * sigma),
+                    p.diff.abs() / p.theory.abs(),
+                    // The error of ln|diff| (the theory's value is a constant here).
+                    se / p.diff.abs(),
                 )
             })
             .collect();
         if data.len() < 2 {
             continue;
         }
-        let (slope, err) = weighted_slope(&data);
+        let fit = crate::stats::fit::loglog(data, 1e-3);
+        let (slope, err) = (fit.slope, fit.stderr);
         out.push(Convergence {
             config,
             layer,
@@ -206,26 +207,11 @@ fn convergence(joined: &[Joined]) -> Vec<Convergence> {
     out
 }
 
-/// Slope and its standard error of a weighted straight-line fit to (x, y, w).
+/// Slope and its standard error of a weighted straight-line fit to (x, y, w)
+/// (`stats::fit::weighted_line`).
 pub fn weighted_slope(data: &[(f64, f64, f64)]) -> (f64, f64) {
-    let sw: f64 = data.iter().map(|d| d.2).sum();
-    let mx = data.iter().map(|d| d.2 * d.0).sum::<f64>() / sw;
-    let my = data.iter().map(|d| d.2 * d.1).sum::<f64>() / sw;
-    let sxx: f64 = data.iter().map(|d| d.2 * (d.0 - mx).powi(2)).sum();
-    let sxy: f64 = data.iter().map(|d| d.2 * (d.0 - mx) * (d.1 - my)).sum();
-    let slope = sxy / sxx;
-    // With 2 points the fit is exact; the error then comes from the weights alone.
-    let err = if data.len() > 2 {
-        let resid: f64 = data
-            .iter()
-            .map(|d| d.2 * (d.1 - my - slope * (d.0 - mx)).powi(2))
-            .sum();
-        let scale = (resid / (data.len() - 2) as f64).max(1.0);
-        (scale / sxx).sqrt()
-    } else {
-        (1.0 / sxx).sqrt()
-    };
-    (slope, err)
+    let f = crate::stats::fit::weighted_line(data);
+    (f.slope, f.stderr)
 }
 
 /// A report a person can read: totals, per observable, per layer for summaries, the worst

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::config::{Config, InputKind, Stem};
 use crate::model::Probe;
 use crate::model::init;
+use crate::stats;
 
 #[derive(Debug, Error)]
 pub enum InputError {
@@ -232,30 +233,28 @@ pub fn read_file(path: &Path, stem: Stem, vocab: usize) -> Result<Probe, InputEr
 }
 
 /// The probe set in the file format above (what every run writes as `inputs.csv`).
-pub fn to_csv(p: &Probe) -> String {
-    let mut out = String::new();
+pub fn to_csv(p: &Probe) -> anyhow::Result<Vec<u8>> {
+    let pos = |d: usize| [(d / p.tokens).to_string(), (d % p.tokens).to_string()];
     match (&p.x, &p.ids) {
         (Some(x), _) => {
-            out.push_str("sequence,token");
-            for j in 0..x.ncols() {
-                out.push_str(&format!(",x{j}"));
-            }
-            out.push('\n');
-            for (d, row) in x.rows().into_iter().enumerate() {
-                out.push_str(&format!("{},{}", d / p.tokens, d % p.tokens));
-                for v in row {
-                    out.push_str(&format!(",{v}"));
-                }
-                out.push('\n');
-            }
+            let cols: Vec<String> = (0..x.ncols()).map(|j| format!("x{j}")).collect();
+            let header: Vec<&str> = ["sequence", "token"]
+                .into_iter()
+                .chain(cols.iter().map(String::as_str))
+                .collect();
+            let rows = x.rows().into_iter().enumerate().map(|(d, row)| {
+                let vals = row.iter().map(|v| v.to_string());
+                pos(d).into_iter().chain(vals).collect::<Vec<_>>()
+            });
+            stats::table::to_bytes(&header, rows)
         }
         (None, Some(ids)) => {
-            out.push_str("sequence,token,id\n");
-            for (d, id) in ids.iter().enumerate() {
-                out.push_str(&format!("{},{},{id}\n", d / p.tokens, d % p.tokens));
-            }
+            let rows = ids.iter().enumerate().map(|(d, id)| {
+                let [s, t] = pos(d);
+                [s, t, id.to_string()]
+            });
+            stats::table::to_bytes(&["sequence", "token", "id"], rows)
         }
-        (None, None) => {}
+        (None, None) => Ok(Vec::new()),
     }
-    out
 }

@@ -8,12 +8,22 @@ use sigprop::stats::csv::{Row, write};
 
 const CONFIG: &str = "synthetic-plot-test";
 
-#[allow(clippy::too_many_arguments)]
-fn row(
+/// Where a row sits: MC or theory, width, layer and block.
+#[derive(Clone, Copy)]
+struct At<'a> {
     theory: bool,
     width: usize,
     layer: usize,
-    block: &str,
+    block: &'a str,
+}
+
+fn row(
+    At {
+        theory,
+        width,
+        layer,
+        block,
+    }: At,
     site: &str,
     observable: &str,
     ij: (i64, i64),
@@ -49,23 +59,17 @@ fn rows(theory: bool) -> Vec<Row> {
         let shift = if theory { 0.0 } else { 2.0 / width as f64 };
         for layer in 1..=4 {
             let block = blocks[layer - 1];
+            let at = At {
+                theory,
+                width,
+                layer,
+                block,
+            };
             let l = layer as f64;
             let k = 1.0 + 0.5 * (l - 1.0) + shift;
+            out.push(row(at, "resid", "kernel_diag", (-1, -1), k));
             out.push(row(
-                theory,
-                width,
-                layer,
-                block,
-                "resid",
-                "kernel_diag",
-                (-1, -1),
-                k,
-            ));
-            out.push(row(
-                theory,
-                width,
-                layer,
-                block,
+                at,
                 "resid",
                 "corr_offdiag",
                 (-1, -1),
@@ -75,65 +79,20 @@ fn rows(theory: bool) -> Vec<Row> {
                 for i in 0..3i64 {
                     for j in i..3 {
                         let v = if i == j { k } else { 0.45 * k };
-                        out.push(row(
-                            theory,
-                            width,
-                            layer,
-                            block,
-                            "resid",
-                            "kernel",
-                            (i, j),
-                            v,
-                        ));
+                        out.push(row(at, "resid", "kernel", (i, j), v));
                     }
                 }
-                out.push(row(
-                    theory,
-                    width,
-                    layer,
-                    block,
-                    "resid",
-                    "grad2",
-                    (-1, -1),
-                    1.0 / l + shift,
-                ));
+                out.push(row(at, "resid", "grad2", (-1, -1), 1.0 / l + shift));
             }
             if block == "attn" {
                 for g in ["q", "k", "v", "u"] {
                     let obs = format!("ntk_{g}");
-                    out.push(row(
-                        theory,
-                        width,
-                        layer,
-                        block,
-                        "param",
-                        &obs,
-                        (-1, -1),
-                        0.2,
-                    ));
+                    out.push(row(at, "param", &obs, (-1, -1), 0.2));
                 }
-                out.push(row(
-                    theory,
-                    width,
-                    layer,
-                    block,
-                    "logits",
-                    "attn_entropy",
-                    (-1, -1),
-                    2.7 + shift,
-                ));
+                out.push(row(at, "logits", "attn_entropy", (-1, -1), 2.7 + shift));
             }
             if block == "head" {
-                out.push(row(
-                    theory,
-                    width,
-                    layer,
-                    block,
-                    "param",
-                    "ntk_head",
-                    (-1, -1),
-                    width as f64,
-                ));
+                out.push(row(at, "param", "ntk_head", (-1, -1), width as f64));
             }
         }
     }

@@ -76,10 +76,7 @@ pub fn write_run_files(
     fp: &Fingerprint,
 ) -> anyhow::Result<()> {
     write_config(dir, cfg, fp)?;
-    crate::stats::csv::write_atomic(
-        &dir.join("inputs.csv"),
-        crate::inputs::to_csv(probe).as_bytes(),
-    )
+    crate::stats::csv::write_atomic(&dir.join("inputs.csv"), &crate::inputs::to_csv(probe)?)
 }
 
 /// Writes the resolved `config.toml`, headed by the run's fingerprint.

@@ -150,9 +150,6 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         e.theory,
         a.force,
         &out,
-        |k, n, label| {
-            eprintln!("[{}/{n}] {label}", k + 1);
-        },
     )?;
     super::sweep::compare_grid(mc, th, &out)?;
     super::plot::run(&super::plot::PlotArgs {

@@ -124,7 +124,6 @@ pub fn run_grid(
     theory: bool,
     force: bool,
     out: &Path,
-    mut on_point: impl FnMut(usize, usize, &str),
 ) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let (fixed, points, width_only) = grid(&base.set, explicit)?;
     if let Some(n) = samples {
@@ -141,7 +140,7 @@ pub fn run_grid(
     let mut mc_rows = Vec::new();
     let mut th_rows = Vec::new();
     for (k, p) in points.iter().enumerate() {
-        on_point(k, points.len(), &p.label);
+        eprintln!("[{}/{}] {}", k + 1, points.len(), p.label);
         let dir = out.join(&p.label);
         let mut sets = fixed.clone();
         sets.extend(p.sets.iter().cloned());
@@ -206,18 +205,7 @@ pub fn run_grid(
 }
 
 pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
-    let (mc, th) = run_grid(
-        &a.cfg,
-        &[],
-        a.samples,
-        a.threads,
-        a.theory,
-        a.force,
-        &a.out,
-        |k, n, label| {
-            eprintln!("[{}/{n}] {label}", k + 1);
-        },
-    )?;
+    let (mc, th) = run_grid(&a.cfg, &[], a.samples, a.threads, a.theory, a.force, &a.out)?;
     compare_grid(mc, th, &a.out)
 }
 

@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigBuilder};
 use crate::hparams::HparamTable;
 use crate::mc;
 use crate::model::Real;
+use crate::stats;
 use crate::stats::csv::write_atomic;
 use crate::train::{self, StepLog, TrainError, Trainer};
 
@@ -323,18 +324,25 @@ fn train_in<F: Real>(run: &Run, mut tr: Trainer<F>) -> anyhow::Result<()> {
 /// `train.csv`, kept in memory and rewritten atomically at every evaluation, checkpoint
 /// and exit: a reader never sees half a row, and a crash loses at most one eval interval.
 struct Log {
-    header: String,
-    rows: Vec<(usize, String)>,
+    header: Vec<String>,
+    rows: Vec<(usize, Vec<String>)>,
     groups: usize,
 }
 
 impl Log {
     fn new<F: Real>(tr: &Trainer<F>) -> Log {
         let groups = tr.groups();
-        let mut header = "step,train_loss,eval_loss,lr,lr_factor,grad_norm".to_string();
-        for g in &groups {
-            header.push_str(&format!(",grad_norm_{}", g.name()));
-        }
+        let mut header: Vec<String> = [
+            "step",
+            "train_loss",
+            "eval_loss",
+            "lr",
+            "lr_factor",
+            "grad_norm",
+        ]
+        .map(String::from)
+        .into();
+        header.extend(groups.iter().map(|g| format!("grad_norm_{}", g.name())));
         Log {
             header,
             rows: Vec::new(),
@@ -342,33 +350,39 @@ impl Log {
         }
     }
 
+    /// A row with the given leading fields and the rest empty.
+    fn sparse(&mut self, step: usize, fields: Vec<String>) {
+        let mut r = fields;
+        r.resize(self.header.len(), String::new());
+        self.rows.push((step, r));
+    }
+
     fn eval_row(&mut self, step: usize, eval: f64) {
-        let empty = ",".repeat(self.groups + 3);
-        self.rows.push((step, format!("{step},,{eval:?}{empty}")));
+        self.sparse(
+            step,
+            vec![step.to_string(), String::new(), format!("{eval:?}")],
+        );
     }
 
     /// The step that diverged: its loss (NaN or inf, or finite when the update overflowed)
     /// and nothing else.
     fn diverged_row(&mut self, step: usize, loss: f64) {
-        let empty = ",".repeat(self.groups + 4);
-        self.rows.push((step, format!("{step},{loss:?}{empty}")));
+        self.sparse(step, vec![step.to_string(), format!("{loss:?}")]);
     }
 
     fn step_row(&mut self, s: &StepLog, eval: Option<f64>) {
         // Debug formatting: shortest round-trip digits, with an exponent for tiny or huge
         // values (Display would spell 1e200 out in full).
-        let mut r = format!(
-            "{},{:?},{},{:?},{:?},{:?}",
-            s.step,
-            s.loss,
+        let mut r = vec![
+            s.step.to_string(),
+            format!("{:?}", s.loss),
             eval.map_or(String::new(), |e| format!("{e:?}")),
-            s.lr,
-            s.lr_factor,
-            s.grad_norm
-        );
-        for (_, n) in &s.grad_norms {
-            r.push_str(&format!(",{n:?}"));
-        }
+            format!("{:?}", s.lr),
+            format!("{:?}", s.lr_factor),
+            format!("{:?}", s.grad_norm),
+        ];
+        r.extend(s.grad_norms.iter().map(|(_, n)| format!("{n:?}")));
+        debug_assert_eq!(r.len(), 6 + self.groups);
         self.rows.push((s.step, r));
     }
 
@@ -376,34 +390,30 @@ impl Log {
     fn resume(&mut self, path: &Path, step: usize) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut lines = text.lines();
-        if lines.next() != Some(self.header.as_str()) {
+        let stats::table::Table { header, rows } = stats::table::read(&text)
+            .with_context(|| format!("{}: not a readable CSV", path.display()))?;
+        if header != self.header.join(",") {
             bail!(
                 "{}: header does not match this configuration's groups",
                 path.display()
             );
         }
-        for l in lines {
-            let s: usize = l
-                .split(',')
-                .next()
+        for (_, r) in rows {
+            let s: usize = r
+                .first()
                 .and_then(|x| x.parse().ok())
-                .with_context(|| format!("{}: bad row `{l}`", path.display()))?;
+                .with_context(|| format!("{}: bad row `{}`", path.display(), r.join(",")))?;
             if s <= step {
-                self.rows.push((s, l.to_string()));
+                self.rows.push((s, r));
             }
         }
         Ok(())
     }
 
     fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let mut text = self.header.clone();
-        text.push('\n');
-        for (_, r) in &self.rows {
-            text.push_str(r);
-            text.push('\n');
-        }
-        write_atomic(path, text.as_bytes())
+        let header: Vec<&str> = self.header.iter().map(String::as_str).collect();
+        let text = stats::table::to_bytes(&header, self.rows.iter().map(|(_, r)| r))?;
+        write_atomic(path, &text)
     }
 }
 

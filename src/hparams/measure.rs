@@ -210,43 +210,10 @@ fn run_one(mut cfg: Config, threads: usize) -> anyhow::Result<Vec<GroupValue>> {
     Ok(out)
 }
 
-/// Weighted least squares of ln Θ against ln n with σ_lnΘ = stderr/Θ. Returns (slope, its
-/// standard error, χ²/dof). The error is inflated by √(χ²/dof) when that exceeds 1 (a
-/// straight line that does not fit its points should not claim a tight slope).
+/// Weighted least squares of ln Θ against ln n with σ_lnΘ = stderr/Θ (`stats::fit::loglog`,
+/// σ floored at 1e-6). Returns (slope, its standard error, χ²/dof); the error is inflated by
+/// √(χ²/dof) when that exceeds 1.
 pub fn fit_slope(points: &[(usize, f64, f64)]) -> (f64, f64, f64) {
-    let xs: Vec<f64> = points.iter().map(|p| (p.0 as f64).ln()).collect();
-    let ys: Vec<f64> = points.iter().map(|p| p.1.ln()).collect();
-    let ws: Vec<f64> = points
-        .iter()
-        .map(|p| {
-            let s = p.2 / p.1;
-            if s > 0.0 && s.is_finite() {
-                1.0 / (s * s)
-            } else {
-                1e12
-            }
-        })
-        .collect();
-    let sw: f64 = ws.iter().sum();
-    let xm = xs.iter().zip(&ws).map(|(x, w)| x * w).sum::<f64>() / sw;
-    let ym = ys.iter().zip(&ws).map(|(y, w)| y * w).sum::<f64>() / sw;
-    let sxx: f64 = xs.iter().zip(&ws).map(|(x, w)| w * (x - xm).powi(2)).sum();
-    let sxy: f64 = xs
-        .iter()
-        .zip(&ys)
-        .zip(&ws)
-        .map(|((x, y), w)| w * (x - xm) * (y - ym))
-        .sum();
-    let slope = sxy / sxx;
-    let icpt = ym - slope * xm;
-    let dof = points.len().saturating_sub(2);
-    let chi2: f64 = xs
-        .iter()
-        .zip(&ys)
-        .zip(&ws)
-        .map(|((x, y), w)| w * (y - icpt - slope * x).powi(2))
-        .sum();
-    let chi2_dof = if dof > 0 { chi2 / dof as f64 } else { 0.0 };
-    let se = (1.0 / sxx).sqrt() * chi2_dof.max(1.0).sqrt();
-    (slope, se, chi2_dof)
+    let f = crate::stats::fit::loglog(points.iter().map(|p| (p.0 as f64, p.1, p.2 / p.1)), 1e-6);
+    (f.slope, f.stderr, f.chi2_dof)
 }

@@ -63,8 +63,12 @@ fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder
         }
         if layer >= 2 {
             match &trace.blocks[layer - 2].inner {
-                InnerTrace::Mlp(c) => rec.kernel(layer, block, "hidden", c.w.view(), t, false),
-                InnerTrace::Attn(c) => attention_stats(spec, layer, probe, &c.logits, &c.attn, rec),
+                InnerTrace::Mlp(m) => {
+                    rec.kernel(layer, block, "hidden", m.cache.w.view(), t, false)
+                }
+                InnerTrace::Attn(a) => {
+                    attention_stats(spec, layer, probe, &a.cache.logits, &a.cache.attn, rec)
+                }
                 InnerTrace::Book(_) => {}
             }
         }
@@ -223,8 +227,8 @@ fn backward_stats(
             Some((_, acc)) => *acc += th,
             None => by_group.push(((p.group, p.layer), th.clone())),
         }
-        // The paper's SGD factors: λ = 1/fan_in for weights, 1 for biases and embeddings.
-        by_layer[p.layer].scaled_add(1.0 / p.fan_in as f64, th);
+        // The paper's SGD factors λ, from the model's per-block source (`model::hyper`).
+        by_layer[p.layer].scaled_add(p.lambda(), th);
     }
     by_group.sort_by_key(|((g, l), _)| (*l, *g));
     let emit = |rec: &mut Recorder, layer: usize, obs: String, th: &Array2<f64>| {

@@ -11,9 +11,36 @@
 
 use ndarray::{Array2, Array3, ArrayView2, Axis, s};
 
-use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, Real, WeightOps, affine, linalg};
+use super::block::{Ctx, ResidualBlock};
+use super::hyper::{Weight, spec_bias};
+use super::init::Stream;
+use super::{GradSink, GradTerm, Group, Params, Real, linalg};
 use crate::config::ModelSpec;
+
+/// The block's tensors as drawn, for the sampler and the theory (see `model::hyper`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// Variance 0 with zero-initialized queries (the μP choice), C_Q/n otherwise (1.27).
+    pub q: Weight,
+    pub k: Weight,
+    pub v: Weight,
+    pub u: Weight,
+    /// C_b of the q, k, v and output biases, when the model has biases.
+    pub bias: Option<f64>,
+}
+
+/// Q, K, V, U are (n × n) with Var C/n (1.27)–(1.30).
+pub fn hyper(spec: &ModelSpec) -> Hyper {
+    let n = spec.width;
+    let w = |c: f64| Weight::scaled(spec, c, n, n);
+    Hyper {
+        q: w(if spec.zero_queries { 0.0 } else { spec.var.q }),
+        k: w(spec.var.k),
+        v: w(spec.var.v),
+        u: w(spec.var.u),
+        bias: spec_bias(spec),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -38,35 +65,26 @@ pub struct Cache<F = f64> {
     pub o: Array2<F>,
 }
 
-impl Attention {
-    pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Attention {
-        let n = spec.width;
-        let var = |c: f64| spec.weight_var(c, n);
-        let cq = if spec.zero_queries { 0.0 } else { spec.var.q };
-        let mut mat = |g: Group, name: &str, c: f64, rng: &mut Stream| {
-            p.linear(
-                g,
-                layer,
-                format!("block{layer}.attn.{name}"),
-                (n, n),
-                var(c),
-                spec.init,
-                rng,
-                n,
-            )
+impl ResidualBlock for Attention {
+    type Cache<F: Real> = Cache<F>;
+
+    fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Attention {
+        let h = hyper(spec);
+        let mut mat = |g: Group, name: &str, w: Weight, rng: &mut Stream| {
+            p.linear(g, layer, format!("block{layer}.attn.{name}"), w, spec, rng)
         };
-        let q = mat(Group::Q, "q", cq, rng);
-        let k = mat(Group::K, "k", spec.var.k, rng);
-        let v = mat(Group::V, "v", spec.var.v, rng);
-        let u = mat(Group::U, "u", spec.var.u, rng);
-        let bias = spec.has_bias().then(|| {
+        let q = mat(Group::Q, "q", h.q, rng);
+        let k = mat(Group::K, "k", h.k, rng);
+        let v = mat(Group::V, "v", h.v, rng);
+        let u = mat(Group::U, "u", h.u, rng);
+        let bias = h.bias.map(|_| {
             ["bq", "bk", "bv", "bu"].map(|name| {
-                p.push(
-                    Group::Bias,
+                p.bias(
+                    spec,
                     layer,
                     format!("block{layer}.attn.{name}"),
-                    init::draw(1, n, spec.var.bias, spec.init, rng),
-                    1,
+                    spec.width,
+                    rng,
                 )
             })
         });
@@ -74,20 +92,14 @@ impl Attention {
     }
 
     /// r (D × n) from the block input s (D × n).
-    pub fn forward<F: Real>(
-        &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
-        s: ArrayView2<F>,
-        seqs: usize,
-        t: usize,
-    ) -> (Array2<F>, Cache<F>) {
+    fn forward<F: Real>(&self, cx: &mut Ctx<'_, F>, s: ArrayView2<F>) -> (Array2<F>, Cache<F>) {
+        let spec = cx.spec;
+        let (seqs, t) = (cx.probe.sequences, cx.probe.tokens);
         let (h_count, c) = (spec.heads, spec.channels());
         let b = |i: usize| self.bias.map(|b| b[i]);
-        let q = affine(p, ops, self.q, b(0), s);
-        let k = affine(p, ops, self.k, b(1), s);
-        let v = affine(p, ops, self.v, b(2), s);
+        let q = cx.affine(self.q, b(0), s);
+        let k = cx.affine(self.k, b(1), s);
+        let v = cx.affine(self.v, b(2), s);
         let scale = F::of((c as f64).powf(-spec.logit_exponent));
         let mut logits = Array3::zeros((seqs * h_count, t, t));
         let mut attn = Array3::zeros((seqs * h_count, t, t));
@@ -108,7 +120,7 @@ impl Attention {
                 linalg::gemm(F::one(), w.view(), vh, F::zero(), &mut oh);
             }
         }
-        let r = affine(p, ops, self.u, b(3), o.view());
+        let r = cx.affine(self.u, b(3), o.view());
         (
             r,
             Cache {
@@ -123,107 +135,87 @@ impl Attention {
     }
 
     /// ∂f/∂s from ∂f/∂r = g; parameter terms go to `sink`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward<F: Real>(
+    fn backward<F: Real>(
         &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
+        cx: &mut Ctx<'_, F>,
         s: ArrayView2<F>,
         cache: &Cache<F>,
         g: ArrayView2<F>,
-        t: usize,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
-        let (h_count, c) = (spec.heads, spec.channels());
-        let seqs = s.nrows() / t;
-        let scale = F::of((c as f64).powf(-spec.logit_exponent));
         // r = o Uᵀ + b_u
-        sink.term(
-            self.u,
-            GradTerm::Linear {
-                input: cache.o.view(),
-                grad: g,
-                scale: F::one(),
-            },
-        );
-        let d_o = ops.bwd(p, self.u, g);
-        let mut dq = Array2::zeros(s.raw_dim());
-        let mut dk = Array2::zeros(s.raw_dim());
-        let mut dv = Array2::zeros(s.raw_dim());
-        let mut d_attn = Array2::zeros((t, t));
-        for sq in 0..seqs {
-            for h in 0..h_count {
-                let blk = s![sq * t..(sq + 1) * t, h * c..(h + 1) * c];
-                let idx = sq * h_count + h;
-                let w = cache.attn.index_axis(Axis(0), idx);
-                let doh = d_o.slice(blk);
-                // o_h = Ω v_h
-                linalg::gemm(
-                    F::one(),
-                    doh,
-                    cache.v.slice(blk).t(),
-                    F::zero(),
-                    &mut d_attn.view_mut(),
-                );
-                linalg::gemm(F::one(), w.t(), doh, F::zero(), &mut dv.slice_mut(blk));
-                // Softmax: ∂Ω̃_{tt'} = Ω_{tt'} (∂Ω_{tt'} − Σ_u Ω_{tu} ∂Ω_{tu}); masked Ω = 0.
-                for (mut drow, wrow) in d_attn.rows_mut().into_iter().zip(w.rows()) {
-                    let dot: F = drow.iter().zip(wrow.iter()).map(|(&a, &b)| a * b).sum();
-                    drow.zip_mut_with(&wrow, |d, &wi| *d = wi * (*d - dot));
-                }
-                // Ω̃ = scale · q_h k_hᵀ
-                linalg::gemm(
-                    scale,
-                    d_attn.view(),
-                    cache.k.slice(blk),
-                    F::zero(),
-                    &mut dq.slice_mut(blk),
-                );
-                linalg::gemm(
-                    scale,
-                    d_attn.t(),
-                    cache.q.slice(blk),
-                    F::zero(),
-                    &mut dk.slice_mut(blk),
-                );
-            }
-        }
+        sink.term(self.u, GradTerm::linear(cache.o.view(), g));
+        let d_o = cx.bwd(self.u, g);
+        let [dq, dk, dv] = mixing_backward(cx.spec, cx.probe.tokens, cache, d_o.view());
         if let Some(b) = self.bias {
             sink.term(b[3], GradTerm::Bias { grad: g });
             sink.term(b[0], GradTerm::Bias { grad: dq.view() });
             sink.term(b[1], GradTerm::Bias { grad: dk.view() });
             sink.term(b[2], GradTerm::Bias { grad: dv.view() });
         }
-        sink.term(
-            self.q,
-            GradTerm::Linear {
-                input: s,
-                grad: dq.view(),
-                scale: F::one(),
-            },
-        );
-        sink.term(
-            self.k,
-            GradTerm::Linear {
-                input: s,
-                grad: dk.view(),
-                scale: F::one(),
-            },
-        );
-        sink.term(
-            self.v,
-            GradTerm::Linear {
-                input: s,
-                grad: dv.view(),
-                scale: F::one(),
-            },
-        );
-        let mut ds = ops.bwd(p, self.q, dq.view());
-        ds += &ops.bwd(p, self.k, dk.view());
-        ds += &ops.bwd(p, self.v, dv.view());
+        sink.term(self.q, GradTerm::linear(s, dq.view()));
+        sink.term(self.k, GradTerm::linear(s, dk.view()));
+        sink.term(self.v, GradTerm::linear(s, dv.view()));
+        let mut ds = cx.bwd(self.q, dq.view());
+        ds += &cx.bwd(self.k, dk.view());
+        ds += &cx.bwd(self.v, dv.view());
         ds
     }
+}
+
+/// (∂q, ∂k, ∂v) from ∂o, o_h = Ω_h v_h per sequence and head, through the softmax and the
+/// logits Ω̃ = scale · q_h k_hᵀ (1.16)–(1.19).
+fn mixing_backward<F: Real>(
+    spec: &ModelSpec,
+    t: usize,
+    cache: &Cache<F>,
+    d_o: ArrayView2<F>,
+) -> [Array2<F>; 3] {
+    let (h_count, c) = (spec.heads, spec.channels());
+    let seqs = d_o.nrows() / t;
+    let scale = F::of((c as f64).powf(-spec.logit_exponent));
+    let mut dq = Array2::zeros(d_o.raw_dim());
+    let mut dk = Array2::zeros(d_o.raw_dim());
+    let mut dv = Array2::zeros(d_o.raw_dim());
+    let mut d_attn = Array2::zeros((t, t));
+    for sq in 0..seqs {
+        for h in 0..h_count {
+            let blk = s![sq * t..(sq + 1) * t, h * c..(h + 1) * c];
+            let idx = sq * h_count + h;
+            let w = cache.attn.index_axis(Axis(0), idx);
+            let doh = d_o.slice(blk);
+            // o_h = Ω v_h
+            linalg::gemm(
+                F::one(),
+                doh,
+                cache.v.slice(blk).t(),
+                F::zero(),
+                &mut d_attn.view_mut(),
+            );
+            linalg::gemm(F::one(), w.t(), doh, F::zero(), &mut dv.slice_mut(blk));
+            // Softmax: ∂Ω̃_{tt'} = Ω_{tt'} (∂Ω_{tt'} − Σ_u Ω_{tu} ∂Ω_{tu}); masked Ω = 0.
+            for (mut drow, wrow) in d_attn.rows_mut().into_iter().zip(w.rows()) {
+                let dot: F = drow.iter().zip(wrow.iter()).map(|(&a, &b)| a * b).sum();
+                drow.zip_mut_with(&wrow, |d, &wi| *d = wi * (*d - dot));
+            }
+            // Ω̃ = scale · q_h k_hᵀ
+            linalg::gemm(
+                scale,
+                d_attn.view(),
+                cache.k.slice(blk),
+                F::zero(),
+                &mut dq.slice_mut(blk),
+            );
+            linalg::gemm(
+                scale,
+                d_attn.t(),
+                cache.q.slice(blk),
+                F::zero(),
+                &mut dk.slice_mut(blk),
+            );
+        }
+    }
+    [dq, dk, dv]
 }
 
 /// Row softmax of `logits` into `out`; with `causal`, key t' > query t gets weight 0 (1.18).

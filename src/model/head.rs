@@ -6,10 +6,45 @@
 
 use ndarray::{Array2, ArrayView2, Axis, Zip};
 
-use super::init::{self, Stream};
+use super::block::Ctx;
+use super::hyper::{Weight, spec_bias};
+use super::init::Stream;
 use super::stem::Stem;
-use super::{GradSink, GradTerm, Group, Params, Probe, Real, WeightOps, linalg};
+use super::{GradSink, GradTerm, Group, Params, Real, linalg};
 use crate::config::{HeadKind, ModelSpec, Norm};
+
+/// The head's tensors as drawn, for the sampler and the theory (see `model::hyper`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// W_head (n_out × n) with Var C_head/n^{1+s} (1.34); `None` for the tied head, which
+    /// reuses the stem's word embedding.
+    pub w: Option<Weight>,
+    /// The constant the theory propagates, C_head n^{-s}: Var times the n channels of s
+    /// (1.80), or N_rescale² C_WE n for the tied head (1.83)–(1.84).
+    pub c_eff: f64,
+    /// C_b of the output bias (1 × out_dim), when the model has biases.
+    pub bias: Option<f64>,
+}
+
+pub fn hyper(spec: &ModelSpec) -> Hyper {
+    let n = spec.width;
+    let (w, c_eff) = match spec.head {
+        HeadKind::Tied => (None, spec.tied_rescale().powi(2) * spec.var.stem * n as f64),
+        _ => {
+            let w = Weight {
+                shape: (spec.n_out, n),
+                var: spec.head_var(),
+                lr_fan_in: n,
+            };
+            (Some(w), w.c_eff())
+        }
+    };
+    Hyper {
+        w,
+        c_eff,
+        bias: spec_bias(spec),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Head {
@@ -27,42 +62,22 @@ pub struct Cache<F = f64> {
 impl Head {
     pub fn sample(spec: &ModelSpec, stem: &Stem, p: &mut Params, rng: &mut Stream) -> Head {
         let layer = spec.head_layer();
-        let w = match spec.head {
-            HeadKind::Tied => stem.w,
-            _ => p.linear(
-                Group::Head,
-                layer,
-                "head.w".into(),
-                (spec.n_out, spec.width),
-                spec.head_var(),
-                spec.init,
-                rng,
-                spec.width,
-            ),
+        let h = hyper(spec);
+        let w = match h.w {
+            None => stem.w,
+            Some(w) => p.linear(Group::Head, layer, "head.w".into(), w, spec, rng),
         };
-        let b = spec.has_bias().then(|| {
-            p.push(
-                Group::Bias,
-                layer,
-                "head.b".into(),
-                init::draw(1, spec.out_dim(), spec.var.bias, spec.init, rng),
-                1,
-            )
-        });
+        let b = h
+            .bias
+            .map(|_| p.bias(spec, layer, "head.b".into(), spec.out_dim(), rng));
         Head { w, b }
     }
 
     /// z^L from s (D × n): (D × n_out), or (S × n_out) pooled.
-    pub fn forward<F: Real>(
-        &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
-        s: ArrayView2<F>,
-        probe: &Probe<F>,
-    ) -> (Array2<F>, Cache<F>) {
+    pub fn forward<F: Real>(&self, cx: &mut Ctx<'_, F>, s: ArrayView2<F>) -> (Array2<F>, Cache<F>) {
+        let (spec, p) = (cx.spec, cx.params);
         let input = match (spec.head, spec.norm) {
-            (HeadKind::Pooled, _) => pool(s, probe.tokens),
+            (HeadKind::Pooled, _) => pool(s, cx.probe.tokens),
             (_, Norm::Mlp) => {
                 let act = spec.activation;
                 s.mapv(|x| act.f(x))
@@ -76,7 +91,7 @@ impl Head {
                 z *= F::of(spec.tied_rescale());
                 z
             }
-            _ => ops.fwd(p, self.w, input.view()),
+            _ => cx.fwd(self.w, input.view()),
         };
         if let Some(b) = self.b {
             z += &p.get(b).row(0);
@@ -85,18 +100,15 @@ impl Head {
     }
 
     /// ∂f/∂s from ∂f/∂z^L = g.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<F: Real>(
         &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
+        cx: &mut Ctx<'_, F>,
         s: ArrayView2<F>,
         cache: &Cache<F>,
-        probe: &Probe<F>,
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
+        let (spec, p) = (cx.spec, cx.params);
         let d_in = match spec.head {
             HeadKind::Tied => {
                 let rho = F::of(spec.tied_rescale());
@@ -113,22 +125,15 @@ impl Head {
                 d
             }
             _ => {
-                sink.term(
-                    self.w,
-                    GradTerm::Linear {
-                        input: cache.input.view(),
-                        grad: g,
-                        scale: F::one(),
-                    },
-                );
-                ops.bwd(p, self.w, g)
+                sink.term(self.w, GradTerm::linear(cache.input.view(), g));
+                cx.bwd(self.w, g)
             }
         };
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
         }
         match (spec.head, spec.norm) {
-            (HeadKind::Pooled, _) => unpool(d_in.view(), probe.tokens),
+            (HeadKind::Pooled, _) => unpool(d_in.view(), cx.probe.tokens),
             (_, Norm::Mlp) => {
                 let act = spec.activation;
                 let mut d = d_in;

@@ -2,7 +2,8 @@
 //! Gaussian or uniform with the same variance (the paper's vision runs used uniform).
 
 use ndarray::Array2;
-use rand::Rng;
+use ndarray_rand::RandomExt;
+use rand::distr::{Distribution, StandardUniform};
 use rand_distr::StandardNormal;
 
 use crate::config::InitDist;
@@ -26,26 +27,15 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Fills `a` with i.i.d. mean-zero draws of the given variance.
+/// Fills `a` with i.i.d. mean-zero draws of the given variance (the same draws as `draw`).
 pub fn fill(a: &mut Array2<f64>, variance: f64, dist: InitDist, rng: &mut Stream) {
-    if variance == 0.0 {
-        a.fill(0.0);
-        return;
-    }
-    match dist {
-        InitDist::Gaussian => {
-            let sd = variance.sqrt();
-            a.mapv_inplace(|_| sd * rng.sample::<f64, _>(StandardNormal));
-        }
-        InitDist::Uniform => {
-            // U(−h, h) has variance h²/3.
-            let h = (3.0 * variance).sqrt();
-            a.mapv_inplace(|_| h * (2.0 * rng.random::<f64>() - 1.0));
-        }
-    }
+    let (rows, cols) = a.dim();
+    a.assign(&draw(rows, cols, variance, dist, rng));
 }
 
-/// A fresh (rows × cols) array of draws.
+/// A fresh (rows × cols) array of i.i.d. mean-zero draws, in row-major order from `rng`
+/// (so a stream gives the same tensor whatever thread draws it). Variance 0 gives zeros
+/// and consumes nothing from the stream.
 pub fn draw(
     rows: usize,
     cols: usize,
@@ -53,7 +43,19 @@ pub fn draw(
     dist: InitDist,
     rng: &mut Stream,
 ) -> Array2<f64> {
-    let mut a = Array2::zeros((rows, cols));
-    fill(&mut a, variance, dist, rng);
-    a
+    if variance == 0.0 {
+        return Array2::zeros((rows, cols));
+    }
+    match dist {
+        InitDist::Gaussian => {
+            let sd = variance.sqrt();
+            Array2::random_using((rows, cols), StandardNormal.map(|z: f64| sd * z), rng)
+        }
+        InitDist::Uniform => {
+            // U(−h, h) has variance h²/3.
+            let h = (3.0 * variance).sqrt();
+            let u = StandardUniform.map(|u: f64| h * (2.0 * u - 1.0));
+            Array2::random_using((rows, cols), u, rng)
+        }
+    }
 }

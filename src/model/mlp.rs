@@ -7,9 +7,47 @@
 
 use ndarray::{Array2, ArrayView2, Zip};
 
-use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, Real, WeightOps, affine};
+use super::block::{Ctx, ResidualBlock};
+use super::hyper::{Weight, spec_bias};
+use super::init::Stream;
+use super::{GradSink, GradTerm, Group, Params, Real};
 use crate::config::ModelSpec;
+
+/// The MLP block's tensors as drawn, for the sampler and the theory (see `model::hyper`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// (M n × n), Var C_W/n (1.31).
+    pub w: Weight,
+    /// (n × M n), Var C_X/(M n) (1.32): the fan-in of X is M·n.
+    pub x: Weight,
+    /// C_b of the biases of w (M n) and r (n), when the model has biases.
+    pub bias: Option<f64>,
+}
+
+pub fn hyper(spec: &ModelSpec) -> Hyper {
+    let n = spec.width;
+    let m = spec.mlp_mult * n;
+    Hyper {
+        w: Weight::scaled(spec, spec.var.w, m, n),
+        x: Weight::scaled(spec, spec.var.x, n, m),
+        bias: spec_bias(spec),
+    }
+}
+
+/// The book's layer's tensors: W (n × n) with Var C_W/n, and the bias C_b.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BookHyper {
+    pub w: Weight,
+    pub bias: Option<f64>,
+}
+
+pub fn book_hyper(spec: &ModelSpec) -> BookHyper {
+    let n = spec.width;
+    BookHyper {
+        w: Weight::scaled(spec, spec.var.w, n, n),
+        bias: spec_bias(spec),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Mlp {
@@ -30,101 +68,76 @@ pub struct Cache<F = f64> {
     pub da: Array2<F>,
 }
 
-impl Mlp {
-    pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Mlp {
-        let n = spec.width;
-        let m = spec.mlp_mult * n;
+impl ResidualBlock for Mlp {
+    type Cache<F: Real> = Cache<F>;
+
+    fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> Mlp {
+        let h = hyper(spec);
         let w = p.linear(
             Group::W,
             layer,
             format!("block{layer}.mlp.w"),
-            (m, n),
-            spec.weight_var(spec.var.w, n),
-            spec.init,
+            h.w,
+            spec,
             rng,
-            n,
         );
         let x = p.linear(
             Group::X,
             layer,
             format!("block{layer}.mlp.x"),
-            (n, m),
-            spec.weight_var(spec.var.x, m),
-            spec.init,
+            h.x,
+            spec,
             rng,
-            m,
         );
-        let (bw, bx) = if spec.has_bias() {
-            let bw = p.push(
-                Group::Bias,
-                layer,
-                format!("block{layer}.mlp.bw"),
-                init::draw(1, m, spec.var.bias, spec.init, rng),
-                1,
-            );
-            let bx = p.push(
-                Group::Bias,
-                layer,
-                format!("block{layer}.mlp.bx"),
-                init::draw(1, n, spec.var.bias, spec.init, rng),
-                1,
-            );
-            (Some(bw), Some(bx))
-        } else {
-            (None, None)
+        let (bw, bx) = match h.bias {
+            Some(_) => {
+                let bw = p.bias(
+                    spec,
+                    layer,
+                    format!("block{layer}.mlp.bw"),
+                    h.w.shape.0,
+                    rng,
+                );
+                let bx = p.bias(
+                    spec,
+                    layer,
+                    format!("block{layer}.mlp.bx"),
+                    h.x.shape.0,
+                    rng,
+                );
+                (Some(bw), Some(bx))
+            }
+            None => (None, None),
         };
         Mlp { w, x, bw, bx }
     }
 
-    pub fn forward<F: Real>(
-        &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
-        s: ArrayView2<F>,
-    ) -> (Array2<F>, Cache<F>) {
-        let w = affine(p, ops, self.w, self.bw, s);
-        let act = spec.activation;
-        let (a, da) = activate(act, w.view());
-        let r = affine(p, ops, self.x, self.bx, a.view());
+    fn forward<F: Real>(&self, cx: &mut Ctx<'_, F>, s: ArrayView2<F>) -> (Array2<F>, Cache<F>) {
+        let w = cx.affine(self.w, self.bw, s);
+        let (a, da) = activate(cx.spec.activation, w.view());
+        let r = cx.affine(self.x, self.bx, a.view());
         (r, Cache { w, a, da })
     }
 
-    pub fn backward<F: Real>(
+    fn backward<F: Real>(
         &self,
-        _spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
+        cx: &mut Ctx<'_, F>,
         s: ArrayView2<F>,
         cache: &Cache<F>,
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
-        sink.term(
-            self.x,
-            GradTerm::Linear {
-                input: cache.a.view(),
-                grad: g,
-                scale: F::one(),
-            },
-        );
+        sink.term(self.x, GradTerm::linear(cache.a.view(), g));
         if let Some(bx) = self.bx {
             sink.term(bx, GradTerm::Bias { grad: g });
         }
-        let mut dw = ops.bwd(p, self.x, g);
+        let mut dw = cx.bwd(self.x, g);
         dw *= &cache.da;
-        sink.term(
-            self.w,
-            GradTerm::Linear {
-                input: s,
-                grad: dw.view(),
-                scale: F::one(),
-            },
-        );
+        sink.term(self.w, GradTerm::linear(s, dw.view()));
         if let Some(bw) = self.bw {
             sink.term(bw, GradTerm::Bias { grad: dw.view() });
         }
-        ops.bwd(p, self.w, dw.view())
+        cx.bwd(self.w, dw.view())
     }
 }
 
@@ -143,68 +156,36 @@ pub struct BookCache<F = f64> {
     pub da: Array2<F>,
 }
 
-impl BookLayer {
-    pub fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> BookLayer {
-        let n = spec.width;
-        let w = p.linear(
-            Group::W,
-            layer,
-            format!("layer{layer}.w"),
-            (n, n),
-            spec.weight_var(spec.var.w, n),
-            spec.init,
-            rng,
-            n,
-        );
-        let b = spec.has_bias().then(|| {
-            p.push(
-                Group::Bias,
-                layer,
-                format!("layer{layer}.b"),
-                init::draw(1, n, spec.var.bias, spec.init, rng),
-                1,
-            )
-        });
+impl ResidualBlock for BookLayer {
+    type Cache<F: Real> = BookCache<F>;
+
+    fn sample(spec: &ModelSpec, layer: usize, p: &mut Params, rng: &mut Stream) -> BookLayer {
+        let h = book_hyper(spec);
+        let w = p.linear(Group::W, layer, format!("layer{layer}.w"), h.w, spec, rng);
+        let b = h
+            .bias
+            .map(|_| p.bias(spec, layer, format!("layer{layer}.b"), spec.width, rng));
         BookLayer { w, b }
     }
 
-    pub fn forward<F: Real>(
-        &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
-        z: ArrayView2<F>,
-    ) -> (Array2<F>, BookCache<F>) {
-        let act = spec.activation;
-        let (a, da) = activate(act, z);
-        (
-            affine(p, ops, self.w, self.b, a.view()),
-            BookCache { a, da },
-        )
+    fn forward<F: Real>(&self, cx: &mut Ctx<'_, F>, z: ArrayView2<F>) -> (Array2<F>, BookCache<F>) {
+        let (a, da) = activate(cx.spec.activation, z);
+        (cx.affine(self.w, self.b, a.view()), BookCache { a, da })
     }
 
-    pub fn backward<F: Real>(
+    fn backward<F: Real>(
         &self,
-        _spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
+        cx: &mut Ctx<'_, F>,
         _z: ArrayView2<F>,
         cache: &BookCache<F>,
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) -> Array2<F> {
-        sink.term(
-            self.w,
-            GradTerm::Linear {
-                input: cache.a.view(),
-                grad: g,
-                scale: F::one(),
-            },
-        );
+        sink.term(self.w, GradTerm::linear(cache.a.view(), g));
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
         }
-        let mut dz = ops.bwd(p, self.w, g);
+        let mut dz = cx.bwd(self.w, g);
         dz *= &cache.da;
         dz
     }

@@ -12,7 +12,9 @@
 
 pub mod activation;
 pub mod attention;
+pub mod block;
 pub mod head;
+pub mod hyper;
 pub mod init;
 pub mod linalg;
 pub mod ln;
@@ -23,7 +25,9 @@ pub mod stem;
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::config::{BlockKind, ModelSpec, Norm};
+use crate::config::{ModelSpec, Norm};
+pub use block::{Block, Ctx, InnerTrace, ResidualBlock, Traced};
+use hyper::Weight;
 use init::Stream;
 pub use real::Real;
 
@@ -96,6 +100,11 @@ impl<F: Real> Param<F> {
     pub fn is_materialized(&self) -> bool {
         self.value.dim() == self.shape
     }
+
+    /// Its SGD learning-rate factor λ (1/fan-in for weights, 1 for biases and embeddings).
+    pub fn lambda(&self) -> f64 {
+        hyper::sgd_factor(self.fan_in)
+    }
 }
 
 /// All parameters of one network, in the order they are drawn.
@@ -108,57 +117,72 @@ pub struct Params<F = f64> {
 }
 
 impl Params {
-    /// A parameter that is always drawn.
-    fn push(
+    /// Records a tensor drawn as `w` says (`value` is empty when left to the conditional
+    /// sampler).
+    fn add(
         &mut self,
         group: Group,
         layer: usize,
         name: String,
+        w: Weight,
         value: Array2<f64>,
-        fan_in: usize,
     ) -> usize {
-        let shape = value.dim();
         self.list.push(Param {
             group,
             layer,
             name,
             value,
-            shape,
-            var: f64::NAN,
-            fan_in,
+            shape: w.shape,
+            var: w.var,
+            fan_in: w.lr_fan_in,
         });
         self.list.len() - 1
     }
 
-    /// A weight W (rows × cols) used once forward as Y = X Wᵀ: drawn now, or left to the
-    /// conditional sampler when `lazy`.
-    #[allow(clippy::too_many_arguments)]
+    /// A weight used once forward as Y = X Wᵀ: drawn now, or left to the conditional
+    /// sampler when `lazy`.
     fn linear(
         &mut self,
         group: Group,
         layer: usize,
         name: String,
-        shape: (usize, usize),
-        var: f64,
-        dist: crate::config::InitDist,
+        w: Weight,
+        spec: &ModelSpec,
         rng: &mut Stream,
-        fan_in: usize,
     ) -> usize {
         let value = if self.lazy {
             Array2::zeros((0, 0))
         } else {
-            init::draw(shape.0, shape.1, var, dist, rng)
+            init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng)
         };
-        self.list.push(Param {
-            group,
-            layer,
-            name,
-            value,
-            shape,
-            var,
-            fan_in,
-        });
-        self.list.len() - 1
+        self.add(group, layer, name, w, value)
+    }
+
+    /// A tensor that is always drawn (a lookup table, a positional embedding, a bias).
+    fn table(
+        &mut self,
+        group: Group,
+        layer: usize,
+        name: String,
+        w: Weight,
+        spec: &ModelSpec,
+        rng: &mut Stream,
+    ) -> usize {
+        let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng);
+        self.add(group, layer, name, w, value)
+    }
+
+    /// A bias (1 × len) with variance C_b.
+    fn bias(
+        &mut self,
+        spec: &ModelSpec,
+        layer: usize,
+        name: String,
+        len: usize,
+        rng: &mut Stream,
+    ) -> usize {
+        let w = Weight::lookup(spec.var.bias, 1, len);
+        self.table(Group::Bias, layer, name, w, spec, rng)
     }
 }
 
@@ -262,7 +286,16 @@ pub enum GradTerm<'a, F = f64> {
     },
 }
 
-impl<F: Real> GradTerm<'_, F> {
+impl<'a, F: Real> GradTerm<'a, F> {
+    /// Y = X Wᵀ (scale 1): ∂W += Gᵀ X.
+    pub fn linear(input: ArrayView2<'a, F>, grad: ArrayView2<'a, F>) -> Self {
+        GradTerm::Linear {
+            input,
+            grad,
+            scale: F::one(),
+        }
+    }
+
     /// Adds this term's ∂f/∂θ into `acc` (shaped like the parameter).
     pub fn accumulate(&self, acc: &mut Array2<F>) {
         match self {
@@ -353,34 +386,18 @@ impl<F: Real> Probe<F> {
     }
 }
 
-/// One residual block's parameters and the placement of its LN.
-#[derive(Clone, Debug)]
-pub enum Block {
-    Attn(attention::Attention),
-    Mlp(mlp::Mlp),
-    /// The book's layer z^{ℓ+1} = b + W σ(z^ℓ) (`mlp` mode).
-    Book(mlp::BookLayer),
-}
-
 /// What one block's forward pass leaves for the backward pass and for the observables.
 #[derive(Clone, Debug)]
-pub struct BlockTrace<F = f64> {
+pub struct BlockTrace<F: Real = f64> {
     /// LN of the block's input (pre mode) or of its sum (post mode).
     pub ln: Option<ln::Cache<F>>,
     pub inner: InnerTrace<F>,
 }
 
-#[derive(Clone, Debug)]
-pub enum InnerTrace<F = f64> {
-    Attn(Box<attention::Cache<F>>),
-    Mlp(mlp::Cache<F>),
-    Book(mlp::BookCache<F>),
-}
-
 /// Every site of a forward pass: the residual stream z^ℓ (ℓ = 1 … B+1), each block's
 /// internals, the final LN and the output z^L.
 #[derive(Clone, Debug)]
-pub struct Trace<F = f64> {
+pub struct Trace<F: Real = f64> {
     /// resid[ℓ − 1] = z^ℓ, (D × n).
     pub resid: Vec<Array2<F>>,
     pub blocks: Vec<BlockTrace<F>>,
@@ -391,7 +408,7 @@ pub struct Trace<F = f64> {
     pub out: Array2<F>,
 }
 
-impl<F> Trace<F> {
+impl<F: Real> Trace<F> {
     /// The LN output s^ℓ feeding block ℓ (pre mode) or the head (ℓ = B+1).
     pub fn ln_at(&self, layer: usize) -> Option<&Array2<F>> {
         if layer <= self.blocks.len() {
@@ -430,20 +447,7 @@ impl Network {
             .blocks
             .iter()
             .enumerate()
-            .map(|(b, kind)| {
-                let layer = b + 2;
-                match (spec.norm, kind) {
-                    (Norm::Mlp, _) => {
-                        Block::Book(mlp::BookLayer::sample(spec, layer, &mut params, rng))
-                    }
-                    (_, BlockKind::Attn) => {
-                        Block::Attn(attention::Attention::sample(spec, layer, &mut params, rng))
-                    }
-                    (_, BlockKind::Mlp) => {
-                        Block::Mlp(mlp::Mlp::sample(spec, layer, &mut params, rng))
-                    }
-                }
-            })
+            .map(|(b, &kind)| Block::sample(spec, kind, b + 2, &mut params, rng))
             .collect();
         let head = head::Head::sample(spec, &stem, &mut params, rng);
         Network {
@@ -476,19 +480,19 @@ impl<F: Real> Network<F> {
     /// The forward pass with the given weight realization.
     pub fn forward_with(&self, probe: &Probe<F>, ops: &mut dyn WeightOps<F>) -> Trace<F> {
         let spec = &self.spec;
-        let p = &self.params;
-        let mut z = self.stem.forward(spec, p, ops, probe);
+        let mut cx = Ctx::new(spec, &self.params, ops, probe);
+        let mut z = self.stem.forward(&mut cx);
         let mut resid = Vec::with_capacity(self.blocks.len() + 1);
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (next, bt) = self.block_forward(block, ops, z.view(), probe);
+            let (next, bt) = residual_forward(&mut cx, z.view(), |cx, s| block.forward(cx, s));
             resid.push(z);
             blocks.push(bt);
             z = next;
         }
         let final_ln = (spec.norm == Norm::Pre).then(|| ln::forward(z.view(), spec.ln_eps));
         let head_in = final_ln.as_ref().map_or(z.view(), |c| c.s.view());
-        let (out, head) = self.head.forward(spec, p, ops, head_in, probe);
+        let (out, head) = self.head.forward(&mut cx, head_in);
         resid.push(z);
         Trace {
             resid,
@@ -496,78 +500,6 @@ impl<F: Real> Network<F> {
             final_ln,
             head,
             out,
-        }
-    }
-
-    fn block_forward(
-        &self,
-        block: &Block,
-        ops: &mut dyn WeightOps<F>,
-        z: ArrayView2<F>,
-        probe: &Probe<F>,
-    ) -> (Array2<F>, BlockTrace<F>) {
-        let spec = &self.spec;
-        let p = &self.params;
-        let mut inner = |x: ArrayView2<F>| -> (Array2<F>, InnerTrace<F>) {
-            match block {
-                Block::Attn(a) => {
-                    let (r, c) = a.forward(spec, p, ops, x, probe.sequences, probe.tokens);
-                    (r, InnerTrace::Attn(Box::new(c)))
-                }
-                Block::Mlp(m) => {
-                    let (r, c) = m.forward(spec, p, ops, x);
-                    (r, InnerTrace::Mlp(c))
-                }
-                Block::Book(l) => {
-                    let (r, c) = l.forward(spec, p, ops, x);
-                    (r, InnerTrace::Book(c))
-                }
-            }
-        };
-        match spec.norm {
-            Norm::Pre => {
-                let lnc = ln::forward(z, spec.ln_eps);
-                let (r, it) = inner(lnc.s.view());
-                (
-                    residual::forward(spec.xi, spec.gamma_res, z, r.view()),
-                    BlockTrace {
-                        ln: Some(lnc),
-                        inner: it,
-                    },
-                )
-            }
-            Norm::Post => {
-                let (r, it) = inner(z);
-                let u = residual::forward(spec.xi, spec.gamma_res, z, r.view());
-                let lnc = ln::forward(u.view(), spec.ln_eps);
-                (
-                    lnc.s.clone(),
-                    BlockTrace {
-                        ln: Some(lnc),
-                        inner: it,
-                    },
-                )
-            }
-            Norm::None => {
-                let (r, it) = inner(z);
-                (
-                    residual::forward(spec.xi, spec.gamma_res, z, r.view()),
-                    BlockTrace {
-                        ln: None,
-                        inner: it,
-                    },
-                )
-            }
-            Norm::Mlp => {
-                let (r, it) = inner(z);
-                (
-                    r,
-                    BlockTrace {
-                        ln: None,
-                        inner: it,
-                    },
-                )
-            }
         }
     }
 
@@ -593,9 +525,8 @@ impl<F: Real> Network<F> {
         sink: &mut impl GradSink<F>,
         ops: &mut dyn WeightOps<F>,
     ) -> Vec<Array2<F>> {
-        let spec = &self.spec;
-        let p = &self.params;
-        let nb = self.blocks.len();
+        let mut cx = Ctx::new(&self.spec, &self.params, ops, probe);
+        let nb = trace.blocks.len();
         let mut grads = vec![Array2::zeros((0, 0)); nb + 1];
         let head_in = trace
             .final_ln
@@ -603,66 +534,90 @@ impl<F: Real> Network<F> {
             .map_or(trace.resid[nb].view(), |c| c.s.view());
         let g_in = self
             .head
-            .backward(spec, p, ops, head_in, &trace.head, probe, dout, sink);
+            .backward(&mut cx, head_in, &trace.head, dout, sink);
         let mut g = match &trace.final_ln {
             Some(c) => ln::backward(c, g_in.view()),
             None => g_in,
         };
-        for (b, block) in self.blocks.iter().enumerate().rev() {
-            let bt = &trace.blocks[b];
+        for (b, bt) in trace.blocks.iter().enumerate().rev() {
             let z = trace.resid[b].view();
-            let gz = self.block_backward(block, bt, z, probe, g.view(), sink, ops);
+            let gz = residual_backward(&mut cx, bt, z, g.view(), |cx, s, gr| {
+                bt.inner.backward(cx, s, gr, sink)
+            });
             grads[b + 1] = g;
             g = gz;
         }
-        self.stem.backward(spec, probe, g.view(), sink);
+        self.stem.backward(&cx, g.view(), sink);
         grads[0] = g;
         grads
     }
+}
 
-    fn block_backward(
-        &self,
-        block: &Block,
-        bt: &BlockTrace<F>,
-        z: ArrayView2<F>,
-        probe: &Probe<F>,
-        g: ArrayView2<F>,
-        sink: &mut impl GradSink<F>,
-        ops: &mut dyn WeightOps<F>,
-    ) -> Array2<F> {
-        let spec = &self.spec;
-        let p = &self.params;
-        let mut inner = |x: ArrayView2<F>, gr: ArrayView2<F>| -> Array2<F> {
-            match (block, &bt.inner) {
-                (Block::Attn(a), InnerTrace::Attn(c)) => {
-                    a.backward(spec, p, ops, x, c, gr, probe.tokens, sink)
-                }
-                (Block::Mlp(m), InnerTrace::Mlp(c)) => m.backward(spec, p, ops, x, c, gr, sink),
-                (Block::Book(l), InnerTrace::Book(c)) => l.backward(spec, p, ops, x, c, gr, sink),
-                _ => unreachable!("block and trace kinds are built together"),
-            }
-        };
-        match spec.norm {
-            Norm::Pre => {
-                let lnc = bt.ln.as_ref().expect("pre mode keeps the LN cache");
-                let (mut gz, gr) = residual::backward(spec.xi, spec.gamma_res, g);
-                let gs = inner(lnc.s.view(), gr.view());
-                gz += &ln::backward(lnc, gs.view());
-                gz
-            }
-            Norm::Post => {
-                let lnc = bt.ln.as_ref().expect("post mode keeps the LN cache");
-                let gu = ln::backward(lnc, g);
-                let (mut gz, gr) = residual::backward(spec.xi, spec.gamma_res, gu.view());
-                gz += &inner(z, gr.view());
-                gz
-            }
-            Norm::None => {
-                let (mut gz, gr) = residual::backward(spec.xi, spec.gamma_res, g);
-                gz += &inner(z, gr.view());
-                gz
-            }
-            Norm::Mlp => inner(z, g),
+/// z^{ℓ+1} from z^ℓ around the branch `inner` (s ↦ R(s)), with the LN where `spec.norm` puts
+/// it: pre ξ z + γ R(LN z) (1.3), post LN(ξ z + γ R(z)) (1.5), none ξ z + γ R(z), and the
+/// book's plain layer z^{ℓ+1} = R(z^ℓ) in `mlp` mode.
+fn residual_forward<F: Real>(
+    cx: &mut Ctx<'_, F>,
+    z: ArrayView2<F>,
+    inner: impl FnOnce(&mut Ctx<'_, F>, ArrayView2<F>) -> (Array2<F>, InnerTrace<F>),
+) -> (Array2<F>, BlockTrace<F>) {
+    let spec = cx.spec;
+    let add =
+        |z: ArrayView2<F>, r: &Array2<F>| residual::forward(spec.xi, spec.gamma_res, z, r.view());
+    let (next, ln, inner) = match spec.norm {
+        Norm::Pre => {
+            let lnc = ln::forward(z, spec.ln_eps);
+            let (r, it) = inner(cx, lnc.s.view());
+            (add(z, &r), Some(lnc), it)
         }
+        Norm::Post => {
+            let (r, it) = inner(cx, z);
+            let lnc = ln::forward(add(z, &r).view(), spec.ln_eps);
+            (lnc.s.clone(), Some(lnc), it)
+        }
+        Norm::None => {
+            let (r, it) = inner(cx, z);
+            (add(z, &r), None, it)
+        }
+        Norm::Mlp => {
+            let (r, it) = inner(cx, z);
+            (r, None, it)
+        }
+    };
+    (next, BlockTrace { ln, inner })
+}
+
+/// ∂f/∂z^ℓ from ∂f/∂z^{ℓ+1} = g: the adjoint of [`residual_forward`], with `inner` the
+/// branch's backward (s, ∂f/∂r) ↦ ∂f/∂s.
+fn residual_backward<F: Real>(
+    cx: &mut Ctx<'_, F>,
+    bt: &BlockTrace<F>,
+    z: ArrayView2<F>,
+    g: ArrayView2<F>,
+    inner: impl FnOnce(&mut Ctx<'_, F>, ArrayView2<F>, ArrayView2<F>) -> Array2<F>,
+) -> Array2<F> {
+    let spec = cx.spec;
+    let split = |g: ArrayView2<F>| residual::backward(spec.xi, spec.gamma_res, g);
+    match spec.norm {
+        Norm::Pre => {
+            let lnc = bt.ln.as_ref().expect("pre mode keeps the LN cache");
+            let (mut gz, gr) = split(g);
+            let gs = inner(cx, lnc.s.view(), gr.view());
+            gz += &ln::backward(lnc, gs.view());
+            gz
+        }
+        Norm::Post => {
+            let lnc = bt.ln.as_ref().expect("post mode keeps the LN cache");
+            let gu = ln::backward(lnc, g);
+            let (mut gz, gr) = split(gu.view());
+            gz += &inner(cx, z, gr.view());
+            gz
+        }
+        Norm::None => {
+            let (mut gz, gr) = split(g);
+            gz += &inner(cx, z, gr.view());
+            gz
+        }
+        Norm::Mlp => inner(cx, z, g),
     }
 }

@@ -7,9 +7,37 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use super::init::{self, Stream};
-use super::{GradSink, GradTerm, Group, Params, Probe, Real, WeightOps};
+use super::block::Ctx;
+use super::hyper::{Weight, spec_bias};
+use super::init::Stream;
+use super::{GradSink, GradTerm, Group, Params, Real};
 use crate::config::{ModelSpec, Norm, Stem as StemKind};
+
+/// The stem's tensors as drawn, for the sampler and the theory (see `model::hyper`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// Patchify (n × n_in) with Var C_patch/n_in (1.25), or the word embedding (n × vocab)
+    /// with Var C_WE (1.42), a lookup whose SGD factor is 1.
+    pub w: Weight,
+    /// Var C_PE of the positional embedding (T × n) (1.37); `None` when C_PE = 0 and always
+    /// in `mlp` mode (the book's network has no positions).
+    pub pe: Option<f64>,
+    /// C_b of the book's first-layer bias (`mlp` mode only).
+    pub bias: Option<f64>,
+}
+
+pub fn hyper(spec: &ModelSpec) -> Hyper {
+    let n = spec.width;
+    let mlp_mode = spec.norm == Norm::Mlp;
+    Hyper {
+        w: match spec.stem {
+            StemKind::Dense => Weight::scaled(spec, spec.var.stem, n, spec.n_in),
+            StemKind::Embedding => Weight::lookup(spec.var.stem, n, spec.n_in),
+        },
+        pe: (spec.var.pe > 0.0 && !mlp_mode).then_some(spec.var.pe),
+        bias: spec_bias(spec).filter(|_| mlp_mode),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Stem {
@@ -23,63 +51,27 @@ pub struct Stem {
 
 impl Stem {
     pub fn sample(spec: &ModelSpec, params: &mut Params, rng: &mut Stream) -> Stem {
-        let n = spec.width;
-        let (var, fan_in) = match spec.stem {
-            StemKind::Dense => (spec.weight_var(spec.var.stem, spec.n_in), spec.n_in),
-            StemKind::Embedding => (spec.var.stem, 1),
-        };
+        let h = hyper(spec);
         // The word embedding is a lookup (and the tied head's matrix): always materialized.
         let w = match spec.stem {
-            StemKind::Dense => params.linear(
-                Group::Stem,
-                1,
-                "stem.w".into(),
-                (n, spec.n_in),
-                var,
-                spec.init,
-                rng,
-                fan_in,
-            ),
-            StemKind::Embedding => params.push(
-                Group::Stem,
-                1,
-                "stem.w".into(),
-                init::draw(n, spec.n_in, var, spec.init, rng),
-                fan_in,
-            ),
+            StemKind::Dense => params.linear(Group::Stem, 1, "stem.w".into(), h.w, spec, rng),
+            StemKind::Embedding => params.table(Group::Stem, 1, "stem.w".into(), h.w, spec, rng),
         };
-        let pe = (spec.var.pe > 0.0 && spec.norm != Norm::Mlp).then(|| {
-            params.push(
-                Group::Pe,
-                1,
-                "stem.pe".into(),
-                init::draw(spec.tokens, n, spec.var.pe, spec.init, rng),
-                1,
-            )
+        let pe = h.pe.map(|var| {
+            let table = Weight::lookup(var, spec.tokens, spec.width);
+            params.table(Group::Pe, 1, "stem.pe".into(), table, spec, rng)
         });
-        let b = (spec.norm == Norm::Mlp && spec.has_bias()).then(|| {
-            params.push(
-                Group::Bias,
-                1,
-                "stem.b".into(),
-                init::draw(1, n, spec.var.bias, spec.init, rng),
-                1,
-            )
-        });
+        let b = h
+            .bias
+            .map(|_| params.bias(spec, 1, "stem.b".into(), spec.width, rng));
         Stem { w, pe, b }
     }
 
     /// z¹ (D × n).
-    pub fn forward<F: Real>(
-        &self,
-        spec: &ModelSpec,
-        p: &Params<F>,
-        ops: &mut dyn WeightOps<F>,
-        probe: &Probe<F>,
-    ) -> Array2<F> {
+    pub fn forward<F: Real>(&self, cx: &mut Ctx<'_, F>) -> Array2<F> {
+        let (spec, p, probe) = (cx.spec, cx.params, cx.probe);
         let mut z = match spec.stem {
-            StemKind::Dense => ops.fwd(
-                p,
+            StemKind::Dense => cx.fwd(
                 self.w,
                 probe.x.as_ref().expect("dense stem needs vectors").view(),
             ),
@@ -107,22 +99,15 @@ impl Stem {
 
     pub fn backward<F: Real>(
         &self,
-        spec: &ModelSpec,
-        probe: &Probe<F>,
+        cx: &Ctx<'_, F>,
         g: ArrayView2<F>,
         sink: &mut impl GradSink<F>,
     ) {
+        let (spec, probe) = (cx.spec, cx.probe);
         match spec.stem {
             StemKind::Dense => {
                 let x = probe.x.as_ref().expect("dense stem needs vectors");
-                sink.term(
-                    self.w,
-                    GradTerm::Linear {
-                        input: x.view(),
-                        grad: g,
-                        scale: F::one(),
-                    },
-                );
+                sink.term(self.w, GradTerm::linear(x.view(), g));
             }
             StemKind::Embedding => {
                 let ids = probe.ids.as_ref().expect("embedding stem needs ids");

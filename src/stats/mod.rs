@@ -4,7 +4,9 @@
 pub mod accumulate;
 pub mod binfile;
 pub mod csv;
+pub mod fit;
 pub mod recorder;
+pub mod table;
 
 pub use accumulate::Accumulator;
 pub use csv::Row;

@@ -48,20 +48,22 @@ pub fn parse_digits(gz: &[u8]) -> Result<DigitsData, String> {
         .read_to_string(&mut text)
         .map_err(|e| format!("digits.csv.gz: cannot decompress: {e}"))?;
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: Vec<u8> = line
-            .split(',')
-            .map(|x| x.trim().parse::<f64>().ok().map(|f| f as u8))
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| format!("digits.csv.gz: {e}"))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let v: Vec<u8> = rec
+            .iter()
+            .map(|x| x.parse::<f64>().ok().map(|f| f as u8))
             .collect::<Option<_>>()
-            .ok_or_else(|| format!("digits.csv.gz line {}: not 65 integers", i + 1))?;
+            .ok_or_else(|| format!("digits.csv.gz line {line}: not 65 integers"))?;
         if v.len() != 65 || v[64] > 9 || v[..64].iter().any(|&p| p > 16) {
             return Err(format!(
-                "digits.csv.gz line {}: expected 64 pixels in 0..=16 and a label in 0..=9",
-                i + 1
+                "digits.csv.gz line {line}: expected 64 pixels in 0..=16 and a label in 0..=9"
             ));
         }
         let mut px = [0u8; 64];

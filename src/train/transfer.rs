@@ -31,10 +31,22 @@ use super::{TrainError, Trainer};
 use crate::config::ConfigBuilder;
 use crate::hparams::{Anchor, Family, HparamTable, Optimizer, Setup};
 use crate::model::Real;
+use crate::stats;
 use crate::stats::csv::write_atomic;
 
 pub const CSV_HEADER: &str =
     "family,width,lr,final_train_loss,final_eval_loss,diverged,steps,seconds";
+
+/// The columns of `drift.csv`.
+const DRIFT_HEADER: [&str; 7] = [
+    "family",
+    "width",
+    "argmin_lr",
+    "argmin_index",
+    "min_eval_loss",
+    "at_grid_edge",
+    "steps_from_smallest_width",
+];
 
 /// The grid and where it goes.
 #[derive(Clone, Debug)]
@@ -73,18 +85,17 @@ impl Point {
         (self.family.clone(), self.width, format!("{:?}", self.lr))
     }
 
-    fn csv_row(&self) -> String {
-        format!(
-            "{},{},{:?},{:?},{:?},{},{},{:.3}",
-            self.family,
-            self.width,
-            self.lr,
-            self.final_train_loss,
-            self.final_eval_loss,
-            self.diverged,
-            self.steps,
-            self.seconds
-        )
+    fn csv_row(&self) -> [String; 8] {
+        [
+            self.family.clone(),
+            self.width.to_string(),
+            format!("{:?}", self.lr),
+            format!("{:?}", self.final_train_loss),
+            format!("{:?}", self.final_eval_loss),
+            self.diverged.to_string(),
+            self.steps.to_string(),
+            format!("{:.3}", self.seconds),
+        ]
     }
 }
 
@@ -252,17 +263,17 @@ pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Point>> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines();
-    if lines.next() != Some(CSV_HEADER) {
+    let stats::table::Table { header, rows } = stats::table::read(&text)
+        .with_context(|| format!("{}: not a readable CSV", path.display()))?;
+    if header != CSV_HEADER {
         bail!(
             "{}: expected the header `{CSV_HEADER}`; is it a transfer.csv?",
             path.display()
         );
     }
     let mut out = Vec::new();
-    for (i, l) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let f: Vec<&str> = l.split(',').collect();
-        let bad = || anyhow::anyhow!("{} line {}: bad row `{l}`", path.display(), i + 2);
+    for (line, f) in rows {
+        let bad = || anyhow::anyhow!("{} line {line}: bad row `{}`", path.display(), f.join(","));
         if f.len() != 8 {
             return Err(bad());
         }
@@ -270,12 +281,12 @@ pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Point>> {
         out.push(Point {
             family: f[0].to_string(),
             width: f[1].parse().map_err(|_| bad())?,
-            lr: num(f[2])?,
-            final_train_loss: num(f[3])?,
-            final_eval_loss: num(f[4])?,
+            lr: num(&f[2])?,
+            final_train_loss: num(&f[3])?,
+            final_eval_loss: num(&f[4])?,
             diverged: f[5].parse().map_err(|_| bad())?,
             steps: f[6].parse().map_err(|_| bad())?,
-            seconds: num(f[7])?,
+            seconds: num(&f[7])?,
         });
     }
     Ok(out)
@@ -288,12 +299,9 @@ fn write_csv(path: &Path, rows: &[Point]) -> anyhow::Result<()> {
             .cmp(&(b.family.as_str(), b.width))
             .then(a.lr.total_cmp(&b.lr))
     });
-    let mut text = format!("{CSV_HEADER}\n");
-    for r in &rows {
-        text.push_str(&r.csv_row());
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
+    let header: Vec<&str> = CSV_HEADER.split(',').collect();
+    let text = stats::table::to_bytes(&header, rows.iter().map(Point::csv_row))?;
+    write_atomic(path, &text)
 }
 
 /// What [`run`] did.
@@ -486,9 +494,7 @@ pub fn drift(opt: &[Optimum]) -> Option<(i64, i64)> {
 /// `DIR/drift.csv` and `DIR/drift.md` from the rows of transfer.csv.
 pub fn write_drift(dir: &Path, rows: &[Point]) -> anyhow::Result<()> {
     let all = optima(rows);
-    let mut csv = String::from(
-        "family,width,argmin_lr,argmin_index,min_eval_loss,at_grid_edge,steps_from_smallest_width\n",
-    );
+    let mut csv: Vec<[String; 7]> = Vec::new();
     let mut md = String::from(
         "# Learning-rate transfer: the optimal lr per width\n\n\
          The argmin of the final held-out loss over the lr grid (diverged runs excluded), and \
@@ -511,15 +517,15 @@ pub fn write_drift(dir: &Path, rows: &[Point]) -> anyhow::Result<()> {
                 (Some(i), Some(f)) => (i as i64 - f as i64).to_string(),
                 _ => String::new(),
             };
-            let _ = writeln!(
-                csv,
-                "{family},{},{},{},{:?},{},{steps}",
-                o.width,
+            csv.push([
+                family.clone(),
+                o.width.to_string(),
                 o.lr.map_or(String::new(), |x| format!("{x:?}")),
                 o.index.map_or(String::new(), |i| i.to_string()),
-                o.loss,
-                o.at_edge
-            );
+                format!("{:?}", o.loss),
+                o.at_edge.to_string(),
+                steps.clone(),
+            ]);
             let _ = writeln!(
                 md,
                 "| {} | {}{} | {} | {:.4} | {} |",
@@ -562,6 +568,9 @@ pub fn write_drift(dir: &Path, rows: &[Point]) -> anyhow::Result<()> {
         }
         md.push('\n');
     }
-    write_atomic(&dir.join("drift.csv"), csv.as_bytes())?;
+    write_atomic(
+        &dir.join("drift.csv"),
+        &stats::table::to_bytes(&DRIFT_HEADER, csv)?,
+    )?;
     write_atomic(&dir.join("drift.md"), md.as_bytes())
 }
