@@ -7,9 +7,19 @@
 //!   criticality, the four-point vertex and the frozen NTK.
 //! - [`transformer`]: the Transformer's forward kernel recursion at infinite width (the
 //!   paper's §I 1) over the whole probe set, and the book's MLP in `mlp` mode.
+pub mod attention;
 pub mod book;
 pub mod gauss;
+pub mod head;
+pub mod linalg;
+pub mod ln;
+pub mod mlp;
 pub mod ntk;
+pub mod plain;
+pub mod residual;
+pub mod rows;
+pub mod state;
+pub mod stem;
 pub mod transformer;
 
 use crate::model::activation::Activation;

@@ -85,14 +85,19 @@
 //! blocks carry none: their input is an LN output at the same position, ∂s·s = 0, so the
 //! hidden units' (W ∂s)_j is uncorrelated with h_j.
 
-use ndarray::{Array2, s};
+use ndarray::Array2;
 
 use super::TheoryError;
-use super::gauss::{Cov2, dsigma_dsigma, dsigma2};
-use super::transformer::{
-    Consts, KernelState, LogitSampler, PRow, attn_branch_draws, layer_norm, logit_scale, residual,
-    sigma_sigma_all, stem,
+use super::attention::{
+    LogitSampler, attention_moments, attn_branch_draws, logit_scale, tied_logit_contact,
 };
+use super::head::pool;
+use super::ln::{layer_norm, sandwich};
+use super::mlp::{dsigma_dsigma_all, sigma_sigma_all};
+use super::residual::residual;
+use super::rows::PRow;
+use super::state::{Consts, KernelState};
+use super::stem::stem;
 use crate::config::{BlockKind, HeadKind, ModelSpec, Norm, Stem};
 use crate::model::Group;
 
@@ -121,22 +126,6 @@ pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
     }
 }
 
-/// ⟨σ'(w_a) σ'(w_b)⟩ for every pair under the Gaussian of covariance `k`.
-fn dsigma_dsigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> {
-    let act = spec.activation;
-    let d = k.len();
-    let mut out = Array2::zeros((d, d));
-    for a in 0..d {
-        out[[a, a]] = dsigma2(act, k.g[[a, a]]);
-        for b in a + 1..d {
-            let v = dsigma_dsigma(act, Cov2::new(k.g[[a, a]], k.g[[a, b]], k.g[[b, b]]));
-            out[[a, b]] = v;
-            out[[b, a]] = v;
-        }
-    }
-    out
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum What {
     Group(Group),
@@ -148,54 +137,6 @@ struct Injection {
     layer: usize,
     what: What,
     theta: Array2<f64>,
-}
-
-/// Θ ⊙ (v vᵀ): the LN factor (1.139) when v_a = 1/sqrt(G_aa + ε).
-fn sandwich(theta: &Array2<f64>, v: &[f64]) -> Array2<f64> {
-    Array2::from_shape_fn(theta.raw_dim(), |(a, b)| theta[[a, b]] * v[a] * v[b])
-}
-
-/// E[Ω X Ωᵀ] and E[S_X] for every X in `xs`, over the attention draws (see the module doc).
-///
-/// With a = row δ1 of Ω and b = row δ2, J_δ = diag(a) − a aᵀ (zero on masked keys), and
-/// S_X(δ1,δ2) = Σ (J_δ1ᵀ F J_δ2)_{pq} X_pq expands into
-/// a(F⊙X)bᵀ − aX(b ⊙ Fa) − (a ⊙ Fb)Xbᵀ + (aFbᵀ)(aXbᵀ), i.e. over all pairs at once
-/// Ω(F⊙X)Ωᵀ − M − Mᵀ + (ΩFΩᵀ) ⊙ (ΩXΩᵀ) with M = ((ΩX) ⊙ (ΩF)) Ωᵀ.
-fn attention_moments(
-    draws: &[(f64, Array2<f64>)],
-    f: &Array2<f64>,
-    xs: &[Array2<f64>],
-) -> (Vec<Array2<f64>>, Vec<Array2<f64>>) {
-    let d = f.nrows();
-    let mut axa = vec![Array2::<f64>::zeros((d, d)); xs.len()];
-    let mut sx = vec![Array2::<f64>::zeros((d, d)); xs.len()];
-    let fx: Vec<Array2<f64>> = xs.iter().map(|x| f * x).collect();
-    for (w, a) in draws {
-        let af = a.dot(f);
-        let afa = af.dot(&a.t());
-        for (k, x) in xs.iter().enumerate() {
-            let ax = a.dot(x);
-            let axat = ax.dot(&a.t());
-            let m = (&ax * &af).dot(&a.t());
-            let mut s = a.dot(&fx[k]).dot(&a.t());
-            s -= &m;
-            s -= &m.t();
-            s += &(&afa * &axat);
-            axa[k].scaled_add(*w, &axat);
-            sx[k].scaled_add(*w, &s);
-        }
-    }
-    (axa, sx)
-}
-
-/// Mean over tokens of each sequence, (D×D) → (S×S), as the pooled head (1.81).
-fn pool(theta: &Array2<f64>, seqs: usize, t: usize) -> Array2<f64> {
-    Array2::from_shape_fn((seqs, seqs), |(a, b)| {
-        theta
-            .slice(s![a * t..(a + 1) * t, b * t..(b + 1) * t])
-            .sum()
-            / (t * t) as f64
-    })
 }
 
 /// The SGD learning-rate factor of the Monte Carlo's `ntk` rows: 1/fan-in for weights, 1 for
@@ -591,95 +532,4 @@ fn transformer(
         });
     }
     Ok(Some(inj))
-}
-
-/// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with
-/// β_a = V ω_a (V the value kernel, ω_a = row a of Ω) and γ_a = J_a β_a = ω_a ⊙ (β_a − ω_a·β_a).
-///
-/// Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'} is the part of ∂z_a/∂θ · (U V Ω s)_a that is coherent over the
-/// n channels ((U a)·(U b) → C_U a·b): with X the logit-gradient covariance
-/// Σ_θ ∂logit_{au'} ∂logit_{au''}, Σ_θ (Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'})² = γ_aᵀ X γ_a.
-fn tied_logit_contact(
-    draws: &[(f64, Array2<f64>)],
-    vk: &Array2<f64>,
-    xs: &[Array2<f64>],
-) -> Vec<Vec<f64>> {
-    let d = vk.nrows();
-    let mut out = vec![vec![0.0; d]; xs.len()];
-    for (w, a) in draws {
-        // Row a of A V is β_aᵀ (V symmetric).
-        let beta = a.dot(vk);
-        let mut gamma = Array2::<f64>::zeros((d, d));
-        for r in 0..d {
-            let wb: f64 = (0..d).map(|u| a[[r, u]] * beta[[r, u]]).sum();
-            for u in 0..d {
-                gamma[[r, u]] = a[[r, u]] * (beta[[r, u]] - wb);
-            }
-        }
-        for (x, o) in xs.iter().zip(out.iter_mut()) {
-            let gx = gamma.dot(x);
-            for (r, v) in o.iter_mut().enumerate() {
-                *v += w * (0..d).map(|u| gx[[r, u]] * gamma[[r, u]]).sum::<f64>();
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// S_X from its definition, the six-index sum over (t1', u1', t2', u2') with the softmax
-    /// Jacobian J_{δ;t'u'} = Ω_{δt'}(δ_{t'u'} − Ω_{δu'}), against the matrix form.
-    #[test]
-    fn logit_path_contraction_matches_the_index_sum() {
-        let d = 5;
-        let sym = |seed: f64| {
-            let b = Array2::from_shape_fn((d, d), |(i, j)| ((i * 7 + j * 3) as f64 * seed).sin());
-            b.dot(&b.t())
-        };
-        let (f, x) = (sym(0.37), sym(1.13));
-        // Two "sequences" (rows 0-2 and 3-4), softmax-like rows that sum to 1 within each.
-        let mut a = Array2::<f64>::zeros((d, d));
-        for q in 0..d {
-            let keys: Vec<usize> = if q < 3 {
-                (0..3).collect()
-            } else {
-                (3..5).collect()
-            };
-            let w: Vec<f64> = keys
-                .iter()
-                .map(|&k| 1.0 + ((q * 5 + k) as f64).cos().abs())
-                .collect();
-            let z: f64 = w.iter().sum();
-            for (k, wk) in keys.iter().zip(&w) {
-                a[[q, *k]] = wk / z;
-            }
-        }
-        let jac =
-            |q: usize, t: usize, u: usize| a[[q, t]] * (f64::from(u8::from(t == u)) - a[[q, u]]);
-        let (axa, sx) = attention_moments(&[(1.0, a.clone())], &f, std::slice::from_ref(&x));
-        for q1 in 0..d {
-            for q2 in 0..d {
-                let mut want = 0.0;
-                for t1 in 0..d {
-                    for u1 in 0..d {
-                        for t2 in 0..d {
-                            for u2 in 0..d {
-                                want +=
-                                    f[[t1, t2]] * jac(q1, t1, u1) * jac(q2, t2, u2) * x[[u1, u2]];
-                            }
-                        }
-                    }
-                }
-                assert!((sx[0][[q1, q2]] - want).abs() < 1e-12, "S[{q1},{q2}]");
-                let v: f64 = (0..d)
-                    .flat_map(|t1| (0..d).map(move |t2| (t1, t2)))
-                    .map(|(t1, t2)| a[[q1, t1]] * x[[t1, t2]] * a[[q2, t2]])
-                    .sum();
-                assert!((axa[0][[q1, q2]] - v).abs() < 1e-12);
-            }
-        }
-    }
 }
