@@ -21,6 +21,7 @@ pub mod rows;
 pub mod state;
 pub mod stem;
 pub mod transformer;
+pub mod walk;
 
 use crate::model::activation::Activation;
 

@@ -3,7 +3,7 @@
 
 use super::attention::AttnStats;
 use super::state::KernelState;
-use super::transformer::Prediction;
+use super::walk::Prediction;
 
 /// A theory row before the error and the labels are attached.
 #[derive(Clone, Debug, PartialEq)]

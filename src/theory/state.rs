@@ -1,9 +1,29 @@
-//! The theory's state over the probe set: the kernel of one site ([`KernelState`]) and the
-//! effective constants the block maps read ([`Consts`]).
+//! The theory's state, which every block map takes and returns, and the context it reads.
+//!
+//! As neural-tangents' `Kernel{nngp, ntk}`, one [`State`] carries everything a later block or
+//! the head needs, over the whole probe set (D = S·T points, δ = sequence·T + token, cross-
+//! sequence entries included: the weights and the positional embedding are shared, so
+//! F_{(α1;t)(α2;t')} ≠ 0 for α1 ≠ α2):
+//!
+//! - `k`: the kernel G of the site (the residual stream z^ℓ, an LN output, a branch's
+//!   increment ΔG or the head's output);
+//! - `ntk`: every carried NTK kernel Θ, one [`Carried`] per parameter group and injection
+//!   layer, plus the `grad2` probes (see [`super::ntk`] for why each group travels on its own);
+//!   `None` when the backward is not asked for, or has no theory here;
+//! - `stem_coef`: for the tied head, how much of the stem's own W_WE[:, id_δ] z_δ carries
+//!   along the skip path (the footnote-19 coefficient c_δ, [`super::head`]);
+//! - `vertex`: the four-point vertex V per probe point at order 1/n (the book's plain MLP;
+//!   `None` where it is not derived — the Transformer's order-1 vertex belongs here).
+//!
+//! A block reads the state of its input and returns the state of its output; a branch's
+//! output state (an increment) is combined with the skip path's by [`super::residual::add`].
 
 use ndarray::Array2;
 
+use super::TheoryError;
+use super::attention::{LogitSampler, logit_scale};
 use crate::config::{HeadKind, ModelSpec, Norm, Stem};
+use crate::model::Group;
 
 /// The kernel G_{δ1 δ2} = E[(1/n) Σ_i z_{δ1;i} z_{δ2;i}] of one site over the probe set:
 /// D×D with D = sequences·tokens and δ = sequence·tokens + token (the Monte Carlo's order).
@@ -45,7 +65,118 @@ impl KernelState {
     }
 }
 
-/// Effective O(1) constants at the configured width (see the module doc).
+/// What a carried kernel is: a parameter group's raw NTK, or the `grad2` probe (the identity
+/// kernel injected at z^ℓ: a fictitious bias on every component of every probe point).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum What {
+    Group(Group),
+    Grad2,
+}
+
+/// One carried kernel: injected at `layer` and transported block by block to the output.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    pub layer: usize,
+    pub what: What,
+    pub theta: Array2<f64>,
+    /// The tied head's logit contact per probe point, in units of c_head c² C_WE n /
+    /// (n_out σ⁴) ([`super::head`]). It accumulates rather than transports: an attention
+    /// block adds to it, every other map passes it on unchanged. Zero without a tied head.
+    pub contact: Vec<f64>,
+}
+
+impl Carried {
+    pub(crate) fn new(layer: usize, what: What, theta: Array2<f64>) -> Self {
+        let d = theta.nrows();
+        Carried {
+            layer,
+            what,
+            theta,
+            contact: vec![0.0; d],
+        }
+    }
+    /// The same kernel (layer, group, contact) with a transported Θ.
+    pub(crate) fn with(&self, theta: Array2<f64>) -> Self {
+        Carried {
+            layer: self.layer,
+            what: self.what,
+            theta,
+            contact: self.contact.clone(),
+        }
+    }
+}
+
+/// The state every theory block takes and returns (see the module doc).
+#[derive(Clone, Debug)]
+pub struct State {
+    pub k: KernelState,
+    pub ntk: Option<Vec<Carried>>,
+    pub stem_coef: Vec<f64>,
+    pub vertex: Option<Vec<f64>>,
+}
+
+impl State {
+    /// A branch's output: an increment, with no skip path of its own (no stem coefficient,
+    /// no vertex).
+    pub(crate) fn branch(k: KernelState, ntk: Option<Vec<Carried>>) -> Self {
+        State {
+            k,
+            ntk,
+            stem_coef: Vec::new(),
+            vertex: None,
+        }
+    }
+    pub(crate) fn finite(&self) -> bool {
+        self.k.finite()
+            && self
+                .vertex
+                .as_ref()
+                .is_none_or(|v| v.iter().all(|x| x.is_finite()))
+    }
+    /// Starts carrying a kernel injected at `layer` (no-op without a backward).
+    pub(crate) fn inject(&mut self, layer: usize, what: What, theta: impl FnOnce() -> Array2<f64>) {
+        if let Some(c) = self.ntk.as_mut() {
+            c.push(Carried::new(layer, what, theta()));
+        }
+    }
+}
+
+/// What every block reads besides the state: the model, its effective constants, the logit
+/// sampler and whether the NTK is carried.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    pub spec: &'a ModelSpec,
+    pub(crate) c: Consts,
+    pub sampler: LogitSampler,
+    /// Carry the NTK (asked for, and derived for this configuration).
+    pub backward: bool,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        spec: &'a ModelSpec,
+        sampler: LogitSampler,
+        backward: bool,
+    ) -> Result<Self, TheoryError> {
+        let backward = backward && super::ntk::unsupported(spec).is_none();
+        if backward && spec.norm != Norm::Mlp {
+            // The backward transport of a Transformer needs the logit scale even without an
+            // attention block (it always did): an exponent a < 1/2 is reported here.
+            logit_scale(spec)?;
+        }
+        Ok(Ctx {
+            spec,
+            c: Consts::of(spec),
+            sampler,
+            backward,
+        })
+    }
+}
+
+/// Effective O(1) constants at the configured width: C_eff = (weight variance) × (fan-in),
+/// which is the C of (1.25)–(1.33) in the default `fan_in` variance mode and C_abs·fan-in in
+/// the `absolute` (standard-parameterization) mode. They are the theory's copies of the
+/// model's constants; [`Ctx::new`] is the only place that builds them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Consts {
     pub(crate) stem: f64,
