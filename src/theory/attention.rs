@@ -9,7 +9,8 @@
 //!   S_X(δ1, δ2) = Σ F_{t1't2'} J_{δ1;t1'u1'} J_{δ2;t2'u2'} X_{u1'u2'} and the softmax Jacobian
 //!   J_{δ;t'u'} = Ω_{δt'}(δ_{t'u'} − Ω_{δu'}); additive raw_U = n C_V E[ΩFΩᵀ],
 //!   raw_V = n C_U E[ΩFΩᵀ], raw_Q = n C_U C_V C_K F ⊙ E[S_F], raw_K = n C_U C_V C_Q F ⊙ E[S_F]
-//!   (1.151)–(1.154). The expectations reuse the forward pass's logit draws ([`transport`]).
+//!   (1.151)–(1.154). The expectations reuse the forward pass's logit draws
+//!   (`Block::transport`).
 //! - Biases (C_b > 0), derived beyond the paper by the same rules: the branch kernels gain
 //!   C_b (values V = C_V F + C_b, keys K = C_K F + C_b, queries Q = C_Q F + C_b), and S takes
 //!   the value kernel V in place of C_V F:
@@ -20,8 +21,8 @@
 //!   layer, as the Monte Carlo sums it): b_U 1, b_V C_U E[Ω1Ωᵀ], b_Q C_U E[S_K], b_K 0 (the
 //!   softmax ignores a shift shared by a query's keys, Σ_u' J_{δ;t'u'} = 0). (1 is the
 //!   all-ones kernel.)
-//! - Tied head: the block adds its logit contact to every carried kernel ([`tied_contact`];
-//!   the derivation is in [`super::head`]).
+//! - Tied head: the block adds its logit contact to every carried kernel
+//!   (`Block::tied_contact`; the derivation is in [`super::head`]).
 //!
 //! F is the branch input's kernel (LN(z) in `pre` mode, z otherwise) and Θ̄ its carried NTK.
 
