@@ -624,3 +624,69 @@ fn paper_vit_n1024_six_layers_agrees_with_monte_carlo() {
     );
     assert!(wz.abs() < 5.0, "worst z = {wz:.2} at {wk:?}");
 }
+
+/// The one walk carries the NTK through the same blocks as the kernel, from the same logit
+/// draws: turning the backward on must leave every forward row (value and batch error)
+/// bit for bit as it is without it, and add the backward rows. Sampled attention, biases,
+/// the tied head (with its contact term) and the book's plain MLP.
+#[test]
+fn carrying_the_ntk_leaves_the_forward_rows_unchanged() {
+    for sets in [
+        &[
+            "model.preset=paper-vit",
+            "model.width=64",
+            "model.layers=2",
+            "inputs.tokens=4",
+            "inputs.sequences=2",
+            "model.n_out=8",
+            "model.variances.bias=0.3",
+        ][..],
+        &[
+            "model.preset=paper-lm",
+            "model.width=64",
+            "model.layers=1",
+            "model.pattern=AM",
+            "inputs.tokens=4",
+            "inputs.vocab=50",
+        ][..],
+        &[
+            "model.preset=mlp-book",
+            "model.width=64",
+            "model.layers=4",
+            "inputs.sequences=2",
+            "inputs.tokens=1",
+        ][..],
+    ] {
+        let mut cfg = config(sets);
+        let probe = inputs::probe(&mut cfg).unwrap();
+        let run = |backward: bool| {
+            let opts = TheoryOptions {
+                logit_samples: 400,
+                error_batches: 4,
+                seed: 11,
+                backward,
+                pairs: false,
+            };
+            transformer::predict(&cfg.model, &probe, opts, "test").unwrap()
+        };
+        let (fwd, d1) = run(false);
+        let (all, d2) = run(true);
+        assert_eq!((d1, d2), (None, None), "{sets:?}");
+        assert!(all.len() > fwd.len(), "{sets:?}: no backward rows");
+        for (a, b) in fwd.iter().zip(&all) {
+            assert_eq!(key(a), key(b), "{sets:?}");
+            assert_eq!(
+                (a.value.to_bits(), a.stderr.to_bits()),
+                (b.value.to_bits(), b.stderr.to_bits()),
+                "{sets:?}: {:?} moved when the NTK is carried",
+                key(a)
+            );
+        }
+        assert!(
+            all[fwd.len()..]
+                .iter()
+                .all(|r| r.observable.starts_with("ntk") || r.observable == "grad2"),
+            "{sets:?}: forward rows after the backward ones"
+        );
+    }
+}

@@ -1,16 +1,39 @@
 //! Infinite-width theory and its 1/n corrections (SPEC §4).
 //!
+//! The Transformer's theory mirrors `src/model/` block for block. Each block file holds the
+//! block's forward kernel map **and** its NTK transport, side by side, on one
+//! [`state::State`] (the kernel G, every carried Θ_g, the tied head's bookkeeping and, at
+//! order 1, the four-point vertex); one walk ([`walk`]) runs them once each, in the order of
+//! `Network::forward`.
+//!
+//! - Blocks: [`stem`] (1.40)–(1.45), [`ln`] (1.53)/(1.139), [`attention`] (1.61)–(1.65) and
+//!   (1.151)–(1.163), [`mlp`] (1.70)–(1.77) and (1.168)–(1.173), [`residual`] (1.65)/(1.77),
+//!   [`head`] (1.80)–(1.84) and (1.179)–(1.182), and the book's [`plain`] layer (`mlp` mode).
+//! - [`state`]: the state and the context ([`state::Ctx`]: the model, its effective
+//!   constants, the logit sampler) every block reads.
+//! - [`walk`]: the one walk; [`transformer`]: [`transformer::predict`], rows with errors;
+//!   [`rows`]: the forward rows; [`ntk`]: where the backward is derived, and its rows.
 //! - [`gauss`]: Gaussian expectations ⟨F(z₁, z₂)⟩ under a 2×2 covariance, the building block
-//!   of every recursion (closed forms where known, quadrature otherwise).
+//!   of every recursion (closed forms where known, quadrature otherwise); [`linalg`]: a PSD
+//!   Cholesky for the logit sampler.
 //! - [`book`]: the plain and residual MLP theory of Roberts–Yaida–Hanin, *The Principles of Deep
-//!   Learning Theory* (arXiv 2106.10165): kernel recursion, susceptibilities χ∥ and χ⊥,
-//!   criticality, the four-point vertex and the frozen NTK.
-//! - [`transformer`]: the Transformer's forward kernel recursion at infinite width (the
-//!   paper's §I 1) over the whole probe set, and the book's MLP in `mlp` mode.
+//!   Learning Theory* (arXiv 2106.10165) for one or two inputs: kernel recursion,
+//!   susceptibilities χ∥ and χ⊥, criticality, the four-point vertex and the frozen NTK.
+pub mod attention;
 pub mod book;
 pub mod gauss;
+pub mod head;
+pub mod linalg;
+pub mod ln;
+pub mod mlp;
 pub mod ntk;
+pub mod plain;
+pub mod residual;
+pub mod rows;
+pub mod state;
+pub mod stem;
 pub mod transformer;
+pub mod walk;
 
 use crate::model::activation::Activation;
 

@@ -1,0 +1,514 @@
+//! The MHSA branch at infinite width: its kernel map (1.61)–(1.65) and its NTK transport
+//! (1.151)–(1.163), side by side.
+//!
+//! - Kernel (1.61)–(1.65): ΔG = C_U C_V Σ_{t1',t2'} E[Ω_{t1 t1'} Ω_{t2 t2'}] F_{t1' t2'} with
+//!   the logits jointly Gaussian of covariance C_Q C_K F_{t1 t2} F_{t1' t2'}, independent
+//!   across heads, computed by sampling the logit field ([`LogitSampler`], [`forward`]).
+//! - NTK, (1.161)–(1.163) as reconstructed in the notes §2.5: value path C_U C_V E[Ω Θ̄ Ωᵀ],
+//!   logit path C_U C_V C_Q C_K (Θ̄ ⊙ E[S_F] + F ⊙ E[S_Θ̄]) with
+//!   S_X(δ1, δ2) = Σ F_{t1't2'} J_{δ1;t1'u1'} J_{δ2;t2'u2'} X_{u1'u2'} and the softmax Jacobian
+//!   J_{δ;t'u'} = Ω_{δt'}(δ_{t'u'} − Ω_{δu'}); additive raw_U = n C_V E[ΩFΩᵀ],
+//!   raw_V = n C_U E[ΩFΩᵀ], raw_Q = n C_U C_V C_K F ⊙ E[S_F], raw_K = n C_U C_V C_Q F ⊙ E[S_F]
+//!   (1.151)–(1.154). The expectations reuse the forward pass's logit draws
+//!   (`Block::transport`).
+//! - Biases (C_b > 0), derived beyond the paper by the same rules: the branch kernels gain
+//!   C_b (values V = C_V F + C_b, keys K = C_K F + C_b, queries Q = C_Q F + C_b), and S takes
+//!   the value kernel V in place of C_V F:
+//!   S_X(δ1, δ2) = Σ V_{t1't2'} J_{δ1;t1'u1'} J_{δ2;t2'u2'} X_{u1'u2'}. Then
+//!   raw_Q = n C_U F ⊙ E[S_K], raw_K = n C_U Q ⊙ E[S_F], raw_U = n E[ΩVΩᵀ], logit-path
+//!   transport C_U C_Q (Θ̄ ⊙ E[S_K]) + C_U C_K (Q ⊙ E[S_Θ̄]) (times the logit scale), all of
+//!   which reduce to the paper's forms at C_b = 0. The block's bias group (one `ntk_bias` per
+//!   layer, as the Monte Carlo sums it): b_U 1, b_V C_U E[Ω1Ωᵀ], b_Q C_U E[S_K], b_K 0 (the
+//!   softmax ignores a shift shared by a query's keys, Σ_u' J_{δ;t'u'} = 0). (1 is the
+//!   all-ones kernel.)
+//! - Tied head: the block adds its logit contact to every carried kernel
+//!   (`Block::tied_contact`; the derivation is in [`super::head`]).
+//!
+//! F is the branch input's kernel (LN(z) in `pre` mode, z otherwise) and Θ̄ its carried NTK.
+
+use ndarray::{Array2, s};
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use super::TheoryError;
+use super::linalg::cholesky_psd;
+use super::state::{Carried, Ctx, KernelState, State, What};
+use crate::config::ModelSpec;
+use crate::model::{Group, init};
+
+/// Attention statistics of one MHSA block at infinite width.
+#[derive(Clone, Debug)]
+pub struct AttnStats {
+    /// E[Ω̃²] per (query δ, key t'): row δ, column t' of the query's sequence (D × T).
+    pub logit_var: Array2<f64>,
+    /// Mean entropy −Σ_{t'} Ω log Ω of each query's attention row (D).
+    pub entropy: Vec<f64>,
+    /// Mean of max_{t'} Ω of each query's row (D).
+    pub max: Vec<f64>,
+    /// Whether the statistics came from sampling (false: exact uniform attention).
+    pub sampled: bool,
+}
+
+/// How the Gaussian logit field is sampled: draws per block, and the stream that makes the
+/// theory reproducible (a fixed-seed Xoshiro stream per block and batch).
+#[derive(Clone, Copy, Debug)]
+pub struct LogitSampler {
+    pub samples: usize,
+    pub seed: u64,
+    /// Stream index offset, distinct for every error batch.
+    pub batch: u64,
+}
+
+/// Keeps the theory's logit streams apart from the Monte Carlo's parameter streams.
+pub(crate) const THEORY_DOMAIN: u64 = 0x7EE0_4A11_C0DE_0002;
+
+/// The variance factor of the logits relative to C_Q C_K F F: the logit Σ_c q_c k_c / C^a is
+/// a sum of C products with per-channel covariance (C_Q F)(C_K F), so its covariance is
+/// C^{1−2a} C_Q C_K F F. At a = 1/2 (the paper, (1.61)) it is O(1); for a > 1/2 (μP uses
+/// a = 1, footnote 12) it vanishes as n → ∞ and attention becomes exactly uniform at
+/// infinite width (SPEC §4); a < 1/2 makes the logits diverge.
+pub(crate) fn logit_scale(spec: &ModelSpec) -> Result<f64, TheoryError> {
+    let a = spec.logit_exponent;
+    if (a - 0.5).abs() < 1e-12 {
+        Ok(1.0)
+    } else if a > 0.5 {
+        Ok(0.0)
+    } else {
+        Err(TheoryError::Unsupported(format!(
+            "model.logit_exponent = {a} < 1/2 makes the logit variance C^(1-2a) diverge at infinite width"
+        )))
+    }
+}
+
+/// Softmax of one query row over keys 0..=last (causal) or all keys, in place into `w`.
+pub(crate) fn softmax_row(logits: &[f64], last: usize, w: &mut [f64]) {
+    let m = logits[..=last]
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let mut z = 0.0;
+    for (t, wt) in w.iter_mut().enumerate() {
+        *wt = if t <= last {
+            (logits[t] - m).exp()
+        } else {
+            0.0
+        };
+        z += *wt;
+    }
+    w.iter_mut().for_each(|x| *x /= z);
+}
+
+/// One block's attention matrices Ω (D×D, block-diagonal over sequences, rows = queries),
+/// one per logit draw, each with its weight in the average (the NTK's E[ΩΩ] and E[JJ]
+/// reuse exactly the forward pass's draws).
+pub type Draws = Vec<(f64, Array2<f64>)>;
+
+/// The query, key and value kernels C_Q F + C_b, C_K F + C_b, C_V F + C_b.
+struct Qkv {
+    q: Array2<f64>,
+    k: Array2<f64>,
+    v: Array2<f64>,
+}
+
+impl Qkv {
+    fn of(ctx: &Ctx, f: &Array2<f64>) -> Self {
+        let c = &ctx.c;
+        Qkv {
+            q: f.mapv(|f| c.q * f + c.bias),
+            k: f.mapv(|f| c.k * f + c.bias),
+            v: f.mapv(|f| c.v * f + c.bias),
+        }
+    }
+}
+
+/// The running sums over the draws: E[Ω V Ωᵀ], and each query's entropy and max.
+struct Moments {
+    e_pp: Array2<f64>,
+    entropy: Vec<f64>,
+    max: Vec<f64>,
+}
+
+impl Moments {
+    fn add(&mut self, attn: &Array2<f64>, value: &Array2<f64>, weight: f64) {
+        // Σ_{t1',t2'} Ω_{δ1 t1'} Ω_{δ2 t2'} V_{t1' t2'} = (Ω V Ωᵀ)_{δ1 δ2}, Ω block-diagonal.
+        let p = attn.dot(value).dot(&attn.t());
+        self.e_pp.scaled_add(weight, &p);
+        for a in 0..attn.nrows() {
+            let row = attn.row(a);
+            let h: f64 = -row
+                .iter()
+                .filter(|&&p| p > 0.0)
+                .map(|&p| p * p.ln())
+                .sum::<f64>();
+            let m = row.iter().fold(0.0f64, |m, &p| m.max(p));
+            self.entropy[a] += weight * h;
+            self.max[a] += weight * m;
+        }
+    }
+}
+
+/// MHSA branch (1.61)–(1.65) and footnote 14's factorized form (1.64):
+/// ΔG_{δ1δ2} = C_U Σ_{t1',t2'} E[Ω_{δ1 t1'} Ω_{δ2 t2'}] (C_V F + C_b)_{(α1;t1')(α2;t2')} + C_b.
+///
+/// The logit field of one head has covariance
+/// Cov[Ω̃_{(α1;t1)(α1;t1')}, Ω̃_{(α2;t2)(α2;t2')}] = C^{1−2a} A_{(α1;t1)(α2;t2)} B_{(α1;t1')(α2;t2')}
+/// with A = C_Q F + C_b (queries) and B = C_K F + C_b (keys), jointly over all sequences.
+/// It is sampled exactly as Ω̃ = sqrt(C^{1−2a}) L_A Z L_Bᵀ with A = L_A L_Aᵀ, B = L_B L_Bᵀ
+/// and Z an i.i.d. N(0,1) D×D matrix (notes §1.3: Cov[(L_A Z L_Bᵀ)_{ab}, (L_A Z L_Bᵀ)_{cd}]
+/// = A_ac B_bd), keeping the entries whose query and key lie in the same sequence. The
+/// expectation is then a sample mean over `sampler.samples` draws. When the logit variance
+/// is zero (zero queries without biases, C_Q C_K = 0, or a > 1/2) attention is exactly
+/// uniform and nothing is sampled.
+///
+/// Returns the increment, the block's attention statistics and, with `keep`, the draws.
+pub(crate) fn forward(
+    ctx: &Ctx,
+    input: &KernelState,
+    layer: usize,
+    keep: bool,
+) -> Result<(KernelState, AttnStats, Draws), TheoryError> {
+    let (spec, c) = (ctx.spec, &ctx.c);
+    let mut draws: Draws = Vec::new();
+    let (d, t) = (input.len(), input.tokens);
+    let scale = logit_scale(spec)?;
+    let qkv = Qkv::of(ctx, &input.g);
+    let logit_var = Array2::from_shape_fn((d, t), |(a, tk)| {
+        let key = (a / t) * t + tk;
+        scale * qkv.q[[a, a]] * qkv.k[[key, key]]
+    });
+    let sampled = logit_var.iter().any(|&v| v > 0.0);
+    let mut mom = Moments {
+        e_pp: Array2::zeros((d, d)),
+        entropy: vec![0.0; d],
+        max: vec![0.0; d],
+    };
+    if !sampled {
+        let attn = uniform(spec, d, t);
+        mom.add(&attn, &qkv.v, 1.0);
+        if keep {
+            draws.push((1.0, attn));
+        }
+    } else {
+        let la = cholesky_psd(&qkv.q);
+        let lb = cholesky_psd(&qkv.k);
+        let root = scale.sqrt();
+        let sampler = ctx.sampler;
+        let mut rng = init::stream(
+            sampler.seed ^ THEORY_DOMAIN,
+            (layer as u64) << 32 | sampler.batch,
+        );
+        let weight = 1.0 / sampler.samples as f64;
+        let mut attn = Array2::<f64>::zeros((d, d));
+        for _ in 0..sampler.samples {
+            let z = Array2::from_shape_simple_fn((d, d), || rng.sample::<f64, _>(StandardNormal));
+            let zlb = z.dot(&lb.t());
+            draw(spec, input, &la, &zlb, root, &mut attn);
+            mom.add(&attn, &qkv.v, weight);
+            if keep {
+                draws.push((weight, attn.clone()));
+            }
+        }
+    }
+    let delta = input.with(mom.e_pp.mapv(|x| c.u * x + c.bias));
+    let stats = AttnStats {
+        logit_var,
+        entropy: mom.entropy,
+        max: mom.max,
+        sampled,
+    };
+    Ok((delta, stats, draws))
+}
+
+/// Causal: query t sees keys 0..=t (1.18); bidirectional: all T keys (1.17).
+fn last_key(spec: &ModelSpec, a: usize, t: usize) -> usize {
+    if spec.causal { a % t } else { t - 1 }
+}
+
+/// Exactly uniform attention over each query's visible keys (zero logit variance).
+fn uniform(spec: &ModelSpec, d: usize, t: usize) -> Array2<f64> {
+    let mut attn = Array2::<f64>::zeros((d, d));
+    for a in 0..d {
+        let seq0 = (a / t) * t;
+        let l = last_key(spec, a, t);
+        for tk in 0..=l {
+            attn[[a, seq0 + tk]] = 1.0 / (l + 1) as f64;
+        }
+    }
+    attn
+}
+
+/// One draw of Ω from Z L_Bᵀ: per sequence the logits (L_A)_{rows} Z (L_B)_{rows}ᵀ (query ×
+/// key, scaled by sqrt(C^{1−2a})), then the softmax of each query's row.
+fn draw(
+    spec: &ModelSpec,
+    input: &KernelState,
+    la: &Array2<f64>,
+    zlb: &Array2<f64>,
+    root: f64,
+    attn: &mut Array2<f64>,
+) {
+    let t = input.tokens;
+    let mut row_w = vec![0.0; t];
+    attn.fill(0.0);
+    for sq in 0..input.sequences {
+        let rows = s![sq * t..(sq + 1) * t, ..];
+        let lg = la.slice(rows).dot(&zlb.slice(s![.., sq * t..(sq + 1) * t]));
+        for tq in 0..t {
+            let a = sq * t + tq;
+            let lrow: Vec<f64> = lg.row(tq).iter().map(|x| root * x).collect();
+            softmax_row(&lrow, last_key(spec, a, t), &mut row_w);
+            for (tk, w) in row_w.iter().enumerate() {
+                attn[[a, sq * t + tk]] = *w;
+            }
+        }
+    }
+}
+
+/// The MHSA branch on a state: the increment's state (kernel and NTK transport, from the
+/// same logit draws) and the block's attention statistics. `b` is the block's index.
+pub(crate) fn branch(
+    ctx: &Ctx,
+    input: &State,
+    b: usize,
+    layer: usize,
+) -> Result<(State, AttnStats), TheoryError> {
+    let (delta, stats, draws) = forward(ctx, &input.k, layer, input.ntk.is_some())?;
+    let ntk = match &input.ntk {
+        Some(bars) => {
+            let blk = Block {
+                ctx,
+                f: &input.k.g,
+                qkv: Qkv::of(ctx, &input.k.g),
+                draws: &draws,
+                scale: logit_scale(ctx.spec)?,
+            };
+            Some(blk.transport(bars, b, layer))
+        }
+        None => None,
+    };
+    Ok((State::branch(delta, ntk), stats))
+}
+
+/// What the NTK transport of one block reads: the input kernel F, the Q/K/V kernels, the
+/// forward pass's draws and the logit scale.
+struct Block<'a> {
+    ctx: &'a Ctx<'a>,
+    f: &'a Array2<f64>,
+    qkv: Qkv,
+    draws: &'a Draws,
+    scale: f64,
+}
+
+impl Block<'_> {
+    /// Every carried Θ̄ through the value and logit paths, then the block's own groups.
+    fn transport(&self, bars: &[Carried], b: usize, layer: usize) -> Vec<Carried> {
+        let (spec, c) = (self.ctx.spec, &self.ctx.c);
+        let (f, qk, scale) = (self.f, &self.qkv.q, self.scale);
+        let n = spec.width as f64;
+        let d = f.nrows();
+        const FIXED: usize = 4;
+        let mut xs = vec![
+            f.clone(),
+            self.qkv.k.clone(),
+            self.qkv.v.clone(),
+            Array2::ones((d, d)),
+        ];
+        xs.extend(bars.iter().map(|th| th.theta.clone()));
+        let (axa, sx) = attention_moments(self.draws, &self.qkv.v, &xs);
+        // E[ΩFΩᵀ], E[S_F], E[S_K], E[ΩVΩᵀ], E[Ω1Ωᵀ].
+        let (afa, s_f, s_k, ava, a1a) = (&axa[0], &sx[0], &sx[1], &axa[2], &axa[3]);
+        let mut out: Vec<Carried> = bars
+            .iter()
+            .enumerate()
+            .map(|(k, th)| {
+                let mut v = axa[k + FIXED].clone() * (c.u * c.v);
+                v.scaled_add(c.u * c.q * scale, &(&th.theta * s_k));
+                v.scaled_add(c.u * c.k * scale, &(qk * &sx[k + FIXED]));
+                th.with(v)
+            })
+            .collect();
+        let raw_contact = if spec.head == crate::config::HeadKind::Tied {
+            self.tied_contact(bars, b, &mut out)
+        } else {
+            Vec::new()
+        };
+        let mut raw = vec![
+            (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
+            (Group::K, (qk * s_f).mapv(|x| n * c.u * scale * x)),
+            (Group::V, afa.mapv(|x| n * c.u * x)),
+            (Group::U, ava.mapv(|x| n * x)),
+        ];
+        if spec.has_bias() {
+            // b_U: 1; b_V: C_U E[Ω1Ωᵀ]; b_Q: C_U E[S_K]; b_K: 0.
+            let mut bias = a1a.mapv(|x| c.u * x + 1.0);
+            bias.scaled_add(c.u * scale, s_k);
+            raw.push((Group::Bias, bias));
+        }
+        for (g, r) in raw {
+            let mut new = Carried::new(layer, What::Group(g), r);
+            if let Some((_, v)) = raw_contact.iter().find(|(cg, _)| *cg == g) {
+                new.contact.clone_from(v);
+            }
+            out.push(new);
+        }
+        out
+    }
+
+    /// The tied head's logit contact of this block (module doc of [`super::head`]): added to
+    /// every carried kernel in `out`, and returned for the block's own groups Q, K, b_Q.
+    fn tied_contact(
+        &self,
+        bars: &[Carried],
+        b: usize,
+        out: &mut [Carried],
+    ) -> Vec<(Group, Vec<f64>)> {
+        let (spec, c) = (self.ctx.spec, &self.ctx.c);
+        let (f, qk, scale) = (self.f, &self.qkv.q, self.scale);
+        let n = spec.width as f64;
+        let d = f.nrows();
+        // ρ⁴ C_U² with ρ = γ ξ^(blocks after): the block's output in z^B.
+        let rho = spec.gamma_res * spec.xi.powi((spec.blocks.len() - b - 1) as i32);
+        let w = rho.powi(4) * c.u * c.u / spec.heads as f64;
+        let mut ys = vec![self.qkv.k.clone(), f.clone()];
+        ys.extend(bars.iter().map(|th| th.theta.clone()));
+        let e = tied_logit_contact(self.draws, &self.qkv.v, &ys);
+        let (e_k, e_f) = (&e[0], &e[1]);
+        for (k, (th, o)) in bars.iter().zip(out.iter_mut()).enumerate() {
+            for a in 0..d {
+                o.contact[a] +=
+                    w * scale * (c.q * th.theta[[a, a]] * e_k[a] + c.k * qk[[a, a]] * e[k + 2][a]);
+            }
+        }
+        let per = |v: &dyn Fn(usize) -> f64| (0..d).map(|a| w * v(a)).collect();
+        vec![
+            (Group::Q, per(&|a| n * scale * f[[a, a]] * e_k[a])),
+            (Group::K, per(&|a| n * scale * qk[[a, a]] * e_f[a])),
+            // b_Q: ∂logit/∂b_Q sums to K (as C_U E[S_K] in the bias group). V and U have no
+            // logit path, so no contact.
+            (Group::Bias, per(&|a| scale * e_k[a])),
+        ]
+    }
+}
+
+/// E[Ω X Ωᵀ] and E[S_X] for every X in `xs`, over the attention draws (see the module doc).
+///
+/// With a = row δ1 of Ω and b = row δ2, J_δ = diag(a) − a aᵀ (zero on masked keys), and
+/// S_X(δ1,δ2) = Σ (J_δ1ᵀ F J_δ2)_{pq} X_pq expands into
+/// a(F⊙X)bᵀ − aX(b ⊙ Fa) − (a ⊙ Fb)Xbᵀ + (aFbᵀ)(aXbᵀ), i.e. over all pairs at once
+/// Ω(F⊙X)Ωᵀ − M − Mᵀ + (ΩFΩᵀ) ⊙ (ΩXΩᵀ) with M = ((ΩX) ⊙ (ΩF)) Ωᵀ.
+fn attention_moments(
+    draws: &[(f64, Array2<f64>)],
+    f: &Array2<f64>,
+    xs: &[Array2<f64>],
+) -> (Vec<Array2<f64>>, Vec<Array2<f64>>) {
+    let d = f.nrows();
+    let mut axa = vec![Array2::<f64>::zeros((d, d)); xs.len()];
+    let mut sx = vec![Array2::<f64>::zeros((d, d)); xs.len()];
+    let fx: Vec<Array2<f64>> = xs.iter().map(|x| f * x).collect();
+    for (w, a) in draws {
+        let af = a.dot(f);
+        let afa = af.dot(&a.t());
+        for (k, x) in xs.iter().enumerate() {
+            let ax = a.dot(x);
+            let axat = ax.dot(&a.t());
+            let m = (&ax * &af).dot(&a.t());
+            let mut s = a.dot(&fx[k]).dot(&a.t());
+            s -= &m;
+            s -= &m.t();
+            s += &(&afa * &axat);
+            axa[k].scaled_add(*w, &axat);
+            sx[k].scaled_add(*w, &s);
+        }
+    }
+    (axa, sx)
+}
+
+/// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with
+/// β_a = V ω_a (V the value kernel, ω_a = row a of Ω) and γ_a = J_a β_a = ω_a ⊙ (β_a − ω_a·β_a).
+///
+/// Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'} is the part of ∂z_a/∂θ · (U V Ω s)_a that is coherent over the
+/// n channels ((U a)·(U b) → C_U a·b): with X the logit-gradient covariance
+/// Σ_θ ∂logit_{au'} ∂logit_{au''}, Σ_θ (Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'})² = γ_aᵀ X γ_a.
+fn tied_logit_contact(
+    draws: &[(f64, Array2<f64>)],
+    vk: &Array2<f64>,
+    xs: &[Array2<f64>],
+) -> Vec<Vec<f64>> {
+    let d = vk.nrows();
+    let mut out = vec![vec![0.0; d]; xs.len()];
+    for (w, a) in draws {
+        // Row a of A V is β_aᵀ (V symmetric).
+        let beta = a.dot(vk);
+        let mut gamma = Array2::<f64>::zeros((d, d));
+        for r in 0..d {
+            let wb: f64 = (0..d).map(|u| a[[r, u]] * beta[[r, u]]).sum();
+            for u in 0..d {
+                gamma[[r, u]] = a[[r, u]] * (beta[[r, u]] - wb);
+            }
+        }
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            let gx = gamma.dot(x);
+            for (r, v) in o.iter_mut().enumerate() {
+                *v += w * (0..d).map(|u| gx[[r, u]] * gamma[[r, u]]).sum::<f64>();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// S_X from its definition, the six-index sum over (t1', u1', t2', u2') with the softmax
+    /// Jacobian J_{δ;t'u'} = Ω_{δt'}(δ_{t'u'} − Ω_{δu'}), against the matrix form.
+    #[test]
+    fn logit_path_contraction_matches_the_index_sum() {
+        let d = 5;
+        let sym = |seed: f64| {
+            let b = Array2::from_shape_fn((d, d), |(i, j)| ((i * 7 + j * 3) as f64 * seed).sin());
+            b.dot(&b.t())
+        };
+        let (f, x) = (sym(0.37), sym(1.13));
+        // Two "sequences" (rows 0-2 and 3-4), softmax-like rows that sum to 1 within each.
+        let mut a = Array2::<f64>::zeros((d, d));
+        for q in 0..d {
+            let keys: Vec<usize> = if q < 3 {
+                (0..3).collect()
+            } else {
+                (3..5).collect()
+            };
+            let w: Vec<f64> = keys
+                .iter()
+                .map(|&k| 1.0 + ((q * 5 + k) as f64).cos().abs())
+                .collect();
+            let z: f64 = w.iter().sum();
+            for (k, wk) in keys.iter().zip(&w) {
+                a[[q, *k]] = wk / z;
+            }
+        }
+        let jac =
+            |q: usize, t: usize, u: usize| a[[q, t]] * (f64::from(u8::from(t == u)) - a[[q, u]]);
+        let (axa, sx) = attention_moments(&[(1.0, a.clone())], &f, std::slice::from_ref(&x));
+        for q1 in 0..d {
+            for q2 in 0..d {
+                let mut want = 0.0;
+                for t1 in 0..d {
+                    for u1 in 0..d {
+                        for t2 in 0..d {
+                            for u2 in 0..d {
+                                want +=
+                                    f[[t1, t2]] * jac(q1, t1, u1) * jac(q2, t2, u2) * x[[u1, u2]];
+                            }
+                        }
+                    }
+                }
+                assert!((sx[0][[q1, q2]] - want).abs() < 1e-12, "S[{q1},{q2}]");
+                let v: f64 = (0..d)
+                    .flat_map(|t1| (0..d).map(move |t2| (t1, t2)))
+                    .map(|(t1, t2)| a[[q1, t1]] * x[[t1, t2]] * a[[q2, t2]])
+                    .sum();
+                assert!((axa[0][[q1, q2]] - v).abs() < 1e-12);
+            }
+        }
+    }
+}

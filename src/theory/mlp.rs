@@ -1,0 +1,82 @@
+//! The MLP branch at infinite width: its kernel map (1.70), (1.76)–(1.77) and its NTK
+//! transport (1.168)–(1.173), side by side.
+//!
+//! - Kernel: the preactivation kernel C_W F + C_b (the `hidden` site) and the increment
+//!   ΔG = C_X ⟨σσ⟩_{C_W F + C_b} + C_b. M drops out: it is inside Var X = C_X/(Mn).
+//! - NTK (1.173): C_X C_W ⟨σ'σ'⟩_{C_W F} ⊙ Θ̄; additive raw_X = Mn⟨σσ⟩,
+//!   raw_W = n C_X⟨σ'σ'⟩ ⊙ F (1.168)–(1.169).
+//! - Biases (C_b > 0, derived beyond the paper by the same rules): the hidden kernel gains
+//!   C_b; the block's bias group sums b_W: C_X⟨σ'σ'⟩ and b_X: 1.
+//!
+//! F is the branch input's kernel (LN(z) in `pre` mode, z otherwise) and Θ̄ its carried NTK.
+
+use ndarray::Array2;
+
+use super::gauss::{Cov2, dsigma_dsigma, dsigma2, sigma_sigma, sigma2};
+use super::state::{Carried, Ctx, KernelState, State, What};
+use crate::config::ModelSpec;
+use crate::model::Group;
+
+/// ⟨σ(w_a) σ(w_b)⟩ for every pair under the Gaussian of covariance `k` (entrywise 2×2).
+pub(crate) fn sigma_sigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> {
+    let act = spec.activation;
+    let d = k.len();
+    let mut out = Array2::zeros((d, d));
+    for a in 0..d {
+        out[[a, a]] = sigma2(act, k.g[[a, a]]);
+        for b in a + 1..d {
+            let v = sigma_sigma(act, Cov2::new(k.g[[a, a]], k.g[[a, b]], k.g[[b, b]]));
+            out[[a, b]] = v;
+            out[[b, a]] = v;
+        }
+    }
+    out
+}
+
+/// The MLP branch on a state: the increment's state and the `hidden` site's kernel.
+pub(crate) fn branch(ctx: &Ctx, input: &State, layer: usize) -> (State, KernelState) {
+    let (spec, c) = (ctx.spec, &ctx.c);
+    let f = &input.k.g;
+    let hidden = input.k.with(f.mapv(|x| c.w * x + c.bias));
+    let ss = sigma_sigma_all(spec, &hidden);
+    let delta = input.k.with(ss.mapv(|x| c.x * x + c.bias));
+    let ntk = input.ntk.as_ref().map(|bars| {
+        let n = spec.width as f64;
+        let m = spec.mlp_mult as f64 * n;
+        let dd = dsigma_dsigma_all(spec, &hidden);
+        let mut out: Vec<Carried> = bars
+            .iter()
+            .map(|th| th.with(&th.theta * &dd * (c.x * c.w)))
+            .collect();
+        let mut raw = vec![
+            (Group::W, &dd * f * (n * c.x)),
+            (Group::X, ss.mapv(|x| m * x)),
+        ];
+        if spec.has_bias() {
+            // b_W: C_X⟨σ'σ'⟩; b_X: 1.
+            raw.push((Group::Bias, dd.mapv(|x| c.x * x + 1.0)));
+        }
+        out.extend(
+            raw.into_iter()
+                .map(|(g, r)| Carried::new(layer, What::Group(g), r)),
+        );
+        out
+    });
+    (State::branch(delta, ntk), hidden)
+}
+
+/// ⟨σ'(w_a) σ'(w_b)⟩ for every pair under the Gaussian of covariance `k`.
+pub(crate) fn dsigma_dsigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> {
+    let act = spec.activation;
+    let d = k.len();
+    let mut out = Array2::zeros((d, d));
+    for a in 0..d {
+        out[[a, a]] = dsigma2(act, k.g[[a, a]]);
+        for b in a + 1..d {
+            let v = dsigma_dsigma(act, Cov2::new(k.g[[a, a]], k.g[[a, b]], k.g[[b, b]]));
+            out[[a, b]] = v;
+            out[[b, a]] = v;
+        }
+    }
+    out
+}

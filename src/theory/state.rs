@@ -1,0 +1,229 @@
+//! The theory's state, which every block map takes and returns, and the context it reads.
+//!
+//! As neural-tangents' `Kernel{nngp, ntk}`, one [`State`] carries everything a later block or
+//! the head needs, over the whole probe set (D = S·T points, δ = sequence·T + token, cross-
+//! sequence entries included: the weights and the positional embedding are shared, so
+//! F_{(α1;t)(α2;t')} ≠ 0 for α1 ≠ α2):
+//!
+//! - `k`: the kernel G of the site (the residual stream z^ℓ, an LN output, a branch's
+//!   increment ΔG or the head's output);
+//! - `ntk`: every carried NTK kernel Θ, one [`Carried`] per parameter group and injection
+//!   layer, plus the `grad2` probes (see [`super::ntk`] for why each group travels on its own);
+//!   `None` when the backward is not asked for, or has no theory here;
+//! - `stem_coef`: for the tied head, how much of the stem's own W_WE[:, id_δ] z_δ carries
+//!   along the skip path (the footnote-19 coefficient c_δ, [`super::head`]);
+//! - `vertex`: the four-point vertex V per probe point at order 1/n (the book's plain MLP;
+//!   `None` where it is not derived — the Transformer's order-1 vertex belongs here).
+//!
+//! A block reads the state of its input and returns the state of its output; a branch's
+//! output state (an increment) is combined with the skip path's by [`super::residual::add`].
+
+use ndarray::Array2;
+
+use super::TheoryError;
+use super::attention::{LogitSampler, logit_scale};
+use crate::config::{HeadKind, ModelSpec, Norm, Stem};
+use crate::model::Group;
+
+/// The kernel G_{δ1 δ2} = E[(1/n) Σ_i z_{δ1;i} z_{δ2;i}] of one site over the probe set:
+/// D×D with D = sequences·tokens and δ = sequence·tokens + token (the Monte Carlo's order).
+/// A pooled head output has `tokens = 1` (one output per sequence).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelState {
+    pub g: Array2<f64>,
+    pub sequences: usize,
+    pub tokens: usize,
+}
+
+impl KernelState {
+    pub fn new(g: Array2<f64>, sequences: usize, tokens: usize) -> Self {
+        KernelState {
+            g,
+            sequences,
+            tokens,
+        }
+    }
+    /// D = S·T.
+    pub fn len(&self) -> usize {
+        self.g.nrows()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn same_seq(&self, a: usize, b: usize) -> bool {
+        a / self.tokens == b / self.tokens
+    }
+    pub(crate) fn finite(&self) -> bool {
+        self.g.iter().all(|x| x.is_finite())
+    }
+    /// The same shape with another matrix.
+    pub fn clone_with(&self, g: Array2<f64>) -> Self {
+        self.with(g)
+    }
+    pub(crate) fn with(&self, g: Array2<f64>) -> Self {
+        KernelState::new(g, self.sequences, self.tokens)
+    }
+}
+
+/// What a carried kernel is: a parameter group's raw NTK, or the `grad2` probe (the identity
+/// kernel injected at z^ℓ: a fictitious bias on every component of every probe point).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum What {
+    Group(Group),
+    Grad2,
+}
+
+/// One carried kernel: injected at `layer` and transported block by block to the output.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    pub layer: usize,
+    pub what: What,
+    pub theta: Array2<f64>,
+    /// The tied head's logit contact per probe point, in units of c_head c² C_WE n /
+    /// (n_out σ⁴) ([`super::head`]). It accumulates rather than transports: an attention
+    /// block adds to it, every other map passes it on unchanged. Zero without a tied head.
+    pub contact: Vec<f64>,
+}
+
+impl Carried {
+    pub(crate) fn new(layer: usize, what: What, theta: Array2<f64>) -> Self {
+        let d = theta.nrows();
+        Carried {
+            layer,
+            what,
+            theta,
+            contact: vec![0.0; d],
+        }
+    }
+    /// The same kernel (layer, group, contact) with a transported Θ.
+    pub(crate) fn with(&self, theta: Array2<f64>) -> Self {
+        Carried {
+            layer: self.layer,
+            what: self.what,
+            theta,
+            contact: self.contact.clone(),
+        }
+    }
+}
+
+/// The state every theory block takes and returns (see the module doc).
+#[derive(Clone, Debug)]
+pub struct State {
+    pub k: KernelState,
+    pub ntk: Option<Vec<Carried>>,
+    pub stem_coef: Vec<f64>,
+    pub vertex: Option<Vec<f64>>,
+}
+
+impl State {
+    /// A branch's output: an increment, with no skip path of its own (no stem coefficient,
+    /// no vertex).
+    pub(crate) fn branch(k: KernelState, ntk: Option<Vec<Carried>>) -> Self {
+        State {
+            k,
+            ntk,
+            stem_coef: Vec::new(),
+            vertex: None,
+        }
+    }
+    pub(crate) fn finite(&self) -> bool {
+        self.k.finite()
+            && self
+                .vertex
+                .as_ref()
+                .is_none_or(|v| v.iter().all(|x| x.is_finite()))
+    }
+    /// Starts carrying a kernel injected at `layer` (no-op without a backward).
+    pub(crate) fn inject(&mut self, layer: usize, what: What, theta: impl FnOnce() -> Array2<f64>) {
+        if let Some(c) = self.ntk.as_mut() {
+            c.push(Carried::new(layer, what, theta()));
+        }
+    }
+}
+
+/// What every block reads besides the state: the model, its effective constants, the logit
+/// sampler and whether the NTK is carried.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    pub spec: &'a ModelSpec,
+    pub(crate) c: Consts,
+    pub sampler: LogitSampler,
+    /// Carry the NTK (asked for, and derived for this configuration).
+    pub backward: bool,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        spec: &'a ModelSpec,
+        sampler: LogitSampler,
+        backward: bool,
+    ) -> Result<Self, TheoryError> {
+        let backward = backward && super::ntk::unsupported(spec).is_none();
+        if backward && spec.norm != Norm::Mlp {
+            // The backward transport of a Transformer needs the logit scale even without an
+            // attention block (it always did): an exponent a < 1/2 is reported here.
+            logit_scale(spec)?;
+        }
+        Ok(Ctx {
+            spec,
+            c: Consts::of(spec),
+            sampler,
+            backward,
+        })
+    }
+}
+
+/// Effective O(1) constants at the configured width: C_eff = (weight variance) × (fan-in),
+/// which is the C of (1.25)–(1.33) in the default `fan_in` variance mode and C_abs·fan-in in
+/// the `absolute` (standard-parameterization) mode. They are the theory's copies of the
+/// model's constants; [`Ctx::new`] is the only place that builds them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Consts {
+    pub(crate) stem: f64,
+    pub(crate) pe: f64,
+    pub(crate) q: f64,
+    pub(crate) k: f64,
+    pub(crate) v: f64,
+    pub(crate) u: f64,
+    pub(crate) w: f64,
+    pub(crate) x: f64,
+    pub(crate) head: f64,
+    pub(crate) bias: f64,
+}
+
+impl Consts {
+    pub(crate) fn of(spec: &ModelSpec) -> Self {
+        let n = spec.width;
+        let eff = |c: f64, fan_in: usize| spec.weight_var(c, fan_in) * fan_in as f64;
+        let m = spec.mlp_mult * n;
+        Consts {
+            stem: match spec.stem {
+                Stem::Dense => eff(spec.var.stem, spec.n_in),
+                Stem::Embedding => spec.var.stem,
+            },
+            // The MC draws no positional embedding in `mlp` mode.
+            pe: if spec.norm == Norm::Mlp {
+                0.0
+            } else {
+                spec.var.pe
+            },
+            q: if spec.zero_queries {
+                0.0
+            } else {
+                eff(spec.var.q, n)
+            },
+            k: eff(spec.var.k, n),
+            v: eff(spec.var.v, n),
+            u: eff(spec.var.u, n),
+            w: eff(spec.var.w, n),
+            x: eff(spec.var.x, m),
+            head: match spec.head {
+                // z = N W_WEᵀ s: N² · C_WE · n channels = C_WE n^{-s} (1.83)–(1.84).
+                HeadKind::Tied => spec.tied_rescale().powi(2) * spec.var.stem * n as f64,
+                // Var C_head/n^{1+s} times n channels of s: C_head n^{-s} (1.80) with (1.34).
+                _ => spec.head_var() * n as f64,
+            },
+            bias: if spec.has_bias() { spec.var.bias } else { 0.0 },
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Stem at infinite width: the input kernel G⁰ (1.40)/(1.44), the stem's kernel map
+//! (1.41)/(1.45), and the NTK it injects (1.122)–(1.123).
+//!
+//! - Kernel: G¹ = C_stem G⁰ + C_PE δ_{t1 t2} (no δ_{α1 α2}: the PE is shared); in `mlp` mode
+//!   the book's first layer K¹ = C_b + C_W G⁰ (no positional embedding).
+//! - NTK: raw_stem = n_in G⁰ (dense) or G⁰ (embedding), raw_pe = δ_{t1t2}; in `mlp` mode
+//!   raw_W = n_in G⁰ and raw_b = 1 (the book's frozen NTK, PDLT §8).
+
+use ndarray::Array2;
+
+use super::TheoryError;
+use super::state::{Carried, Ctx, KernelState, State, What};
+use crate::config::{ModelSpec, Norm, Stem};
+use crate::model::{Group, Probe};
+
+/// Input kernel G⁰: x·x/n_in (1.40) for the dense stem, [id₁ = id₂] for the embedding (1.44).
+pub fn input_kernel(spec: &ModelSpec, probe: &Probe) -> Result<KernelState, TheoryError> {
+    let d = probe.len();
+    let g = match spec.stem {
+        Stem::Dense => {
+            let x = probe.x.as_ref().ok_or_else(|| bad_input("vectors"))?;
+            x.dot(&x.t()) / x.ncols() as f64
+        }
+        Stem::Embedding => {
+            let ids = probe.ids.as_ref().ok_or_else(|| bad_input("token ids"))?;
+            Array2::from_shape_fn((d, d), |(a, b)| f64::from(u8::from(ids[a] == ids[b])))
+        }
+    };
+    Ok(KernelState::new(g, probe.sequences, probe.tokens))
+}
+
+fn bad_input(what: &str) -> TheoryError {
+    TheoryError::Unsupported(format!("the probe set has no {what} for this stem"))
+}
+
+/// The stem block: G⁰ → the state at layer 1 (kernel, the stem's NTK injections, c_δ = 1 and
+/// V¹ = 0 in `mlp` mode).
+pub(crate) fn forward(ctx: &Ctx, g0: &KernelState) -> State {
+    let (spec, c) = (ctx.spec, &ctx.c);
+    let t = g0.tokens;
+    let d = g0.len();
+    let book = spec.norm == Norm::Mlp;
+    let b = if book { c.bias } else { 0.0 };
+    let g = Array2::from_shape_fn(g0.g.raw_dim(), |(i, j)| {
+        let pe = if i % t == j % t { c.pe } else { 0.0 };
+        c.stem * g0.g[[i, j]] + pe + b
+    });
+    let ntk = ctx.backward.then(|| {
+        let raw_stem = match spec.stem {
+            Stem::Embedding if !book => g0.g.clone(),
+            _ => g0.g.mapv(|x| x * spec.n_in as f64),
+        };
+        let mut carried = vec![Carried::new(1, What::Group(Group::Stem), raw_stem)];
+        if book && spec.has_bias() {
+            carried.push(Carried::new(
+                1,
+                What::Group(Group::Bias),
+                Array2::ones((d, d)),
+            ));
+        }
+        if !book && c.pe > 0.0 {
+            let pe = Array2::from_shape_fn((d, d), |(a, b)| f64::from(u8::from(a % t == b % t)));
+            carried.push(Carried::new(1, What::Group(Group::Pe), pe));
+        }
+        carried
+    });
+    State {
+        k: g0.with(g),
+        ntk,
+        stem_coef: vec![1.0; d],
+        vertex: book.then(|| vec![0.0; d]),
+    }
+}
