@@ -1,6 +1,7 @@
 //! `sigprop theory`: the infinite-width predictions of SPEC §4 into `stats.csv` (same schema
 //! as the Monte Carlo, `source = theory`), with `config.toml` and `inputs.csv` beside it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,7 +9,7 @@ use anyhow::Context;
 use super::{ConfigArgs, Existing, claim, out_dir, write_run_files};
 use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::config::{Backward, BlockKind, Config, InitDist, Norm};
-use crate::theory::transformer::{TheoryOptions, predict};
+use crate::theory::transformer::{TheoryOptions, predict_with};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TheoryArgs {
@@ -69,7 +70,34 @@ pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
     }
     out_dir(&out)?;
     write_run_files(&out, &cfg, &probe, &fp)?;
-    let (rows, diverged) = predict(&cfg.model, &probe, options(&cfg), &cfg.run.name)?;
+    // The first walk takes about half the time (all the logit draws at once), so the bar
+    // shows up only where it helps: on a terminal, for a model with attention.
+    let bar = if std::io::stderr().is_terminal() && cfg.model.blocks.contains(&BlockKind::Attn) {
+        let b = indicatif::ProgressBar::new(1);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "theory {spinner} {bar:40} {percent}% of the logit draws, {elapsed} elapsed, eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        // Ticks on its own: the first report comes only after the first, longest walk.
+        b.enable_steady_tick(std::time::Duration::from_millis(250));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.tick();
+    let (rows, diverged) = predict_with(
+        &cfg.model,
+        &probe,
+        options(&cfg),
+        &cfg.run.name,
+        &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )?;
+    bar.finish_and_clear();
     crate::stats::csv::write(&out.join("stats.csv"), &rows)?;
     eprintln!(
         "{}: {} theory rows -> {}",

@@ -61,7 +61,22 @@ pub fn predict(
     opts: TheoryOptions,
     config_name: &str,
 ) -> Result<(Vec<Row>, Option<usize>), TheoryError> {
+    predict_with(spec, probe, opts, config_name, &|_, _| {})
+}
+
+/// [`predict`], reporting progress as (logit draws done, logit draws in all) after each walk:
+/// the full walk counts `logit_samples`, each error batch its share.
+pub fn predict_with(
+    spec: &ModelSpec,
+    probe: &Probe,
+    opts: TheoryOptions,
+    config_name: &str,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(Vec<Row>, Option<usize>), TheoryError> {
     let g0 = input_kernel(spec, probe)?;
+    let batches = opts.error_batches.max(2);
+    let per_batch = (opts.logit_samples / batches).max(1);
+    let total = (opts.logit_samples + batches * per_batch) as u64;
     let sampler = |samples: usize, batch: u64| LogitSampler {
         samples,
         seed: opts.seed,
@@ -81,14 +96,17 @@ pub fn predict(
         .layers
         .iter()
         .any(|l| l.attn.as_ref().is_some_and(|a| a.sampled));
+    let mut done = opts.logit_samples as u64;
+    progress(done, if sampled { total } else { done });
     let mut stderr = vec![0.0; rows.len()];
     if sampled {
-        let r = opts.error_batches.max(2);
-        let per = (opts.logit_samples / r).max(1);
+        let (r, per) = (batches, per_batch);
         // Rows that do not depend on the logit draws must get an error of exactly 0.
         let mut vals = vec![Vec::with_capacity(r); rows.len()];
         for b in 1..=r {
             let (_, rb) = run(sampler(per, b as u64))?;
+            done += per as u64;
+            progress(done, total);
             for (k, row) in rows.iter().enumerate() {
                 // A batch that diverged earlier lacks rows: its error stays NaN there.
                 let v = rb
