@@ -70,7 +70,7 @@ fn interrupted_run(extra: &[&str], out: &Path, signal: &str, cwd: &Path) -> i32 
     a.extend_from_slice(extra);
     a.extend_from_slice(&[
         "--samples",
-        "400000",
+        "150000",
         "--checkpoint-secs",
         "0.1",
         "--out",
@@ -227,7 +227,7 @@ fn sigterm_checkpoints_and_a_relative_probe_resumes_from_another_directory() {
     );
     std::fs::copy(d.join("probe-src/inputs.csv"), d.join("probe.csv")).unwrap();
     let code = interrupted_run(&["--inputs", "probe.csv"], Path::new("cut"), "-TERM", &d);
-    assert_eq!(code, 130, "SIGTERM should interrupt a 400000-sample run");
+    assert_eq!(code, 130, "SIGTERM should interrupt a 150000-sample run");
     // Resumed from another folder: the probe comes from cut/inputs.csv, not ./probe.csv.
     let res = Command::new(env!("CARGO_BIN_EXE_sigprop"))
         .args(["simulate", "--resume", "../cut"])
@@ -246,7 +246,7 @@ fn sigterm_checkpoints_and_a_relative_probe_resumes_from_another_directory() {
         "--inputs",
         "probe.csv",
         "--samples",
-        "400000",
+        "150000",
         "--out",
         s(&whole),
     ]);
@@ -271,7 +271,7 @@ fn rerunning_a_command_resumes_or_is_a_no_op_and_other_results_need_force() {
     assert_eq!(code, 130);
     // The same command again continues the interrupted run …
     let mut a: Vec<&str> = SMALL.to_vec();
-    a.extend_from_slice(&["--samples", "400000", "--checkpoint-secs", "0.1"]);
+    a.extend_from_slice(&["--samples", "150000", "--checkpoint-secs", "0.1"]);
     let err = ok(simulate(&a, &run), "rerun");
     assert!(err.contains("resuming"), "{err}");
     // … and once finished is a no-op that says so.
@@ -296,7 +296,7 @@ fn rerunning_a_command_resumes_or_is_a_no_op_and_other_results_need_force() {
     );
     // --force overwrites.
     b.push("--force");
-    let at = b.iter().position(|x| *x == "400000").unwrap();
+    let at = b.iter().position(|x| *x == "150000").unwrap();
     b[at] = "32";
     ok(simulate(&b, &run), "forced");
     assert!(read(&run.join("config.toml")).contains("v = 0.9"));

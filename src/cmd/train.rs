@@ -148,6 +148,16 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         None => None,
     };
     let fp = Fingerprint::of_training(&cfg, hp_bytes.as_deref());
+    let threads = match cfg.get("train.threads").and_then(Value::as_integer) {
+        Some(t) if t > 0 => t as usize,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    crate::limits::check_threads("train.threads", threads)?;
+    crate::limits::enforce(
+        "training",
+        &crate::limits::training(&cfg, threads),
+        args.cfg.max_memory.as_deref(),
+    )?;
     // Where to continue from: the folder given to --resume, or --out when it holds this very
     // run (the same command run again); a folder with anything else needs --force.
     let resume: Option<PathBuf> = match &args.resume {
@@ -165,16 +175,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             _ => None,
         },
     };
-    let threads = match cfg.get("train.threads").and_then(Value::as_integer) {
-        Some(t) if t > 0 => t as usize,
-        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    crate::limits::check_threads("train.threads", threads)?;
-    crate::limits::enforce(
-        "training",
-        &crate::limits::training(&cfg, threads),
-        args.cfg.max_memory.as_deref(),
-    )?;
     if first_run {
         eprintln!(
             "note: no configuration given: a first run at model.width = {FIRST_RUN_WIDTH} for {FIRST_RUN_STEPS} steps (about a minute); scale up with e.g. --set model.width=512 --steps 1000, or a --config file"

@@ -81,9 +81,7 @@ pub fn write(path: &Path, magic: &[u8; 8], version: u32, payload: &[u8]) -> anyh
 pub fn read(path: &Path, magic: &[u8; 8], version: u32, what: &str) -> Result<Vec<u8>, BinError> {
     let err = |msg: String| BinError::new(path, msg);
     let mut f = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let meta = f.metadata().map_err(|e| err(format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(err("not a file".into()));
     }
