@@ -67,6 +67,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Stopped by a signal with everything finished saved: not an error; 130 as for SIGINT.
+        Err(e) if e.downcast_ref::<sigprop::mc::Interrupted>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             let msg: Vec<String> = e
                 .chain()

@@ -364,12 +364,12 @@ fn execute(plan: Plan, threads: usize, checkpoint_secs: f64) -> anyhow::Result<(
     bar.finish_and_clear();
     mc::moments::save(&moments_path, &ens, &fp, &[(ens.first, ens.next)])?;
     if !ens.done() {
-        eprintln!(
+        return Err(mc::Interrupted(format!(
             "interrupted: {} samples saved; continue with: sigprop simulate --resume {} (or the same command again)",
             ens.next - ens.first,
             out.display()
-        );
-        std::process::exit(130);
+        ))
+        .into());
     }
     write_stats(&out, &cfg, &ens)?;
     let secs = t0.elapsed().as_secs_f64();

@@ -252,12 +252,12 @@ fn train_in<F: Real>(run: &Run, mut tr: Trainer<F>) -> anyhow::Result<()> {
             bar.finish_and_clear();
             tr.save(&ckpt)?;
             log.write(&csv)?;
-            eprintln!(
-                "interrupted after step {}: checkpoint saved; continue with: sigprop train --resume {}",
+            return Err(mc::Interrupted(format!(
+                "interrupted after step {}: checkpoint saved; continue with: sigprop train --resume {} (or the same command again)",
                 tr.step,
                 out.display()
-            );
-            std::process::exit(130);
+            ))
+            .into());
         }
         let t0 = Instant::now();
         let s = match tr.step() {

@@ -104,11 +104,12 @@ pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summa
         );
     })?;
     if s.interrupted {
-        anyhow::bail!(
+        return Err(crate::mc::Interrupted(format!(
             "interrupted: {} points are in {}; run the same command again to finish the grid",
             s.skipped + s.ran,
             grid.out.join("transfer.csv").display()
-        );
+        ))
+        .into());
     }
     crate::plot::transfer_figure(&grid.out.join("transfer.csv"), &grid.out)?;
     Ok(s)

@@ -25,6 +25,12 @@ pub const CHUNK: u64 = 4;
 /// Set by the Ctrl-C handler; the engine stops after the current wave.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// A run stopped by a signal after saving what it finished: returned as a value (the library
+/// never exits the process); the message says how to continue. The command line exits 130.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
+
 /// An ensemble in progress: samples [first, end) of which [first, next) are done.
 pub struct Ensemble {
     pub rows: Vec<(RowKey, Recipe)>,
