@@ -26,7 +26,50 @@
 //! `c_eff` is the variance times the fan-in, so in `variance_mode = "absolute"` it is
 //! C·fan-in, exactly what the theory must propagate (the sampled variance is what matters).
 
+use super::{Group, attention, head, mlp, stem};
 use crate::config::ModelSpec;
+
+/// Every block's tensors for one model, exactly as the sampler draws them: what the theory
+/// reads as its constants C_G (the table above), built once per model by [`blocks`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Blocks {
+    pub stem: stem::Hyper,
+    pub attention: attention::Hyper,
+    pub mlp: mlp::Hyper,
+    /// The book's plain layer (`mlp` mode).
+    pub book: mlp::BookHyper,
+    pub head: head::Hyper,
+}
+
+/// The per-block hyperparameters of `spec` (each block file's `hyper`).
+pub fn blocks(spec: &ModelSpec) -> Blocks {
+    Blocks {
+        stem: stem::hyper(spec),
+        attention: attention::hyper(spec),
+        mlp: mlp::hyper(spec),
+        book: mlp::book_hyper(spec),
+        head: head::hyper(spec),
+    }
+}
+
+impl Blocks {
+    /// The SGD factor λ_G of a group, read off its tensor: what the Monte Carlo's
+    /// `Param::lambda` gives every tensor of the group. The book's W has the Transformer's
+    /// fan-in n, and a tied head (no matrix of its own) keeps 1/n.
+    pub fn lambda(&self, g: Group, spec: &ModelSpec) -> f64 {
+        match g {
+            Group::Stem => self.stem.w.lambda(),
+            Group::Pe | Group::Bias => sgd_factor(1),
+            Group::Q => self.attention.q.lambda(),
+            Group::K => self.attention.k.lambda(),
+            Group::V => self.attention.v.lambda(),
+            Group::U => self.attention.u.lambda(),
+            Group::W => self.mlp.w.lambda(),
+            Group::X => self.mlp.x.lambda(),
+            Group::Head => self.head.w.map_or(sgd_factor(spec.width), |w| w.lambda()),
+        }
+    }
+}
 
 /// One weight tensor (fan_out × fan_in), drawn with mean zero and variance `var`.
 #[derive(Clone, Copy, Debug, PartialEq)]
