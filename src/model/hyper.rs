@@ -21,12 +21,12 @@
 //! | C_W, C_X | `mlp::hyper(spec).{w,x}.c_eff()`; the book's layer `mlp::book_hyper(spec).w` |
 //! | C_head n^{-s} (dense, pooled or tied) | `head::hyper(spec).c_eff` |
 //! | C_b (0 when there are no biases) | `spec_bias(spec).unwrap_or(0.0)` |
-//! | λ_G of a group | `Weight::lambda()` of its tensor, [`sgd_factor`]`(1)` for biases and PE |
+//! | λ_G of a group | `Weight::lambda()` of its tensor, [`sgd_factor`]`(1)` for biases and PE: the λ rule of its line in [`super::group::GROUPS`] |
 //!
 //! `c_eff` is the variance times the fan-in, so in `variance_mode = "absolute"` it is
 //! C·fan-in, exactly what the theory must propagate (the sampled variance is what matters).
 
-use super::{Group, attention, head, mlp, stem};
+use super::{attention, head, mlp, stem};
 use crate::config::ModelSpec;
 
 /// Every block's tensors for one model, exactly as the sampler draws them: what the theory
@@ -49,25 +49,6 @@ pub fn blocks(spec: &ModelSpec) -> Blocks {
         mlp: mlp::hyper(spec),
         book: mlp::book_hyper(spec),
         head: head::hyper(spec),
-    }
-}
-
-impl Blocks {
-    /// The SGD factor λ_G of a group, read off its tensor: what the Monte Carlo's
-    /// `Param::lambda` gives every tensor of the group. The book's W has the Transformer's
-    /// fan-in n, and a tied head (no matrix of its own) keeps 1/n.
-    pub fn lambda(&self, g: Group, spec: &ModelSpec) -> f64 {
-        match g {
-            Group::Stem => self.stem.w.lambda(),
-            Group::Pe | Group::Bias => sgd_factor(1),
-            Group::Q => self.attention.q.lambda(),
-            Group::K => self.attention.k.lambda(),
-            Group::V => self.attention.v.lambda(),
-            Group::U => self.attention.u.lambda(),
-            Group::W => self.mlp.w.lambda(),
-            Group::X => self.mlp.x.lambda(),
-            Group::Head => self.head.w.map_or(sgd_factor(spec.width), |w| w.lambda()),
-        }
     }
 }
 

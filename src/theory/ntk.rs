@@ -63,7 +63,8 @@ pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
 /// (what `trace` mode estimates); with `pairs` also every pair of outputs (a ≤ b) of each
 /// NTK and each output's grad2, as the Monte Carlo's `pairs` mode writes them.
 pub(crate) fn rows(spec: &ModelSpec, inj: &[Carried], pairs: bool) -> Vec<PRow> {
-    // The λ_G of the Monte Carlo's `ntk` rows, read off the tensors the sampler draws.
+    // The λ_G of the Monte Carlo's `ntk` rows: the group table's λ rule, read off the tensors
+    // the sampler draws.
     let hyper = crate::model::hyper::blocks(spec);
     let l_max = spec.head_layer();
     // The tied head's off-diagonal pairs Θ(a, b) get their own cross term and contacts (the
@@ -110,7 +111,7 @@ pub(crate) fn rows(spec: &ModelSpec, inj: &[Carried], pairs: bool) -> Vec<PRow> 
             What::Grad2 => emit(&mut rows, i.layer, "resid", "grad2".into(), &i.theta, true),
             What::Group(g) => {
                 groups.push((i.layer, g, &i.theta));
-                per_layer[i.layer].scaled_add(hyper.lambda(g, spec), &i.theta);
+                per_layer[i.layer].scaled_add(g.lambda(&hyper, spec), &i.theta);
             }
         }
     }

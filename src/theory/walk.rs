@@ -104,7 +104,13 @@ fn block(
 ) -> Result<State, TheoryError> {
     let l = b + 2;
     if ctx.spec.norm == Norm::Mlp {
-        return Ok(plain::forward(ctx, &z, l, ctx.hyper.book.w.c_eff(), Group::W));
+        return Ok(plain::forward(
+            ctx,
+            &z,
+            l,
+            ctx.hyper.book.w.c_eff(),
+            Group::W,
+        ));
     }
     // The branch input: s = LN(z) (pre), or z itself (post, none).
     let input = pre_ln.as_ref().unwrap_or(&z);
