@@ -570,7 +570,7 @@ impl Config {
                 InitDist::Gaussian
             },
             absolute_variances: word("model.variance_mode") == "absolute",
-            var: Variances::from_keys(|k| float(k)),
+            var: Variances::from_keys(&float),
             n_in,
             tokens,
         };
