@@ -362,7 +362,7 @@ impl Block<'_> {
             (Group::V, afa.mapv(|x| n * c.u * x)),
             (Group::U, ava.mapv(|x| n * x)),
         ];
-        if spec.has_bias() {
+        if self.ctx.hyper.attention.bias.is_some() {
             // b_U: 1; b_V: C_U E[Ω1Ωᵀ]; b_Q: C_U E[S_K]; b_K: 0.
             let mut bias = a1a.mapv(|x| c.u * x + 1.0);
             bias.scaled_add(c.u * scale, s_k);

@@ -52,7 +52,7 @@ use ndarray::{Array2, s};
 
 use super::ln::inv_root;
 use super::state::{Carried, Ctx, KernelState, State, What};
-use crate::config::{HeadKind, ModelSpec};
+use crate::config::HeadKind;
 use crate::model::Group;
 
 /// The head on states: `z` is the stream z^B (before the final LN), `input` the head's input
@@ -61,7 +61,7 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
     let spec = ctx.spec;
     let mut k = kernel(ctx, &input.k);
     if spec.head == HeadKind::Tied {
-        tied_contact(spec, g0, &input.stem_coef, &mut k);
+        tied_contact(ctx, g0, &input.stem_coef, &mut k);
     }
     let ntk = input
         .ntk
@@ -125,7 +125,7 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
         let raw = out(input.k.g.mapv(|x| n * x));
         carried.push(Carried::new(layer, What::Group(Group::Head), raw));
     }
-    if spec.has_bias() {
+    if ctx.hyper.head.bias.is_some() {
         carried.push(Carried::new(
             layer,
             What::Group(Group::Bias),
@@ -168,9 +168,11 @@ fn kernel(ctx: &Ctx, input: &KernelState) -> KernelState {
 /// (1/n_out) Σ_i z_{δ1;i} z_{δ2;i} gains [id_δ1 = id_δ2] N² (n C_WE)² c_δ1 c_δ2 / n_out,
 /// which is O(n/n_vocab) relative to (1.84): not negligible unless n ≪ n_vocab. The
 /// branches add no such mean: each ends in a fresh mean-zero weight.
-fn tied_contact(spec: &ModelSpec, g0: &KernelState, coef: &[f64], out: &mut KernelState) {
+fn tied_contact(ctx: &Ctx, g0: &KernelState, coef: &[f64], out: &mut KernelState) {
+    let spec = ctx.spec;
     let n = spec.width as f64;
-    let amp = spec.tied_rescale() * n * spec.var.stem;
+    // C_WE: the word embedding's drawn variance (a lookup, not divided by n_vocab).
+    let amp = spec.tied_rescale() * n * ctx.hyper.stem.w.c_eff();
     let n_out = spec.out_dim() as f64;
     // G⁰ of the embedding stem is exactly [id_δ1 = id_δ2].
     for a in 0..out.len() {

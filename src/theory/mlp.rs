@@ -55,7 +55,7 @@ pub(crate) fn branch(ctx: &Ctx, input: &State, layer: usize) -> (State, KernelSt
             (Group::W, &dd * f * (n * c_x)),
             (Group::X, ss.mapv(|x| m * x)),
         ];
-        if spec.has_bias() {
+        if h.bias.is_some() {
             // b_W: C_X⟨σ'σ'⟩; b_X: 1.
             raw.push((Group::Bias, dd.mapv(|x| c_x * x + 1.0)));
         }

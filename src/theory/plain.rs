@@ -45,7 +45,7 @@ pub(crate) fn forward(ctx: &Ctx, st: &State, layer: usize, c_w: f64, group: Grou
             .map(|i| i.with(&i.theta * &dd * c_w))
             .collect();
         out.push(Carried::new(layer, What::Group(group), ss.mapv(|x| n * x)));
-        if spec.has_bias() {
+        if ctx.hyper.book.bias.is_some() {
             let ones = ndarray::Array2::ones((d, d));
             out.push(Carried::new(layer, What::Group(Group::Bias), ones));
         }

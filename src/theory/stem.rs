@@ -52,7 +52,7 @@ pub(crate) fn forward(ctx: &Ctx, g0: &KernelState) -> State {
             _ => g0.g.mapv(|x| x * h.w.fan_in() as f64),
         };
         let mut carried = vec![Carried::new(1, What::Group(Group::Stem), raw_stem)];
-        if book && spec.has_bias() {
+        if h.bias.is_some() {
             carried.push(Carried::new(
                 1,
                 What::Group(Group::Bias),
