@@ -548,11 +548,11 @@ fn configuration_reference_lists_every_key_with_its_default() {
         let key = cells[0].trim_start_matches("| `").trim_end_matches('`');
         documented.insert(key.to_string(), cells[1].trim().to_string());
     }
-    for k in sigprop::config::schema::KEYS {
+    for k in sigprop::config::schema::KEYS.iter() {
         let cell = documented
             .remove(k.name)
             .unwrap_or_else(|| panic!("docs/configuration.md lacks `{}`", k.name));
-        match k.default {
+        match &k.default {
             None => assert_eq!(
                 cell, "—",
                 "`{}` has no default but the doc says {cell}",
@@ -563,11 +563,9 @@ fn configuration_reference_lists_every_key_with_its_default() {
                     .parse()
                     .unwrap_or_else(|e| panic!("`{}`: default `{cell}` is not TOML: {e}", k.name));
                 assert_eq!(
-                    v["v"],
-                    d(),
+                    &v["v"], d,
                     "`{}`: docs/configuration.md says {cell}, the program {}",
-                    k.name,
-                    d()
+                    k.name, d
                 );
             }
         }

@@ -5,7 +5,8 @@
 //! fan-in M·n, λ = 1/fan-in).
 
 use sigprop::config::{ConfigBuilder, ModelSpec};
-use sigprop::model::hyper::{Weight, sgd_factor};
+use sigprop::model::group::GROUPS;
+use sigprop::model::hyper::{Weight, blocks, sgd_factor};
 use sigprop::model::{Group, Network, attention, head, init, mlp, stem};
 
 fn spec(sets: &[&str]) -> ModelSpec {
@@ -68,6 +69,13 @@ fn check(sets: &[&str]) -> Network {
         }
         assert_eq!(p.var, var, "{sets:?}: variance of {}", p.name);
         assert_eq!(p.lambda(), lambda, "{sets:?}: λ of {}", p.name);
+        // The group table's λ rule (what the theory weights its `ntk` rows with).
+        assert_eq!(
+            p.group.lambda(&blocks(&spec), &spec),
+            p.lambda(),
+            "{sets:?}: table λ of {}",
+            p.name
+        );
         // Gaussian draws: the mean square has variance 2 var²/N.
         let n = p.value.len() as f64;
         let ms = p.value.iter().map(|x| x * x).sum::<f64>() / n;
@@ -102,6 +110,18 @@ fn transformer_tensors_come_from_the_source() {
         &["model.preset=paper-lm", "model.n_out=40"],
     ] {
         check(sets);
+    }
+}
+
+/// Every line of the group table: its configuration key sets its own constant C_G.
+#[test]
+fn group_table_keys_set_their_own_constant() {
+    for (i, g) in GROUPS.iter().enumerate() {
+        let c = 0.125 + i as f64;
+        let set = format!("{}={c}", g.key);
+        let spec = spec(&["model.preset=paper-vit", &set]);
+        assert_eq!(spec.var.get(g.group), c, "{set}");
+        assert_eq!(g.key, format!("model.variances.{}", g.group.name()));
     }
 }
 

@@ -97,8 +97,9 @@ pub enum Backward {
 }
 
 /// The O(1) constants C_G of (1.25)–(1.33). Weights get C/fan_in (or C itself when
-/// `variance_mode = "absolute"`); biases and embeddings get C.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// `variance_mode = "absolute"`); biases and embeddings get C. One field per line of the group
+/// table `model::group::GROUPS`, which maps each to its key.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Variances {
     pub stem: f64,
     pub pe: f64,
@@ -304,9 +305,9 @@ impl ConfigBuilder {
 
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut values = BTreeMap::new();
-        for k in schema::KEYS {
-            if let Some(d) = k.default {
-                values.insert(k.name.to_string(), d());
+        for k in schema::KEYS.iter() {
+            if let Some(d) = &k.default {
+                values.insert(k.name.to_string(), d.clone());
             }
         }
         if let Some(p) = self.user.get("model.preset") {
@@ -352,7 +353,7 @@ impl Config {
     /// The resolved configuration as TOML; reading it back gives the same model.
     pub fn to_toml(&self) -> String {
         let mut root = toml::Table::new();
-        for k in schema::KEYS {
+        for k in schema::KEYS.iter() {
             if let Some(v) = self.values.get(k.name) {
                 insert_dotted(&mut root, k.name, v.clone());
             }
@@ -546,7 +547,6 @@ impl Config {
             n_out = vocab;
             values.insert("model.n_out".into(), Value::from(n_out as i64));
         }
-        let v = |k: &str| float(&format!("model.variances.{k}"));
         let model = ModelSpec {
             stem,
             width,
@@ -570,18 +570,7 @@ impl Config {
                 InitDist::Gaussian
             },
             absolute_variances: word("model.variance_mode") == "absolute",
-            var: Variances {
-                stem: v("stem"),
-                pe: v("pe"),
-                q: v("q"),
-                k: v("k"),
-                v: v("v"),
-                u: v("u"),
-                w: v("w"),
-                x: v("x"),
-                head: v("head"),
-                bias: v("bias"),
-            },
+            var: Variances::from_keys(&float),
             n_in,
             tokens,
         };

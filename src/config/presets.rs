@@ -3,6 +3,9 @@
 
 use toml::Value;
 
+use crate::model::Group;
+use crate::model::group::GROUPS;
+
 /// The preset's overrides as (key, value) pairs.
 pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
     let v = |x: f64| Value::from(x);
@@ -35,19 +38,18 @@ pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
         }
         // Standard parameterization as in BART-style code: every weight and embedding drawn
         // with std 0.02 at every width (variance 4e-4, not divided by fan-in), zero biases.
-        "standard" => vec![
-            ("model.variance_mode", s("absolute")),
-            ("model.variances.stem", v(0.02 * 0.02)),
-            ("model.variances.pe", v(0.02 * 0.02)),
-            ("model.variances.q", v(0.02 * 0.02)),
-            ("model.variances.k", v(0.02 * 0.02)),
-            ("model.variances.v", v(0.02 * 0.02)),
-            ("model.variances.u", v(0.02 * 0.02)),
-            ("model.variances.w", v(0.02 * 0.02)),
-            ("model.variances.x", v(0.02 * 0.02)),
-            ("model.variances.head", v(0.02 * 0.02)),
-            ("model.variances.bias", v(0.0)),
-        ],
+        "standard" => {
+            let mut o = vec![("model.variance_mode", s("absolute"))];
+            o.extend(GROUPS.iter().map(|g| {
+                let c = if g.group == Group::Bias {
+                    0.0
+                } else {
+                    0.02 * 0.02
+                };
+                (g.key, v(c))
+            }));
+            o
+        }
         // The book's plain ReLU MLP at criticality: C_W = 2, C_b = 0 in every layer, the first
         // layer and the head included (PDLT §5), equal widths, two inputs.
         "mlp-book" => vec![

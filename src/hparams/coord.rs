@@ -135,7 +135,7 @@ pub fn coord_check(
             b = b.value("model.variance_mode", Value::from("absolute"))?;
             for g in Group::ALL {
                 let v = if g == Group::Bias { 0.0 } else { 0.02 * 0.02 };
-                b = b.value(&format!("model.variances.{}", g.name()), Value::from(v))?;
+                b = b.value(g.key(), Value::from(v))?;
             }
         }
         let mut cfg = b.build()?;

@@ -40,23 +40,9 @@ pub fn render(setup: &Setup, measured: Option<&[Measured]>, f: Format) -> anyhow
     })
 }
 
-/// The paper's name of a group's parameters: (plain, LaTeX math).
+/// The paper's name of a group's parameters: (plain, LaTeX math), from the group table.
 pub fn group_label(g: Group, stem: Stem) -> (&'static str, &'static str) {
-    match g {
-        Group::Stem => match stem {
-            Stem::Dense => ("W^patch", "W^{\\mathrm{patch}}"),
-            Stem::Embedding => ("W^WE", "W^{\\mathrm{WE}}"),
-        },
-        Group::Pe => ("b^PE", "b^{\\mathrm{PE}}"),
-        Group::Q => ("Q", "Q"),
-        Group::K => ("K", "K"),
-        Group::V => ("V", "V"),
-        Group::U => ("U", "U"),
-        Group::W => ("W", "W"),
-        Group::X => ("X", "X"),
-        Group::Head => ("W^head", "W^{\\mathrm{head}}"),
-        Group::Bias => ("b^head", "b^{\\mathrm{head}}"),
-    }
+    g.label(stem)
 }
 
 fn find(measured: Option<&[Measured]>, g: Group) -> Option<&Measured> {

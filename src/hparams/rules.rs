@@ -211,20 +211,10 @@ pub fn has_group(g: Group, d: &Dims) -> bool {
     !(g == Group::Head && d.head == HeadKind::Tied)
 }
 
-/// The O(1) constants C_G a family's init uses, from a preset's `Variances`.
+/// The O(1) constants C_G a family's init uses, from a preset's `Variances`, with its symbol
+/// (the group table's).
 pub fn constant(g: Group, v: &crate::config::Variances) -> (f64, &'static str) {
-    match g {
-        Group::Stem => (v.stem, "C_stem"),
-        Group::Pe => (v.pe, "C_PE"),
-        Group::Q => (v.q, "C_Q"),
-        Group::K => (v.k, "C_K"),
-        Group::V => (v.v, "C_V"),
-        Group::U => (v.u, "C_U"),
-        Group::W => (v.w, "C_W"),
-        Group::X => (v.x, "C_X"),
-        Group::Head => (v.head, "C_head"),
-        Group::Bias => (v.bias, "C_b"),
-    }
+    (v.get(g), g.info().symbol)
 }
 
 /// The variance of each entry of group `g` at initialization.

@@ -21,12 +21,36 @@
 //! | C_W, C_X | `mlp::hyper(spec).{w,x}.c_eff()`; the book's layer `mlp::book_hyper(spec).w` |
 //! | C_head n^{-s} (dense, pooled or tied) | `head::hyper(spec).c_eff` |
 //! | C_b (0 when there are no biases) | `spec_bias(spec).unwrap_or(0.0)` |
-//! | λ_G of a group | `Weight::lambda()` of its tensor, [`sgd_factor`]`(1)` for biases and PE |
+//! | λ_G of a group | `Weight::lambda()` of its tensor, [`sgd_factor`]`(1)` for biases and PE: the λ rule of its line in [`super::group::GROUPS`] |
 //!
 //! `c_eff` is the variance times the fan-in, so in `variance_mode = "absolute"` it is
 //! C·fan-in, exactly what the theory must propagate (the sampled variance is what matters).
 
+use super::{attention, head, mlp, stem};
 use crate::config::ModelSpec;
+
+/// Every block's tensors for one model, exactly as the sampler draws them: what the theory
+/// reads as its constants C_G (the table above), built once per model by [`blocks`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Blocks {
+    pub stem: stem::Hyper,
+    pub attention: attention::Hyper,
+    pub mlp: mlp::Hyper,
+    /// The book's plain layer (`mlp` mode).
+    pub book: mlp::BookHyper,
+    pub head: head::Hyper,
+}
+
+/// The per-block hyperparameters of `spec` (each block file's `hyper`).
+pub fn blocks(spec: &ModelSpec) -> Blocks {
+    Blocks {
+        stem: stem::hyper(spec),
+        attention: attention::hyper(spec),
+        mlp: mlp::hyper(spec),
+        book: mlp::book_hyper(spec),
+        head: head::hyper(spec),
+    }
+}
 
 /// One weight tensor (fan_out × fan_in), drawn with mean zero and variance `var`.
 #[derive(Clone, Copy, Debug, PartialEq)]

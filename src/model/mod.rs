@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod attention;
 pub mod block;
+pub mod group;
 pub mod head;
 pub mod hyper;
 pub mod init;
@@ -31,7 +32,8 @@ use hyper::Weight;
 use init::Stream;
 pub use real::Real;
 
-/// Parameter groups of SPEC §2; the NTK is reported per group.
+/// Parameter groups of SPEC §2; the NTK is reported per group. Their names, keys, labels and
+/// λ rules are in the one table [`group::GROUPS`], which follows this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Group {
     Stem,
@@ -47,32 +49,21 @@ pub enum Group {
 }
 
 impl Group {
-    pub const ALL: [Group; 10] = [
-        Group::Stem,
-        Group::Pe,
-        Group::Q,
-        Group::K,
-        Group::V,
-        Group::U,
-        Group::W,
-        Group::X,
-        Group::Head,
-        Group::Bias,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Group::Stem => "stem",
-            Group::Pe => "pe",
-            Group::Q => "q",
-            Group::K => "k",
-            Group::V => "v",
-            Group::U => "u",
-            Group::W => "w",
-            Group::X => "x",
-            Group::Head => "head",
-            Group::Bias => "bias",
+    /// Every group, in the order of the table [`group::GROUPS`].
+    pub const ALL: [Group; group::GROUPS.len()] = {
+        let mut all = [Group::Stem; group::GROUPS.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = group::GROUPS[i].group;
+            i += 1;
         }
+        all
+    };
+
+    /// The public name: the configuration key `model.variances.<name>` and the CSV rows
+    /// `ntk_<name>`.
+    pub fn name(self) -> &'static str {
+        self.info().name
     }
 }
 

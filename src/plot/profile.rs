@@ -11,6 +11,7 @@ use super::{
     Data, Figure, Key, Mark, Skip, font, header, legend, legend_width, padded, short, skip,
     wants_log,
 };
+use crate::model::Group;
 use crate::stats::csv::Row;
 
 /// One curve: (layer, value, stderr) triples of one source and ensemble.
@@ -337,16 +338,14 @@ fn single_at(
     })
 }
 
-/// The NTK groups of SPEC §2, in the order blocks appear.
-const GROUPS: [&str; 10] = ["stem", "pe", "q", "k", "v", "u", "w", "x", "head", "bias"];
-
 /// One panel per NTK group (`ntk_<group>` summaries at site `param`), each on its own y scale
 /// since they grow like different fan-ins.
 fn ntk_groups(data: &Data) -> Result<Profile, Skip> {
     let name = "ntk_groups";
     let mut panels = Vec::new();
     let mut rows: Vec<&Row> = Vec::new();
-    for g in GROUPS {
+    // The NTK groups of SPEC §2, in the order blocks appear.
+    for g in Group::ALL.map(Group::name) {
         let obs = format!("ntk_{g}");
         let by_key = data.summary("param", &obs);
         if by_key.values().all(|v| v.is_empty()) {

@@ -102,6 +102,31 @@ pub(crate) fn softmax_row(logits: &[f64], last: usize, w: &mut [f64]) {
 /// reuse exactly the forward pass's draws).
 pub type Draws = Vec<(f64, Array2<f64>)>;
 
+/// The block's effective constants C = variance × fan-in, read off the tensors the sampler
+/// draws (`model::attention::hyper`): C_Q is 0 there with zero-initialized queries, C_b is 0
+/// without biases.
+#[derive(Clone, Copy)]
+struct C {
+    q: f64,
+    k: f64,
+    v: f64,
+    u: f64,
+    bias: f64,
+}
+
+impl C {
+    fn of(ctx: &Ctx) -> Self {
+        let h = &ctx.hyper.attention;
+        C {
+            q: h.q.c_eff(),
+            k: h.k.c_eff(),
+            v: h.v.c_eff(),
+            u: h.u.c_eff(),
+            bias: h.bias.unwrap_or(0.0),
+        }
+    }
+}
+
 /// The query, key and value kernels C_Q F + C_b, C_K F + C_b, C_V F + C_b.
 struct Qkv {
     q: Array2<f64>,
@@ -111,7 +136,7 @@ struct Qkv {
 
 impl Qkv {
     fn of(ctx: &Ctx, f: &Array2<f64>) -> Self {
-        let c = &ctx.c;
+        let c = C::of(ctx);
         Qkv {
             q: f.mapv(|f| c.q * f + c.bias),
             k: f.mapv(|f| c.k * f + c.bias),
@@ -166,7 +191,7 @@ pub(crate) fn forward(
     layer: usize,
     keep: bool,
 ) -> Result<(KernelState, AttnStats, Draws), TheoryError> {
-    let (spec, c) = (ctx.spec, &ctx.c);
+    let (spec, c) = (ctx.spec, C::of(ctx));
     let mut draws: Draws = Vec::new();
     let (d, t) = (input.len(), input.tokens);
     let scale = logit_scale(spec)?;
@@ -301,7 +326,7 @@ struct Block<'a> {
 impl Block<'_> {
     /// Every carried Θ̄ through the value and logit paths, then the block's own groups.
     fn transport(&self, bars: &[Carried], b: usize, layer: usize) -> Vec<Carried> {
-        let (spec, c) = (self.ctx.spec, &self.ctx.c);
+        let (spec, c) = (self.ctx.spec, C::of(self.ctx));
         let (f, qk, scale) = (self.f, &self.qkv.q, self.scale);
         let n = spec.width as f64;
         let d = f.nrows();
@@ -337,7 +362,7 @@ impl Block<'_> {
             (Group::V, afa.mapv(|x| n * c.u * x)),
             (Group::U, ava.mapv(|x| n * x)),
         ];
-        if spec.has_bias() {
+        if self.ctx.hyper.attention.bias.is_some() {
             // b_U: 1; b_V: C_U E[Ω1Ωᵀ]; b_Q: C_U E[S_K]; b_K: 0.
             let mut bias = a1a.mapv(|x| c.u * x + 1.0);
             bias.scaled_add(c.u * scale, s_k);
@@ -361,7 +386,7 @@ impl Block<'_> {
         b: usize,
         out: &mut [Carried],
     ) -> Vec<(Group, Vec<f64>)> {
-        let (spec, c) = (self.ctx.spec, &self.ctx.c);
+        let (spec, c) = (self.ctx.spec, C::of(self.ctx));
         let (f, qk, scale) = (self.f, &self.qkv.q, self.scale);
         let n = spec.width as f64;
         let d = f.nrows();

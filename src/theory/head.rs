@@ -52,7 +52,7 @@ use ndarray::{Array2, s};
 
 use super::ln::inv_root;
 use super::state::{Carried, Ctx, KernelState, State, What};
-use crate::config::{HeadKind, ModelSpec};
+use crate::config::HeadKind;
 use crate::model::Group;
 
 /// The head on states: `z` is the stream z^B (before the final LN), `input` the head's input
@@ -61,7 +61,7 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
     let spec = ctx.spec;
     let mut k = kernel(ctx, &input.k);
     if spec.head == HeadKind::Tied {
-        tied_contact(spec, g0, &input.stem_coef, &mut k);
+        tied_contact(ctx, g0, &input.stem_coef, &mut k);
     }
     let ntk = input
         .ntk
@@ -77,7 +77,7 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
 
 /// The head's NTK transport (1.182) of every carried kernel, then the head's own groups.
 fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carried> {
-    let (spec, c) = (ctx.spec, &ctx.c);
+    let (spec, c_head) = (ctx.spec, ctx.hyper.head.c_eff);
     let n = spec.width as f64;
     let d = input.k.len();
     let (seqs, t) = (input.k.sequences, input.k.tokens);
@@ -91,20 +91,20 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
         .iter()
         .enumerate()
         .map(|(i, bar)| {
-            let mut th = bar.theta.mapv(|x| c.head * x);
+            let mut th = bar.theta.mapv(|x| c_head * x);
             if tied {
                 // The head's own column w = W_WE[:, id_a] (module doc): the final LN removes
                 // its component along s_a, c_a² C_WE of it (the deficit), and the logit
                 // gradient's coherent overlap with the attention output in s_a comes back
                 // through it (the contact). c_a = ξ^B/σ_a is the stem's coefficient in s_a.
                 let n_out = spec.out_dim() as f64;
-                let c_we = spec.var.stem;
+                let c_we = ctx.hyper.stem.w.c_eff();
                 for a in 0..d {
                     let is2 = ln[a] * ln[a];
                     let frac = (spec.xi.powi(spec.blocks.len() as i32) * ln[a]).powi(2) * c_we;
                     let con = bar.contact[a];
                     th[[a, a]] +=
-                        c.head * frac / n_out * is2 * (n * is2 * con - pre[i].theta[[a, a]]);
+                        c_head * frac / n_out * is2 * (n * is2 * con - pre[i].theta[[a, a]]);
                 }
             }
             bar.with(out(th))
@@ -125,7 +125,7 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
         let raw = out(input.k.g.mapv(|x| n * x));
         carried.push(Carried::new(layer, What::Group(Group::Head), raw));
     }
-    if spec.has_bias() {
+    if ctx.hyper.head.bias.is_some() {
         carried.push(Carried::new(
             layer,
             What::Group(Group::Bias),
@@ -139,8 +139,9 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
 /// the stream itself in `post` and `none`). In `mlp` mode the head is a plain layer
 /// ([`super::plain`]).
 fn kernel(ctx: &Ctx, input: &KernelState) -> KernelState {
-    let (spec, c) = (ctx.spec, &ctx.c);
-    let dense = input.g.mapv(|f| c.head * f);
+    let (spec, h) = (ctx.spec, &ctx.hyper.head);
+    let (c_head, c_b) = (h.c_eff, h.bias.unwrap_or(0.0));
+    let dense = input.g.mapv(|f| c_head * f);
     let g = if spec.head == HeadKind::Pooled {
         // (1.81): G̃_{α1α2} = (1/T²) Σ_{t1,t2} G_{(α1;t1)(α2;t2)}; the bias adds C_b once.
         let (sq, t) = (input.sequences, input.tokens);
@@ -149,11 +150,11 @@ fn kernel(ctx: &Ctx, input: &KernelState) -> KernelState {
                 .slice(s![a1 * t..(a1 + 1) * t, a2 * t..(a2 + 1) * t])
                 .sum()
                 / (t * t) as f64
-                + c.bias
+                + c_b
         });
         return KernelState::new(g, sq, 1);
     } else {
-        dense.mapv(|x| x + c.bias)
+        dense.mapv(|x| x + c_b)
     };
     input.with(g)
 }
@@ -167,9 +168,11 @@ fn kernel(ctx: &Ctx, input: &KernelState) -> KernelState {
 /// (1/n_out) Σ_i z_{δ1;i} z_{δ2;i} gains [id_δ1 = id_δ2] N² (n C_WE)² c_δ1 c_δ2 / n_out,
 /// which is O(n/n_vocab) relative to (1.84): not negligible unless n ≪ n_vocab. The
 /// branches add no such mean: each ends in a fresh mean-zero weight.
-fn tied_contact(spec: &ModelSpec, g0: &KernelState, coef: &[f64], out: &mut KernelState) {
+fn tied_contact(ctx: &Ctx, g0: &KernelState, coef: &[f64], out: &mut KernelState) {
+    let spec = ctx.spec;
     let n = spec.width as f64;
-    let amp = spec.tied_rescale() * n * spec.var.stem;
+    // C_WE: the word embedding's drawn variance (a lookup, not divided by n_vocab).
+    let amp = spec.tied_rescale() * n * ctx.hyper.stem.w.c_eff();
     let n_out = spec.out_dim() as f64;
     // G⁰ of the embedding stem is exactly [id_δ1 = id_δ2].
     for a in 0..out.len() {

@@ -35,26 +35,29 @@ pub(crate) fn sigma_sigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> 
 
 /// The MLP branch on a state: the increment's state and the `hidden` site's kernel.
 pub(crate) fn branch(ctx: &Ctx, input: &State, layer: usize) -> (State, KernelState) {
-    let (spec, c) = (ctx.spec, &ctx.c);
+    let (spec, h) = (ctx.spec, &ctx.hyper.mlp);
+    // The effective constants of the tensors the sampler draws; X's fan-in is M·n there.
+    let (c_w, c_x, c_b) = (h.w.c_eff(), h.x.c_eff(), h.bias.unwrap_or(0.0));
     let f = &input.k.g;
-    let hidden = input.k.with(f.mapv(|x| c.w * x + c.bias));
+    let hidden = input.k.with(f.mapv(|x| c_w * x + c_b));
     let ss = sigma_sigma_all(spec, &hidden);
-    let delta = input.k.with(ss.mapv(|x| c.x * x + c.bias));
+    let delta = input.k.with(ss.mapv(|x| c_x * x + c_b));
     let ntk = input.ntk.as_ref().map(|bars| {
-        let n = spec.width as f64;
-        let m = spec.mlp_mult as f64 * n;
+        // The raw kernels grow like the fan-ins (1/λ): n for W, M·n for X.
+        let n = h.w.fan_in() as f64;
+        let m = h.x.fan_in() as f64;
         let dd = dsigma_dsigma_all(spec, &hidden);
         let mut out: Vec<Carried> = bars
             .iter()
-            .map(|th| th.with(&th.theta * &dd * (c.x * c.w)))
+            .map(|th| th.with(&th.theta * &dd * (c_x * c_w)))
             .collect();
         let mut raw = vec![
-            (Group::W, &dd * f * (n * c.x)),
+            (Group::W, &dd * f * (n * c_x)),
             (Group::X, ss.mapv(|x| m * x)),
         ];
-        if spec.has_bias() {
+        if h.bias.is_some() {
             // b_W: C_X⟨σ'σ'⟩; b_X: 1.
-            raw.push((Group::Bias, dd.mapv(|x| c.x * x + 1.0)));
+            raw.push((Group::Bias, dd.mapv(|x| c_x * x + 1.0)));
         }
         out.extend(
             raw.into_iter()

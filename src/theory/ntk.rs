@@ -30,7 +30,7 @@ use ndarray::Array2;
 
 use super::rows::PRow;
 use super::state::{Carried, What};
-use crate::config::{BlockKind, HeadKind, ModelSpec, Norm, Stem};
+use crate::config::{BlockKind, HeadKind, ModelSpec, Norm};
 use crate::model::Group;
 
 /// Why a configuration has no backward theory here, if it has none.
@@ -58,26 +58,14 @@ pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
     }
 }
 
-/// The SGD learning-rate factor of the Monte Carlo's `ntk` rows: 1/fan-in for weights, 1 for
-/// biases and embeddings (SPEC §2).
-fn lambda(spec: &ModelSpec, g: Group) -> f64 {
-    let n = spec.width as f64;
-    match g {
-        Group::Stem => match spec.stem {
-            Stem::Dense => 1.0 / spec.n_in as f64,
-            Stem::Embedding => 1.0,
-        },
-        Group::Pe | Group::Bias => 1.0,
-        Group::X => 1.0 / (spec.mlp_mult as f64 * n),
-        _ => 1.0 / n,
-    }
-}
-
 /// The backward rows (`grad2`, `ntk_<group>`, `ntk`, `ntk_total`) in the Monte Carlo's
 /// labels, from the kernels the walk carried to the output (in injection order). Summaries are means of the diagonal over the outputs
 /// (what `trace` mode estimates); with `pairs` also every pair of outputs (a ≤ b) of each
 /// NTK and each output's grad2, as the Monte Carlo's `pairs` mode writes them.
 pub(crate) fn rows(spec: &ModelSpec, inj: &[Carried], pairs: bool) -> Vec<PRow> {
+    // The λ_G of the Monte Carlo's `ntk` rows: the group table's λ rule, read off the tensors
+    // the sampler draws.
+    let hyper = crate::model::hyper::blocks(spec);
     let l_max = spec.head_layer();
     // The tied head's off-diagonal pairs Θ(a, b) get their own cross term and contacts (the
     // LN norm argument holds only for a = b); not derived, so only the diagonal is written.
@@ -123,7 +111,7 @@ pub(crate) fn rows(spec: &ModelSpec, inj: &[Carried], pairs: bool) -> Vec<PRow> 
             What::Grad2 => emit(&mut rows, i.layer, "resid", "grad2".into(), &i.theta, true),
             What::Group(g) => {
                 groups.push((i.layer, g, &i.theta));
-                per_layer[i.layer].scaled_add(lambda(spec, g), &i.theta);
+                per_layer[i.layer].scaled_add(g.lambda(&hyper, spec), &i.theta);
             }
         }
     }

@@ -20,12 +20,12 @@ use crate::model::Group;
 /// One plain layer on a state, producing `layer` with weight constant `c_w` and weight group
 /// `group` (W for a block, Head for the head).
 pub(crate) fn forward(ctx: &Ctx, st: &State, layer: usize, c_w: f64, group: Group) -> State {
-    let (spec, c) = (ctx.spec, &ctx.c);
+    let (spec, c_b) = (ctx.spec, ctx.hyper.book.bias.unwrap_or(0.0));
     let act = spec.activation;
     let k = &st.k;
     let ss = sigma_sigma_all(spec, k);
     let vertex = st.vertex.as_ref().map(|v| {
-        let mlp = BookMlp::new(act, c.bias, c_w);
+        let mlp = BookMlp::new(act, c_b, c_w);
         v.iter()
             .enumerate()
             .map(|(a, va)| {
@@ -45,14 +45,14 @@ pub(crate) fn forward(ctx: &Ctx, st: &State, layer: usize, c_w: f64, group: Grou
             .map(|i| i.with(&i.theta * &dd * c_w))
             .collect();
         out.push(Carried::new(layer, What::Group(group), ss.mapv(|x| n * x)));
-        if spec.has_bias() {
+        if ctx.hyper.book.bias.is_some() {
             let ones = ndarray::Array2::ones((d, d));
             out.push(Carried::new(layer, What::Group(Group::Bias), ones));
         }
         out
     });
     State {
-        k: k.with(ss.mapv(|x| c.bias + c_w * x)),
+        k: k.with(ss.mapv(|x| c_b + c_w * x)),
         ntk,
         stem_coef: st.stem_coef.clone(),
         vertex,

@@ -22,8 +22,8 @@ use ndarray::Array2;
 
 use super::TheoryError;
 use super::attention::{LogitSampler, logit_scale};
-use crate::config::{HeadKind, ModelSpec, Norm, Stem};
-use crate::model::Group;
+use crate::config::{ModelSpec, Norm};
+use crate::model::{Group, hyper};
 
 /// The kernel G_{δ1 δ2} = E[(1/n) Σ_i z_{δ1;i} z_{δ2;i}] of one site over the probe set:
 /// D×D with D = sequences·tokens and δ = sequence·tokens + token (the Monte Carlo's order).
@@ -141,12 +141,16 @@ impl State {
     }
 }
 
-/// What every block reads besides the state: the model, its effective constants, the logit
-/// sampler and whether the NTK is carried.
+/// What every block reads besides the state: the model, its blocks' tensors, the logit sampler
+/// and whether the NTK is carried.
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx<'a> {
     pub spec: &'a ModelSpec,
-    pub(crate) c: Consts,
+    /// Every block's tensors as the sampler draws them ([`crate::model::hyper`]): the theory's
+    /// constants are their effective C = variance × fan-in (`Weight::c_eff`), which is the C
+    /// of (1.25)–(1.33) in the default `fan_in` variance mode and C_abs·fan-in in the
+    /// `absolute` one, and a missing tensor (no PE in `mlp` mode, no biases) has C = 0.
+    pub(crate) hyper: hyper::Blocks,
     pub sampler: LogitSampler,
     /// Carry the NTK (asked for, and derived for this configuration).
     pub backward: bool,
@@ -166,64 +170,9 @@ impl<'a> Ctx<'a> {
         }
         Ok(Ctx {
             spec,
-            c: Consts::of(spec),
+            hyper: hyper::blocks(spec),
             sampler,
             backward,
         })
-    }
-}
-
-/// Effective O(1) constants at the configured width: C_eff = (weight variance) × (fan-in),
-/// which is the C of (1.25)–(1.33) in the default `fan_in` variance mode and C_abs·fan-in in
-/// the `absolute` (standard-parameterization) mode. They are the theory's copies of the
-/// model's constants; [`Ctx::new`] is the only place that builds them.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Consts {
-    pub(crate) stem: f64,
-    pub(crate) pe: f64,
-    pub(crate) q: f64,
-    pub(crate) k: f64,
-    pub(crate) v: f64,
-    pub(crate) u: f64,
-    pub(crate) w: f64,
-    pub(crate) x: f64,
-    pub(crate) head: f64,
-    pub(crate) bias: f64,
-}
-
-impl Consts {
-    pub(crate) fn of(spec: &ModelSpec) -> Self {
-        let n = spec.width;
-        let eff = |c: f64, fan_in: usize| spec.weight_var(c, fan_in) * fan_in as f64;
-        let m = spec.mlp_mult * n;
-        Consts {
-            stem: match spec.stem {
-                Stem::Dense => eff(spec.var.stem, spec.n_in),
-                Stem::Embedding => spec.var.stem,
-            },
-            // The MC draws no positional embedding in `mlp` mode.
-            pe: if spec.norm == Norm::Mlp {
-                0.0
-            } else {
-                spec.var.pe
-            },
-            q: if spec.zero_queries {
-                0.0
-            } else {
-                eff(spec.var.q, n)
-            },
-            k: eff(spec.var.k, n),
-            v: eff(spec.var.v, n),
-            u: eff(spec.var.u, n),
-            w: eff(spec.var.w, n),
-            x: eff(spec.var.x, m),
-            head: match spec.head {
-                // z = N W_WEᵀ s: N² · C_WE · n channels = C_WE n^{-s} (1.83)–(1.84).
-                HeadKind::Tied => spec.tied_rescale().powi(2) * spec.var.stem * n as f64,
-                // Var C_head/n^{1+s} times n channels of s: C_head n^{-s} (1.80) with (1.34).
-                _ => spec.head_var() * n as f64,
-            },
-            bias: if spec.has_bias() { spec.var.bias } else { 0.0 },
-        }
     }
 }

@@ -36,29 +36,30 @@ fn bad_input(what: &str) -> TheoryError {
 /// The stem block: G⁰ → the state at layer 1 (kernel, the stem's NTK injections, c_δ = 1 and
 /// V¹ = 0 in `mlp` mode).
 pub(crate) fn forward(ctx: &Ctx, g0: &KernelState) -> State {
-    let (spec, c) = (ctx.spec, &ctx.c);
+    let (spec, h) = (ctx.spec, &ctx.hyper.stem);
     let t = g0.tokens;
     let d = g0.len();
     let book = spec.norm == Norm::Mlp;
-    let b = if book { c.bias } else { 0.0 };
+    // What the sampler draws: no PE in `mlp` mode, the first-layer bias only there.
+    let (c_stem, c_pe, b) = (h.w.c_eff(), h.pe.unwrap_or(0.0), h.bias.unwrap_or(0.0));
     let g = Array2::from_shape_fn(g0.g.raw_dim(), |(i, j)| {
-        let pe = if i % t == j % t { c.pe } else { 0.0 };
-        c.stem * g0.g[[i, j]] + pe + b
+        let pe = if i % t == j % t { c_pe } else { 0.0 };
+        c_stem * g0.g[[i, j]] + pe + b
     });
     let ntk = ctx.backward.then(|| {
         let raw_stem = match spec.stem {
             Stem::Embedding if !book => g0.g.clone(),
-            _ => g0.g.mapv(|x| x * spec.n_in as f64),
+            _ => g0.g.mapv(|x| x * h.w.fan_in() as f64),
         };
         let mut carried = vec![Carried::new(1, What::Group(Group::Stem), raw_stem)];
-        if book && spec.has_bias() {
+        if h.bias.is_some() {
             carried.push(Carried::new(
                 1,
                 What::Group(Group::Bias),
                 Array2::ones((d, d)),
             ));
         }
-        if !book && c.pe > 0.0 {
+        if h.pe.is_some() {
             let pe = Array2::from_shape_fn((d, d), |(a, b)| f64::from(u8::from(a % t == b % t)));
             carried.push(Carried::new(1, What::Group(Group::Pe), pe));
         }

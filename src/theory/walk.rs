@@ -104,7 +104,13 @@ fn block(
 ) -> Result<State, TheoryError> {
     let l = b + 2;
     if ctx.spec.norm == Norm::Mlp {
-        return Ok(plain::forward(ctx, &z, l, ctx.c.w, Group::W));
+        return Ok(plain::forward(
+            ctx,
+            &z,
+            l,
+            ctx.hyper.book.w.c_eff(),
+            Group::W,
+        ));
     }
     // The branch input: s = LN(z) (pre), or z itself (post, none).
     let input = pre_ln.as_ref().unwrap_or(&z);
@@ -161,7 +167,7 @@ pub fn walk(ctx: &Ctx, g0: &KernelState) -> Result<Walked, TheoryError> {
     out.push(cur);
     let l_max = spec.head_layer();
     let y = if spec.norm == Norm::Mlp {
-        plain::forward(ctx, &z, l_max, ctx.c.head, Group::Head)
+        plain::forward(ctx, &z, l_max, ctx.hyper.head.c_eff, Group::Head)
     } else {
         head::forward(ctx, &z, final_ln.as_ref().unwrap_or(&z), g0)
     };
