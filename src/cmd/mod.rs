@@ -79,6 +79,29 @@ pub fn write_run_files(
     crate::stats::csv::write_atomic(&dir.join("inputs.csv"), &crate::inputs::to_csv(probe)?)
 }
 
+/// Refuses a `--resume DIR` that also gives a flag which would change the run: `given` pairs
+/// each flag with whether it was given. `--out` counts unless it names DIR itself.
+pub fn refuse_changes_on_resume(
+    args: &ConfigArgs,
+    dir: &Path,
+    out: Option<&Path>,
+    given: &[(&str, bool)],
+) -> anyhow::Result<()> {
+    let shared = [
+        ("--config", args.config.is_some()),
+        ("--set", !args.set.is_empty()),
+        ("--inputs", args.inputs.is_some()),
+        ("--out", out.is_some_and(|o| o != dir)),
+    ];
+    if let Some((flag, _)) = shared.iter().chain(given).find(|c| c.1) {
+        anyhow::bail!(
+            "--resume continues {} exactly as it was started, and {flag} would change it; start a new run with --out instead",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes the resolved `config.toml`, headed by the run's fingerprint.
 pub fn write_config(dir: &Path, cfg: &Config, fp: &Fingerprint) -> anyhow::Result<()> {
     let text = format!(

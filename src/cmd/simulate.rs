@@ -115,21 +115,16 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
 /// `--resume DIR`: the run exactly as it was started, read from DIR (its config.toml,
 /// inputs.csv and moments.bin, which must agree); only `--samples` may grow it.
 fn resume_plan(args: &SimulateArgs, dir: &Path, threads: usize) -> anyhow::Result<Plan> {
-    let changes = [
-        ("--config", args.cfg.config.is_some()),
-        ("--set", !args.cfg.set.is_empty()),
-        ("--inputs", args.cfg.inputs.is_some()),
-        ("--seed", args.seed.is_some()),
-        ("--shard", args.shard.is_some()),
-        ("--force", args.force),
-        ("--out", args.out.as_ref().is_some_and(|o| o != dir)),
-    ];
-    if let Some((flag, _)) = changes.iter().find(|c| c.1) {
-        bail!(
-            "--resume continues {} exactly as it was started, and {flag} would change it; start a new run with --out instead",
-            dir.display()
-        );
-    }
+    super::refuse_changes_on_resume(
+        &args.cfg,
+        dir,
+        args.out.as_deref(),
+        &[
+            ("--seed", args.seed.is_some()),
+            ("--shard", args.shard.is_some()),
+            ("--force", args.force),
+        ],
+    )?;
     let (mut cfg, probe) = super::load_run(dir)?;
     let moments = mc::moments::load(&dir.join("moments.bin"))?;
     let fp = Fingerprint::of(&cfg, &probe, Purpose::MonteCarlo);

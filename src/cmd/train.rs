@@ -103,23 +103,17 @@ impl TrainArgs {
 /// is refused. `--steps` may extend it, and the thread count (which changes results only by
 /// rounding) may differ.
 fn refuse_changes(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
-    let changes = [
-        ("--config", args.cfg.config.is_some()),
-        ("--set", !args.cfg.set.is_empty()),
-        ("--inputs", args.cfg.inputs.is_some()),
-        ("--hparams", args.hparams.is_some()),
-        ("--lr", args.lr.is_some()),
-        ("--seed", args.seed.is_some()),
-        ("--force", args.force),
-        ("--out", args.out.as_ref().is_some_and(|o| o != dir)),
-    ];
-    if let Some((flag, _)) = changes.iter().find(|c| c.1) {
-        bail!(
-            "--resume continues {} exactly as it was started, and {flag} would change it; start a new run with --out instead",
-            dir.display()
-        );
-    }
-    Ok(())
+    super::refuse_changes_on_resume(
+        &args.cfg,
+        dir,
+        args.out.as_deref(),
+        &[
+            ("--hparams", args.hparams.is_some()),
+            ("--lr", args.lr.is_some()),
+            ("--seed", args.seed.is_some()),
+            ("--force", args.force),
+        ],
+    )
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
