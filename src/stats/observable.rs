@@ -224,9 +224,10 @@ impl PartialEq<&str> for Site {
 }
 impl PartialEq<str> for Observable {
     fn eq(&self, other: &str) -> bool {
-        match self.plain_str() {
-            Some(s) => s == other,
-            None => self.to_string() == other,
+        match (self.plain_str(), self) {
+            (Some(s), _) => s == other,
+            (None, Observable::NtkGroup(g)) => other.strip_prefix("ntk_") == Some(g.name()),
+            (None, _) => false,
         }
     }
 }
@@ -468,12 +469,15 @@ mod tests {
         all.extend(Group::ALL.map(Observable::NtkGroup));
         for o in all {
             assert_eq!(o.to_string().parse::<Observable>(), Ok(o), "{o}");
-            assert!(o == o.to_string());
+            let s = o.to_string();
+            assert!(o == s && o == s.as_str());
         }
         assert_eq!(Observable::NtkGroup(Group::Q).to_string(), "ntk_q");
         assert_eq!(Observable::CorrOffdiag.to_string(), "corr_offdiag");
         assert!("ntk_zz".parse::<Observable>().is_err());
         assert!("kernel_diagonal".parse::<Observable>().is_err());
         assert!("Resid".parse::<Site>().is_err());
+        assert!(Observable::NtkGroup(Group::Q) != "ntk_k" && Observable::Ntk != "ntk_q");
+        assert!(Site::Param == "param" && Site::Ln != "resid");
     }
 }
