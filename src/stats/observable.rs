@@ -480,4 +480,163 @@ mod tests {
         assert!(Observable::NtkGroup(Group::Q) != "ntk_k" && Observable::Ntk != "ntk_q");
         assert!(Site::Param == "param" && Site::Ln != "resid");
     }
+
+    /// Records the calls, with the value itself as the entry.
+    #[derive(Default)]
+    struct Record(Vec<(Observable, i64, i64, f64)>);
+
+    impl KernelSink for Record {
+        type Entry = (usize, usize);
+        fn kernel(&mut self, i: usize, j: usize, value: f64) -> (usize, usize) {
+            self.0.push((Observable::Kernel, i as i64, j as i64, value));
+            (i, j)
+        }
+        fn summary(&mut self, obs: Observable, value: f64) {
+            self.0.push((obs, -1, -1, value));
+        }
+        fn corr(&mut self, pairs: Vec<((usize, usize), (usize, usize), (usize, usize))>) {
+            // Encode the pairs so the test can check which entries went in.
+            for (ij, ii, jj) in pairs {
+                assert_eq!((ii, jj), ((ij.0, ij.0), (ij.1, ij.1)));
+                self.0
+                    .push((Observable::CorrOffdiag, ij.0 as i64, ij.1 as i64, 0.0));
+            }
+        }
+    }
+
+    /// Two sequences of two tokens: which entries go into which summary, in which order.
+    #[test]
+    fn kernel_rows_pick_the_entries_of_each_summary() {
+        // G_ij = 10 i + j + 1 on the upper triangle, symmetric.
+        let g = Array2::from_shape_fn((4, 4), |(i, j)| (10 * i.min(j) + i.max(j) + 1) as f64);
+        let mut r = Record::default();
+        let idx = kernel_rows(&mut r, g.view(), 2);
+        assert_eq!(idx[3 * 4 + 1], (1, 3), "the table is symmetric");
+        let obs: Vec<_> = r.0.iter().map(|x| (x.0, x.1, x.2)).collect();
+        let mut want: Vec<(Observable, i64, i64)> = Vec::new();
+        for i in 0..4 {
+            for j in i..4 {
+                want.push((Observable::Kernel, i, j));
+            }
+        }
+        want.extend([
+            (Observable::KernelDiag, -1, -1),
+            (Observable::KernelOffdiag, -1, -1),
+            (Observable::CorrOffdiag, 0, 1),
+            (Observable::CorrOffdiag, 2, 3),
+            (Observable::KernelCross, -1, -1),
+        ]);
+        assert_eq!(obs, want);
+        let v = |o: Observable| r.0.iter().find(|x| x.0 == o).map(|x| x.3);
+        // diag: G00, G11, G22, G33 = 1, 12, 23, 34.
+        assert_eq!(v(Observable::KernelDiag), Some(70.0 / 4.0));
+        // same sequence, i ≠ j: G01 = 2, G23 = 24, each twice.
+        assert_eq!(v(Observable::KernelOffdiag), Some(26.0 / 2.0));
+        // across: G02, G03, G12, G13 = 3, 4, 13, 14, each twice.
+        assert_eq!(v(Observable::KernelCross), Some(34.0 / 4.0));
+
+        // One token per sequence: no same-sequence pair; one sequence: no cross rows.
+        let mut r = Record::default();
+        kernel_rows(&mut r, g.view(), 1);
+        assert!(
+            r.0.iter()
+                .all(|x| x.0 != Observable::KernelOffdiag && x.0 != Observable::CorrOffdiag)
+        );
+        let mut r = Record::default();
+        kernel_rows(&mut r, g.view(), 4);
+        assert!(r.0.iter().all(|x| x.0 != Observable::KernelCross));
+    }
+
+    #[test]
+    fn corr_mean_is_the_mean_of_the_ratios() {
+        let v = corr_mean([(1.0, 1.0, 4.0), (3.0, 9.0, 1.0)].into_iter());
+        assert!((v - 0.75).abs() < 1e-15, "{v}");
+    }
+
+    #[test]
+    fn attention_rows_index_keys_by_point() {
+        let lv = Array2::from_shape_fn((4, 2), |(q, k)| (q * 2 + k) as f64);
+        let (e, m) = ([1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 1.0, 1.0]);
+        let a = AttnValues {
+            logit_var: lv.view(),
+            entropy: &e,
+            max: &m,
+        };
+        let mut rows = Vec::new();
+        attention_rows(&a, 99.0, |o, i, j, v| rows.push((o, i, j, v)));
+        // Query 3 (second sequence, token 1) with key token 0 is point 2.
+        assert_eq!(rows[6], (Observable::LogitVar, 3, 2, 6.0));
+        assert_eq!(rows[8], (Observable::LogitVar, -1, -1, 99.0));
+        assert_eq!(rows[9], (Observable::AttnEntropy, 0, 0, 1.0));
+        assert_eq!(rows[10], (Observable::AttnMax, 0, 0, 0.5));
+        assert_eq!(rows[17], (Observable::AttnEntropy, -1, -1, 2.5));
+        assert_eq!(rows[18], (Observable::AttnMax, -1, -1, 0.75));
+        assert_eq!(rows.len(), 19);
+    }
+
+    /// Parts of one (layer, group) add up raw; `ntk` weights every part by its λ;
+    /// `ntk_total` sums the layers; rows come sorted by layer, then group.
+    #[test]
+    fn ntk_rows_sum_groups_and_weight_layers() {
+        let m = |a: f64, b: f64, c: f64| Array2::from_shape_vec((2, 2), vec![a, b, b, c]).unwrap();
+        let (q1, q2, k, s) = (
+            m(1.0, 0.5, 3.0),
+            m(2.0, 0.25, 4.0),
+            m(8.0, 1.0, 8.0),
+            m(5.0, 0.0, 7.0),
+        );
+        let parts = || {
+            [
+                (2, Group::Q, 0.5, &q1),
+                (2, Group::K, 0.25, &k),
+                (1, Group::Stem, 1.0, &s),
+                (2, Group::Q, 0.5, &q2),
+            ]
+            .map(|(layer, group, lambda, theta)| NtkPart {
+                layer,
+                group,
+                lambda,
+                theta,
+            })
+        };
+        let layout = NtkLayout {
+            pairs: false,
+            diag_only: false,
+            per_output: 1.0,
+        };
+        let mut rows = Vec::new();
+        layout.ntk_rows(parts(), 2, 3, |l, o, i, j, v| rows.push((l, o, i, j, v)));
+        assert_eq!(
+            rows,
+            vec![
+                (1, Observable::NtkGroup(Group::Stem), -1, -1, 6.0),
+                (2, Observable::NtkGroup(Group::Q), -1, -1, 5.0),
+                (2, Observable::NtkGroup(Group::K), -1, -1, 8.0),
+                (1, Observable::Ntk, -1, -1, 6.0),
+                // 0.5 (1 + 3 + 2 + 4)/2 + 0.25 · 8
+                (2, Observable::Ntk, -1, -1, 4.5),
+                (3, Observable::NtkTotal, -1, -1, 10.5),
+            ]
+        );
+        // Pairs: every a ≤ b before the summary, only a = b with diag_only; the trace
+        // mode's per-output division applies to the summary.
+        let mut rows = Vec::new();
+        let pairs = NtkLayout {
+            pairs: true,
+            diag_only: true,
+            per_output: 2.0,
+        };
+        pairs.ntk_rows(parts(), 2, 3, |l, o, i, j, v| rows.push((l, o, i, j, v)));
+        assert_eq!(rows.len(), 6 * 3);
+        assert_eq!(rows[2], (1, Observable::NtkGroup(Group::Stem), -1, -1, 3.0));
+        assert!(rows.iter().all(|r| r.2 == r.3));
+        let mut g2 = Vec::new();
+        NtkLayout {
+            pairs: true,
+            diag_only: false,
+            per_output: 1.0,
+        }
+        .grad2_rows(&[1.0, 3.0], |i, j, v| g2.push((i, j, v)));
+        assert_eq!(g2, vec![(0, 0, 1.0), (1, 1, 3.0), (-1, -1, 2.0)]);
+    }
 }
