@@ -1,4 +1,4 @@
-//! The observables layer (README, "CSV schema"): what a row measures, as types, and how a
+//! The observables layer (README, "What it measures"): what a row measures, as types, and how a
 //! measurement becomes rows — written once for the Monte Carlo and the theory alike.
 //!
 //! - [`Site`] and [`Observable`] name the `site` and `observable` columns. Their `Display`
@@ -61,7 +61,7 @@ impl Site {
     }
 }
 
-/// What a row measures (the CSV's `observable` column; README, "Observables").
+/// What a row measures (the CSV's `observable` column; README, "What it measures").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Observable {
     /// G_{ij} for i ≤ j.
