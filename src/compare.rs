@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::stats::Observable;
 use crate::stats::Row;
 
 /// The join key of SPEC §5.
@@ -278,7 +279,13 @@ pub fn report(c: &Comparison, mc_name: &str, th_name: &str) -> String {
     let summaries: Vec<&Joined> = c
         .joined
         .iter()
-        .filter(|j| j.i == -1 && (j.observable.starts_with("kernel") || j.observable == "grad2"))
+        .filter(|j| {
+            // A string sigprop does not write (another tool's rows) is not a summary here.
+            j.i == -1
+                && j.observable
+                    .parse::<Observable>()
+                    .is_ok_and(|o| o.is_kernel() || o == Observable::Grad2)
+        })
         .collect();
     if !summaries.is_empty() {
         let _ = writeln!(s, "\n## Summaries by layer\n");

@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 use sigprop::config::{Backward, Config, ConfigBuilder};
 use sigprop::inputs;
 use sigprop::mc;
+use sigprop::model::Group;
 use sigprop::model::Probe;
-use sigprop::stats::{Row, recorder};
+use sigprop::stats::{Observable, Row, Site, recorder};
 use sigprop::theory::transformer::{self, TheoryOptions};
 
 fn config(sets: &[&str]) -> Config {
@@ -181,6 +182,36 @@ fn vit() -> &'static (Vec<Row>, Vec<Row>) {
         let probe = inputs::probe(&mut cfg).unwrap();
         (monte_carlo(&cfg, &probe, 1000, 17), theory(&cfg, &probe))
     })
+}
+
+/// Both sides write only names the observables layer reads back, and every theory row has
+/// a Monte Carlo row with the same (layer, site, observable, i, j).
+#[test]
+fn both_sides_write_the_same_typed_rows() {
+    let (mc, th) = vit();
+    for r in mc.iter().chain(th) {
+        let site: Site = r.site.parse().unwrap();
+        let obs: Observable = r.observable.parse().unwrap();
+        assert!(r.is(site, obs), "{} {}", r.site, r.observable);
+        assert_eq!(
+            (site.to_string(), obs.to_string()),
+            (r.site.clone(), r.observable.clone())
+        );
+    }
+    let mc_keys = index(mc);
+    let missing: Vec<_> = th
+        .iter()
+        .map(key)
+        .filter(|k| !mc_keys.contains_key(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "theory rows without a Monte Carlo row: {missing:?}"
+    );
+    let ntk_q = th
+        .iter()
+        .filter(|r| r.is(Site::Param, Observable::NtkGroup(Group::Q)));
+    assert_eq!(ntk_q.count(), 1, "one attention block, one ntk_q summary");
 }
 
 #[test]

@@ -8,8 +8,9 @@ use rand_distr::StandardNormal;
 use super::ntk::NtkCollector;
 use crate::config::{Backward, BlockKind, HeadKind, ModelSpec, Norm};
 use crate::model::init::Stream;
-use crate::model::{Group, InnerTrace, Network, Probe, Trace, WeightOps};
-use crate::stats::{Recorder, RowKey};
+use crate::model::{InnerTrace, Network, Probe, Trace, WeightOps};
+use crate::stats::observable::{self, AttnValues, NtkLayout, NtkPart};
+use crate::stats::{Observable, Recorder, RowKey, Site};
 
 /// The block that produces layer ℓ: stem, attn, mlp or head.
 pub fn block_name(spec: &ModelSpec, layer: usize) -> &'static str {
@@ -51,7 +52,7 @@ fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder
         rec.kernel(
             layer,
             block,
-            "resid",
+            Site::Resid,
             trace.resid[layer - 1].view(),
             t,
             true,
@@ -59,12 +60,12 @@ fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder
         if spec.norm == Norm::Pre
             && let Some(s) = trace.ln_at(layer)
         {
-            rec.kernel(layer, block, "ln", s.view(), t, false);
+            rec.kernel(layer, block, Site::Ln, s.view(), t, false);
         }
         if layer >= 2 {
             match &trace.blocks[layer - 2].inner {
                 InnerTrace::Mlp(m) => {
-                    rec.kernel(layer, block, "hidden", m.cache.w.view(), t, false)
+                    rec.kernel(layer, block, Site::Hidden, m.cache.w.view(), t, false)
                 }
                 InnerTrace::Attn(a) => {
                     attention_stats(spec, layer, probe, &a.cache.logits, &a.cache.attn, rec)
@@ -77,7 +78,7 @@ fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder
     rec.kernel(
         spec.head_layer(),
         "head",
-        "resid",
+        Site::Resid,
         trace.out.view(),
         t_out,
         true,
@@ -94,33 +95,18 @@ fn attention_stats(
     rec: &mut Recorder,
 ) {
     let (h, t, seqs) = (spec.heads, probe.tokens, probe.sequences);
-    let key = |obs: &str, i: i64, j: i64| RowKey {
-        layer,
-        block: "attn",
-        site: "logits",
-        observable: obs.to_string(),
-        i,
-        j,
-    };
-    let mut all = 0.0;
+    let mut logit_var = Array2::<f64>::zeros((seqs * t, t));
     for sq in 0..seqs {
         for t1 in 0..t {
             for t2 in 0..t {
-                let v = (0..h)
+                logit_var[[sq * t + t1, t2]] = (0..h)
                     .map(|hh| logits[[sq * h + hh, t1, t2]].powi(2))
                     .sum::<f64>()
                     / h as f64;
-                all += v;
-                rec.mean_row(
-                    key("logit_var", (sq * t + t1) as i64, (sq * t + t2) as i64),
-                    v,
-                );
             }
         }
     }
-    rec.mean_row(key("logit_var", -1, -1), all / (seqs * t * t) as f64);
-    let (mut ent_all, mut max_all) = (0.0, 0.0);
-    let mut per_query = Vec::with_capacity(seqs * t);
+    let (mut entropy, mut max) = (Vec::with_capacity(seqs * t), Vec::with_capacity(seqs * t));
     for sq in 0..seqs {
         for t1 in 0..t {
             let (mut ent, mut mx) = (0.0, 0.0);
@@ -134,18 +120,28 @@ fn attention_stats(
                     .sum::<f64>();
                 mx += row.iter().fold(0.0f64, |m, &p| m.max(p));
             }
-            per_query.push((ent / h as f64, mx / h as f64));
-            ent_all += ent / h as f64;
-            max_all += mx / h as f64;
+            entropy.push(ent / h as f64);
+            max.push(mx / h as f64);
         }
     }
-    for (d, (e, m)) in per_query.iter().enumerate() {
-        rec.mean_row(key("attn_entropy", d as i64, d as i64), *e);
-        rec.mean_row(key("attn_max", d as i64, d as i64), *m);
-    }
-    let n = (seqs * t) as f64;
-    rec.mean_row(key("attn_entropy", -1, -1), ent_all / n);
-    rec.mean_row(key("attn_max", -1, -1), max_all / n);
+    // This sample's pairs in row order; the ensemble mean of these is the row's value.
+    let logit_var_mean = logit_var.iter().sum::<f64>() / logit_var.len() as f64;
+    let values = AttnValues {
+        logit_var: logit_var.view(),
+        entropy: &entropy,
+        max: &max,
+    };
+    observable::attention_rows(&values, logit_var_mean, |observable, i, j, v| {
+        let key = RowKey {
+            layer,
+            block: "attn",
+            site: Site::Logits,
+            observable,
+            i,
+            j,
+        };
+        rec.mean_row(key, v);
+    });
 }
 
 /// `trace`: one pass with a Gaussian cotangent on every output, f = n_out^{-1/2} Σ u z^L.
@@ -196,70 +192,49 @@ fn backward_stats(
         1.0
     };
 
+    let layout = NtkLayout {
+        pairs: mode == Backward::Pairs,
+        diag_only: false,
+        per_output,
+    };
     for layer in 1..=spec.num_blocks() + 1 {
         let block = block_name(spec, layer);
-        let key = |obs: &str, i: i64, j: i64| RowKey {
-            layer,
-            block,
-            site: "resid",
-            observable: obs.to_string(),
-            i,
-            j,
-        };
-        let vals: Vec<f64> = grad2.iter().map(|g| g[layer - 1] / per_output).collect();
-        if mode == Backward::Pairs {
-            for (d, v) in vals.iter().enumerate() {
-                rec.mean_row(key("grad2", d as i64, d as i64), *v);
-            }
-        }
-        rec.mean_row(
-            key("grad2", -1, -1),
-            vals.iter().sum::<f64>() / passes as f64,
-        );
+        let diag: Vec<f64> = grad2.iter().map(|g| g[layer - 1]).collect();
+        layout.grad2_rows(&diag, |i, j, v| {
+            let key = RowKey {
+                layer,
+                block,
+                site: Site::Resid,
+                observable: Observable::Grad2,
+                i,
+                j,
+            };
+            rec.mean_row(key, v);
+        });
     }
 
-    // Sum Θ_p over the parameters of each (group, layer), and λ-weighted over each layer.
-    let l_max = spec.head_layer();
-    let mut by_group: Vec<((Group, usize), Array2<f64>)> = Vec::new();
-    let mut by_layer: Vec<Array2<f64>> = vec![Array2::zeros((passes, passes)); l_max + 1];
-    for (p, th) in net.params.list.iter().zip(&theta) {
-        match by_group.iter_mut().find(|(k, _)| *k == (p.group, p.layer)) {
-            Some((_, acc)) => *acc += th,
-            None => by_group.push(((p.group, p.layer), th.clone())),
-        }
-        // The paper's SGD factors λ, from the model's per-block source (`model::hyper`).
-        by_layer[p.layer].scaled_add(p.lambda(), th);
-    }
-    by_group.sort_by_key(|((g, l), _)| (*l, *g));
-    let emit = |rec: &mut Recorder, layer: usize, obs: String, th: &Array2<f64>| {
-        let block = block_name(spec, layer);
-        let key = |i: i64, j: i64| RowKey {
-            layer,
-            block,
-            site: "param",
-            observable: obs.clone(),
-            i,
-            j,
-        };
-        if mode == Backward::Pairs {
-            for a in 0..passes {
-                for b in a..passes {
-                    rec.mean_row(key(a as i64, b as i64), th[[a, b]]);
-                }
-            }
-        }
-        let diag = (0..passes).map(|a| th[[a, a]]).sum::<f64>() / passes as f64 / per_output;
-        rec.mean_row(key(-1, -1), diag);
-    };
-    for ((g, layer), th) in &by_group {
-        emit(rec, *layer, format!("ntk_{}", g.name()), th);
-    }
-    let mut total = Array2::zeros((passes, passes));
-    for (layer, th) in by_layer.iter().enumerate().skip(1) {
-        if by_group.iter().any(|((_, l), _)| *l == layer) {
-            emit(rec, layer, "ntk".into(), th);
-            total += th;
-        }
-    }
-    emit(rec, l_max, "ntk_total".into(), &total);
+    // Θ_p of every parameter, with the paper's SGD factor λ from the model's per-block
+    // source (`model::hyper`).
+    let parts = net.params.list.iter().zip(&theta).map(|(p, th)| NtkPart {
+        layer: p.layer,
+        group: p.group,
+        lambda: p.lambda(),
+        theta: th,
+    });
+    layout.ntk_rows(
+        parts,
+        passes,
+        spec.head_layer(),
+        |layer, observable, i, j, v| {
+            let key = RowKey {
+                layer,
+                block: block_name(spec, layer),
+                site: Site::Param,
+                observable,
+                i,
+                j,
+            };
+            rec.mean_row(key, v);
+        },
+    );
 }

@@ -11,7 +11,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{Data, Figure, Mark, Skip, font, header, legend, legend_width, padded, short, skip};
+use crate::model::Group;
 use crate::stats::csv::Row;
+use crate::stats::{Observable, Site};
 
 /// One quantity's deviations: (width, |Δ|/|theory|, its stderr).
 struct Points {
@@ -214,21 +216,31 @@ impl Figure for Convergence {
 }
 
 /// The quantities followed across widths: (site, observable, which layer, legend text).
-const QUANTITIES: [(&str, &str, Pick, &str); 4] = [
+const QUANTITIES: [(Site, Observable, Pick, &str); 4] = [
     (
-        "resid",
-        "kernel_diag",
+        Site::Resid,
+        Observable::KernelDiag,
         Pick::LastResidual,
         "kernel diag G_δδ",
     ),
-    ("resid", "grad2", Pick::First, "gradient size grad2"),
     (
-        "ln",
-        "kernel_offdiag",
+        Site::Resid,
+        Observable::Grad2,
+        Pick::First,
+        "gradient size grad2",
+    ),
+    (
+        Site::Ln,
+        Observable::KernelOffdiag,
         Pick::Last,
         "LN kernel between tokens",
     ),
-    ("param", "ntk_q", Pick::First, "query NTK Θ_q"),
+    (
+        Site::Param,
+        Observable::NtkGroup(Group::Q),
+        Pick::First,
+        "query NTK Θ_q",
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -247,7 +259,7 @@ pub(crate) fn figure(data: &Data) -> Result<Convergence, Skip> {
     let mut used: Vec<&Row> = Vec::new();
     for (k, (site, observable, pick, what)) in QUANTITIES.iter().enumerate() {
         let rows: Vec<&Row> = data
-            .summary(site, observable)
+            .summary(site.as_str(), &observable.to_string())
             .into_values()
             .flatten()
             .filter(|r| &r.config == config && r.block != "head")

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor;
 
 use super::{Data, Figure, Key, Skip, font, header, short, skip};
+use crate::stats::{Observable, Site};
 
 /// The kernel of one curve at one layer, as a full symmetric D×D matrix.
 struct Matrix {
@@ -202,12 +203,7 @@ pub(crate) fn figure(data: &Data) -> Result<Heatmap, Skip> {
     let mut by: BTreeMap<(Key, usize), Vec<Entry>> = BTreeMap::new();
     let mut used = Vec::new();
     for r in data.rows {
-        if r.site == "resid"
-            && r.observable == "kernel"
-            && r.i >= 0
-            && r.j >= 0
-            && r.block != "head"
-        {
+        if r.is(Site::Resid, Observable::Kernel) && r.i >= 0 && r.j >= 0 && r.block != "head" {
             by.entry((super::key(r), r.layer)).or_default().push((
                 r.i as usize,
                 r.j as usize,

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::observable::{Observable, Site};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub source: String,
@@ -29,6 +31,14 @@ pub struct Row {
     )]
     pub stderr: f64,
     pub samples: u64,
+}
+
+impl Row {
+    /// Whether the row is `observable` at `site` (the columns stay strings in the file; this
+    /// compares against the typed names' CSV strings).
+    pub fn is(&self, site: Site, observable: Observable) -> bool {
+        site == self.site.as_str() && observable == self.observable
+    }
 }
 
 /// Writes a non-finite number as an empty field: an undefined error must not read as a value.

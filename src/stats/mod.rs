@@ -5,9 +5,11 @@ pub mod accumulate;
 pub mod binfile;
 pub mod csv;
 pub mod fit;
+pub mod observable;
 pub mod recorder;
 pub mod table;
 
 pub use accumulate::Accumulator;
 pub use csv::Row;
+pub use observable::{Observable, Site};
 pub use recorder::{Recipe, Recorder, RowKey};

@@ -7,6 +7,7 @@ use ndarray::ArrayView2;
 
 use super::accumulate::Accumulator;
 use super::csv::Row;
+use super::observable::{self, KernelSink, Observable, Site};
 use crate::model::linalg;
 
 /// Where a row lives: (layer, block, site, observable, i, j) of SPEC §3.
@@ -14,8 +15,8 @@ use crate::model::linalg;
 pub struct RowKey {
     pub layer: usize,
     pub block: &'static str,
-    pub site: &'static str,
-    pub observable: String,
+    pub site: Site,
+    pub observable: Observable,
     pub i: i64,
     pub j: i64,
 }
@@ -87,7 +88,7 @@ impl Recorder {
         &mut self,
         layer: usize,
         block: &'static str,
-        site: &'static str,
+        site: Site,
         z: ArrayView2<f64>,
         t: usize,
         per_token: bool,
@@ -95,61 +96,35 @@ impl Recorder {
         let d = z.nrows();
         let w = z.ncols() as f64;
         let g = linalg::gram(z) / w;
-        let key = |obs: &str, i: i64, j: i64| RowKey {
+        let key = |observable: Observable, i: i64, j: i64| RowKey {
             layer,
             block,
             site,
-            observable: obs.to_string(),
+            observable,
             i,
             j,
         };
-        let mut idx = vec![0usize; d * d];
-        for i in 0..d {
-            for j in i..d {
-                let s = self.mean_row(key("kernel", i as i64, j as i64), g[[i, j]]);
-                idx[i * d + j] = s;
-                idx[j * d + i] = s;
-            }
-        }
-        let same_seq = |i: usize, j: usize| i / t == j / t;
-        let mean_over = |pred: &dyn Fn(usize, usize) -> bool| -> Option<f64> {
-            let (mut sum, mut cnt) = (0.0, 0usize);
-            for i in 0..d {
-                for j in 0..d {
-                    if pred(i, j) {
-                        sum += g[[i, j]];
-                        cnt += 1;
-                    }
-                }
-            }
-            (cnt > 0).then(|| sum / cnt as f64)
-        };
-        if let Some(v) = mean_over(&|i, j| i == j) {
-            self.mean_row(key("kernel_diag", -1, -1), v);
-        }
-        if let Some(v) = mean_over(&|i, j| i != j && same_seq(i, j)) {
-            self.mean_row(key("kernel_offdiag", -1, -1), v);
-            let pairs = (0..d)
-                .flat_map(|i| (i + 1..d).map(move |j| (i, j)))
-                .filter(|&(i, j)| same_seq(i, j))
-                .map(|(i, j)| (idx[i * d + j], idx[i * d + i], idx[j * d + j]))
-                .collect();
-            self.row(key("corr_offdiag", -1, -1), Recipe::Corr(pairs));
-        }
-        if let Some(v) = mean_over(&|i, j| !same_seq(i, j)) {
-            self.mean_row(key("kernel_cross", -1, -1), v);
-        }
+        let idx = observable::kernel_rows(
+            &mut SlotKernel {
+                rec: self,
+                layer,
+                block,
+                site,
+            },
+            g.view(),
+            t,
+        );
         if per_token {
             for i in 0..d {
                 let m2 = idx[i * d + i];
                 let m2sq = self.slot(layer, g[[i, i]] * g[[i, i]]);
                 let m4 = self.slot(layer, z.row(i).iter().map(|x| x.powi(4)).sum::<f64>() / w);
                 self.row(
-                    key("fluct", i as i64, i as i64),
+                    key(Observable::Fluct, i as i64, i as i64),
                     Recipe::Fluct { m2, m2sq, width: w },
                 );
                 self.row(
-                    key("kurtosis", i as i64, i as i64),
+                    key(Observable::Kurtosis, i as i64, i as i64),
                     Recipe::Kurtosis { m2, m4 },
                 );
             }
@@ -157,15 +132,46 @@ impl Recorder {
     }
 }
 
-/// Whether a row comes from the backward pass. The gradient at layer ℓ flows back from the
-/// head through every layer above ℓ, so once the forward pass diverged anywhere these
-/// rows are meaningless at every layer.
-pub fn is_backward(observable: &str) -> bool {
-    observable == "grad2" || observable.starts_with("ntk")
+/// The Monte Carlo's kernel rows: every `kernel` entry is a slot of its own, the summaries
+/// are this sample's means, and `corr_offdiag` is a ratio of the entries' ensemble means.
+struct SlotKernel<'a> {
+    rec: &'a mut Recorder,
+    layer: usize,
+    block: &'static str,
+    site: Site,
+}
+
+impl SlotKernel<'_> {
+    fn key(&self, observable: Observable, i: i64, j: i64) -> RowKey {
+        RowKey {
+            layer: self.layer,
+            block: self.block,
+            site: self.site,
+            observable,
+            i,
+            j,
+        }
+    }
+}
+
+impl KernelSink for SlotKernel<'_> {
+    type Entry = usize;
+    fn kernel(&mut self, i: usize, j: usize, value: f64) -> usize {
+        let key = self.key(Observable::Kernel, i as i64, j as i64);
+        self.rec.mean_row(key, value)
+    }
+    fn summary(&mut self, obs: Observable, value: f64) {
+        let key = self.key(obs, -1, -1);
+        self.rec.mean_row(key, value);
+    }
+    fn corr(&mut self, pairs: Vec<(usize, usize, usize)>) {
+        let key = self.key(Observable::CorrOffdiag, -1, -1);
+        self.rec.row(key, Recipe::Corr(pairs));
+    }
 }
 
 /// Evaluates every recipe on the accumulated sums. Rows at or above a diverged layer
-/// (forward) or of a diverged network at all (backward, see [`is_backward`]), and rows whose
+/// (forward) or of a diverged network at all (backward, see [`Observable::is_backward`]), and rows whose
 /// value is not finite, are left out.
 pub fn rows(
     rows: &[(RowKey, Recipe)],
@@ -179,7 +185,7 @@ pub fn rows(
     rows.iter()
         .filter(|(k, _)| {
             acc.diverged_at
-                .is_none_or(|d| k.layer < d && !is_backward(&k.observable))
+                .is_none_or(|d| k.layer < d && !k.observable.is_backward())
         })
         .filter_map(|(k, r)| {
             let (value, stderr) = evaluate(r, acc);
@@ -191,7 +197,7 @@ pub fn rows(
                 layer: k.layer,
                 block: k.block.to_string(),
                 site: k.site.to_string(),
-                observable: k.observable.clone(),
+                observable: k.observable.to_string(),
                 i: k.i,
                 j: k.j,
                 value,
@@ -206,11 +212,7 @@ fn evaluate(r: &Recipe, acc: &Accumulator) -> (f64, f64) {
     match r {
         Recipe::Mean(s) => (acc.mean(*s), acc.stderr(*s)),
         Recipe::Corr(pairs) => acc.jackknife(|m| {
-            pairs
-                .iter()
-                .map(|&(ij, ii, jj)| m(ij) / (m(ii) * m(jj)).sqrt())
-                .sum::<f64>()
-                / pairs.len() as f64
+            observable::corr_mean(pairs.iter().map(|&(ij, ii, jj)| (m(ij), m(ii), m(jj))))
         }),
         Recipe::Fluct { m2, m2sq, width } => {
             acc.jackknife(|m| width * (m(*m2sq) - m(*m2) * m(*m2)))

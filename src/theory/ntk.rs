@@ -26,12 +26,11 @@
 //! blocks carry none: their input is an LN output at the same position, ∂s·s = 0, so the
 //! hidden units' (W ∂s)_j is uncorrelated with h_j.
 
-use ndarray::Array2;
-
 use super::rows::PRow;
 use super::state::{Carried, What};
 use crate::config::{BlockKind, HeadKind, ModelSpec, Norm};
-use crate::model::Group;
+use crate::stats::observable::{NtkLayout, NtkPart};
+use crate::stats::{Observable, Site};
 
 /// Why a configuration has no backward theory here, if it has none.
 pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
@@ -66,73 +65,40 @@ pub(crate) fn rows(spec: &ModelSpec, inj: &[Carried], pairs: bool) -> Vec<PRow> 
     // The λ_G of the Monte Carlo's `ntk` rows: the group table's λ rule, read off the tensors
     // the sampler draws.
     let hyper = crate::model::hyper::blocks(spec);
-    let l_max = spec.head_layer();
     // The tied head's off-diagonal pairs Θ(a, b) get their own cross term and contacts (the
     // LN norm argument holds only for a = b); not derived, so only the diagonal is written.
-    let tied = spec.head == HeadKind::Tied;
-    let mut rows = Vec::new();
-    let emit = |rows: &mut Vec<PRow>,
-                layer: usize,
-                site: &'static str,
-                obs: String,
-                th: &Array2<f64>,
-                diag_only: bool| {
-        let d = th.nrows();
-        if pairs {
-            for a in 0..d {
-                for b in a..d {
-                    if !diag_only || a == b {
-                        rows.push(PRow {
-                            layer,
-                            site,
-                            observable: obs.clone(),
-                            i: a as i64,
-                            j: b as i64,
-                            value: th[[a, b]],
-                        });
-                    }
-                }
-            }
-        }
-        rows.push(PRow {
-            layer,
-            site,
-            observable: obs,
-            i: -1,
-            j: -1,
-            value: (0..d).map(|a| th[[a, a]]).sum::<f64>() / d as f64,
-        });
+    let layout = NtkLayout {
+        pairs,
+        diag_only: spec.head == HeadKind::Tied,
+        per_output: 1.0,
     };
+    let mut rows = Vec::new();
+    let row = |layer: usize, site: Site, observable: Observable, i: i64, j: i64, value: f64| PRow {
+        layer,
+        site,
+        observable,
+        i,
+        j,
+        value,
+    };
+    for c in inj.iter().filter(|c| c.what == What::Grad2) {
+        let diag: Vec<f64> = c.theta.diag().to_vec();
+        layout.grad2_rows(&diag, |i, j, v| {
+            rows.push(row(c.layer, Site::Resid, Observable::Grad2, i, j, v))
+        });
+    }
+    let parts = inj.iter().filter_map(|c| match c.what {
+        What::Group(g) => Some(NtkPart {
+            layer: c.layer,
+            group: g,
+            lambda: g.lambda(&hyper, spec),
+            theta: &c.theta,
+        }),
+        What::Grad2 => None,
+    });
     let d_out = inj.first().map_or(0, |i| i.theta.nrows());
-    let mut per_layer = vec![Array2::<f64>::zeros((d_out, d_out)); l_max + 1];
-    let mut groups: Vec<(usize, Group, &Array2<f64>)> = Vec::new();
-    for i in inj {
-        match i.what {
-            What::Grad2 => emit(&mut rows, i.layer, "resid", "grad2".into(), &i.theta, true),
-            What::Group(g) => {
-                groups.push((i.layer, g, &i.theta));
-                per_layer[i.layer].scaled_add(g.lambda(&hyper, spec), &i.theta);
-            }
-        }
-    }
-    groups.sort_by_key(|(l, g, _)| (*l, *g));
-    for (l, g, th) in &groups {
-        emit(
-            &mut rows,
-            *l,
-            "param",
-            format!("ntk_{}", g.name()),
-            th,
-            tied,
-        );
-    }
-    let mut total = Array2::<f64>::zeros((d_out, d_out));
-    for (l, th) in per_layer.iter().enumerate() {
-        if groups.iter().any(|(gl, _, _)| *gl == l) {
-            emit(&mut rows, l, "param", "ntk".into(), th, tied);
-            total += th;
-        }
-    }
-    emit(&mut rows, l_max, "param", "ntk_total".into(), &total, tied);
+    layout.ntk_rows(parts, d_out, spec.head_layer(), |layer, obs, i, j, v| {
+        rows.push(row(layer, Site::Param, obs, i, j, v))
+    });
     rows
 }

@@ -50,9 +50,6 @@ impl KernelState {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub(crate) fn same_seq(&self, a: usize, b: usize) -> bool {
-        a / self.tokens == b / self.tokens
-    }
     pub(crate) fn finite(&self) -> bool {
         self.g.iter().all(|x| x.is_finite())
     }

@@ -142,7 +142,7 @@ pub fn predict_with(
             layer: r.layer,
             block: crate::mc::observe::block_name(spec, r.layer).to_string(),
             site: r.site.to_string(),
-            observable: r.observable,
+            observable: r.observable.to_string(),
             i: r.i,
             j: r.j,
             value: r.value,
