@@ -1,4 +1,4 @@
-//! Coordinate check (issue 7 part 5): take one AdamW step (or a few SGD steps) from
+//! Coordinate check: take one AdamW step (or a few SGD steps) from
 //! initialization with materialized weights and the table's per-group learning rates, and
 //! measure how the output change Δf and the feature changes Δz^ℓ scale with width.
 //!

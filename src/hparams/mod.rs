@@ -79,18 +79,35 @@ impl FromStr for Family {
     }
 }
 
+/// The optimizer: one enum for the width-scaling rules, the trainer (`train::optim::Kind`)
+/// and its checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Optimizer {
     Sgd,
     AdamW,
 }
 
-impl fmt::Display for Optimizer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Optimizer {
+    /// The `train.optimizer` spelling (exactly `sgd` or `adamw`, as the schema allows).
+    pub fn from_name(name: &str) -> Option<Optimizer> {
+        match name {
+            "sgd" => Some(Optimizer::Sgd),
+            "adamw" => Some(Optimizer::AdamW),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
             Optimizer::Sgd => "sgd",
             Optimizer::AdamW => "adamw",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

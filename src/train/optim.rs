@@ -13,27 +13,8 @@ use rayon::prelude::*;
 
 use crate::model::{Param, Params, Real};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Sgd,
-    AdamW,
-}
-
-impl Kind {
-    pub fn from_name(name: &str) -> Option<Kind> {
-        match name {
-            "sgd" => Some(Kind::Sgd),
-            "adamw" => Some(Kind::AdamW),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Sgd => "sgd",
-            Kind::AdamW => "adamw",
-        }
-    }
-}
+/// The trainer's optimizer is the hparams tables' one enum.
+pub use crate::hparams::Optimizer as Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Adam {
