@@ -141,12 +141,11 @@ impl Params {
         spec: &ModelSpec,
         rng: &mut Stream,
     ) -> usize {
-        let value = if self.lazy {
-            Array2::zeros((0, 0))
+        if self.lazy {
+            self.add(group, layer, name, w, Array2::zeros((0, 0)))
         } else {
-            init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng)
-        };
-        self.add(group, layer, name, w, value)
+            self.table(group, layer, name, w, spec, rng)
+        }
     }
 
     /// A tensor that is always drawn (a lookup table, a positional embedding, a bias).
