@@ -18,18 +18,18 @@ pub struct HparamsArgs {
     /// standard | ntk (s = 0) | mup (s = 1) | s=<value> (footnote 26).
     #[arg(long, default_value = "ntk")]
     pub family: String,
-    /// sgd | adamw.
-    #[arg(long, default_value = "adamw")]
-    pub optimizer: String,
+    /// The optimizer the rates are for.
+    #[arg(long, value_enum, default_value_t = Optimizer::AdamW)]
+    pub optimizer: Optimizer,
     /// The width the base values were tuned at.
     #[arg(long, default_value_t = 256)]
     pub base_width: usize,
     /// Target widths, comma-separated.
     #[arg(long, default_value = "256,512,1024")]
     pub widths: String,
-    /// csv | md | latex | json.
-    #[arg(long, default_value = "md")]
-    pub format: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Md)]
+    pub format: Format,
     /// Preset that supplies the C's, M, n_patch and n_out (a --config file overrides it).
     #[arg(long, default_value = "paper-vit")]
     pub preset: String,
@@ -46,8 +46,8 @@ pub struct HparamsArgs {
     #[arg(long)]
     pub no_m_factors: bool,
     /// paper: λ_g exactly as in (1.99)–(1.116); base: λ_g = 1 at the base width.
-    #[arg(long, default_value = "paper")]
-    pub anchor: String,
+    #[arg(long, value_enum, default_value_t = Anchor::Paper, hide_possible_values = true)]
+    pub anchor: Anchor,
     /// Measure the SGD exponents by Monte Carlo and add them to the table.
     #[arg(long)]
     pub measure: bool,
@@ -94,9 +94,7 @@ fn widths(flag: &str, s: &str) -> anyhow::Result<Vec<usize>> {
 
 pub fn run(a: &HparamsArgs) -> anyhow::Result<()> {
     let family: Family = a.family.parse()?;
-    let optimizer: Optimizer = a.optimizer.parse()?;
-    let fmt: Format = a.format.parse()?;
-    let anchor: Anchor = a.anchor.parse()?;
+    let (optimizer, fmt, anchor) = (a.optimizer, a.format, a.anchor);
     let builder = || -> anyhow::Result<ConfigBuilder> {
         let mut b = a.cfg.builder()?;
         if !b.is_set("model.preset") && a.cfg.config.is_none() {

@@ -25,10 +25,9 @@ pub struct TheoryArgs {
 
 /// The theory options a configuration asks for (`theory.*` keys, `run.seed`).
 pub fn options(cfg: &Config) -> TheoryOptions {
-    let int = |k: &str, d: i64| cfg.get(k).and_then(|v| v.as_integer()).unwrap_or(d) as usize;
     TheoryOptions {
-        logit_samples: int("theory.logit_samples", 20000),
-        error_batches: int("theory.error_batches", 10),
+        logit_samples: cfg.theory.logit_samples,
+        error_batches: cfg.theory.error_batches,
         seed: cfg.run.seed,
         backward: cfg.run.backward != Backward::None,
         pairs: cfg.run.backward == Backward::Pairs,

@@ -13,7 +13,7 @@ use toml::Value;
 
 use super::{ConfigArgs, Existing, claim, out_dir};
 use crate::config::fingerprint::{Fingerprint, Purpose};
-use crate::config::{Config, ConfigBuilder};
+use crate::config::{Config, ConfigBuilder, Precision};
 use crate::hparams::HparamTable;
 use crate::mc;
 use crate::model::Real;
@@ -182,8 +182,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         fp: &fp,
         resume: resume.as_deref(),
     };
-    match cfg.get("train.precision").and_then(Value::as_str) {
-        Some("f64") => train_in(&run, Trainer::<f64>::new(&cfg, hp.as_ref())?),
+    match cfg.train.precision {
+        Precision::F64 => train_in(&run, Trainer::<f64>::new(&cfg, hp.as_ref())?),
         _ => train_in(&run, Trainer::<f32>::new(&cfg, hp.as_ref())?),
     }
 }
