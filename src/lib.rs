@@ -32,6 +32,7 @@ pub mod api;
 pub mod compare;
 pub mod config;
 pub mod hparams;
+pub mod import;
 pub mod inputs;
 pub mod limits;
 pub mod mc;

@@ -50,6 +50,8 @@ enum Command {
     Hparams(cli::HparamsArgs),
     /// Learning-rate transfer: final loss over widths × lrs per family, the optimum's drift.
     Transfer(cli::TransferArgs),
+    /// A Hugging Face config.json (ViT, GPT-2, BERT, BART) as a sigprop configuration (TOML).
+    ImportConfig(cli::ImportConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Train(a) => api::train(&a.into()),
         Command::Hparams(a) => api::hparams(&a.into()),
         Command::Transfer(a) => api::transfer(&a.into()),
+        Command::ImportConfig(a) => cli::import_config(a).map_err(api::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

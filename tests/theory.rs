@@ -605,6 +605,7 @@ fn theory_command_writes_the_run_files() {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+            toml: None,
             inputs: None,
             max_memory: None,
         },

@@ -116,6 +116,9 @@ pub struct ConfigSource {
     pub config: Option<PathBuf>,
     /// Override any key: --set model.width=256 (repeatable).
     pub set: Vec<String>,
+    /// Configuration given as TOML text rather than a file (a notebook's dict), applied
+    /// after `config` and before `set`.
+    pub toml: Option<String>,
     /// Probe inputs file (CSV: sequence,token,x0,… or sequence,token,id).
     pub inputs: Option<PathBuf>,
     /// Memory the run may use, e.g. 40G (default: the memory available); a configuration
@@ -129,6 +132,9 @@ impl ConfigSource {
         let mut b = ConfigBuilder::new();
         if let Some(c) = &self.config {
             b = b.file(c)?;
+        }
+        if let Some(t) = &self.toml {
+            b = b.toml_str(t, "the configuration")?;
         }
         for s in &self.set {
             b = b.set(s)?;
@@ -175,6 +181,7 @@ pub fn refuse_changes_on_resume(
     let shared = [
         ("--config", args.config.is_some()),
         ("--set", !args.set.is_empty()),
+        ("a configuration", args.toml.is_some()),
         ("--inputs", args.inputs.is_some()),
         ("--out", out.is_some_and(|o| o != dir)),
     ];

@@ -124,6 +124,7 @@ pub fn run(a: &RunOptions) -> anyhow::Result<()> {
     let base = ConfigSource {
         config: e.config.clone(),
         set: e.set.clone(),
+        toml: None,
         inputs: None,
         max_memory: a.max_memory.clone(),
     };

@@ -335,12 +335,15 @@ fn execute(plan: Plan, threads: usize, checkpoint_secs: f64) -> anyhow::Result<(
     };
     mc::install_interrupt_handler();
     let bar = progress(ens.end - ens.first, ens.next - ens.first);
+    mc::PROGRESS_TOTAL.store(ens.end - ens.first, Ordering::SeqCst);
+    mc::PROGRESS_DONE.store(ens.next - ens.first, Ordering::SeqCst);
     let mut last_save = Instant::now();
     let every = Duration::from_secs_f64(checkpoint_secs.max(0.1));
     let t0 = Instant::now();
     let done0 = ens.next;
     job.run(&mut ens, threads, |e| {
         bar.set_position(e.next - e.first);
+        mc::PROGRESS_DONE.store(e.next - e.first, Ordering::SeqCst);
         if last_save.elapsed() >= every || mc::INTERRUPTED.load(Ordering::SeqCst) {
             mc::moments::save(&moments_path, e, &fp, &[(e.first, e.next)])?;
             last_save = Instant::now();

@@ -127,6 +127,7 @@ pub fn run_grid(
     let fixed_args = ConfigSource {
         config: base.config.clone(),
         set: fixed.clone(),
+        toml: base.toml.clone(),
         inputs: base.inputs.clone(),
         max_memory: base.max_memory.clone(),
     };
@@ -155,6 +156,7 @@ pub fn run_grid(
         let cfg = ConfigSource {
             config: base.config.clone(),
             set: sets,
+            toml: base.toml.clone(),
             inputs: base.inputs.clone(),
             max_memory: base.max_memory.clone(),
         };

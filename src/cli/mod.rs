@@ -178,6 +178,7 @@ impl From<&ConfigArgs> for api::ConfigSource {
         Self {
             config: a.config.clone(),
             set: a.set.clone(),
+            toml: None,
             inputs: a.inputs.clone(),
             max_memory: a.max_memory.clone(),
         }
@@ -428,4 +429,41 @@ impl From<&TransferArgs> for api::transfer::TransferOptions {
             out: a.out.clone(),
         }
     }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportConfigArgs {
+    /// The model's config.json (from the Hugging Face Hub or `save_pretrained`).
+    pub path: PathBuf,
+    /// Write the TOML here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `sigprop import-config`: the TOML to standard output (or `--out`), one warning line per
+/// field that was not mapped on standard error.
+pub fn import_config(a: &ImportConfigArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let imported = sigprop::import::from_file(&a.path)?;
+    for w in &imported.warnings {
+        eprintln!("sigprop: warning: {w}");
+    }
+    let text = imported.to_toml(&a.path.display().to_string());
+    match &a.out {
+        None => print!("{text}"),
+        Some(p) => {
+            if p.exists() && !a.force {
+                anyhow::bail!(
+                    "{} exists; pass --force to overwrite it, or choose another --out",
+                    p.display()
+                );
+            }
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!("{} -> {}", imported.family, p.display());
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ pub mod ntk;
 pub mod observe;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
 use rayon::prelude::*;
@@ -24,6 +24,15 @@ pub const CHUNK: u64 = 4;
 
 /// Set by the Ctrl-C handler; the engine stops after the current wave.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Set by a host that delivers interrupts itself by setting [`INTERRUPTED`] (the Python
+/// package, which must leave SIGINT to Python): [`install_interrupt_handler`] then does nothing.
+pub static EXTERNAL_INTERRUPTS: AtomicBool = AtomicBool::new(false);
+
+/// Samples done and in total of the Monte Carlo running now, for a host's progress bar
+/// (the command line draws its own).
+pub static PROGRESS_DONE: AtomicU64 = AtomicU64::new(0);
+pub static PROGRESS_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// A run stopped by a signal after saving what it finished: returned as a value (the library
 /// never exits the process); the message says how to continue. The command line exits 130.
@@ -234,6 +243,9 @@ pub fn sampler_costs_of(m: &ModelSpec, d: f64, sequences: f64, backward: Backwar
 /// limit, `scancel`, `kill`) or SIGHUP (a closed terminal) asks the run to finish the current
 /// samples, checkpoint and stop; a second one aborts.
 pub fn install_interrupt_handler() {
+    if EXTERNAL_INTERRUPTS.load(Ordering::SeqCst) {
+        return;
+    }
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
