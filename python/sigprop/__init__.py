@@ -464,7 +464,7 @@ def hparams(
     no_m_factors: bool = False,
     anchor: str = "paper",
     fmt: str = "csv",
-) -> Union[pd.DataFrame, Dict[str, Any]]:
+) -> Union[pd.DataFrame, List[Dict[str, Any]]]:
     """The width-scaling table of init variances and learning rates (``sigprop hparams``).
 
     Args:
@@ -473,7 +473,8 @@ def hparams(
         base_width, widths: the width the base values hold at, and the target widths.
         preset, config, overrides: where the C's come from.
         lr, wd, no_m_factors, anchor: as the command's flags.
-        fmt: ``"csv"`` returns a DataFrame, ``"json"`` the dict ``train`` reads.
+        fmt: ``"csv"`` returns a DataFrame, ``"json"`` the list of per-width tables (dicts)
+            that ``sigprop hparams --format json`` writes.
     """
     if fmt not in ("csv", "json"):
         raise ConfigError(f"fmt `{fmt}`: expected csv (a DataFrame) or json (a dict)")

@@ -55,7 +55,12 @@ where
             );
             if now != shown && now.1 > 0 {
                 shown = now;
-                cb.call1(py, now)?;
+                // An exception in the callback (KeyboardInterrupt raised inside it, too)
+                // stops the run as Ctrl-C does: the worker must still save and be joined.
+                if let Err(e) = cb.call1(py, now) {
+                    mc::INTERRUPTED.store(true, Ordering::SeqCst);
+                    interrupt.get_or_insert(e);
+                }
             }
         }
     }
@@ -66,7 +71,7 @@ where
             mc::PROGRESS_DONE.load(Ordering::SeqCst),
             mc::PROGRESS_TOTAL.load(Ordering::SeqCst),
         );
-        if now != shown && now.1 > 0 {
+        if now != shown && now.1 > 0 && interrupt.is_none() {
             cb.call1(py, now)?;
         }
     }
