@@ -113,6 +113,15 @@ pub fn from_json(text: &str, origin: &str) -> Result<Imported, ConfigError> {
         warnings: Vec::new(),
     };
     let model_type = f.text("model_type")?;
+    // The run's name (the CSV's `config` column): the Hub name the file was saved from, else
+    // the model type.
+    let name = match f.rest.get("_name_or_path") {
+        Some(Json::String(s)) if !s.is_empty() => s.rsplit('/').next().map(str::to_string),
+        _ => None,
+    };
+    if let Some(n) = name.or_else(|| model_type.clone()) {
+        f.set("run.name", n);
+    }
     let family = match model_type.as_deref() {
         Some("vit") => vit(&mut f)?,
         Some("gpt2") => gpt2(&mut f)?,
