@@ -23,7 +23,7 @@ create_exception!(_native, SigpropError, PyException, "An error of sigprop: the 
 create_exception!(_native, ConfigError, SigpropError, "A configuration key or value is wrong; the message names the key.");
 
 /// How often the waiting thread looks for Ctrl-C and updates the progress callback.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(10);
 
 /// Runs `job` on a worker thread while this thread, with the GIL released between polls,
 /// watches for KeyboardInterrupt (Python's SIGINT handler) and reports progress. On an
