@@ -697,6 +697,7 @@ fn carrying_the_ntk_leaves_the_forward_rows_unchanged() {
                 seed: 11,
                 backward,
                 pairs: false,
+                order: 0,
             };
             transformer::predict(&cfg.model, &probe, opts, "test").unwrap()
         };

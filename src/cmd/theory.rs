@@ -32,15 +32,30 @@ pub fn options(cfg: &Config) -> TheoryOptions {
         seed: cfg.run.seed,
         backward: cfg.run.backward != Backward::None,
         pairs: cfg.run.backward == Backward::Pairs,
+        order: order(cfg),
     }
+}
+
+/// `theory.order` as given (0 by default; [`run`] refuses anything but 0 and 1).
+pub fn order(cfg: &Config) -> u8 {
+    let o = cfg
+        .get("theory.order")
+        .and_then(|v| v.as_integer())
+        .unwrap_or(0);
+    u8::try_from(o).unwrap_or(u8::MAX)
 }
 
 /// The observables the Monte Carlo writes that this theory does not predict, for a mode.
 pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
     let mut m = Vec::new();
     if cfg.model.norm != Norm::Mlp {
-        // The paper does no finite-width analysis (footnote 2).
-        m.extend(["fluct", "kurtosis"]);
+        if order(cfg) == 1 && !cfg.model.blocks.contains(&BlockKind::Attn) {
+            // Order 1 derives the stream's fluctuation, not a single unit's kurtosis.
+            m.push("kurtosis (resid, before the head)");
+        } else {
+            // The paper does no finite-width analysis (footnote 2).
+            m.extend(["fluct", "kurtosis"]);
+        }
     }
     if let Some(why) = crate::theory::ntk::unsupported(&cfg.model) {
         eprintln!("note: no backward theory for this model: {why}");
@@ -51,6 +66,13 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
 
 pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
     let mut cfg = args.cfg.builder()?.build()?;
+    if order(&cfg) > 1 {
+        anyhow::bail!(
+            "theory.order = {}: expected 0 (infinite width) or 1 (with the 1/n corrections)",
+            cfg.get("theory.order")
+                .map_or(String::new(), |v| v.to_string())
+        );
+    }
     let out = args.out.clone().context("theory needs --out DIR")?;
     crate::limits::enforce(
         "the theory",
@@ -105,6 +127,11 @@ pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
         rows.len(),
         out.join("stats.csv").display()
     );
+    if order(&cfg) == 1 {
+        for gap in crate::theory::finite::gaps(&cfg.model, options(&cfg).backward) {
+            eprintln!("note: theory.order = 1: {gap}");
+        }
+    }
     let missing = missing_observables(&cfg);
     if !missing.is_empty() {
         eprintln!(

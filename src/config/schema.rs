@@ -164,6 +164,8 @@ fn other_keys() -> Vec<Key> {
         // block for E[Ω Ω] (1.64), and the number of independent batches that give its error.
         key!("theory.logit_samples", Kind::Int { min: 2 }, 20000),
         key!("theory.error_batches", Kind::Int { min: 2 }, 10),
+        // 0: infinite width; 1: with the O(1/n) corrections (docs/finite-width.md).
+        key!("theory.order", Kind::Int { min: 0 }, 0),
         // The compact trainer (SPEC §7). The task fixes the stem (embedding, or dense for digits),
         // the vocabulary, T and the number of outputs; `train.batch` sequences form one step's probe set.
         key!("train.task", Kind::Choice(TASKS), "copy"),

@@ -67,11 +67,20 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
         .ntk
         .as_ref()
         .map(|bars| transport(ctx, z, input, bars));
+    // Order 1: a dense head is a readout of its input; pooled and tied heads are not derived.
+    let nlo = match spec.head {
+        HeadKind::Dense => input
+            .nlo
+            .as_ref()
+            .map(|f| f.readout(ctx.hyper.head.c_eff, &input.k.g)),
+        _ => None,
+    };
     State {
         k,
         ntk,
         stem_coef: Vec::new(),
         vertex: None,
+        nlo,
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn forward(ctx: &Ctx, st: &State, layer: usize, c_w: f64, group: Grou
         ntk,
         stem_coef: st.stem_coef.clone(),
         vertex,
+        nlo: st.nlo.as_ref().map(|f| f.plain(act, c_w, &k.g)),
     }
 }
 

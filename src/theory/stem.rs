@@ -9,6 +9,7 @@
 use ndarray::Array2;
 
 use super::TheoryError;
+use super::finite::Finite;
 use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::config::{ModelSpec, Norm, Stem};
 use crate::model::{Group, Probe};
@@ -70,5 +71,7 @@ pub(crate) fn forward(ctx: &Ctx, g0: &KernelState) -> State {
         ntk,
         stem_coef: vec![1.0; d],
         vertex: book.then(|| vec![0.0; d]),
+        // Layer 1 is exactly Gaussian with a deterministic kernel: K^{{1}} = 0, V = 0.
+        nlo: (ctx.order == 1).then(|| Finite::first(d, book)),
     }
 }

@@ -45,6 +45,8 @@ pub struct TheoryOptions {
     pub backward: bool,
     /// With `backward`: also every pair of outputs, as the Monte Carlo's `pairs` mode.
     pub pairs: bool,
+    /// `theory.order`: 0, or 1 for the O(1/n) corrections ([`super::finite`]).
+    pub order: u8,
 }
 
 /// The theory's rows for a probe set, with `source = theory`.
@@ -84,7 +86,8 @@ pub fn predict_with(
     };
     // One walk gives the forward rows and, from the same logit draws, the backward rows.
     let run = |sampler: LogitSampler| -> Result<(Prediction, Vec<PRow>), TheoryError> {
-        let w = walk(&Ctx::new(spec, sampler, opts.backward)?, &g0)?;
+        let ctx = Ctx::new(spec, sampler, opts.backward)?.with_order(opts.order);
+        let w = walk(&ctx, &g0)?;
         let mut rows = prediction_rows(&w.prediction);
         if let Some(carried) = &w.ntk {
             rows.extend(super::ntk::rows(spec, carried, opts.pairs));
