@@ -42,7 +42,9 @@
 //!   vanishes (r ends in a fresh mean-zero X).
 //! - LayerNorm s = (z − μ)/√(var + ε): the empirical kernel of s is the deterministic map
 //!   Φ(G)_{αβ} = G_{αβ}/√((G_αα + ε)(G_ββ + ε)) of the *centred* empirical kernel, whose mean
-//!   is K(1 − 1/n) (E μ_α μ_β = K_{αβ}/n). So K^{{1}}_s = J_Φ (K^{{1}} − K⁰) + ½ H_Φ : F and
+//!   is K − E μ_α μ_β, with n E μμ = M carried as [`Finite::mean`] (M = K for independent
+//!   mean-zero units, M = 0 on a post-LN stream, ξ² M_z + γ² K_R after an add). So
+//!   K^{{1}}_s = J_Φ (K^{{1}} − M) + ½ H_Φ : F and
 //!   F_s = J_Φ F J_Φᵀ. The ½ H_Φ : F term is the normalizer's 1/n fluctuation, and on the
 //!   diagonal (Φ = G/(G + ε)) it is the ε-level correction of `ln kernel_diag`.
 //!
@@ -97,6 +99,10 @@ pub struct Finite {
     pub cross: Option<Vec<Block>>,
     /// The book MLP's per-token vertex beyond leading order; `None` once any other block acts.
     pub tok: Option<Vec<Tok>>,
+    /// n·E[μ_α μ_β] (μ the mean over the units; leading order): what LayerNorm's centring
+    /// removes from the kernel. K for units that are independent with mean zero, 0 right
+    /// after a LayerNorm (its output has μ = 0 exactly).
+    pub mean: Array2<f64>,
 }
 
 /// Index of the pair (a, b), a ≤ b, among the D(D + 1)/2 pairs in row order.
@@ -471,8 +477,10 @@ pub fn mixture_layer(
 
 impl Finite {
     /// Layer 1 (a Gaussian layer with a deterministic kernel): K^{{1}} = 0, V = 0.
-    pub fn first(d: usize, book: bool) -> Self {
+    pub fn first(k0: &Array2<f64>, book: bool) -> Self {
+        let d = k0.nrows();
         Finite {
+            mean: k0.clone(),
             k1: Array2::zeros((d, d)),
             cov: vec![[[0.0; 3]; 3]; d * (d + 1) / 2],
             mixture: true,
@@ -536,7 +544,13 @@ impl Finite {
 
     /// The book's plain layer z' = b + W σ(z) with weight constant `c_w` (the units of z are a
     /// mixture; a stream that is not one is treated through its vertex F − K⊗K).
-    pub fn plain(&self, act: Activation, c_w: f64, k0: &Array2<f64>) -> Finite {
+    pub fn plain(
+        &self,
+        act: Activation,
+        c_w: f64,
+        k0: &Array2<f64>,
+        k_out: &Array2<f64>,
+    ) -> Finite {
         let v_in = self.vertex(k0);
         let tok = if self.mixture {
             self.tok.as_deref()
@@ -545,6 +559,7 @@ impl Finite {
         };
         let out = mixture_layer(act, c_w, 1.0, k0, &self.k1, &v_in, tok);
         Finite {
+            mean: k_out.clone(),
             k1: out.k1,
             cov: out.v,
             mixture: true,
@@ -569,15 +584,22 @@ impl Finite {
         let k1_h = &self.k1 * c_w;
         let v_h: Vec<Block> = f_s.iter().map(|b| add(b, b, c_w * c_w, 0.0)).collect();
         let out = mixture_layer(act, c_x, m, k_h, &k1_h, &v_h, None);
-        let cross = y
-            .iter()
-            .zip(&out.jac)
-            .map(|(y, j)| {
-                let x = mul_t(y, j);
+        let d = k_s.nrows();
+        let cross = pairs(d)
+            .into_iter()
+            .zip(y.iter().zip(&out.jac))
+            .map(|((a, b), (y, j))| {
+                // A diagonal pair is one variable stored in all nine entries.
+                let x = if a == b {
+                    scalar_block(y[0][0] * j[0][0])
+                } else {
+                    mul_t(y, j)
+                };
                 add(&x, &x, c_w * c_x, 0.0)
             })
             .collect();
         let branch = Finite {
+            mean: k_r.clone(),
             k1: out.k1,
             cov: out.v,
             mixture: true,
@@ -629,6 +651,7 @@ impl Finite {
             })
             .collect();
         Finite {
+            mean: &self.mean * x2 + &(&r.mean * g2),
             k1: &self.k1 * x2 + &(&r.k1 * g2),
             cov,
             mixture: false,
@@ -644,8 +667,8 @@ impl Finite {
         let d = k_z.nrows();
         let f = self.empirical(k_z);
         let y = self.stream_cross(k_z);
-        // Centring: E Ĝ_c = K⁰ + (K^{{1}} − K⁰)/n.
-        let k1c = &self.k1 - k_z;
+        // Centring: E Ĝ_c = K⁰ + (K^{{1}} − n E[μμ])/n.
+        let k1c = &self.k1 - &self.mean;
         let mut k1 = Array2::zeros((d, d));
         let mut cov = vec![[[0.0; 3]; 3]; f.len()];
         let mut cross = vec![[[0.0; 3]; 3]; f.len()];
@@ -688,6 +711,7 @@ impl Finite {
             cross[i] = mul_t(&y[i], &j.jac);
         }
         Finite {
+            mean: Array2::zeros((d, d)),
             k1,
             cov,
             mixture: false,
@@ -700,6 +724,7 @@ impl Finite {
     /// V = c² F_s.
     pub fn readout(&self, c: f64, k_s: &Array2<f64>) -> Finite {
         Finite {
+            mean: k_s * c,
             k1: &self.k1 * c,
             cov: self
                 .empirical(k_s)

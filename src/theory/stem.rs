@@ -66,12 +66,13 @@ pub(crate) fn forward(ctx: &Ctx, g0: &KernelState) -> State {
         }
         carried
     });
+    let nlo = (ctx.order == 1).then(|| Finite::first(&g, book));
     State {
         k: g0.with(g),
         ntk,
         stem_coef: vec![1.0; d],
         vertex: book.then(|| vec![0.0; d]),
         // Layer 1 is exactly Gaussian with a deterministic kernel: K^{{1}} = 0, V = 0.
-        nlo: (ctx.order == 1).then(|| Finite::first(d, book)),
+        nlo,
     }
 }
