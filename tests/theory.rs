@@ -30,6 +30,7 @@ fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
         seed: 5,
         backward: true,
         pairs: false,
+        order: 0,
     };
     let (rows, diverged) = transformer::predict(&cfg.model, probe, opts, "test").unwrap();
     assert_eq!(diverged, None);
