@@ -8,14 +8,14 @@
 //! *given the layer below*, i.i.d. Gaussian with the covariance Ĝ = C_b + C_W (1/n) Σ_j σ_j σ_j:
 //! a random kernel. Everything at O(1/n) then follows from the first two cumulants of Ĝ,
 //! E Ĝ = K⁰ + K^{{1}}/n and n·Cov(Ĝ_{αβ}, Ĝ_{γδ}) = V_{(αβ)(γδ)} (the book's four-point vertex,
-//! §4.1–4.3, (4.40)–(4.45): E[z_{i;α1} z_{i;α2} z_{j;α3} z_{j;α4}]_conn = V/n for i ≠ j).
+//! §4.1–4.3: E[z_{i;α1} z_{i;α2} z_{j;α3} z_{j;α4}]_conn = V/n for i ≠ j).
 //! With f(G) = ⟨σσ⟩_G and δ = Ĝ − K⁰ (Taylor, Gaussian mixture):
 //!
-//! - mean (the book's NLO metric recursion, (4.115)–(4.118), written with derivatives of the
-//!   Gaussian average instead of the inverse-metric contractions (4.62)–(4.64); the two agree
+//! - mean (the book's recursion for the NLO metric G^{{1}}, §4.3–4.4, written with derivatives
+//!   of the Gaussian average instead of the book's inverse-metric contractions; the two agree
 //!   by Gaussian integration by parts, ⟨(zz − K)σσ⟩ ∝ ∂⟨σσ⟩/∂K):
 //!   K^{{1}}_{ℓ+1} = C_W [J · K^{{1}}_ℓ + ½ H : V_ℓ], J = ∂f/∂K, H = ∂²f/∂K∂K at K⁰_ℓ;
-//! - vertex (law of total covariance; the book's (4.82)–(4.90)): V_{ℓ+1} = C_W² [⟨σσσσ⟩ −
+//! - vertex (law of total covariance; the book's vertex recursion, §4.3): V_{ℓ+1} = C_W² [⟨σσσσ⟩ −
 //!   ⟨σσ⟩⟨σσ⟩ + J V_ℓ Jᵀ] (one input: V' = χ∥² V + C_W²(⟨σ⁴⟩ − ⟨σ²⟩²), as [`super::book`]).
 //!
 //! The kernel entries K_{αβ} are treated as variables of their own (K_{αβ} = K_{βα} once), so
