@@ -41,9 +41,13 @@ pub fn order(cfg: &Config) -> u8 {
 pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
     let mut m = Vec::new();
     if cfg.model.norm != Norm::Mlp {
-        if order(cfg) == 1 && !cfg.model.blocks.contains(&BlockKind::Attn) {
-            // Order 1 derives the stream's fluctuation, not a single unit's kurtosis.
+        if order(cfg) == 1 {
+            // Order 1 derives the stream's fluctuation, not a single unit's kurtosis, and
+            // nothing from the first attention block on.
             m.push("kurtosis (resid, before the head)");
+            if cfg.model.blocks.contains(&BlockKind::Attn) {
+                m.push("fluct and kurtosis from the first attention block on");
+            }
         } else {
             // The paper does no finite-width analysis (footnote 2).
             m.extend(["fluct", "kurtosis"]);
