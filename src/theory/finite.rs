@@ -746,7 +746,7 @@ pub fn gaps(spec: &crate::config::ModelSpec, backward: bool) -> Vec<String> {
     if spec.norm != Norm::Mlp {
         if let Some(b) = spec.blocks.iter().position(|k| *k == BlockKind::Attn) {
             out.push(format!(
-                "no 1/n correction for attention blocks yet: layers {} and after are leading order",
+                "attention blocks get the exact finite-head-width logit law only; the kernel's 1/n fluctuation is not carried through them, so from layer {} on every other row is leading order",
                 b + 2
             ));
         }
