@@ -758,7 +758,7 @@ pub fn gaps(spec: &crate::config::ModelSpec, backward: bool) -> Vec<String> {
     }
     if backward {
         out.push(
-            "grad2 and the NTK rows are leading order (their 1/n corrections are not derived)"
+            "grad2 and the NTK rows are leading order (inside attention blocks only the finite-head-width logit law enters)"
                 .into(),
         );
     }
