@@ -436,6 +436,27 @@ fn post_ln_causal_pooled_agrees_with_monte_carlo() {
     );
 }
 
+/// At leading order only a weight's variance enters the kernel recursions: the paper's mixed
+/// initialization (uniform bulk, Gaussian stem and head) has the Gaussian model's theory.
+#[test]
+fn mixed_initialization_agrees_with_monte_carlo() {
+    summaries_agree(
+        &[
+            "model.preset=paper-vit",
+            "model.init=uniform",
+            "model.init_groups.stem=gaussian",
+            "model.init_groups.head=gaussian",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "inputs.sequences=2",
+            "inputs.tokens=4",
+        ],
+        600,
+        "mixed initialization",
+    );
+}
+
 #[test]
 fn tied_head_with_contact_term_agrees_with_monte_carlo() {
     summaries_agree(

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use toml::Value;
 
+use crate::model::Group;
 use crate::model::activation::Activation;
+use crate::model::group::GROUPS;
 use schema::{Key, Kind};
 
 /// A configuration problem, phrased so a person can fix it: it names the key, the bad
@@ -135,6 +137,9 @@ pub struct ModelSpec {
     pub head_s: f64,
     pub n_out: usize,
     pub init: InitDist,
+    /// Each group's distribution (`model.init_groups.<group>`, else `init`), indexed by
+    /// `Group as usize`; read it through [`ModelSpec::init_of`].
+    pub group_init: [InitDist; GROUPS.len()],
     pub absolute_variances: bool,
     pub var: Variances,
     /// Input dimension of the stem: `inputs.dim` (dense) or `inputs.vocab` (embedding).
@@ -163,6 +168,30 @@ impl ModelSpec {
         } else {
             self.n_out
         }
+    }
+    /// The distribution group `g` is drawn from.
+    pub fn init_of(&self, g: Group) -> InitDist {
+        self.group_init[g as usize]
+    }
+    /// Whether some weight used as Y = X Wᵀ is Gaussian, i.e. whether the conditional
+    /// sampler has anything to draw (uniform weights are always materialized).
+    pub fn has_gaussian_linear(&self) -> bool {
+        let book = self.norm == Norm::Mlp;
+        let attn = !book && self.blocks.contains(&BlockKind::Attn);
+        let mlp = self.blocks.contains(&BlockKind::Mlp);
+        let groups = [
+            (Group::Stem, self.stem == Stem::Dense),
+            (Group::Q, attn),
+            (Group::K, attn),
+            (Group::V, attn),
+            (Group::U, attn),
+            (Group::W, mlp),
+            (Group::X, mlp && !book),
+            (Group::Head, self.head != HeadKind::Tied),
+        ];
+        groups
+            .iter()
+            .any(|&(g, used)| used && self.init_of(g) == InitDist::Gaussian)
     }
     pub fn has_bias(&self) -> bool {
         self.var.bias > 0.0
@@ -547,7 +576,12 @@ impl Config {
             n_out = vocab;
             values.insert("model.n_out".into(), Value::from(n_out as i64));
         }
-        let model = ModelSpec {
+        let init = if word("model.init") == "uniform" {
+            InitDist::Uniform
+        } else {
+            InitDist::Gaussian
+        };
+        let mut model = ModelSpec {
             stem,
             width,
             heads,
@@ -564,16 +598,21 @@ impl Config {
             head,
             head_s: float("model.head_s"),
             n_out,
-            init: if word("model.init") == "uniform" {
-                InitDist::Uniform
-            } else {
-                InitDist::Gaussian
-            },
+            init,
+            group_init: [init; GROUPS.len()],
             absolute_variances: word("model.variance_mode") == "absolute",
             var: Variances::from_keys(&float),
             n_in,
             tokens,
         };
+        // Per-group overrides of `model.init` (`model.init_groups.<group>`).
+        for g in &GROUPS {
+            match get(g.init_key).as_ref().and_then(Value::as_str) {
+                Some("uniform") => model.group_init[g.group as usize] = InitDist::Uniform,
+                Some("gaussian") => model.group_init[g.group as usize] = InitDist::Gaussian,
+                _ => {}
+            }
+        }
         let inputs = InputSpec {
             kind,
             sequences,

@@ -80,6 +80,7 @@ pub static KEYS: LazyLock<Vec<Key>> = LazyLock::new(|| {
             .iter()
             .map(|g| key!(g.key, Kind::Float { min: 0.0, max: INF }, g.default)),
     );
+    keys.extend(GROUPS.iter().map(|g| key!(g.init_key, Kind::Choice(INITS))));
     keys.extend(other_keys());
     keys
 });

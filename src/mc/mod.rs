@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use rayon::prelude::*;
 
-use crate::config::{Backward, Config, HeadKind, InitDist, ModelSpec, Sampler};
+use crate::config::{Backward, Config, HeadKind, ModelSpec, Sampler};
 use crate::model::{Materialized, Network, Probe, init};
 use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
 use conditional::Conditional;
@@ -174,21 +174,24 @@ impl<'a> Job<'a> {
     }
 }
 
-/// Resolves `run.sampler`: `auto` takes the conditional path when it is exact (Gaussian
-/// weights) and its estimated cost is lower. Costs are in flop-equivalents, one normal
+/// Resolves `run.sampler`: `auto` takes the conditional path when some weight is Gaussian
+/// (uniform groups are materialized on either path) and its estimated cost is lower. Costs are in flop-equivalents, one normal
 /// draw ≈ 80 flops (Xoshiro256++ at ~370 M normals/s against ~30 GFLOP/s in GEMM here).
 pub fn resolve_sampler(cfg: &Config, probe: &Probe) -> Result<Sampler, crate::config::ConfigError> {
     let m = &cfg.model;
-    let exact = m.init == InitDist::Gaussian;
+    // Uniform groups are materialized on both paths, so the conditional path is exact for any
+    // mix; it only gains where some weight is Gaussian.
+    let exact = m.has_gaussian_linear();
     match cfg.run.sampler {
         Sampler::Dense => Ok(Sampler::Dense),
-        Sampler::Conditional if !exact => Err(crate::config::ConfigError::Invalid(
-            "run.sampler = \"conditional\" is exact only for Gaussian weights: set model.init = \"gaussian\" or run.sampler = \"dense\"".into(),
-        )),
         Sampler::Conditional => Ok(Sampler::Conditional),
         Sampler::Auto => {
             let (dense, cond) = sampler_costs(m, probe, cfg.run.backward);
-            Ok(if exact && cond < dense { Sampler::Conditional } else { Sampler::Dense })
+            Ok(if exact && cond < dense {
+                Sampler::Conditional
+            } else {
+                Sampler::Dense
+            })
         }
     }
 }

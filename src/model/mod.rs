@@ -26,7 +26,7 @@ pub mod stem;
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::config::{ModelSpec, Norm};
+use crate::config::{InitDist, ModelSpec, Norm};
 pub use block::{Block, Ctx, InnerTrace, ResidualBlock, Traced};
 use hyper::Weight;
 use init::Stream;
@@ -141,7 +141,8 @@ impl Params {
         spec: &ModelSpec,
         rng: &mut Stream,
     ) -> usize {
-        if self.lazy {
+        // Only Gaussian weights have the conditional law; uniform ones are materialized.
+        if self.lazy && spec.init_of(group) == InitDist::Gaussian {
             self.add(group, layer, name, w, Array2::zeros((0, 0)))
         } else {
             self.table(group, layer, name, w, spec, rng)
@@ -158,7 +159,7 @@ impl Params {
         spec: &ModelSpec,
         rng: &mut Stream,
     ) -> usize {
-        let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng);
+        let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init_of(group), rng);
         self.add(group, layer, name, w, value)
     }
 
