@@ -11,7 +11,7 @@
 
 use anyhow::bail;
 
-use crate::config::{Backward, BlockKind, Config, HeadKind, Norm, Sampler};
+use crate::config::{Backward, BlockKind, Config, Norm, Sampler};
 
 /// The most worker threads a command starts. More only adds stacks and scheduling:
 /// there are far fewer cores than this on any machine sigprop runs on.
@@ -242,7 +242,7 @@ pub fn monte_carlo(cfg: &Config, threads: usize) -> Estimate {
     let th = threads as f64;
     let mut est = Estimate::default();
     inputs(cfg, &s, &mut est);
-    let outputs = if m.head == HeadKind::Pooled {
+    let outputs = if m.per_sequence_head() {
         s.sequences
     } else {
         s.d

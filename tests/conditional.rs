@@ -359,3 +359,17 @@ fn equal_in_distribution_mixed_initialization() {
         true,
     );
 }
+
+/// The class token (1.8) and the class head: the class slot's input is zero, so every stem
+/// input is rank deficient by construction.
+#[test]
+fn equal_in_distribution_class_token_class_head() {
+    agree(
+        &[
+            "model.class_token=true",
+            "model.head=class",
+            "model.variances.cls=0.5",
+        ],
+        true,
+    );
+}

@@ -39,7 +39,13 @@ fn expected(spec: &ModelSpec, group: Group) -> ((usize, usize), f64, f64) {
             let var = stem::hyper(spec)
                 .pe
                 .expect("PE drawn only when the source has it");
-            ((spec.tokens, spec.width), var, sgd_factor(1))
+            ((spec.seq_len(), spec.width), var, sgd_factor(1))
+        }
+        Group::Cls => {
+            let var = stem::hyper(spec)
+                .cls
+                .expect("c drawn only with the class token");
+            ((1, spec.width), var, sgd_factor(1))
         }
         Group::Q => w(attention::hyper(spec).q),
         Group::K => w(attention::hyper(spec).k),
@@ -108,6 +114,7 @@ fn transformer_tensors_come_from_the_source() {
             "model.variances.q=0.01",
         ],
         &["model.preset=paper-lm", "model.n_out=40"],
+        &["model.preset=paper-vit-cls", "model.variances.cls=0.3"],
     ] {
         check(sets);
     }

@@ -70,6 +70,8 @@ pub enum HeadKind {
     Dense,
     Pooled,
     Tied,
+    /// Reads the class token (t = 0) of each sequence ((1.8), footnote 4).
+    Class,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub enum Backward {
 pub struct Variances {
     pub stem: f64,
     pub pe: f64,
+    /// C_cls of the class token c ((1.8)): an additive embedding like b^PE.
+    pub cls: f64,
     pub q: f64,
     pub k: f64,
     pub v: f64,
@@ -136,6 +140,9 @@ pub struct ModelSpec {
     pub head: HeadKind,
     pub head_s: f64,
     pub n_out: usize,
+    /// A learned class token c with its own positional embedding at t = 0 ((1.8)): the
+    /// network sees T + 1 tokens per sequence, the class token first.
+    pub class_token: bool,
     pub init: InitDist,
     /// Each group's distribution (`model.init_groups.<group>`, else `init`), indexed by
     /// `Group as usize`; read it through [`ModelSpec::init_of`].
@@ -152,6 +159,14 @@ impl ModelSpec {
     /// Channels per head C = n/H.
     pub fn channels(&self) -> usize {
         self.width / self.heads
+    }
+    /// Tokens per sequence as the network sees them: T, plus the class token at t = 0.
+    pub fn seq_len(&self) -> usize {
+        self.tokens + usize::from(self.class_token)
+    }
+    /// Whether the head gives one output per sequence (pooled or class head).
+    pub fn per_sequence_head(&self) -> bool {
+        matches!(self.head, HeadKind::Pooled | HeadKind::Class)
     }
     /// Number of residual blocks B.
     pub fn num_blocks(&self) -> usize {
@@ -465,6 +480,7 @@ impl Config {
         let head = match word("model.head").as_str() {
             "pooled" => HeadKind::Pooled,
             "tied" => HeadKind::Tied,
+            "class" => HeadKind::Class,
             _ => HeadKind::Dense,
         };
         if norm == Norm::Mlp {
@@ -598,6 +614,7 @@ impl Config {
             head,
             head_s: float("model.head_s"),
             n_out,
+            class_token: false,
             init,
             group_init: [init; GROUPS.len()],
             absolute_variances: word("model.variance_mode") == "absolute",
@@ -605,6 +622,22 @@ impl Config {
             n_in,
             tokens,
         };
+        // The class token ((1.8)): a vision stem's extra token, read by the class head.
+        model.class_token = boolean("model.class_token");
+        if model.class_token && (stem != Stem::Dense || norm == Norm::Mlp) {
+            return Err(bad(
+                "model.class_token",
+                &Value::from(true),
+                "the class token needs model.stem = \"dense\" and a Transformer norm (pre, post or none)",
+            ));
+        }
+        if head == HeadKind::Class && !model.class_token {
+            return Err(bad(
+                "model.head",
+                &Value::from("class"),
+                "the class head reads the class token: set model.class_token = true",
+            ));
+        }
         // Per-group overrides of `model.init` (`model.init_groups.<group>`).
         for g in &GROUPS {
             match get(g.init_key).as_ref().and_then(Value::as_str) {

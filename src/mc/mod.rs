@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use rayon::prelude::*;
 
-use crate::config::{Backward, Config, HeadKind, ModelSpec, Sampler};
+use crate::config::{Backward, Config, ModelSpec, Sampler};
 use crate::model::{Materialized, Network, Probe, init};
 use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
 use conditional::Conditional;
@@ -204,11 +204,7 @@ pub fn sampler_costs(m: &ModelSpec, probe: &Probe, backward: Backward) -> (f64, 
 /// [`sampler_costs`] from the probe's shape alone (D tokens in `sequences` sequences), so
 /// the memory check can pick the sampler before the probe exists. Sizes are f64 throughout.
 pub fn sampler_costs_of(m: &ModelSpec, d: f64, sequences: f64, backward: Backward) -> (f64, f64) {
-    let outputs = if m.head == HeadKind::Pooled {
-        sequences
-    } else {
-        d
-    };
+    let outputs = if m.per_sequence_head() { sequences } else { d };
     let passes = if backward == Backward::Pairs {
         outputs
     } else {

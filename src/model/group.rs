@@ -64,7 +64,7 @@ macro_rules! group {
 }
 
 /// Every parameter group, in the order blocks draw them (the order of [`Group`]).
-pub const GROUPS: [GroupInfo; 10] = [
+pub const GROUPS: [GroupInfo; 11] = [
     GroupInfo {
         embedding_label: Some(("W^WE", "W^{\\mathrm{WE}}")),
         ..group!(
@@ -86,6 +86,11 @@ pub const GROUPS: [GroupInfo; 10] = [
         ("b^PE", "b^{\\mathrm{PE}}"),
         |_, _| sgd_factor(1)
     ),
+    // The class token c of (1.8): an additive embedding like b^PE (λ = 1); C_cls = 0.02²
+    // as the ViT's std 0.02.
+    group!(Cls, "cls", cls, 0.02 * 0.02, "C_cls", ("c", "c"), |_, _| {
+        sgd_factor(1)
+    }),
     group!(Q, "q", q, 0.5, "C_Q", ("Q", "Q"), |b, _| b
         .attention
         .q

@@ -190,7 +190,7 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
     }
     let cfg = b.build()?;
     let outputs = match cfg.model.head {
-        HeadKind::Pooled => Outputs::PerSequence,
+        HeadKind::Pooled | HeadKind::Class => Outputs::PerSequence,
         _ => Outputs::PerToken,
     };
     if outputs != task.outputs() {
