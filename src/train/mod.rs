@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 use toml::Value;
 
-use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist};
+use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist, Precision};
 use crate::hparams::HparamTable;
 use crate::model::{Group, Network, ParamGrads, Probe, Real, init};
 use optim::{Adam, Kind, Optimizer};
@@ -54,8 +54,8 @@ pub struct TrainSpec {
     pub lr: f64,
     pub lr_mult: f64,
     pub optimizer: Kind,
-    /// "f32" or "f64": the `F` of `Trainer<F>` that runs this configuration.
-    pub precision: String,
+    /// The `F` of `Trainer<F>` that runs this configuration.
+    pub precision: Precision,
     pub adam: Adam,
     pub weight_decay: f64,
     pub warmup: usize,
@@ -75,47 +75,34 @@ pub struct TrainSpec {
 
 impl TrainSpec {
     pub fn from_config(cfg: &Config) -> Result<TrainSpec, TrainError> {
-        // Every train.* key has a default in the schema and was type-checked by the builder.
-        let int = |k: &str| cfg.get(k).and_then(Value::as_integer).unwrap_or(0) as usize;
-        let float = |k: &str| {
-            cfg.get(k)
-                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
-                .unwrap_or(0.0)
-        };
-        let word = |k: &str| {
-            cfg.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let optimizer = Kind::from_name(&word("train.optimizer")).unwrap_or(Kind::AdamW);
+        let t = &cfg.train;
         Ok(TrainSpec {
-            task: word("train.task"),
-            steps: int("train.steps"),
-            batch: int("train.batch"),
-            lr: float("train.lr"),
-            lr_mult: float("train.lr_mult"),
-            optimizer,
-            precision: word("train.precision"),
+            task: t.task.clone(),
+            steps: t.steps,
+            batch: t.batch,
+            lr: t.lr,
+            lr_mult: t.lr_mult,
+            optimizer: t.optimizer,
+            precision: t.precision,
             adam: Adam {
-                beta1: float("train.beta1"),
-                beta2: float("train.beta2"),
-                eps: float("train.eps"),
+                beta1: t.beta1,
+                beta2: t.beta2,
+                eps: t.eps,
             },
-            weight_decay: float("train.weight_decay"),
-            warmup: int("train.warmup"),
-            min_lr_ratio: float("train.min_lr_ratio"),
-            clip: float("train.clip"),
-            eval_every: int("train.eval_every").max(1),
-            eval_batches: int("train.eval_batches").max(1),
-            checkpoint_every: int("train.checkpoint_every").max(1),
-            seed: int("train.seed") as u64,
-            vocab: int("train.vocab"),
-            tokens: int("train.tokens"),
-            modulus: int("train.modulus"),
-            patch: int("train.patch"),
-            holdout: float("train.holdout"),
-            threads: int("train.threads"),
+            weight_decay: t.weight_decay,
+            warmup: t.warmup,
+            min_lr_ratio: t.min_lr_ratio,
+            clip: t.clip,
+            eval_every: t.eval_every.max(1),
+            eval_batches: t.eval_batches.max(1),
+            checkpoint_every: t.checkpoint_every.max(1),
+            seed: t.seed,
+            vocab: t.vocab,
+            tokens: t.tokens,
+            modulus: t.modulus,
+            patch: t.patch,
+            holdout: t.holdout,
+            threads: t.threads,
         })
     }
 
@@ -259,11 +246,11 @@ impl<F: Real> Trainer<F> {
     /// to `F`, so both precisions start from the same network.
     pub fn new(cfg: &Config, hp: Option<&HparamTable>) -> Result<Trainer<F>, TrainError> {
         let spec = TrainSpec::from_config(cfg)?;
-        if spec.precision != F::NAME {
+        if spec.precision.name() != <F as Real>::NAME {
             return Err(TrainError::Invalid(format!(
                 "train.precision = \"{}\" but this trainer computes in {}",
-                spec.precision,
-                F::NAME
+                spec.precision.name(),
+                <F as Real>::NAME
             )));
         }
         let task = spec.task()?;

@@ -29,6 +29,7 @@ use toml::Value;
 
 use super::{TrainError, Trainer};
 use crate::config::ConfigBuilder;
+use crate::config::Precision;
 use crate::hparams::{Anchor, Family, HparamTable, Optimizer, Setup};
 use crate::model::Real;
 use crate::stats;
@@ -209,8 +210,8 @@ fn train_point(
         steps: done,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    match cfg.get("train.precision").and_then(Value::as_str) {
-        Some("f64") => run_point(Trainer::<f64>::new(&cfg, Some(&hp))?, point),
+    match cfg.train.precision {
+        Precision::F64 => run_point(Trainer::<f64>::new(&cfg, Some(&hp))?, point),
         _ => run_point(Trainer::<f32>::new(&cfg, Some(&hp))?, point),
     }
 }

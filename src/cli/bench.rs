@@ -16,11 +16,11 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::ConfigArgs;
-use crate::config::Config;
-use crate::mc::Job;
-use crate::model::Real;
-use crate::model::linalg::{GEMM_FLOPS, GEMM_NANOS, PROFILE};
-use crate::train::{self, Trainer};
+use sigprop::config::Config;
+use sigprop::mc::Job;
+use sigprop::model::Real;
+use sigprop::model::linalg::{GEMM_FLOPS, GEMM_NANOS, PROFILE};
+use sigprop::train::{self, Trainer};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -151,9 +151,9 @@ fn has_torch() -> bool {
 }
 
 /// Single-thread GEMM share and GFLOP/s of the dense path at n = 512.
-fn gemm_profile(cfg: &Config, probe: &crate::model::Probe) -> anyhow::Result<(f64, f64)> {
+fn gemm_profile(cfg: &Config, probe: &sigprop::model::Probe) -> anyhow::Result<(f64, f64)> {
     let mut c = cfg.clone();
-    c.set_sampler(crate::config::Sampler::Dense);
+    c.set_sampler(sigprop::config::Sampler::Dense);
     let job = Job::new(&c, probe);
     PROFILE.store(true, Ordering::SeqCst);
     GEMM_FLOPS.store(0, Ordering::SeqCst);
@@ -172,8 +172,8 @@ fn gemm_profile(cfg: &Config, probe: &crate::model::Probe) -> anyhow::Result<(f6
 
 /// Tokens/s of `steps` training steps after 3 warm-up steps, in precision `F`.
 fn train_tokens_per_s<F: Real>(args: &BenchArgs) -> anyhow::Result<f64> {
-    let mk = || -> anyhow::Result<crate::config::ConfigBuilder> {
-        let mut b = args.cfg.builder()?;
+    let mk = || -> anyhow::Result<sigprop::config::ConfigBuilder> {
+        let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
         for s in [
             format!("model.width={}", args.train_width),
             format!("train.threads={}", args.threads),
@@ -246,7 +246,7 @@ fn run_train(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    crate::limits::check_threads("--threads", args.threads)?;
+    sigprop::limits::check_threads("--threads", args.threads)?;
     if args.train {
         return run_train(args);
     }
@@ -256,12 +256,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.threads
     );
     {
-        let mut b = args.cfg.builder()?;
+        let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
         for s in reference_sets(512) {
             b = b.set(&s)?;
         }
         let mut cfg = b.build()?;
-        let probe = crate::inputs::probe(&mut cfg)?;
+        let probe = sigprop::inputs::probe(&mut cfg)?;
         let (share, gflops) = gemm_profile(&cfg, &probe)?;
         println!(
             "dense n=512, 1 thread: {:.0}% of time in GEMM at {gflops:.1} GFLOP/s",

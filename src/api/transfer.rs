@@ -7,32 +7,25 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::ConfigArgs;
+use super::ConfigSource;
 use crate::hparams::Family;
 use crate::train::transfer::{self, Grid, lr_label};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct TransferArgs {
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    pub cfg: ConfigSource,
     /// Families, comma-separated: standard, ntk, mup, s=<value>.
-    #[arg(long, default_value = "standard,ntk,mup")]
     pub family: String,
     /// Widths, comma-separated; the smallest is where the grid's lr is every group's rate.
-    #[arg(long, default_value = "64,128,256")]
     pub widths: String,
     /// Learning rates η at the smallest width: numbers, 2^e, or a range 2^a..2^b (step 1 in
     /// log₂), comma-separated.
-    #[arg(long, default_value = "2^-12..2^-2")]
     pub lrs: String,
     /// Global AdamW weight decay (kept as lr_g·wd_g = η·wd at every width).
-    #[arg(long, default_value_t = 0.0)]
     pub wd: f64,
     /// Points trained at once, one thread each (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Output folder (transfer.csv, drift.md, the figure); points already in it are kept.
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -71,7 +64,7 @@ pub fn parse_widths(s: &str) -> anyhow::Result<Vec<usize>> {
 }
 
 /// Runs the grid (skipping points already in DIR/transfer.csv) and draws the figure.
-pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summary> {
+pub fn run_grid(cfg: &ConfigSource, grid: &Grid) -> anyhow::Result<transfer::Summary> {
     if !(grid.weight_decay.is_finite() && grid.weight_decay >= 0.0) {
         anyhow::bail!("--wd {}: expected a number ≥ 0", grid.weight_decay);
     }
@@ -115,7 +108,7 @@ pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summa
     Ok(s)
 }
 
-pub fn run(a: &TransferArgs) -> anyhow::Result<()> {
+pub fn run(a: &TransferOptions) -> anyhow::Result<()> {
     let grid = Grid {
         families: parse_families(&a.family)?,
         widths: parse_widths(&a.widths)?,
