@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod attention;
 pub mod block;
+pub mod cross;
 pub mod group;
 pub mod head;
 pub mod hyper;
