@@ -501,3 +501,42 @@ fn digits_vit_with_class_token_learns() {
     eprintln!("digits with a class token: eval loss {end:.4} (threshold {threshold:.4})");
     assert!(end < threshold, "eval loss {end:.4}, want < {threshold:.4}");
 }
+
+/// A table re-draws each group with the table's variance and the group's own law: with
+/// `model.init = "uniform"` and a Gaussian W (`model.init_groups.w`), X stays inside
+/// √(3 var) (uniform) while W, 32 × 64 = 2048 Gaussian entries with variance 0.005, has
+/// kurtosis above 2.4 (uniform: 1.8; the sample kurtosis' error is ≈ √(24/2048) = 0.11).
+#[test]
+fn hparams_redraw_keeps_each_groups_law() {
+    let json = r#"{"family":"ntk","s":0.0,"optimizer":"sgd","base_width":32,"width":32,
+        "mlp_mult":2,"lr":0.001,"weight_decay":0.0,"groups":{
+        "w":{"init_variance":0.005,"lr":0.00006},
+        "x":{"init_variance":0.006,"lr":0.00007}}}"#;
+    let hp = HparamTable::parse(json).unwrap();
+    let cfg = small(&["model.init=uniform", "model.init_groups.w=gaussian"]);
+    let tr: Trainer = Trainer::new(&cfg, Some(&hp)).unwrap();
+    let mut seen = 0;
+    for p in &tr.net.params.list {
+        let v: Vec<f64> = p.value.iter().map(|&x| x as f64).collect();
+        let m2 = v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64;
+        let m4 = v.iter().map(|x| x.powi(4)).sum::<f64>() / v.len() as f64;
+        match p.group {
+            Group::W => {
+                assert!(
+                    m4 / (m2 * m2) > 2.4,
+                    "{}: kurtosis {}",
+                    p.name,
+                    m4 / (m2 * m2)
+                );
+                seen += 1;
+            }
+            Group::X => {
+                let h = (3.0f64 * 0.006).sqrt() * (1.0 + 1e-6);
+                assert!(v.iter().all(|x| x.abs() <= h), "{} leaves ±{h}", p.name);
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 4, "two blocks, W and X each");
+}
