@@ -1,4 +1,4 @@
-//! `sigprop hparams`: the width-scaling table of SPEC §6 (issue 7), from the paper's rules,
+//! `sigprop hparams`: the width-scaling table of SPEC §6, from the paper's rules,
 //! optionally with the SGD exponents measured by Monte Carlo beside them.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `sigprop transfer`: the learning-rate transfer grid of SPEC §7 (issue 8 part 3) into
+//! `sigprop transfer`: the learning-rate transfer grid of SPEC §7 into
 //! `DIR/transfer.csv`, `DIR/drift.csv`, `DIR/drift.md` and the figure
 //! `DIR/transfer.png`/`.svg` (drawn from transfer.csv alone). See
 //! [`crate::train::transfer`] for how the grid's lr reaches each width.

@@ -20,7 +20,10 @@ use crate::model::Group;
 use crate::model::activation::Activation;
 use crate::model::group::GROUPS;
 use schema::{Key, Kind};
-pub use sections::{InputWord, Precision, Sections, TheorySpec, TrainSection, VarianceMode};
+pub use sections::{
+    InputWord, InputsSection, ModelSection, Precision, Sections, TheorySpec, TrainSection,
+    VarianceMode,
+};
 
 /// A configuration problem, phrased so a person can fix it: it names the key, the bad
 /// value and what is allowed.
@@ -539,48 +542,7 @@ fn validate(
             m.width, m.heads
         )));
     }
-    let mut pattern = Vec::new();
-    for c in m.pattern.chars() {
-        pattern.push(match c {
-            'A' => BlockKind::Attn,
-            'M' => BlockKind::Mlp,
-            _ => {
-                return Err(bad(
-                    "model.pattern",
-                    &Value::from(m.pattern.clone()),
-                    format!(
-                        "letter `{c}` is not a block; allowed letters are A (attention) and M (MLP)"
-                    ),
-                ));
-            }
-        });
-    }
-    if pattern.is_empty() {
-        return Err(bad(
-            "model.pattern",
-            &Value::from(""),
-            "expected a non-empty string over {A, M}, e.g. \"AM\"",
-        ));
-    }
-    check_sizes(values, pattern.len())?;
-    let blocks: Vec<BlockKind> = (0..m.layers)
-        .flat_map(|_| pattern.iter().copied())
-        .collect();
-    if m.norm == Norm::Mlp {
-        if blocks.contains(&BlockKind::Attn) {
-            return Err(bad(
-                "model.pattern",
-                &Value::from(m.pattern.clone()),
-                "model.norm = \"mlp\" (the book's plain MLP) allows only M blocks",
-            ));
-        }
-        if m.stem != Stem::Dense || m.head != HeadKind::Dense {
-            return Err(ConfigError::Invalid(
-                "model.norm = \"mlp\" needs model.stem = \"dense\" and model.head = \"dense\""
-                    .into(),
-            ));
-        }
-    }
+    let blocks = blocks(m, values)?;
     // The class token ((1.8)): a vision stem's extra token, read by the class head.
     if m.class_token && (m.stem != Stem::Dense || m.norm == Norm::Mlp) {
         return Err(bad(
@@ -596,65 +558,8 @@ fn validate(
             "the class head reads the class token: set model.class_token = true",
         ));
     }
-    if m.head == HeadKind::Tied && m.stem != Stem::Embedding {
-        return Err(bad(
-            "model.head",
-            &Value::from("tied"),
-            "a tied head needs model.stem = \"embedding\"",
-        ));
-    }
-
-    // Inputs: the stem decides which kinds fit.
+    let (kind, sequences, tokens) = probe(&s.inputs, m.stem, values)?;
     let i = &s.inputs;
-    let kind = match i.kind {
-        InputWord::Gaussian => InputKind::Gaussian,
-        InputWord::Tokens => InputKind::Tokens,
-        InputWord::File => match i.path.as_deref().filter(|p| !p.is_empty()) {
-            Some(path) => InputKind::File(PathBuf::from(path)),
-            None => {
-                return Err(ConfigError::Invalid(
-                    "inputs.kind = \"file\" needs inputs.path = \"probe.csv\" (or --inputs P.csv)"
-                        .into(),
-                ));
-            }
-        },
-    };
-    match (&kind, m.stem) {
-        (InputKind::Tokens, Stem::Dense) => {
-            return Err(bad(
-                "inputs.kind",
-                &Value::from("tokens"),
-                "token ids need model.stem = \"embedding\"; the dense stem takes \"gaussian\" or \"file\"",
-            ));
-        }
-        (InputKind::Gaussian, Stem::Embedding) => {
-            return Err(bad(
-                "inputs.kind",
-                &Value::from("gaussian"),
-                "the embedding stem takes \"tokens\" or \"file\" (sequence,token,id)",
-            ));
-        }
-        _ => {}
-    }
-    let (mut sequences, mut tokens) = (i.sequences, i.tokens);
-    if let Some(ids) = &i.ids {
-        let t = ids.first().map_or(0, Vec::len);
-        if ids.is_empty() || t == 0 || ids.iter().any(|r| r.len() != t) {
-            return Err(ConfigError::Invalid(
-                "inputs.ids: expected a non-empty list of equally long sequences, e.g. [[3, 17, 17, 5]]".into(),
-            ));
-        }
-        if let Some(&bad_id) = ids.iter().flatten().find(|&&id| id >= i.vocab) {
-            return Err(ConfigError::Invalid(format!(
-                "inputs.ids: token id {bad_id} is not below inputs.vocab = {}",
-                i.vocab
-            )));
-        }
-        // The ids fix the probe set's shape.
-        (sequences, tokens) = (ids.len(), t);
-        values.insert("inputs.sequences".into(), Value::from(sequences as i64));
-        values.insert("inputs.tokens".into(), Value::from(tokens as i64));
-    }
     let n_in = if m.stem == Stem::Embedding {
         i.vocab
     } else {
@@ -707,6 +612,122 @@ fn validate(
         ids: i.ids.clone(),
     };
     Ok((model, inputs))
+}
+
+/// The block list (`pattern` × `layers`) and the rules of the book's MLP mode and the tied head.
+fn blocks(
+    m: &ModelSection,
+    values: &BTreeMap<String, Value>,
+) -> Result<Vec<BlockKind>, ConfigError> {
+    let mut pattern = Vec::new();
+    for c in m.pattern.chars() {
+        pattern.push(match c {
+            'A' => BlockKind::Attn,
+            'M' => BlockKind::Mlp,
+            _ => {
+                return Err(bad(
+                    "model.pattern",
+                    &Value::from(m.pattern.clone()),
+                    format!(
+                        "letter `{c}` is not a block; allowed letters are A (attention) and M (MLP)"
+                    ),
+                ));
+            }
+        });
+    }
+    if pattern.is_empty() {
+        return Err(bad(
+            "model.pattern",
+            &Value::from(""),
+            "expected a non-empty string over {A, M}, e.g. \"AM\"",
+        ));
+    }
+    check_sizes(values, pattern.len())?;
+    let blocks: Vec<BlockKind> = (0..m.layers)
+        .flat_map(|_| pattern.iter().copied())
+        .collect();
+    if m.norm == Norm::Mlp {
+        if blocks.contains(&BlockKind::Attn) {
+            return Err(bad(
+                "model.pattern",
+                &Value::from(m.pattern.clone()),
+                "model.norm = \"mlp\" (the book's plain MLP) allows only M blocks",
+            ));
+        }
+        if m.stem != Stem::Dense || m.head != HeadKind::Dense {
+            return Err(ConfigError::Invalid(
+                "model.norm = \"mlp\" needs model.stem = \"dense\" and model.head = \"dense\""
+                    .into(),
+            ));
+        }
+    }
+    if m.head == HeadKind::Tied && m.stem != Stem::Embedding {
+        return Err(bad(
+            "model.head",
+            &Value::from("tied"),
+            "a tied head needs model.stem = \"embedding\"",
+        ));
+    }
+
+    Ok(blocks)
+}
+
+/// The probe's kind (the stem decides which fit) and its shape (token ids fix it).
+fn probe(
+    i: &InputsSection,
+    stem: Stem,
+    values: &mut BTreeMap<String, Value>,
+) -> Result<(InputKind, usize, usize), ConfigError> {
+    let kind = match i.kind {
+        InputWord::Gaussian => InputKind::Gaussian,
+        InputWord::Tokens => InputKind::Tokens,
+        InputWord::File => match i.path.as_deref().filter(|p| !p.is_empty()) {
+            Some(path) => InputKind::File(PathBuf::from(path)),
+            None => {
+                return Err(ConfigError::Invalid(
+                    "inputs.kind = \"file\" needs inputs.path = \"probe.csv\" (or --inputs P.csv)"
+                        .into(),
+                ));
+            }
+        },
+    };
+    match (&kind, stem) {
+        (InputKind::Tokens, Stem::Dense) => {
+            return Err(bad(
+                "inputs.kind",
+                &Value::from("tokens"),
+                "token ids need model.stem = \"embedding\"; the dense stem takes \"gaussian\" or \"file\"",
+            ));
+        }
+        (InputKind::Gaussian, Stem::Embedding) => {
+            return Err(bad(
+                "inputs.kind",
+                &Value::from("gaussian"),
+                "the embedding stem takes \"tokens\" or \"file\" (sequence,token,id)",
+            ));
+        }
+        _ => {}
+    }
+    let (mut sequences, mut tokens) = (i.sequences, i.tokens);
+    if let Some(ids) = &i.ids {
+        let t = ids.first().map_or(0, Vec::len);
+        if ids.is_empty() || t == 0 || ids.iter().any(|r| r.len() != t) {
+            return Err(ConfigError::Invalid(
+                "inputs.ids: expected a non-empty list of equally long sequences, e.g. [[3, 17, 17, 5]]".into(),
+            ));
+        }
+        if let Some(&bad_id) = ids.iter().flatten().find(|&&id| id >= i.vocab) {
+            return Err(ConfigError::Invalid(format!(
+                "inputs.ids: token id {bad_id} is not below inputs.vocab = {}",
+                i.vocab
+            )));
+        }
+        // The ids fix the probe set's shape.
+        (sequences, tokens) = (ids.len(), t);
+        values.insert("inputs.sequences".into(), Value::from(sequences as i64));
+        values.insert("inputs.tokens".into(), Value::from(tokens as i64));
+    }
+    Ok((kind, sequences, tokens))
 }
 
 fn lookup(key: &str) -> Result<&'static Key, ConfigError> {

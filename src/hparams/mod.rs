@@ -1,4 +1,4 @@
-//! Hyperparameter scaling tables (SPEC §6, issue 7): for a family of parameterizations and
+//! Hyperparameter scaling tables (SPEC §6): for a family of parameterizations and
 //! an optimizer, every parameter group's initialization variance and learning rate at each
 //! target width, from the paper's rules (1.25)–(1.34), (1.99)–(1.116) and footnote 26, and
 //! the same table *measured*: the width exponent of each raw `ntk_<group>` from Monte Carlo.

@@ -1,4 +1,4 @@
-//! The μP-style transfer figure (issue 8 part 3), from `transfer.csv` alone: final held-out
+//! The μP-style transfer figure, from `transfer.csv` alone: final held-out
 //! loss against the learning rate on a log₂ axis, one curve per width, one panel per
 //! family, each curve's argmin ringed. A diverged run is not dropped: it is a × on the top
 //! edge of its panel, and a loss above the shared y range is a ▲ on that edge, so the

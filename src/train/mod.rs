@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 use toml::Value;
 
-use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, Precision};
+use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind};
 use crate::hparams::HparamTable;
 use crate::model::{Group, Network, ParamGrads, Probe, Real, init};
 use optim::{Adam, Kind, Optimizer};
@@ -45,65 +45,21 @@ pub enum TrainError {
     },
 }
 
-/// The `[train]` section, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainSpec {
-    pub task: String,
-    pub steps: usize,
-    pub batch: usize,
-    pub lr: f64,
-    pub lr_mult: f64,
-    pub optimizer: Kind,
-    /// The `F` of `Trainer<F>` that runs this configuration.
-    pub precision: Precision,
-    pub adam: Adam,
-    pub weight_decay: f64,
-    pub warmup: usize,
-    pub min_lr_ratio: f64,
-    pub clip: f64,
-    pub eval_every: usize,
-    pub eval_batches: usize,
-    pub checkpoint_every: usize,
-    pub seed: u64,
-    pub vocab: usize,
-    pub tokens: usize,
-    pub modulus: usize,
-    pub patch: usize,
-    pub holdout: f64,
-    pub threads: usize,
-}
+/// The `[train]` section, typed and range-checked by the configuration builder.
+pub use crate::config::TrainSection as TrainSpec;
 
 impl TrainSpec {
     pub fn from_config(cfg: &Config) -> Result<TrainSpec, TrainError> {
-        let t = &cfg.train;
-        Ok(TrainSpec {
-            task: t.task.clone(),
-            steps: t.steps,
-            batch: t.batch,
-            lr: t.lr,
-            lr_mult: t.lr_mult,
-            optimizer: t.optimizer,
-            precision: t.precision,
-            adam: Adam {
-                beta1: t.beta1,
-                beta2: t.beta2,
-                eps: t.eps,
-            },
-            weight_decay: t.weight_decay,
-            warmup: t.warmup,
-            min_lr_ratio: t.min_lr_ratio,
-            clip: t.clip,
-            eval_every: t.eval_every.max(1),
-            eval_batches: t.eval_batches.max(1),
-            checkpoint_every: t.checkpoint_every.max(1),
-            seed: t.seed,
-            vocab: t.vocab,
-            tokens: t.tokens,
-            modulus: t.modulus,
-            patch: t.patch,
-            holdout: t.holdout,
-            threads: t.threads,
-        })
+        Ok(cfg.train.clone())
+    }
+
+    /// AdamW's moment decays and ε.
+    pub fn adam(&self) -> Adam {
+        Adam {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
     }
 
     pub fn task(&self) -> Result<Box<dyn Task>, TrainError> {
@@ -316,7 +272,7 @@ impl<F: Real> Trainer<F> {
                     .unwrap_or(hp.map_or(spec.weight_decay, |h| h.weight_decay)),
             );
         }
-        let opt = Optimizer::new(kind, spec.adam, &net.params);
+        let opt = Optimizer::new(kind, spec.adam(), &net.params);
         let threads = if spec.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

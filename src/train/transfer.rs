@@ -1,4 +1,4 @@
-//! Learning-rate transfer across widths (SPEC §7, issue 8 part 3): for every (family,
+//! Learning-rate transfer across widths (SPEC §7): for every (family,
 //! width, lr) of a grid, build that width's hyperparameter table in-process, train, and
 //! record the final losses as one row of `transfer.csv`; then read the CSV back and find the
 //! optimal learning rate per width and how far it moves, in grid steps (`drift.csv`,
