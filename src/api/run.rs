@@ -74,6 +74,8 @@ pub struct Experiment {
     pub lrs: Option<String>,
     /// Transfer only: global AdamW weight decay (default 0).
     pub wd: Option<f64>,
+    /// Transfer only: trainings per point with consecutive `train.seed`s (default 1).
+    pub seeds: Option<usize>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Experiment> {
@@ -203,6 +205,7 @@ fn run_transfer(
         widths: super::transfer::parse_widths(&need(&e.widths, "widths")?)?,
         lrs: crate::train::transfer::parse_lrs(&need(&e.lrs, "lrs")?)?,
         weight_decay: e.wd.unwrap_or(0.0),
+        seeds: e.seeds.unwrap_or(1),
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
