@@ -135,7 +135,7 @@ pub fn run(args: &TheoryOptions) -> anyhow::Result<()> {
         );
     }
     let spec = &cfg.model;
-    if spec.norm == Norm::Mlp && spec.init == InitDist::Uniform {
+    if spec.norm == Norm::Mlp && spec.group_init.contains(&InitDist::Uniform) {
         eprintln!(
             "note: the fluct/kurtosis theory assumes Gaussian weights; uniform weights add an O(1/n) term from their own excess kurtosis (footnote 15)"
         );

@@ -75,7 +75,8 @@ pub fn predict_with(
     config_name: &str,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(Vec<Row>, Option<usize>), TheoryError> {
-    let g0 = input_kernel(spec, probe)?;
+    // The tokens the network sees: the class token's slot at t = 0 has input zero (1.8).
+    let g0 = input_kernel(spec, &probe.for_model(spec))?;
     let batches = opts.error_batches.max(2);
     let per_batch = (opts.logit_samples / batches).max(1);
     let total = (opts.logit_samples + batches * per_batch) as u64;
