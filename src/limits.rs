@@ -157,7 +157,9 @@ impl Shapes {
         let m = &cfg.model;
         let count = |k: BlockKind| m.blocks.iter().filter(|&&b| b == k).count() as f64;
         // A probe file sets its own shape later; the configured one is what is generated.
-        let (sequences, t) = (cfg.inputs.sequences as f64, cfg.inputs.tokens as f64);
+        // The network sees the class token too: T + 1 tokens per sequence.
+        let t = (cfg.inputs.tokens + usize::from(m.class_token)) as f64;
+        let sequences = cfg.inputs.sequences as f64;
         Shapes {
             n: m.width as f64,
             m: m.mlp_mult as f64 * m.width as f64,
