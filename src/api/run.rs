@@ -65,6 +65,11 @@ pub struct Experiment {
     /// Explicit points, each a list of settings; they multiply the sweep in `set`.
     #[serde(default)]
     pub points: Vec<Vec<String>>,
+    /// With `theory`: the theory orders to run (`theory.order`); order 0 goes to `theory/`
+    /// and `compare/`, order k > 0 to `theory-order{k}/` and `compare-order{k}/`, and the
+    /// finite-width figure shows them side by side. Default: order 0 only.
+    #[serde(default)]
+    pub orders: Vec<u8>,
     /// `sweep` (the default: simulate, theory, compare) or `transfer`.
     #[serde(default)]
     pub kind: Option<String>,
@@ -74,6 +79,8 @@ pub struct Experiment {
     pub lrs: Option<String>,
     /// Transfer only: global AdamW weight decay (default 0).
     pub wd: Option<f64>,
+    /// Transfer only: trainings per point with consecutive `train.seed`s (default 1).
+    pub seeds: Option<usize>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Experiment> {
@@ -146,7 +153,14 @@ pub fn run(a: &RunOptions) -> anyhow::Result<()> {
         a.force,
         &out,
     )?;
-    super::sweep::compare_grid(mc, th, &out)?;
+    super::sweep::compare_grid(mc.clone(), th.clone(), &out)?;
+    if th.is_some() {
+        for &order in e.orders.iter().filter(|&&o| o > 0) {
+            let th = super::sweep::theory_at_order(&base, &e.points, order, a.force, &out)?;
+            let dir = out.join(format!("compare-order{order}"));
+            super::sweep::compare_into(mc.clone(), Some(th), &dir)?;
+        }
+    }
     super::plot::run(&super::plot::PlotOptions {
         dirs: vec![out.clone()],
     })?;
@@ -204,6 +218,7 @@ fn run_transfer(
         widths: super::transfer::parse_widths(&need(&e.widths, "widths")?)?,
         lrs: crate::train::transfer::parse_lrs(&need(&e.lrs, "lrs")?)?,
         weight_decay: e.wd.unwrap_or(0.0),
+        seeds: e.seeds.unwrap_or(1),
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

@@ -23,6 +23,9 @@ pub struct TransferOptions {
     pub lrs: String,
     /// Global AdamW weight decay (kept as lr_g·wd_g = η·wd at every width).
     pub wd: f64,
+    /// Trainings per point, with train.seed = s₀ … s₀+K−1; the figure shows mean ± standard
+    /// error and drift.md the optimum's drift with a bootstrap over seeds.
+    pub seeds: usize,
     /// Points trained at once, one thread each (default: all cores).
     pub threads: Option<usize>,
     /// Output folder (transfer.csv, drift.md, the figure); points already in it are kept.
@@ -114,6 +117,7 @@ pub fn run(a: &TransferOptions) -> anyhow::Result<()> {
         widths: parse_widths(&a.widths)?,
         lrs: transfer::parse_lrs(&a.lrs)?,
         weight_decay: a.wd,
+        seeds: a.seeds,
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

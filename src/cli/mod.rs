@@ -409,6 +409,10 @@ pub struct TransferArgs {
     /// Global AdamW weight decay (kept as lr_g·wd_g = η·wd at every width).
     #[arg(long, default_value_t = 0.0)]
     pub wd: f64,
+    /// Trainings per point, with train.seed = s₀ … s₀+K−1; the figure shows mean ± standard
+    /// error and drift.md the optimum's drift with a bootstrap over seeds.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub seeds: usize,
     /// Points trained at once, one thread each (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -425,6 +429,7 @@ impl From<&TransferArgs> for api::transfer::TransferOptions {
             widths: a.widths.clone(),
             lrs: a.lrs.clone(),
             wd: a.wd,
+            seeds: a.seeds,
             threads: a.threads,
             out: a.out.clone(),
         }

@@ -16,9 +16,14 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Value;
 
+use crate::model::Group;
 use crate::model::activation::Activation;
+use crate::model::group::GROUPS;
 use schema::{Key, Kind};
-pub use sections::{InputWord, Precision, Sections, TheorySpec, TrainSection, VarianceMode};
+pub use sections::{
+    InputWord, InputsSection, ModelSection, Precision, Sections, TheorySpec, TrainSection,
+    VarianceMode,
+};
 
 /// A configuration problem, phrased so a person can fix it: it names the key, the bad
 /// value and what is allowed.
@@ -74,6 +79,8 @@ pub enum HeadKind {
     Dense,
     Pooled,
     Tied,
+    /// Reads the class token (t = 0) of each sequence ((1.8), footnote 4).
+    Class,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -113,6 +120,8 @@ pub enum Backward {
 pub struct Variances {
     pub stem: f64,
     pub pe: f64,
+    /// C_cls of the class token c ((1.8)): an additive embedding like b^PE.
+    pub cls: f64,
     pub q: f64,
     pub k: f64,
     pub v: f64,
@@ -144,7 +153,13 @@ pub struct ModelSpec {
     pub head: HeadKind,
     pub head_s: f64,
     pub n_out: usize,
+    /// A learned class token c with its own positional embedding at t = 0 ((1.8)): the
+    /// network sees T + 1 tokens per sequence, the class token first.
+    pub class_token: bool,
     pub init: InitDist,
+    /// Each group's distribution (`model.init_groups.<group>`, else `init`), indexed by
+    /// `Group as usize`; read it through [`ModelSpec::init_of`].
+    pub group_init: [InitDist; GROUPS.len()],
     pub absolute_variances: bool,
     pub var: Variances,
     /// Input dimension of the stem: `inputs.dim` (dense) or `inputs.vocab` (embedding).
@@ -157,6 +172,38 @@ impl ModelSpec {
     /// Channels per head C = n/H.
     pub fn channels(&self) -> usize {
         self.width / self.heads
+    }
+    /// Tokens per sequence as the network sees them: T, plus the class token at t = 0.
+    pub fn seq_len(&self) -> usize {
+        self.tokens + usize::from(self.class_token)
+    }
+    /// Whether the head gives one output per sequence (pooled or class head).
+    pub fn per_sequence_head(&self) -> bool {
+        matches!(self.head, HeadKind::Pooled | HeadKind::Class)
+    }
+    /// The distribution group `g` is drawn from.
+    pub fn init_of(&self, g: Group) -> InitDist {
+        self.group_init[g as usize]
+    }
+    /// Whether some weight used as Y = X Wᵀ is Gaussian, i.e. whether the conditional
+    /// sampler has anything to draw (uniform weights are always materialized).
+    pub fn has_gaussian_linear(&self) -> bool {
+        let book = self.norm == Norm::Mlp;
+        let attn = !book && self.blocks.contains(&BlockKind::Attn);
+        let mlp = self.blocks.contains(&BlockKind::Mlp);
+        let groups = [
+            (Group::Stem, self.stem == Stem::Dense),
+            (Group::Q, attn),
+            (Group::K, attn),
+            (Group::V, attn),
+            (Group::U, attn),
+            (Group::W, mlp),
+            (Group::X, mlp && !book),
+            (Group::Head, self.head != HeadKind::Tied),
+        ];
+        groups
+            .iter()
+            .any(|&(g, used)| used && self.init_of(g) == InitDist::Gaussian)
     }
     /// Number of residual blocks B.
     pub fn num_blocks(&self) -> usize {
@@ -471,6 +518,18 @@ impl Config {
 /// book's MLP allows, the tied head's width), in one place. It also records in `values` what
 /// the probe's ids and the tied head fix (`inputs.sequences`, `inputs.tokens`, `model.n_out`),
 /// so the written `config.toml` states them.
+/// Each group's distribution: `model.init_groups.<group>`, else `model.init`.
+fn group_init(m: &sections::ModelSection) -> Result<[InitDist; GROUPS.len()], ConfigError> {
+    let mut out = [m.init; GROUPS.len()];
+    for (name, &dist) in &m.init_groups {
+        let g = GROUPS.iter().find(|g| g.name == name).ok_or_else(|| {
+            ConfigError::Invalid(format!("unknown key `model.init_groups.{name}`"))
+        })?;
+        out[g.group as usize] = dist;
+    }
+    Ok(out)
+}
+
 fn validate(
     s: &Sections,
     explicit: &BTreeSet<String>,
@@ -483,6 +542,83 @@ fn validate(
             m.width, m.heads
         )));
     }
+    let blocks = blocks(m, values)?;
+    // The class token ((1.8)): a vision stem's extra token, read by the class head.
+    if m.class_token && (m.stem != Stem::Dense || m.norm == Norm::Mlp) {
+        return Err(bad(
+            "model.class_token",
+            &Value::from(true),
+            "the class token needs model.stem = \"dense\" and a Transformer norm (pre, post or none)",
+        ));
+    }
+    if m.head == HeadKind::Class && !m.class_token {
+        return Err(bad(
+            "model.head",
+            &Value::from("class"),
+            "the class head reads the class token: set model.class_token = true",
+        ));
+    }
+    let (kind, sequences, tokens) = probe(&s.inputs, m.stem, values)?;
+    let i = &s.inputs;
+    let n_in = if m.stem == Stem::Embedding {
+        i.vocab
+    } else {
+        i.dim
+    };
+    let mut n_out = m.n_out;
+    if m.head == HeadKind::Tied {
+        if explicit.contains("model.n_out") && n_out != i.vocab {
+            return Err(ConfigError::Invalid(format!(
+                "model.n_out = {n_out} conflicts with the tied head, whose output width is inputs.vocab = {}",
+                i.vocab
+            )));
+        }
+        n_out = i.vocab;
+        values.insert("model.n_out".into(), Value::from(n_out as i64));
+    }
+    let model = ModelSpec {
+        stem: m.stem,
+        width: m.width,
+        heads: m.heads,
+        mlp_mult: m.mlp_mult,
+        blocks,
+        norm: m.norm,
+        activation: m.activation,
+        logit_exponent: m.logit_exponent,
+        causal: m.causal,
+        zero_queries: m.zero_queries,
+        ln_eps: m.ln_eps,
+        xi: m.xi,
+        gamma_res: m.gamma_res,
+        head: m.head,
+        head_s: m.head_s,
+        n_out,
+        class_token: m.class_token,
+        init: m.init,
+        group_init: group_init(m)?,
+        absolute_variances: m.variance_mode == VarianceMode::Absolute,
+        var: m.variances,
+        n_in,
+        tokens,
+    };
+    let inputs = InputSpec {
+        kind,
+        sequences,
+        tokens,
+        dim: i.dim,
+        correlation: i.correlation,
+        seed: i.seed,
+        vocab: i.vocab,
+        ids: i.ids.clone(),
+    };
+    Ok((model, inputs))
+}
+
+/// The block list (`pattern` × `layers`) and the rules of the book's MLP mode and the tied head.
+fn blocks(
+    m: &ModelSection,
+    values: &BTreeMap<String, Value>,
+) -> Result<Vec<BlockKind>, ConfigError> {
     let mut pattern = Vec::new();
     for c in m.pattern.chars() {
         pattern.push(match c {
@@ -533,8 +669,15 @@ fn validate(
         ));
     }
 
-    // Inputs: the stem decides which kinds fit.
-    let i = &s.inputs;
+    Ok(blocks)
+}
+
+/// The probe's kind (the stem decides which fit) and its shape (token ids fix it).
+fn probe(
+    i: &InputsSection,
+    stem: Stem,
+    values: &mut BTreeMap<String, Value>,
+) -> Result<(InputKind, usize, usize), ConfigError> {
     let kind = match i.kind {
         InputWord::Gaussian => InputKind::Gaussian,
         InputWord::Tokens => InputKind::Tokens,
@@ -548,7 +691,7 @@ fn validate(
             }
         },
     };
-    match (&kind, m.stem) {
+    match (&kind, stem) {
         (InputKind::Tokens, Stem::Dense) => {
             return Err(bad(
                 "inputs.kind",
@@ -584,56 +727,7 @@ fn validate(
         values.insert("inputs.sequences".into(), Value::from(sequences as i64));
         values.insert("inputs.tokens".into(), Value::from(tokens as i64));
     }
-    let n_in = if m.stem == Stem::Embedding {
-        i.vocab
-    } else {
-        i.dim
-    };
-    let mut n_out = m.n_out;
-    if m.head == HeadKind::Tied {
-        if explicit.contains("model.n_out") && n_out != i.vocab {
-            return Err(ConfigError::Invalid(format!(
-                "model.n_out = {n_out} conflicts with the tied head, whose output width is inputs.vocab = {}",
-                i.vocab
-            )));
-        }
-        n_out = i.vocab;
-        values.insert("model.n_out".into(), Value::from(n_out as i64));
-    }
-    let model = ModelSpec {
-        stem: m.stem,
-        width: m.width,
-        heads: m.heads,
-        mlp_mult: m.mlp_mult,
-        blocks,
-        norm: m.norm,
-        activation: m.activation,
-        logit_exponent: m.logit_exponent,
-        causal: m.causal,
-        zero_queries: m.zero_queries,
-        ln_eps: m.ln_eps,
-        xi: m.xi,
-        gamma_res: m.gamma_res,
-        head: m.head,
-        head_s: m.head_s,
-        n_out,
-        init: m.init,
-        absolute_variances: m.variance_mode == VarianceMode::Absolute,
-        var: m.variances,
-        n_in,
-        tokens,
-    };
-    let inputs = InputSpec {
-        kind,
-        sequences,
-        tokens,
-        dim: i.dim,
-        correlation: i.correlation,
-        seed: i.seed,
-        vocab: i.vocab,
-        ids: i.ids.clone(),
-    };
-    Ok((model, inputs))
+    Ok((kind, sequences, tokens))
 }
 
 fn lookup(key: &str) -> Result<&'static Key, ConfigError> {
