@@ -19,8 +19,18 @@ use sigprop::mc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-create_exception!(_native, SigpropError, PyException, "An error of sigprop: the same one-line message as the command line's `sigprop: error: …`.");
-create_exception!(_native, ConfigError, SigpropError, "A configuration key or value is wrong; the message names the key.");
+create_exception!(
+    _native,
+    SigpropError,
+    PyException,
+    "An error of sigprop: the same one-line message as the command line's `sigprop: error: …`."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    SigpropError,
+    "A configuration key or value is wrong; the message names the key."
+);
 
 /// How often the waiting thread looks for Ctrl-C and updates the progress callback.
 const POLL: Duration = Duration::from_millis(10);
@@ -288,10 +298,7 @@ type ImportResult = (String, String, Vec<(String, String)>, Vec<String>);
 #[pyo3(signature = (path=None, text=None))]
 fn import_config(path: Option<PathBuf>, text: Option<String>) -> PyResult<ImportResult> {
     let (imported, origin) = match (&path, &text) {
-        (Some(p), _) => (
-            sigprop::import::from_file(p),
-            p.display().to_string(),
-        ),
+        (Some(p), _) => (sigprop::import::from_file(p), p.display().to_string()),
         (None, Some(t)) => (sigprop::import::from_json(t, "config"), "a dict".into()),
         (None, None) => {
             return Err(ConfigError::new_err(
