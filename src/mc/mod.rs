@@ -5,6 +5,7 @@
 
 pub mod conditional;
 pub mod moments;
+pub mod normal;
 pub mod ntk;
 pub mod observe;
 
@@ -15,7 +16,7 @@ use anyhow::Context;
 use rayon::prelude::*;
 
 use crate::config::{Backward, Config, HeadKind, InitDist, ModelSpec, Sampler};
-use crate::model::{Materialized, Network, Probe, init};
+use crate::model::{Materialized, Network, Probe, Real, init};
 use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
 use conditional::Conditional;
 
@@ -46,6 +47,43 @@ impl Ensemble {
     }
 }
 
+/// A floating-point type the Monte Carlo computes in (`run.precision`). Whatever the type,
+/// each sample's slot values are widened to f64 and summed in double-double, so shards,
+/// resume and thread counts stay exact.
+pub trait McReal: Real {
+    /// The conditional sampler's relative rank tolerance (see `conditional`).
+    const RANK_TOL: f64;
+    /// Whether the conditional sampler draws from the vectorized generator
+    /// ([`normal::FastNormals`]) rather than the sample's stream through rand_distr.
+    const FAST_NORMALS: bool;
+    /// Fills `out` from the vectorized generator.
+    fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
+    /// A network drawn in f64, in this type (parameters rounded to nearest).
+    fn network(net: Network) -> Network<Self>;
+}
+
+impl McReal for f64 {
+    const RANK_TOL: f64 = 1e-10;
+    const FAST_NORMALS: bool = false;
+    fn fill_fast(g: &mut normal::FastNormals, out: &mut [f64]) {
+        g.fill_f64(out)
+    }
+    fn network(net: Network) -> Network {
+        net
+    }
+}
+
+impl McReal for f32 {
+    const RANK_TOL: f64 = 3e-5;
+    const FAST_NORMALS: bool = true;
+    fn fill_fast(g: &mut normal::FastNormals, out: &mut [f32]) {
+        g.fill_f32(out)
+    }
+    fn network(net: Network) -> Network<f32> {
+        net.cast()
+    }
+}
+
 /// What a sample needs besides its index.
 pub struct Job<'a> {
     pub spec: &'a crate::config::ModelSpec,
@@ -54,6 +92,9 @@ pub struct Job<'a> {
     pub seed: u64,
     /// `Dense` or `Conditional` (resolved, never `Auto`).
     pub sampler: Sampler,
+    /// The probe in f32 when `run.precision = "f32"` (the samples then compute in f32);
+    /// `None` for f64.
+    pub probe_f32: Option<Probe<f32>>,
 }
 
 /// Keeps the conditional sampler's draws apart from the network's own stream.
@@ -63,41 +104,54 @@ impl<'a> Job<'a> {
     /// The job a configuration describes, with its sampler resolved.
     pub fn new(cfg: &'a Config, probe: &'a Probe) -> Job<'a> {
         let sampler = resolve_sampler(cfg, probe).unwrap_or(Sampler::Dense);
+        let f32 = cfg.get("run.precision").and_then(toml::Value::as_str) == Some("f32");
         Job {
             spec: &cfg.model,
             probe,
             backward: cfg.run.backward,
             seed: cfg.run.seed,
             sampler,
+            probe_f32: f32.then(|| probe.cast()),
+        }
+    }
+
+    /// "f32" or "f64": what the samples compute in.
+    pub fn precision(&self) -> &'static str {
+        if self.probe_f32.is_some() {
+            "f32"
+        } else {
+            "f64"
         }
     }
 
     fn sample(&self, index: u64, describe: bool) -> Recorder {
+        match &self.probe_f32 {
+            Some(p) => self.sample_in(p, index, describe),
+            None => self.sample_in(self.probe, index, describe),
+        }
+    }
+
+    /// One sample computing in `F`. The weights are drawn in f64 from the sample's stream
+    /// whatever `F` is (then rounded), so both precisions sample the same networks.
+    fn sample_in<F: McReal>(&self, probe: &Probe<F>, index: u64, describe: bool) -> Recorder {
         let mut rng = init::stream(self.seed, index);
         let mut rec = Recorder::new(describe);
         match self.sampler {
             Sampler::Conditional => {
-                let net = Network::sample_with(self.spec, &mut rng, true);
+                let net = F::network(Network::sample_with(self.spec, &mut rng, true));
                 let single = self.backward != Backward::Pairs;
                 let mut ops = Conditional::new(
                     &net.params,
                     init::stream(self.seed ^ CONDITIONAL_DOMAIN, index),
                     single,
                 );
-                observe::observe(
-                    &net,
-                    self.probe,
-                    self.backward,
-                    &mut ops,
-                    &mut rng,
-                    &mut rec,
-                );
+                observe::observe(&net, probe, self.backward, &mut ops, &mut rng, &mut rec);
             }
             _ => {
-                let net = Network::sample(self.spec, &mut rng);
+                let net = F::network(Network::sample(self.spec, &mut rng));
                 observe::observe(
                     &net,
-                    self.probe,
+                    probe,
                     self.backward,
                     &mut Materialized,
                     &mut rng,
