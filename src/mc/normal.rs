@@ -10,14 +10,16 @@
 //! Seeding: eight lane states from SplitMix64 of one word of the sample's stream, so the draws
 //! depend only on (seed, sample) and never on the thread that runs the sample.
 //!
-//! Accuracy. One u64 gives one pair (z₁, z₂) = r (cos θ, sin θ), r = √(−2 ln u),
-//! u = (hi32 + ½)·2⁻³², θ = 2π (lo32 + ½)·2⁻³². The radius is truncated at
-//! r_max = √(2·33·ln 2) = 6.76: P(|z| > 6.76) = 1.4e-11 for an exact normal, far below anything
-//! an ensemble resolves (the fourth moment moves by < 1e-9 relative). The angle has 24-bit
-//! resolution (the word is rounded to f32): 2²⁴ equally likely directions on the circle. f32 `ln` and `sincos` are accurate to a few
-//! ulp (tested against f64 libm below), so each z is within ~4e-7 relative of the exact
-//! transform of its uniforms. The f64 variant uses 53-bit uniforms from two words, an f64
-//! polynomial `ln` and `sincos` (≈1e-15), and truncates at √(2·54·ln 2) = 8.65.
+//! Accuracy. One u64 gives one pair (z₁, z₂) = r (cos θ, sin θ), r = √(−2 ln u), with
+//! u = (k + ½)·2⁻³¹ from the top 31 bits and θ/2π = (j + ½)·2⁻²³ from 23 low bits. The
+//! radius is truncated at r_max = √(2·32·ln 2) = 6.66: P(|z| > 6.66) = 2.7e-11 for an exact
+//! normal, far below anything an ensemble resolves (the fourth moment moves by < 1e-8
+//! relative). u keeps full f32 resolution near 0 (k < 2²⁴ converts exactly), so the tail is
+//! not quantized; there are 2²³ equally likely directions. f32 `ln` and `sincos` are accurate
+//! to a few ulp (tested against f64 libm below), so each z is within ~4e-7 relative of the
+//! exact transform of its uniforms. The f64 variant uses two words per pair, 52-bit uniforms
+//! (u = (k + ½)·2⁻⁵²), an f64 polynomial `ln` and `sincos` (≈1e-15), and truncates at
+//! √(2·53·ln 2) = 8.57.
 
 use rand::RngCore;
 
@@ -158,15 +160,18 @@ dispatch!(refill64, refill64_body, [f64; BLOCK]);
 
 #[inline(always)]
 fn refill32_body(s: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
-    const TWO_M32: f32 = 1.0 / 4_294_967_296.0;
+    const TWO_M31: f32 = 1.0 / 2_147_483_648.0;
     for k in 0..STEPS {
         let w = step(s);
         let mut z1 = [0f32; LANES];
         let mut z2 = [0f32; LANES];
         for l in 0..LANES {
-            let u = ((w[l] >> 32) as u32 as f32 + 0.5) * TWO_M32;
-            // θ/(2π) ∈ (0, 1): the turn fraction feeds sincos_turn directly.
-            let t = ((w[l] as u32) as f32 + 0.5) * TWO_M32;
+            // u from the top 31 bits through a signed conversion (exact below 2²⁴, so the
+            // tail keeps its resolution; one instruction on every SIMD level).
+            let u = (((w[l] >> 33) as i32) as f32 + 0.5) * TWO_M31;
+            // The turn fraction θ/(2π) in (0, 1) from 23 bits of the low word, by the
+            // exponent trick (exact).
+            let t = f32::from_bits(0x3F80_0000 | ((w[l] as u32) >> 9)) - (1.0 - 1.0 / 16_777_216.0);
             let r = (-2.0 * ln32(u)).sqrt();
             let (sn, cs) = sincos_turn32(t);
             z1[l] = r * cs;
@@ -178,17 +183,22 @@ fn refill32_body(s: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
     }
 }
 
+/// (0, 1) with 52 bits from a word, by the exponent trick (exact, no integer conversion).
+#[inline(always)]
+fn open01_64(x: u64) -> f64 {
+    f64::from_bits(0x3FF0_0000_0000_0000 | (x >> 12)) - (1.0 - 1.0 / 9_007_199_254_740_992.0)
+}
+
 #[inline(always)]
 fn refill64_body(s: &mut [[u64; LANES]; 4], buf: &mut [f64; BLOCK]) {
-    const TWO_M53: f64 = 1.0 / 9_007_199_254_740_992.0;
     for k in 0..STEPS {
         let a = step(s);
         let b = step(s);
         let mut z1 = [0f64; LANES];
         let mut z2 = [0f64; LANES];
         for l in 0..LANES {
-            let u = ((a[l] >> 11) as f64 + 0.5) * TWO_M53;
-            let t = ((b[l] >> 11) as f64 + 0.5) * TWO_M53;
+            let u = open01_64(a[l]);
+            let t = open01_64(b[l]);
             let r = (-2.0 * ln64(u)).sqrt();
             let (sn, cs) = sincos_turn64(t);
             z1[l] = r * cs;
@@ -244,8 +254,8 @@ pub fn ln64(x: f64) -> f64 {
 /// polynomials of sin and cos on |x| ≤ π/4 (truncation < 4e-9 at x⁹ and x¹⁰).
 #[inline(always)]
 pub fn sincos_turn32(t: f32) -> (f32, f32) {
-    let q = (t * 4.0 + 0.5).floor();
-    let x = (t - q * 0.25) * std::f32::consts::TAU;
+    let q = (t * 4.0 + 0.5) as i32; // t > 0: truncation is floor
+    let x = (t - q as f32 * 0.25) * std::f32::consts::TAU;
     let x2 = x * x;
     let s = x2 * (1.0 / 362_880.0) - 1.0 / 5040.0;
     let s = s * x2 + 1.0 / 120.0;
@@ -256,14 +266,20 @@ pub fn sincos_turn32(t: f32) -> (f32, f32) {
     let c = c * x2 + 1.0 / 24.0;
     let c = c * x2 - 0.5;
     let c = c * x2 + 1.0;
-    quadrant(q as i32, s, c)
+    let (a, b) = if q & 1 != 0 { (c, s) } else { (s, c) };
+    let sa = ((q & 2) as u32) << 30;
+    let sb = (((q + 1) & 2) as u32) << 30;
+    (
+        f32::from_bits(a.to_bits() ^ sa),
+        f32::from_bits(b.to_bits() ^ sb),
+    )
 }
 
 /// (sin 2πt, cos 2πt) in f64, Taylor to x¹⁷ and x¹⁸ (truncation < 1e-17).
 #[inline(always)]
 pub fn sincos_turn64(t: f64) -> (f64, f64) {
-    let q = (t * 4.0 + 0.5).floor();
-    let x = (t - q * 0.25) * std::f64::consts::TAU;
+    let q = (t * 4.0 + 0.5) as i64;
+    let x = (t - q as f64 * 0.25) * std::f64::consts::TAU;
     let x2 = x * x;
     // sin: Σ (−1)^k x^{2k+1}/(2k+1)!, k = 0..8; cos: k = 0..9.
     let mut s = 0.0;
@@ -274,7 +290,14 @@ pub fn sincos_turn64(t: f64) -> (f64, f64) {
     for k in (0..10).rev() {
         c = c * x2 + COS_COEF[k];
     }
-    quadrant(q as i32, s * x, c)
+    let s = s * x;
+    let (a, b) = if q & 1 != 0 { (c, s) } else { (s, c) };
+    let sa = ((q & 2) as u64) << 62;
+    let sb = (((q + 1) & 2) as u64) << 62;
+    (
+        f64::from_bits(a.to_bits() ^ sa),
+        f64::from_bits(b.to_bits() ^ sb),
+    )
 }
 
 const SIN_COEF: [f64; 9] = [
@@ -300,17 +323,6 @@ const COS_COEF: [f64; 10] = [
     1.0 / 20_922_789_888_000.0,
     -1.0 / 6_402_373_705_728_000.0,
 ];
-
-/// Rotates (sin x, cos x) by q quarter turns (selects, in the vectorized loops).
-#[inline(always)]
-fn quadrant<F: Copy + std::ops::Neg<Output = F>>(q: i32, s: F, c: F) -> (F, F) {
-    match q & 3 {
-        0 => (s, c),
-        1 => (c, -s),
-        2 => (-s, -c),
-        _ => (-c, s),
-    }
-}
 
 #[cfg(test)]
 mod tests {
