@@ -37,7 +37,7 @@ struct State<F> {
     sd: F,
     /// Orthonormal rows spanning X (r × fan_in).
     qx: Array2<F>,
-    /// W Q_Xᵀ / σ (fan_out × r).
+    /// W Q_Xᵀ / σ (fan_out × r; stored transposed, r × fan_out, in f32).
     m: Array2<F>,
     /// Orthonormal rows spanning the cotangents so far (k × fan_out).
     qg: Array2<F>,
@@ -118,8 +118,8 @@ pub fn extend_basis<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array
     let mut coef_old = Array2::zeros((d, k));
     if k > 0 {
         for _ in 0..2 {
-            let c = linalg::mm_t(resid.view(), basis.view());
-            linalg::gemm(
+            let c = mm(resid.view(), basis.t());
+            F::gemm(
                 -F::one(),
                 c.view(),
                 basis.view(),
@@ -136,17 +136,17 @@ pub fn extend_basis<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array
     let mut coef_new = Array2::<F>::zeros((d, d));
     let tol = F::of(F::RANK_TOL);
     for i in 0..d {
-        let norm0 = v.row(i).dot(&v.row(i)).sqrt();
+        let norm0 = F::dot(v.row(i), v.row(i)).sqrt();
         let mut r = resid.row_mut(i);
         for _ in 0..2 {
             for j in 0..added {
                 let q = fresh.row(j);
-                let dot = q.dot(&r);
-                r.scaled_add(-dot, &q);
+                let dot = F::dot(q, r.view());
+                F::axpy(r.view_mut(), -dot, q);
                 coef_new[[i, j]] += dot;
             }
         }
-        let norm = r.dot(&r).sqrt();
+        let norm = F::dot(r.view(), r.view()).sqrt();
         if norm0 > F::zero() && norm > tol * norm0 {
             fresh.row_mut(added).assign(&(&r / norm));
             coef_new[[i, added]] = norm;
@@ -164,6 +164,13 @@ pub fn extend_basis<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array
     coef
 }
 
+/// A·B through the precision's product ([`McReal::gemm`]).
+fn mm<F: McReal>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    let mut c = Array2::zeros((a.nrows(), b.ncols()));
+    F::gemm(F::one(), a, b, F::zero(), &mut c.view_mut());
+    c
+}
+
 impl<F: McReal> WeightOps<F> for Conditional<F> {
     fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F> {
         let param = &p.list[id];
@@ -178,8 +185,15 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
         let (fan_out, fan_in) = param.shape;
         let sd = F::of(param.var.sqrt());
         let (c, qx) = self.factor(x);
-        let m = self.normals(fan_out, qx.nrows());
-        let mut y = linalg::mm_t(c.view(), m.view());
+        // The f32 path keeps M transposed (r × fan_out, i.i.d. so the layout is free): both
+        // of its products then read rows.
+        let m = if F::FAST_NORMALS {
+            self.normals(qx.nrows(), fan_out)
+        } else {
+            self.normals(fan_out, qx.nrows())
+        };
+        let mt = if F::FAST_NORMALS { m.view() } else { m.t() };
+        let mut y = mm(c.view(), mt);
         y *= sd;
         self.state[id] = Some(State {
             sd,
@@ -200,16 +214,21 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
             .take()
             .expect("backward of a weight the forward pass did not use");
         // The part fixed by the forward pass: σ (G M) Q_X.
-        let gm = linalg::mm(g, st.m.view());
-        let mut dx = linalg::mm(gm.view(), st.qx.view());
+        let m = if F::FAST_NORMALS {
+            st.m.t()
+        } else {
+            st.m.view()
+        };
+        let gm = mm(g, m);
+        let mut dx = mm(gm.view(), st.qx.view());
         // The fresh part: σ A N with G = A Q_G.
         let k_old = st.qg.nrows();
         let a = extend_basis(&mut st.qg, g);
         let added = st.qg.nrows() - k_old;
         if added > 0 {
             let mut fresh = self.normals(added, st.qx.ncols());
-            let proj = linalg::mm_t(fresh.view(), st.qx.view());
-            linalg::gemm(
+            let proj = mm(fresh.view(), st.qx.t());
+            F::gemm(
                 -F::one(),
                 proj.view(),
                 st.qx.view(),
@@ -219,7 +238,7 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
             st.n_perp =
                 concatenate(Axis(0), &[st.n_perp.view(), fresh.view()]).expect("same width");
         }
-        linalg::gemm(
+        F::gemm(
             F::one(),
             a.view(),
             st.n_perp.view(),

@@ -13,6 +13,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use rayon::prelude::*;
 
 use crate::config::{Backward, Config, HeadKind, InitDist, ModelSpec, Sampler};
@@ -60,6 +61,18 @@ pub trait McReal: Real {
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
     /// A network drawn in f64, in this type (parameters rounded to nearest).
     fn network(net: Network) -> Network<Self>;
+    /// The conditional sampler's products C ← βC + α A·B (`linalg::gemm`).
+    fn gemm(
+        alpha: Self,
+        a: ArrayView2<Self>,
+        b: ArrayView2<Self>,
+        beta: Self,
+        c: &mut ArrayViewMut2<Self>,
+    );
+    /// Σ a_i b_i of two rows.
+    fn dot(a: ArrayView1<Self>, b: ArrayView1<Self>) -> Self;
+    /// y ← y + α x on rows.
+    fn axpy(y: ArrayViewMut1<Self>, alpha: Self, x: ArrayView1<Self>);
 }
 
 impl McReal for f64 {
@@ -71,6 +84,21 @@ impl McReal for f64 {
     fn network(net: Network) -> Network {
         net
     }
+    fn gemm(
+        alpha: f64,
+        a: ArrayView2<f64>,
+        b: ArrayView2<f64>,
+        beta: f64,
+        c: &mut ArrayViewMut2<f64>,
+    ) {
+        crate::model::linalg::gemm(alpha, a, b, beta, c)
+    }
+    fn dot(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
+        a.dot(&b)
+    }
+    fn axpy(mut y: ArrayViewMut1<f64>, alpha: f64, x: ArrayView1<f64>) {
+        y.scaled_add(alpha, &x)
+    }
 }
 
 impl McReal for f32 {
@@ -81,6 +109,27 @@ impl McReal for f32 {
     }
     fn network(net: Network) -> Network<f32> {
         net.cast()
+    }
+    fn gemm(
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: ArrayView2<f32>,
+        beta: f32,
+        c: &mut ArrayViewMut2<f32>,
+    ) {
+        crate::model::linalg::gemm(alpha, a, b, beta, c)
+    }
+    fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
+        match (a.as_slice(), b.as_slice()) {
+            (Some(x), Some(y)) => crate::model::skinny::dot(x, y),
+            _ => a.dot(&b),
+        }
+    }
+    fn axpy(mut y: ArrayViewMut1<f32>, alpha: f32, x: ArrayView1<f32>) {
+        match (y.as_slice_mut(), x.as_slice()) {
+            (Some(ys), Some(xs)) => crate::model::skinny::axpy(ys, alpha, xs),
+            _ => y.scaled_add(alpha, &x),
+        }
     }
 }
 

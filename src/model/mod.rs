@@ -22,6 +22,7 @@ pub mod ln;
 pub mod mlp;
 pub mod real;
 pub mod residual;
+pub mod skinny;
 pub mod stem;
 
 use ndarray::{Array2, ArrayView2};
