@@ -25,9 +25,12 @@ use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-use super::McReal;
+use std::sync::atomic::Ordering;
+
 use super::normal::FastNormals;
+use super::{McReal, profile};
 use crate::model::init::Stream;
+use crate::model::linalg::GEMM_NANOS;
 use crate::model::{Params, WeightOps, linalg};
 
 /// Relative residual below which a row counts as linearly dependent, in f64.
@@ -93,6 +96,17 @@ impl<F: McReal> Conditional<F> {
 
     /// A (rows × cols) array of i.i.d. N(0, 1), filled in row-major order.
     fn normals(&mut self, rows: usize, cols: usize) -> Array2<F> {
+        if profile::on() {
+            let t = std::time::Instant::now();
+            let a = self.draw(rows, cols);
+            profile::NORMAL_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            profile::NORMAL_COUNT.fetch_add((rows * cols) as u64, Ordering::Relaxed);
+            return a;
+        }
+        self.draw(rows, cols)
+    }
+
+    fn draw(&mut self, rows: usize, cols: usize) -> Array2<F> {
         match &mut self.rng {
             Source::Exact(rng) => Array2::from_shape_simple_fn((rows, cols), || {
                 F::of(rng.sample::<f64, _>(StandardNormal))
@@ -112,6 +126,21 @@ impl<F: McReal> Conditional<F> {
 /// the coefficients C (D × k') with v = C · basis' (block classical Gram–Schmidt with
 /// re-orthogonalization, then modified Gram–Schmidt within the block).
 pub fn extend_basis<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
+    if profile::on() {
+        let (t, g) = (
+            std::time::Instant::now(),
+            GEMM_NANOS.load(Ordering::Relaxed),
+        );
+        let c = extend(basis, v);
+        let own =
+            (t.elapsed().as_nanos() as u64).saturating_sub(GEMM_NANOS.load(Ordering::Relaxed) - g);
+        profile::BASIS_NANOS.fetch_add(own, Ordering::Relaxed);
+        return c;
+    }
+    extend(basis, v)
+}
+
+fn extend<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
     let k = basis.nrows();
     let d = v.nrows();
     let mut resid = v.to_owned();

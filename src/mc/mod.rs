@@ -9,6 +9,36 @@ pub mod normal;
 pub mod ntk;
 pub mod observe;
 
+/// Counters for `sigprop bench`'s breakdown of the conditional sampler, on while
+/// `linalg::PROFILE` is: time drawing normals (and how many), time extending bases outside
+/// their GEMMs (which `linalg` counts).
+pub mod profile {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub static NORMAL_NANOS: AtomicU64 = AtomicU64::new(0);
+    pub static NORMAL_COUNT: AtomicU64 = AtomicU64::new(0);
+    pub static BASIS_NANOS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn on() -> bool {
+        crate::model::linalg::PROFILE.load(Ordering::Relaxed)
+    }
+
+    pub fn reset() {
+        for c in [&NORMAL_NANOS, &NORMAL_COUNT, &BASIS_NANOS] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// (normal nanoseconds, basis nanoseconds, normals drawn).
+    pub fn read() -> (f64, f64, f64) {
+        (
+            NORMAL_NANOS.load(Ordering::SeqCst) as f64,
+            BASIS_NANOS.load(Ordering::SeqCst) as f64,
+            NORMAL_COUNT.load(Ordering::SeqCst) as f64,
+        )
+    }
+}
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
