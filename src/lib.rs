@@ -28,7 +28,7 @@
 //! assert!((g.value - 1.0).abs() < 0.2 && g.stderr > 0.0);
 //! ```
 
-pub mod cmd;
+pub mod api;
 pub mod compare;
 pub mod config;
 pub mod hparams;

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sigprop::cmd;
+use sigprop::api;
+
+mod cli;
 
 /// mimalloc instead of glibc's malloc: the trainer and the Monte Carlo free and reallocate
 /// activation-sized buffers (hundreds of KB) every pass, which glibc serves with mmap/munmap.
@@ -27,58 +29,89 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Monte Carlo ensemble: per-layer statistics with standard errors into DIR/stats.csv.
-    Simulate(cmd::simulate::SimulateArgs),
+    Simulate(cli::SimulateArgs),
     /// Infinite-width theory predictions in the same schema into DIR/stats.csv.
-    Theory(cmd::theory::TheoryArgs),
+    Theory(cli::TheoryArgs),
     /// Monte Carlo against theory: z-scores, relative errors, width fits, report.md.
-    Compare(cmd::compare::CompareArgs),
+    Compare(cli::CompareArgs),
     /// Combine shards of one ensemble exactly.
-    Merge(cmd::merge::MergeArgs),
+    Merge(cli::MergeArgs),
     /// One configuration over a grid of key values, with theory and width fits.
-    Sweep(cmd::sweep::SweepArgs),
+    Sweep(cli::SweepArgs),
     /// Everything an experiment file asks for, into results/NAME/.
-    Run(cmd::run::RunArgs),
+    Run(cli::RunArgs),
     /// Samples/s on the reference configuration, GEMM share, and the PyTorch peer.
-    Bench(cmd::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// PNG and SVG figures from the stats.csv of each DIR, written into the first DIR.
-    Plot(cmd::plot::PlotArgs),
+    Plot(cli::PlotArgs),
     /// Train on a built-in task with SGD or AdamW and per-group learning rates into DIR/train.csv.
-    Train(cmd::train::TrainArgs),
+    Train(cli::TrainArgs),
     /// Width-scaling table of init variances and learning rates, optionally measured.
-    Hparams(cmd::hparams::HparamsArgs),
+    Hparams(cli::HparamsArgs),
     /// Learning-rate transfer: final loss over widths × lrs per family, the optimum's drift.
-    Transfer(cmd::transfer::TransferArgs),
+    Transfer(cli::TransferArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match &cli.command {
-        Command::Simulate(a) => cmd::simulate::run(a),
-        Command::Merge(a) => cmd::merge::run(a),
-        Command::Theory(a) => cmd::theory::run(a),
-        Command::Compare(a) => cmd::compare::run(a),
-        Command::Bench(a) => cmd::bench::run(a),
-        Command::Plot(a) => cmd::plot::run(a),
-        Command::Sweep(a) => cmd::sweep::run(a),
-        Command::Run(a) => cmd::run::run(a),
-        Command::Train(a) => cmd::train::run(a),
-        Command::Hparams(a) => cmd::hparams::run(a),
-        Command::Transfer(a) => cmd::transfer::run(a),
+        Command::Simulate(a) => api::simulate(&a.into()),
+        Command::Merge(a) => api::merge(&a.into()),
+        Command::Theory(a) => api::theory(&a.into()),
+        Command::Compare(a) => api::compare(&a.into()),
+        Command::Bench(a) => cli::bench::run(a).map_err(api::Error::from),
+        Command::Plot(a) => api::plot(&a.into()),
+        Command::Sweep(a) => api::sweep(&a.into()),
+        Command::Run(a) => api::run(&a.into()),
+        Command::Train(a) => api::train(&a.into()),
+        Command::Hparams(a) => api::hparams(&a.into()),
+        Command::Transfer(a) => api::transfer(&a.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // Stopped by a signal with everything finished saved: not an error; 130 as for SIGINT.
-        Err(e) if e.downcast_ref::<sigprop::mc::Interrupted>().is_some() => {
+        Err(api::Error::Interrupted(e)) => {
             eprintln!("{e}");
             ExitCode::from(130)
         }
         Err(e) => {
-            let msg: Vec<String> = e
-                .chain()
-                .map(|c| sigprop::config::one_line(&c.to_string()))
-                .collect();
-            eprintln!("sigprop: error: {}", msg.join(": "));
+            eprintln!(
+                "sigprop: error: {}",
+                sigprop::config::one_line(&e.to_string())
+            );
             ExitCode::from(2)
         }
     }
+}
+
+/// Help and version go to standard output as clap writes them; a usage error becomes one line
+/// (`sigprop: error: invalid value 'xml' for '--format <FORMAT>' [possible values: …]`), like
+/// every other error, with exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .collect();
+    let line = parts.join(" ");
+    eprintln!(
+        "sigprop: error: {}",
+        line.strip_prefix("error: ").unwrap_or(&line)
+    );
+    ExitCode::from(2)
 }

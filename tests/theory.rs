@@ -591,8 +591,8 @@ fn biases_backward_agrees_with_monte_carlo() {
 #[test]
 fn theory_command_writes_the_run_files() {
     let dir = std::env::temp_dir().join(format!("sigprop-theory-cmd-{}", std::process::id()));
-    let args = sigprop::cmd::theory::TheoryArgs {
-        cfg: sigprop::cmd::ConfigArgs {
+    let args = sigprop::api::theory::TheoryOptions {
+        cfg: sigprop::api::ConfigSource {
             config: None,
             set: [
                 "model.preset=paper-vit",
@@ -611,7 +611,7 @@ fn theory_command_writes_the_run_files() {
         out: Some(dir.clone()),
         force: false,
     };
-    sigprop::cmd::theory::run(&args).unwrap();
+    sigprop::api::theory(&args).unwrap();
     let rows = sigprop::stats::csv::read(&dir.join("stats.csv")).unwrap();
     assert!(rows.iter().all(|r| r.source == "theory"));
     assert!(

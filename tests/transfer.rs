@@ -134,6 +134,7 @@ fn tiny_transfer_grid_writes_complete_csvs_and_a_second_call_reruns_nothing() {
         // must be kept, not dropped.
         lrs: vec![2f64.powi(-6), 64.0],
         weight_decay: 0.0,
+        seeds: 1,
         threads: 2,
         out: out.clone(),
     };
@@ -172,4 +173,93 @@ fn tiny_transfer_grid_writes_complete_csvs_and_a_second_call_reruns_nothing() {
     let files = sigprop::plot::transfer_figure(&out.join("transfer.csv"), &out).unwrap();
     assert!(files.iter().all(|f| f.is_file()));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `--seeds K` trains every point K times with consecutive train.seed; growing K trains only
+/// the new seeds; the means carry s/√K; the seeds really differ (independent draws).
+#[test]
+fn seeds_add_independent_runs_and_standard_errors() {
+    let out = std::env::temp_dir().join(format!("sigprop-transfer-seeds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut grid = Grid {
+        families: vec![Family::Scaling(0.0)],
+        widths: vec![16, 32],
+        lrs: vec![2f64.powi(-6), 2f64.powi(-4)],
+        weight_decay: 0.0,
+        seeds: 2,
+        threads: 2,
+        out: out.clone(),
+    };
+    let s = transfer::run(&tiny_builder, &grid, &|_, _, _| {}).unwrap();
+    assert_eq!((s.ran, s.skipped), (8, 0));
+    grid.seeds = 3;
+    let s = transfer::run(&tiny_builder, &grid, &|p, _, _| assert_eq!(p.seed, 2)).unwrap();
+    assert_eq!((s.ran, s.skipped), (4, 8));
+    let rows = transfer::read_csv(&out.join("transfer.csv")).unwrap();
+    assert_eq!(rows.len(), 12);
+    for m in transfer::means(&rows) {
+        let mine: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.width == m.width && r.lr == m.lr)
+            .map(|r| r.final_eval_loss)
+            .collect();
+        assert_eq!(mine.len(), 3);
+        // Different seeds are different networks and batches.
+        assert!(mine[0] != mine[1] && mine[1] != mine[2], "{mine:?}");
+        let mean = mine.iter().sum::<f64>() / 3.0;
+        let var = mine.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0;
+        assert!((m.loss - mean).abs() < 1e-12);
+        assert!((m.stderr.unwrap() - (var / 3.0).sqrt()).abs() < 1e-12);
+    }
+    let b = transfer::bootstrap(&rows, "ntk").unwrap();
+    assert_eq!((b.seeds, b.steps.len()), (3, 2));
+    // At the smallest width the optimum is its own reference: zero steps in every resample.
+    assert_eq!(b.steps[0].1, Some((0.0, 0.0)));
+    let drift = std::fs::read_to_string(out.join("drift.csv")).unwrap();
+    assert!(drift.lines().next().unwrap().ends_with(
+        "steps_from_smallest_width,seeds,min_eval_loss_stderr,steps_bootstrap_mean,steps_bootstrap_sd"
+    ));
+    assert!(drift.lines().nth(1).unwrap().contains(",3,"), "{drift}");
+    let files = sigprop::plot::transfer_figure(&out.join("transfer.csv"), &out).unwrap();
+    assert!(files.iter().all(|f| f.is_file()));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The bootstrap against a hand-made case: two lrs, seeds that disagree on the argmin at the
+/// large width (2 of 3 prefer the second lr), so resampled drifts are 0 or 1 with
+/// P(1) = P(mean of the resample prefers lr 1), and the spread is that of a Bernoulli.
+#[test]
+fn bootstrap_of_the_drift_follows_the_seed_disagreement() {
+    let point = |width, lr: f64, seed, loss| transfer::Point {
+        family: "ntk".into(),
+        width,
+        lr,
+        final_train_loss: loss,
+        final_eval_loss: loss,
+        diverged: false,
+        steps: 1,
+        seconds: 0.0,
+        seed,
+    };
+    let mut rows = Vec::new();
+    for seed in 0..3u64 {
+        rows.push(point(16, 0.1, seed, 1.0));
+        rows.push(point(16, 0.2, seed, 2.0));
+        // Width 32: seeds 0 and 1 prefer lr 0.2 by 0.1; seed 2 prefers lr 0.1 by 0.5.
+        let (a, b) = if seed < 2 { (1.1, 1.0) } else { (1.0, 1.5) };
+        rows.push(point(32, 0.1, seed, a));
+        rows.push(point(32, 0.2, seed, b));
+    }
+    let b = transfer::bootstrap(&rows, "ntk").unwrap();
+    let (m, sd) = b.drift().unwrap();
+    // The resampled mean prefers lr 0.2 only when seed 2 is drawn zero times:
+    // p = (2/3)^3 = 8/27 (a tie is impossible with these numbers).
+    let p = 8.0 / 27.0;
+    let n = transfer::BOOTSTRAP_RESAMPLES as f64;
+    let se_p = (p * (1.0 - p) / n).sqrt();
+    assert!((m - p).abs() < 5.0 * se_p, "mean {m} vs {p} ± {se_p}");
+    assert!((sd - (p * (1.0 - p)).sqrt()).abs() < 0.03, "sd {sd}");
+    // The point estimate (mean over all three seeds) prefers lr 0.1 at both widths.
+    let opt = transfer::optima(&rows);
+    assert_eq!(transfer::drift(&opt[0].2), Some((0, 0)));
 }

@@ -7,15 +7,21 @@
 pub mod fingerprint;
 pub mod presets;
 pub mod schema;
+pub mod sections;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use thiserror::Error;
 use toml::Value;
 
 use crate::model::activation::Activation;
 use schema::{Key, Kind};
+pub use sections::{
+    InputWord, InputsSection, ModelSection, Precision, Sections, TheorySpec, TrainSection,
+    VarianceMode,
+};
 
 /// A configuration problem, phrased so a person can fix it: it names the key, the bad
 /// value and what is allowed.
@@ -45,13 +51,15 @@ fn bad(key: &str, value: &Value, expected: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Stem {
     Dense,
     Embedding,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Norm {
     /// z ← ξ z + γ R(LN(z)), final LN before the head (the paper).
     Pre,
@@ -63,14 +71,16 @@ pub enum Norm {
     Mlp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HeadKind {
     Dense,
     Pooled,
     Tied,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InitDist {
     Gaussian,
     Uniform,
@@ -82,14 +92,16 @@ pub enum BlockKind {
     Mlp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Sampler {
     Auto,
     Dense,
     Conditional,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backward {
     None,
     Trace,
@@ -99,7 +111,8 @@ pub enum Backward {
 /// The O(1) constants C_G of (1.25)–(1.33). Weights get C/fan_in (or C itself when
 /// `variance_mode = "absolute"`); biases and embeddings get C. One field per line of the group
 /// table `model::group::GROUPS`, which maps each to its key.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Variances {
     pub stem: f64,
     pub pe: f64,
@@ -227,6 +240,9 @@ pub struct Config {
     pub model: ModelSpec,
     pub inputs: InputSpec,
     pub run: RunSpec,
+    pub theory: TheorySpec,
+    /// The `[train]` section as written; `train::TrainSpec` builds the trainer from it.
+    pub train: TrainSection,
     values: BTreeMap<String, Value>,
     /// Keys the user gave explicitly (file or `--set`), as opposed to defaults and presets.
     explicit: BTreeSet<String>,
@@ -371,238 +387,32 @@ impl Config {
         &self.values
     }
 
+    /// Deserializes the layered values into the typed sections and validates them.
     fn from_values(
         mut values: BTreeMap<String, Value>,
         explicit: &BTreeSet<String>,
     ) -> Result<Config, ConfigError> {
-        let snapshot = values.clone();
-        let get = |k: &str| snapshot.get(k).cloned();
-        let int = |k: &str| get(k).and_then(|v| v.as_integer()).unwrap_or(0) as usize;
-        let float = |k: &str| {
-            get(k)
-                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
-                .unwrap_or(0.0)
-        };
-        let boolean = |k: &str| get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-        let word = |k: &str| {
-            get(k)
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        };
-
-        let width = int("model.width");
-        let heads = int("model.heads");
-        if width % heads != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "model.width = {width} is not divisible by model.heads = {heads}: channels per head C = n/H must be a whole number"
-            )));
+        let mut table = toml::Table::new();
+        for (k, v) in &values {
+            insert_dotted(&mut table, k, v.clone());
         }
-        let norm = match word("model.norm").as_str() {
-            "pre" => Norm::Pre,
-            "post" => Norm::Post,
-            "none" => Norm::None,
-            _ => Norm::Mlp,
-        };
-        let pattern_text = word("model.pattern");
-        let mut pattern = Vec::new();
-        for c in pattern_text.chars() {
-            pattern.push(match c {
-                'A' => BlockKind::Attn,
-                'M' => BlockKind::Mlp,
-                _ => {
-                    return Err(bad(
-                        "model.pattern",
-                        &Value::from(pattern_text.clone()),
-                        format!("letter `{c}` is not a block; allowed letters are A (attention) and M (MLP)"),
-                    ));
-                }
-            });
-        }
-        if pattern.is_empty() {
-            return Err(bad(
-                "model.pattern",
-                &Value::from(""),
-                "expected a non-empty string over {A, M}, e.g. \"AM\"",
-            ));
-        }
-        let layers = int("model.layers");
-        check_sizes(&snapshot, pattern.len())?;
-        let blocks: Vec<BlockKind> = (0..layers).flat_map(|_| pattern.iter().copied()).collect();
-        let stem = if word("model.stem") == "embedding" {
-            Stem::Embedding
-        } else {
-            Stem::Dense
-        };
-        let head = match word("model.head").as_str() {
-            "pooled" => HeadKind::Pooled,
-            "tied" => HeadKind::Tied,
-            _ => HeadKind::Dense,
-        };
-        if norm == Norm::Mlp {
-            if blocks.contains(&BlockKind::Attn) {
-                return Err(bad(
-                    "model.pattern",
-                    &Value::from(pattern_text),
-                    "model.norm = \"mlp\" (the book's plain MLP) allows only M blocks",
-                ));
-            }
-            if stem != Stem::Dense || head != HeadKind::Dense {
-                return Err(ConfigError::Invalid(
-                    "model.norm = \"mlp\" needs model.stem = \"dense\" and model.head = \"dense\""
-                        .into(),
-                ));
-            }
-        }
-        if head == HeadKind::Tied && stem != Stem::Embedding {
-            return Err(bad(
-                "model.head",
-                &Value::from("tied"),
-                "a tied head needs model.stem = \"embedding\"",
-            ));
-        }
-        let activation =
-            Activation::from_name(&word("model.activation")).unwrap_or(Activation::Gelu);
-
-        // Inputs: the stem decides which kinds fit.
-        let ids = match get("inputs.ids") {
-            Some(Value::Array(rows)) => Some(
-                rows.iter()
-                    .map(|r| {
-                        r.as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|x| x.as_integer().unwrap_or(0) as usize)
-                                    .collect::<Vec<_>>()
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        };
-        let kind = match word("inputs.kind").as_str() {
-            "tokens" => InputKind::Tokens,
-            "file" => {
-                let path = word("inputs.path");
-                if path.is_empty() {
-                    return Err(ConfigError::Invalid(
-                        "inputs.kind = \"file\" needs inputs.path = \"probe.csv\" (or --inputs P.csv)".into(),
-                    ));
-                }
-                InputKind::File(PathBuf::from(path))
-            }
-            _ => InputKind::Gaussian,
-        };
-        match (&kind, stem) {
-            (InputKind::Tokens, Stem::Dense) => {
-                return Err(bad(
-                    "inputs.kind",
-                    &Value::from("tokens"),
-                    "token ids need model.stem = \"embedding\"; the dense stem takes \"gaussian\" or \"file\"",
-                ));
-            }
-            (InputKind::Gaussian, Stem::Embedding) => {
-                return Err(bad(
-                    "inputs.kind",
-                    &Value::from("gaussian"),
-                    "the embedding stem takes \"tokens\" or \"file\" (sequence,token,id)",
-                ));
-            }
-            _ => {}
-        }
-        let vocab = int("inputs.vocab");
-        if let Some(ids) = &ids {
-            let t = ids.first().map_or(0, Vec::len);
-            if ids.is_empty() || t == 0 || ids.iter().any(|r| r.len() != t) {
-                return Err(ConfigError::Invalid(
-                    "inputs.ids: expected a non-empty list of equally long sequences, e.g. [[3, 17, 17, 5]]".into(),
-                ));
-            }
-            if let Some(&bad_id) = ids.iter().flatten().find(|&&i| i >= vocab) {
-                return Err(ConfigError::Invalid(format!(
-                    "inputs.ids: token id {bad_id} is not below inputs.vocab = {vocab}"
-                )));
-            }
-            // The ids fix the probe set's shape.
-            values.insert("inputs.sequences".into(), Value::from(ids.len() as i64));
-            values.insert("inputs.tokens".into(), Value::from(t as i64));
-        }
-        let sequences = values
-            .get("inputs.sequences")
-            .and_then(|v| v.as_integer())
-            .unwrap_or(1) as usize;
-        let tokens = values
-            .get("inputs.tokens")
-            .and_then(|v| v.as_integer())
-            .unwrap_or(1) as usize;
-        let dim = int("inputs.dim");
-        let n_in = if stem == Stem::Embedding { vocab } else { dim };
-        let mut n_out = int("model.n_out");
-        if head == HeadKind::Tied {
-            if explicit.contains("model.n_out") && n_out != vocab {
-                return Err(ConfigError::Invalid(format!(
-                    "model.n_out = {n_out} conflicts with the tied head, whose output width is inputs.vocab = {vocab}"
-                )));
-            }
-            n_out = vocab;
-            values.insert("model.n_out".into(), Value::from(n_out as i64));
-        }
-        let model = ModelSpec {
-            stem,
-            width,
-            heads,
-            mlp_mult: int("model.mlp_mult"),
-            blocks,
-            norm,
-            activation,
-            logit_exponent: float("model.logit_exponent"),
-            causal: boolean("model.causal"),
-            zero_queries: boolean("model.zero_queries"),
-            ln_eps: float("model.ln_eps"),
-            xi: float("model.xi"),
-            gamma_res: float("model.gamma_res"),
-            head,
-            head_s: float("model.head_s"),
-            n_out,
-            init: if word("model.init") == "uniform" {
-                InitDist::Uniform
-            } else {
-                InitDist::Gaussian
-            },
-            absolute_variances: word("model.variance_mode") == "absolute",
-            var: Variances::from_keys(&float),
-            n_in,
-            tokens,
-        };
-        let inputs = InputSpec {
-            kind,
-            sequences,
-            tokens,
-            dim,
-            correlation: float("inputs.correlation"),
-            seed: int("inputs.seed") as u64,
-            vocab,
-            ids,
-        };
-        let run = RunSpec {
-            name: word("run.name"),
-            samples: int("run.samples"),
-            seed: int("run.seed") as u64,
-            sampler: match word("run.sampler").as_str() {
-                "dense" => Sampler::Dense,
-                "conditional" => Sampler::Conditional,
-                _ => Sampler::Auto,
-            },
-            backward: match word("run.backward").as_str() {
-                "none" => Backward::None,
-                "pairs" => Backward::Pairs,
-                _ => Backward::Trace,
-            },
-        };
+        // Every value's kind was checked against the key table, so a failure here is a key
+        // the table has but a section lacks (or the reverse): a bug, reported as one line.
+        let sections = Sections::deserialize(Value::Table(table))
+            .map_err(|e| ConfigError::Invalid(one_line(&format!("configuration: {e}"))))?;
+        let (model, inputs) = validate(&sections, explicit, &mut values)?;
         Ok(Config {
             model,
             inputs,
-            run,
+            run: RunSpec {
+                name: sections.run.name,
+                samples: sections.run.samples,
+                seed: sections.run.seed,
+                sampler: sections.run.sampler,
+                backward: sections.run.backward,
+            },
+            theory: sections.theory,
+            train: sections.train,
             values,
             explicit: explicit.clone(),
         })
@@ -658,6 +468,193 @@ impl Config {
         self.values.insert("inputs.path".into(), Value::from(path));
         self.values.remove("inputs.ids");
     }
+}
+
+/// The rules that tie keys together (divisibility, which stem takes which inputs, what the
+/// book's MLP allows, the tied head's width), in one place. It also records in `values` what
+/// the probe's ids and the tied head fix (`inputs.sequences`, `inputs.tokens`, `model.n_out`),
+/// so the written `config.toml` states them.
+fn validate(
+    s: &Sections,
+    explicit: &BTreeSet<String>,
+    values: &mut BTreeMap<String, Value>,
+) -> Result<(ModelSpec, InputSpec), ConfigError> {
+    let m = &s.model;
+    if !m.width.is_multiple_of(m.heads) {
+        return Err(ConfigError::Invalid(format!(
+            "model.width = {} is not divisible by model.heads = {}: channels per head C = n/H must be a whole number",
+            m.width, m.heads
+        )));
+    }
+    let blocks = blocks(m, values)?;
+    let (kind, sequences, tokens) = probe(&s.inputs, m.stem, values)?;
+    let i = &s.inputs;
+    let n_in = if m.stem == Stem::Embedding {
+        i.vocab
+    } else {
+        i.dim
+    };
+    let mut n_out = m.n_out;
+    if m.head == HeadKind::Tied {
+        if explicit.contains("model.n_out") && n_out != i.vocab {
+            return Err(ConfigError::Invalid(format!(
+                "model.n_out = {n_out} conflicts with the tied head, whose output width is inputs.vocab = {}",
+                i.vocab
+            )));
+        }
+        n_out = i.vocab;
+        values.insert("model.n_out".into(), Value::from(n_out as i64));
+    }
+    let model = ModelSpec {
+        stem: m.stem,
+        width: m.width,
+        heads: m.heads,
+        mlp_mult: m.mlp_mult,
+        blocks,
+        norm: m.norm,
+        activation: m.activation,
+        logit_exponent: m.logit_exponent,
+        causal: m.causal,
+        zero_queries: m.zero_queries,
+        ln_eps: m.ln_eps,
+        xi: m.xi,
+        gamma_res: m.gamma_res,
+        head: m.head,
+        head_s: m.head_s,
+        n_out,
+        init: m.init,
+        absolute_variances: m.variance_mode == VarianceMode::Absolute,
+        var: m.variances,
+        n_in,
+        tokens,
+    };
+    let inputs = InputSpec {
+        kind,
+        sequences,
+        tokens,
+        dim: i.dim,
+        correlation: i.correlation,
+        seed: i.seed,
+        vocab: i.vocab,
+        ids: i.ids.clone(),
+    };
+    Ok((model, inputs))
+}
+
+/// The block list (`pattern` × `layers`) and the rules of the book's MLP mode and the tied head.
+fn blocks(
+    m: &ModelSection,
+    values: &BTreeMap<String, Value>,
+) -> Result<Vec<BlockKind>, ConfigError> {
+    let mut pattern = Vec::new();
+    for c in m.pattern.chars() {
+        pattern.push(match c {
+            'A' => BlockKind::Attn,
+            'M' => BlockKind::Mlp,
+            _ => {
+                return Err(bad(
+                    "model.pattern",
+                    &Value::from(m.pattern.clone()),
+                    format!(
+                        "letter `{c}` is not a block; allowed letters are A (attention) and M (MLP)"
+                    ),
+                ));
+            }
+        });
+    }
+    if pattern.is_empty() {
+        return Err(bad(
+            "model.pattern",
+            &Value::from(""),
+            "expected a non-empty string over {A, M}, e.g. \"AM\"",
+        ));
+    }
+    check_sizes(values, pattern.len())?;
+    let blocks: Vec<BlockKind> = (0..m.layers)
+        .flat_map(|_| pattern.iter().copied())
+        .collect();
+    if m.norm == Norm::Mlp {
+        if blocks.contains(&BlockKind::Attn) {
+            return Err(bad(
+                "model.pattern",
+                &Value::from(m.pattern.clone()),
+                "model.norm = \"mlp\" (the book's plain MLP) allows only M blocks",
+            ));
+        }
+        if m.stem != Stem::Dense || m.head != HeadKind::Dense {
+            return Err(ConfigError::Invalid(
+                "model.norm = \"mlp\" needs model.stem = \"dense\" and model.head = \"dense\""
+                    .into(),
+            ));
+        }
+    }
+    if m.head == HeadKind::Tied && m.stem != Stem::Embedding {
+        return Err(bad(
+            "model.head",
+            &Value::from("tied"),
+            "a tied head needs model.stem = \"embedding\"",
+        ));
+    }
+
+    Ok(blocks)
+}
+
+/// The probe's kind (the stem decides which fit) and its shape (token ids fix it).
+fn probe(
+    i: &InputsSection,
+    stem: Stem,
+    values: &mut BTreeMap<String, Value>,
+) -> Result<(InputKind, usize, usize), ConfigError> {
+    let kind = match i.kind {
+        InputWord::Gaussian => InputKind::Gaussian,
+        InputWord::Tokens => InputKind::Tokens,
+        InputWord::File => match i.path.as_deref().filter(|p| !p.is_empty()) {
+            Some(path) => InputKind::File(PathBuf::from(path)),
+            None => {
+                return Err(ConfigError::Invalid(
+                    "inputs.kind = \"file\" needs inputs.path = \"probe.csv\" (or --inputs P.csv)"
+                        .into(),
+                ));
+            }
+        },
+    };
+    match (&kind, stem) {
+        (InputKind::Tokens, Stem::Dense) => {
+            return Err(bad(
+                "inputs.kind",
+                &Value::from("tokens"),
+                "token ids need model.stem = \"embedding\"; the dense stem takes \"gaussian\" or \"file\"",
+            ));
+        }
+        (InputKind::Gaussian, Stem::Embedding) => {
+            return Err(bad(
+                "inputs.kind",
+                &Value::from("gaussian"),
+                "the embedding stem takes \"tokens\" or \"file\" (sequence,token,id)",
+            ));
+        }
+        _ => {}
+    }
+    let (mut sequences, mut tokens) = (i.sequences, i.tokens);
+    if let Some(ids) = &i.ids {
+        let t = ids.first().map_or(0, Vec::len);
+        if ids.is_empty() || t == 0 || ids.iter().any(|r| r.len() != t) {
+            return Err(ConfigError::Invalid(
+                "inputs.ids: expected a non-empty list of equally long sequences, e.g. [[3, 17, 17, 5]]".into(),
+            ));
+        }
+        if let Some(&bad_id) = ids.iter().flatten().find(|&&id| id >= i.vocab) {
+            return Err(ConfigError::Invalid(format!(
+                "inputs.ids: token id {bad_id} is not below inputs.vocab = {}",
+                i.vocab
+            )));
+        }
+        // The ids fix the probe set's shape.
+        (sequences, tokens) = (ids.len(), t);
+        values.insert("inputs.sequences".into(), Value::from(sequences as i64));
+        values.insert("inputs.tokens".into(), Value::from(tokens as i64));
+    }
+    Ok((kind, sequences, tokens))
 }
 
 fn lookup(key: &str) -> Result<&'static Key, ConfigError> {

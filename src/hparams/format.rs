@@ -1,7 +1,6 @@
 //! The table as CSV, Markdown, LaTeX (booktabs) and JSON (what the trainer reads).
 
 use std::fmt::Write as _;
-use std::str::FromStr;
 
 use super::measure::{Measured, TOLERANCE};
 use super::rules;
@@ -9,25 +8,14 @@ use super::{Anchor, Family, Optimizer, Setup};
 use crate::config::{HeadKind, Stem};
 use crate::model::Group;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Csv,
+    #[value(alias = "markdown")]
     Md,
+    #[value(alias = "tex")]
     Latex,
     Json,
-}
-
-impl FromStr for Format {
-    type Err = anyhow::Error;
-    fn from_str(t: &str) -> anyhow::Result<Self> {
-        match t.trim().to_ascii_lowercase().as_str() {
-            "csv" => Ok(Format::Csv),
-            "md" | "markdown" => Ok(Format::Md),
-            "latex" | "tex" => Ok(Format::Latex),
-            "json" => Ok(Format::Json),
-            _ => anyhow::bail!("--format `{t}`: expected csv, md, latex or json"),
-        }
-    }
 }
 
 /// Renders the table in any format; `measured` adds the measured-exponent columns.

@@ -1,4 +1,4 @@
-//! The table, measured (issue 7 part 4): the width exponent of each raw `ntk_<group>`
+//! The table, measured: the width exponent of each raw `ntk_<group>`
 //! summary (summed over layers) from Monte Carlo ensembles at several widths.
 //!
 //! Why the raw NTK tests the SGD rule: under SGD the group's contribution to the NTK is
@@ -34,7 +34,7 @@ pub struct MeasureOpts {
 }
 
 impl Default for MeasureOpts {
-    /// The short configuration of issue 7: 2 layers, T = 4, one sequence, widths 128–1024.
+    /// The short configuration : 2 layers, T = 4, one sequence, widths 128–1024.
     fn default() -> Self {
         MeasureOpts {
             widths: vec![128, 256, 512, 1024],

@@ -1,4 +1,4 @@
-//! Hyperparameter scaling tables (SPEC §6, issue 7): for a family of parameterizations and
+//! Hyperparameter scaling tables (SPEC §6): for a family of parameterizations and
 //! an optimizer, every parameter group's initialization variance and learning rate at each
 //! target width, from the paper's rules (1.25)–(1.34), (1.99)–(1.116) and footnote 26, and
 //! the same table *measured*: the width exponent of each raw `ntk_<group>` from Monte Carlo.
@@ -81,9 +81,11 @@ impl FromStr for Family {
 
 /// The optimizer: one enum for the width-scaling rules, the trainer (`train::optim::Kind`)
 /// and its checkpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Optimizer {
     Sgd,
+    #[value(name = "adamw", alias = "adam")]
     AdamW,
 }
 
@@ -111,19 +113,8 @@ impl fmt::Display for Optimizer {
     }
 }
 
-impl FromStr for Optimizer {
-    type Err = anyhow::Error;
-    fn from_str(t: &str) -> anyhow::Result<Self> {
-        match t.trim().to_ascii_lowercase().as_str() {
-            "sgd" => Ok(Optimizer::Sgd),
-            "adamw" | "adam" => Ok(Optimizer::AdamW),
-            _ => anyhow::bail!("--optimizer `{t}`: expected sgd or adamw"),
-        }
-    }
-}
-
 /// Where Λ_G is fixed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Anchor {
     /// The paper's convention: Λ_G = 1, so lr_g = η·λ_g(n) exactly as in (1.99)–(1.116)
     /// (e.g. the ViT's NT optimum η = 20 gives Q the rate 20·768^{-3/2}).
@@ -131,17 +122,6 @@ pub enum Anchor {
     /// Λ_G = 1/λ_g(n_base): every group has the rate η at the base width and scales from
     /// there like (n/n_base)^{exponent} (tuned-at-base values carried to other widths).
     Base,
-}
-
-impl FromStr for Anchor {
-    type Err = anyhow::Error;
-    fn from_str(t: &str) -> anyhow::Result<Self> {
-        match t.trim() {
-            "paper" => Ok(Anchor::Paper),
-            "base" => Ok(Anchor::Base),
-            _ => anyhow::bail!("--anchor `{t}`: expected paper or base"),
-        }
-    }
 }
 
 /// Everything a table is made from.

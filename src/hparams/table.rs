@@ -1,4 +1,4 @@
-//! The hyperparameter table file (issue 7 part 3, SPEC §6): what `sigprop hparams --format
+//! The hyperparameter table file (SPEC §6): what `sigprop hparams --format
 //! json` writes and `sigprop train --hparams FILE` reads, one type for both so the two
 //! sides cannot drift apart. One object per target width; weight decay is decoupled,
 //! θ ← θ − lr_g·wd_g·θ each step.

@@ -8,13 +8,15 @@ use std::f64::consts::{FRAC_2_SQRT_PI, PI, SQRT_2};
 use super::real::Real;
 
 /// σ ∈ {relu, gelu (exact, erf form), tanh, linear, erf, silu} (SPEC §1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Activation {
     Relu,
     Gelu,
     Tanh,
     Linear,
     Erf,
+    #[serde(alias = "swish")]
     Silu,
 }
 

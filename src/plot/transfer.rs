@@ -1,6 +1,7 @@
-//! The μP-style transfer figure (issue 8 part 3), from `transfer.csv` alone: final held-out
+//! The μP-style transfer figure, from `transfer.csv` alone: final held-out
 //! loss against the learning rate on a log₂ axis, one curve per width, one panel per
-//! family, each curve's argmin ringed. A diverged run is not dropped: it is a × on the top
+//! family, each curve's argmin ringed. With several seeds a point is the mean over seeds with
+//! a ± one standard error bar, and a panel's title carries the bootstrap spread of the drift. A diverged run is not dropped: it is a × on the top
 //! edge of its panel, and a loss above the shared y range is a ▲ on that edge, so the
 //! figure shows where the instability starts.
 
@@ -11,11 +12,13 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{Figure, Mark, PALETTE, font, header, legend, legend_width, save};
-use crate::train::transfer::{Optimum, Point, drift, optima, read_csv};
+use crate::train::transfer::{Mean, Optimum, Point, bootstrap, drift, means, optima, read_csv};
 
 pub(crate) struct Transfer {
-    rows: Vec<Point>,
+    rows: Vec<Mean>,
     families: Vec<(String, Vec<f64>, Vec<Optimum>)>,
+    /// Per family: the drift's bootstrap (mean, sd) over seeds, when there are several.
+    spread: Vec<Option<(f64, f64)>>,
     widths: Vec<usize>,
     subtitle: String,
     /// Shared y range of every panel.
@@ -25,16 +28,23 @@ pub(crate) struct Transfer {
 impl Transfer {
     fn new(rows: Vec<Point>, title_dir: &str) -> Transfer {
         let families = optima(&rows);
+        let spread = families
+            .iter()
+            .map(|(f, _, _)| bootstrap(&rows, f).and_then(|b| b.drift()))
+            .collect();
+        let seeds: BTreeSet<u64> = rows.iter().map(|r| r.seed).collect();
         let widths: Vec<usize> = rows
             .iter()
             .map(|r| r.width)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let steps: BTreeSet<usize> = rows.iter().map(|r| r.steps).collect();
+        let rows = means(&rows);
         let mut finite: Vec<f64> = rows
             .iter()
-            .filter(|r| !r.diverged && r.final_eval_loss.is_finite())
-            .map(|r| r.final_eval_loss)
+            .filter(|r| !r.diverged)
+            .map(|r| r.loss)
             .collect();
         finite.sort_by(f64::total_cmp);
         // One blown-up run (loss 50 next to optima at 0.3) would flatten every curve: the
@@ -56,15 +66,19 @@ impl Transfer {
                 None => format!("{f} –"),
             })
             .collect();
-        let steps: BTreeSet<usize> = rows.iter().map(|r| r.steps).collect();
         let subtitle = format!(
-            "{title_dir} · AdamW · n = {} · {} steps · optimum drift n={}→{} in grid steps: {}",
+            "{title_dir} · AdamW · n = {} · {} steps · {} · optimum drift n={}→{} in grid steps: {}",
             widths
                 .iter()
                 .map(|w| w.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
             steps.iter().max().copied().unwrap_or(0),
+            if seeds.len() > 1 {
+                format!("mean ± s.e. over {} seeds", seeds.len())
+            } else {
+                "one seed".to_string()
+            },
             widths.first().copied().unwrap_or(0),
             widths.last().copied().unwrap_or(0),
             drifts.join(", ")
@@ -72,6 +86,7 @@ impl Transfer {
         Transfer {
             rows,
             families,
+            spread,
             widths,
             subtitle,
             y,
@@ -119,18 +134,24 @@ impl Figure for Transfer {
         legend(&side, &entries, 60)?;
         let panels = plots.split_evenly((1, self.families.len().max(1)));
         let (y0, y1) = self.y;
-        for ((family, lrs, opt), panel) in self.families.iter().zip(panels.iter()) {
+        for (((family, lrs, opt), spread), panel) in
+            self.families.iter().zip(&self.spread).zip(panels.iter())
+        {
             let xs: Vec<f64> = lrs.iter().map(|x| x.log2()).collect();
             let (x0, x1) = match (xs.first(), xs.last()) {
                 (Some(&a), Some(&b)) => (a - 0.5, b + 0.5),
                 _ => (0.0, 1.0),
             };
-            let title = match drift(opt) {
-                Some((d, _)) => format!(
+            let title = match (drift(opt), spread) {
+                (Some((d, _)), Some((_, sd))) => format!(
+                    "{family}  (drift {d:+} step{}, bootstrap sd {sd:.2})",
+                    if d.abs() == 1 { "" } else { "s" }
+                ),
+                (Some((d, _)), None) => format!(
                     "{family}  (drift {d:+} step{})",
                     if d.abs() == 1 { "" } else { "s" }
                 ),
-                None => format!("{family}  (drift undefined)"),
+                (None, _) => format!("{family}  (drift undefined)"),
             };
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, font(22.0))
@@ -151,17 +172,25 @@ impl Figure for Transfer {
                 .draw()?;
             for &n in &self.widths {
                 let c = self.color(n);
-                let mut pts: Vec<&Point> = self
+                let pts: Vec<&Mean> = self
                     .rows
                     .iter()
                     .filter(|r| &r.family == family && r.width == n)
                     .collect();
-                pts.sort_by(|a, b| a.lr.total_cmp(&b.lr));
                 let ok: Vec<(f64, f64)> = pts
                     .iter()
-                    .filter(|r| !r.diverged && r.final_eval_loss.is_finite())
-                    .map(|r| (r.lr.log2(), r.final_eval_loss.min(y1)))
+                    .filter(|r| !r.diverged)
+                    .map(|r| (r.lr.log2(), r.loss.min(y1)))
                     .collect();
+                for r in pts.iter().filter(|r| !r.diverged && r.loss < y1) {
+                    if let Some(se) = r.stderr {
+                        let x = r.lr.log2();
+                        chart.draw_series(std::iter::once(PathElement::new(
+                            vec![(x, (r.loss - se).max(y0)), (x, (r.loss + se).min(y1))],
+                            c.stroke_width(2),
+                        )))?;
+                    }
+                }
                 chart.draw_series(LineSeries::new(ok.iter().copied(), c.stroke_width(2)))?;
                 for &(x, y) in &ok {
                     if y >= y1 {

@@ -45,78 +45,21 @@ pub enum TrainError {
     },
 }
 
-/// The `[train]` section, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainSpec {
-    pub task: String,
-    pub steps: usize,
-    pub batch: usize,
-    pub lr: f64,
-    pub lr_mult: f64,
-    pub optimizer: Kind,
-    /// "f32" or "f64": the `F` of `Trainer<F>` that runs this configuration.
-    pub precision: String,
-    pub adam: Adam,
-    pub weight_decay: f64,
-    pub warmup: usize,
-    pub min_lr_ratio: f64,
-    pub clip: f64,
-    pub eval_every: usize,
-    pub eval_batches: usize,
-    pub checkpoint_every: usize,
-    pub seed: u64,
-    pub vocab: usize,
-    pub tokens: usize,
-    pub modulus: usize,
-    pub patch: usize,
-    pub holdout: f64,
-    pub threads: usize,
-}
+/// The `[train]` section, typed and range-checked by the configuration builder.
+pub use crate::config::TrainSection as TrainSpec;
 
 impl TrainSpec {
     pub fn from_config(cfg: &Config) -> Result<TrainSpec, TrainError> {
-        // Every train.* key has a default in the schema and was type-checked by the builder.
-        let int = |k: &str| cfg.get(k).and_then(Value::as_integer).unwrap_or(0) as usize;
-        let float = |k: &str| {
-            cfg.get(k)
-                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
-                .unwrap_or(0.0)
-        };
-        let word = |k: &str| {
-            cfg.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let optimizer = Kind::from_name(&word("train.optimizer")).unwrap_or(Kind::AdamW);
-        Ok(TrainSpec {
-            task: word("train.task"),
-            steps: int("train.steps"),
-            batch: int("train.batch"),
-            lr: float("train.lr"),
-            lr_mult: float("train.lr_mult"),
-            optimizer,
-            precision: word("train.precision"),
-            adam: Adam {
-                beta1: float("train.beta1"),
-                beta2: float("train.beta2"),
-                eps: float("train.eps"),
-            },
-            weight_decay: float("train.weight_decay"),
-            warmup: int("train.warmup"),
-            min_lr_ratio: float("train.min_lr_ratio"),
-            clip: float("train.clip"),
-            eval_every: int("train.eval_every").max(1),
-            eval_batches: int("train.eval_batches").max(1),
-            checkpoint_every: int("train.checkpoint_every").max(1),
-            seed: int("train.seed") as u64,
-            vocab: int("train.vocab"),
-            tokens: int("train.tokens"),
-            modulus: int("train.modulus"),
-            patch: int("train.patch"),
-            holdout: float("train.holdout"),
-            threads: int("train.threads"),
-        })
+        Ok(cfg.train.clone())
+    }
+
+    /// AdamW's moment decays and ε.
+    pub fn adam(&self) -> Adam {
+        Adam {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
     }
 
     pub fn task(&self) -> Result<Box<dyn Task>, TrainError> {
@@ -259,11 +202,11 @@ impl<F: Real> Trainer<F> {
     /// to `F`, so both precisions start from the same network.
     pub fn new(cfg: &Config, hp: Option<&HparamTable>) -> Result<Trainer<F>, TrainError> {
         let spec = TrainSpec::from_config(cfg)?;
-        if spec.precision != F::NAME {
+        if spec.precision.name() != <F as Real>::NAME {
             return Err(TrainError::Invalid(format!(
                 "train.precision = \"{}\" but this trainer computes in {}",
-                spec.precision,
-                F::NAME
+                spec.precision.name(),
+                <F as Real>::NAME
             )));
         }
         let task = spec.task()?;
@@ -328,7 +271,7 @@ impl<F: Real> Trainer<F> {
                     .unwrap_or(hp.map_or(spec.weight_decay, |h| h.weight_decay)),
             );
         }
-        let opt = Optimizer::new(kind, spec.adam, &net.params);
+        let opt = Optimizer::new(kind, spec.adam(), &net.params);
         let threads = if spec.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

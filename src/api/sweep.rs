@@ -8,32 +8,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::simulate::SimulateArgs;
-use super::theory::TheoryArgs;
-use super::{ConfigArgs, out_dir};
+use super::simulate::SimulateOptions;
+use super::theory::TheoryOptions;
+use super::{ConfigSource, out_dir};
 use crate::stats::csv::{read, write};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct SweepArgs {
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
     /// `--set key=v1,v2,…` sweeps a key (several such flags give their product); a
     /// single value fixes it.
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+    pub cfg: ConfigSource,
     /// Samples per point.
-    #[arg(long)]
     pub samples: Option<u64>,
     /// Worker threads for the Monte Carlo (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Also run the theory at every point and compare.
-    #[arg(long)]
     pub theory: bool,
     /// Output folder: one subfolder per point, the combined stats.csv, theory/, compare/.
-    #[arg(long)]
     pub out: PathBuf,
     /// Rerun points whose folders hold results of another configuration (they are refused
     /// otherwise).
-    #[arg(long)]
     pub force: bool,
 }
 
@@ -117,7 +111,7 @@ pub fn grid(
 
 /// Runs every point; returns the combined MC rows' file and, with theory, the theory file.
 pub fn run_grid(
-    base: &ConfigArgs,
+    base: &ConfigSource,
     explicit: &[Vec<String>],
     samples: Option<u64>,
     threads: Option<usize>,
@@ -130,7 +124,7 @@ pub fn run_grid(
         crate::config::count_value("run.samples", "--samples", n)?;
     }
     out_dir(out)?;
-    let fixed_args = ConfigArgs {
+    let fixed_args = ConfigSource {
         config: base.config.clone(),
         set: fixed.clone(),
         inputs: base.inputs.clone(),
@@ -158,7 +152,7 @@ pub fn run_grid(
         {
             sets.push(format!("run.name={base_name}-{}", suffix.join("_")));
         }
-        let cfg = ConfigArgs {
+        let cfg = ConfigSource {
             config: base.config.clone(),
             set: sets,
             inputs: base.inputs.clone(),
@@ -166,7 +160,7 @@ pub fn run_grid(
         };
         // A point folder that holds this point's run continues it (or is left as it is when
         // finished); one that holds anything else is refused unless --force.
-        super::simulate::run(&SimulateArgs {
+        super::simulate::run(&SimulateOptions {
             cfg: cfg.clone(),
             samples,
             seed: None,
@@ -180,7 +174,7 @@ pub fn run_grid(
         mc_rows.extend(read(&dir.join("stats.csv"))?);
         if theory {
             let tdir = dir.join("theory");
-            super::theory::run(&TheoryArgs {
+            super::theory::run(&TheoryOptions {
                 cfg,
                 out: Some(tdir.clone()),
                 force,
@@ -204,7 +198,7 @@ pub fn run_grid(
     Ok((mc_path, th_path))
 }
 
-pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
+pub fn run(a: &SweepOptions) -> anyhow::Result<()> {
     let (mc, th) = run_grid(&a.cfg, &[], a.samples, a.threads, a.theory, a.force, &a.out)?;
     compare_grid(mc, th, &a.out)
 }
@@ -212,7 +206,7 @@ pub fn run(a: &SweepArgs) -> anyhow::Result<()> {
 /// With theory, writes `out/compare/` (compare.csv, convergence.csv, report.md).
 pub fn compare_grid(mc: PathBuf, theory: Option<PathBuf>, out: &Path) -> anyhow::Result<()> {
     match theory {
-        Some(theory) => super::compare::run(&super::compare::CompareArgs {
+        Some(theory) => super::compare::run(&super::compare::CompareOptions {
             mc,
             theory,
             out: out.join("compare"),

@@ -16,11 +16,11 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::ConfigArgs;
-use crate::config::Config;
-use crate::mc::Job;
-use crate::model::Real;
-use crate::model::linalg::{GEMM_FLOPS, GEMM_NANOS, PROFILE};
-use crate::train::{self, Trainer};
+use sigprop::config::Config;
+use sigprop::mc::Job;
+use sigprop::model::Real;
+use sigprop::model::linalg::{GEMM_FLOPS, GEMM_NANOS, PROFILE};
+use sigprop::train::{self, Trainer};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -163,9 +163,9 @@ fn has_torch() -> bool {
 }
 
 /// Single-thread GEMM share and GFLOP/s of the dense path at n = 512.
-fn gemm_profile(cfg: &Config, probe: &crate::model::Probe) -> anyhow::Result<(f64, f64)> {
+fn gemm_profile(cfg: &Config, probe: &sigprop::model::Probe) -> anyhow::Result<(f64, f64)> {
     let mut c = cfg.clone();
-    c.set_sampler(crate::config::Sampler::Dense);
+    c.set_sampler(sigprop::config::Sampler::Dense);
     let job = Job::new(&c, probe);
     PROFILE.store(true, Ordering::SeqCst);
     GEMM_FLOPS.store(0, Ordering::SeqCst);
@@ -184,8 +184,8 @@ fn gemm_profile(cfg: &Config, probe: &crate::model::Probe) -> anyhow::Result<(f6
 
 /// Tokens/s of `steps` training steps after 3 warm-up steps, in precision `F`.
 fn train_tokens_per_s<F: Real>(args: &BenchArgs) -> anyhow::Result<f64> {
-    let mk = || -> anyhow::Result<crate::config::ConfigBuilder> {
-        let mut b = args.cfg.builder()?;
+    let mk = || -> anyhow::Result<sigprop::config::ConfigBuilder> {
+        let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
         for s in [
             format!("model.width={}", args.train_width),
             format!("train.threads={}", args.threads),
@@ -278,14 +278,14 @@ fn fma_rate_f32() -> f64 {
     let t = Instant::now();
     let reps = 40;
     for _ in 0..reps {
-        crate::model::linalg::gemm(1.0, a.view(), a.view(), 0.0, &mut c.view_mut());
+        sigprop::model::linalg::gemm(1.0, a.view(), a.view(), 0.0, &mut c.view_mut());
     }
     2.0 * 256f64.powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
 /// The f32 normal generator's single-thread rate (normals/s).
 fn normal_rate_f32() -> f64 {
-    let mut g = crate::mc::normal::FastNormals::from_seed(1);
+    let mut g = sigprop::mc::normal::FastNormals::from_seed(1);
     let mut buf = vec![0f32; 1 << 16];
     let t = Instant::now();
     let reps = 100;
@@ -302,8 +302,8 @@ fn conditional_profile(
     args: &BenchArgs,
     precision: &str,
 ) -> anyhow::Result<(f64, [f64; 3], f64, f64)> {
-    use crate::mc::profile as p;
-    let mut b = args.cfg.builder()?;
+    use sigprop::mc::profile as p;
+    let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
     for s in reference_sets(512) {
         b = b.set(&s)?;
     }
@@ -311,7 +311,7 @@ fn conditional_profile(
         .set("run.sampler=conditional")?
         .set(&format!("run.precision={precision}"))?
         .build()?;
-    let probe = crate::inputs::probe(&mut cfg)?;
+    let probe = sigprop::inputs::probe(&mut cfg)?;
     let job = Job::new(&cfg, &probe);
     let samples = 16;
     p::reset();
@@ -335,7 +335,7 @@ fn conditional_profile(
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    crate::limits::check_threads("--threads", args.threads)?;
+    sigprop::limits::check_threads("--threads", args.threads)?;
     println!("cpu: {}", cpu_model());
     if args.train {
         return run_train(args);
@@ -352,12 +352,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         nrate / 1e6
     );
     {
-        let mut b = args.cfg.builder()?;
+        let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
         for s in reference_sets(512) {
             b = b.set(&s)?;
         }
         let mut cfg = b.build()?;
-        let probe = crate::inputs::probe(&mut cfg)?;
+        let probe = sigprop::inputs::probe(&mut cfg)?;
         let (share, gflops) = gemm_profile(&cfg, &probe)?;
         println!(
             "dense f64 n=512, 1 thread: {:.0}% of time in GEMM at {gflops:.1} GFLOP/s",

@@ -1,4 +1,4 @@
-//! `sigprop hparams`: the width-scaling table of SPEC §6 (issue 7), from the paper's rules,
+//! `sigprop hparams`: the width-scaling table of SPEC §6, from the paper's rules,
 //! optionally with the SGD exponents measured by Monte Carlo beside them.
 
 use std::path::PathBuf;
@@ -6,75 +6,55 @@ use std::path::PathBuf;
 use anyhow::Context;
 use toml::Value;
 
-use super::ConfigArgs;
+use super::ConfigSource;
 use crate::config::ConfigBuilder;
 use crate::hparams::coord::{self, CoordOpts};
 use crate::hparams::format::{self, Format};
 use crate::hparams::measure::{self, MeasureOpts};
 use crate::hparams::{Anchor, Family, Optimizer, Setup, paper_vit_optimum};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct HparamsArgs {
+#[derive(Debug, Clone)]
+pub struct HparamsOptions {
     /// standard | ntk (s = 0) | mup (s = 1) | s=<value> (footnote 26).
-    #[arg(long, default_value = "ntk")]
     pub family: String,
-    /// sgd | adamw.
-    #[arg(long, default_value = "adamw")]
-    pub optimizer: String,
+    /// The optimizer the rates are for.
+    pub optimizer: Optimizer,
     /// The width the base values were tuned at.
-    #[arg(long, default_value_t = 256)]
     pub base_width: usize,
     /// Target widths, comma-separated.
-    #[arg(long, default_value = "256,512,1024")]
     pub widths: String,
-    /// csv | md | latex | json.
-    #[arg(long, default_value = "md")]
-    pub format: String,
+    /// Output format.
+    pub format: Format,
     /// Preset that supplies the C's, M, n_patch and n_out (a --config file overrides it).
-    #[arg(long, default_value = "paper-vit")]
     pub preset: String,
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+    pub cfg: ConfigSource,
     /// Global learning rate η (AdamW default: the paper's ViT optimum for standard, ntk,
     /// s=0.5, mup; SGD default: 1).
-    #[arg(long)]
     pub lr: Option<f64>,
     /// Global weight decay wd (AdamW default: the paper's ViT optimum; SGD default: 0).
-    #[arg(long)]
     pub wd: Option<f64>,
     /// Drop the M factors of W and X, as the paper's experiments did (footnote 41).
-    #[arg(long)]
     pub no_m_factors: bool,
     /// paper: λ_g exactly as in (1.99)–(1.116); base: λ_g = 1 at the base width.
-    #[arg(long, default_value = "paper")]
-    pub anchor: String,
+    pub anchor: Anchor,
     /// Measure the SGD exponents by Monte Carlo and add them to the table.
-    #[arg(long)]
     pub measure: bool,
     /// Widths of the measurement.
-    #[arg(long, default_value = "128,256,512,1024")]
     pub measure_widths: String,
     /// Samples per width of the measurement.
-    #[arg(long, default_value_t = 300)]
     pub samples: usize,
     /// Worker threads of the measurement (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Coordinate check: one AdamW step or a few SGD steps with the table's
     /// rates (times --coord-lr-scale), Δf and Δz^ℓ against width (Markdown only).
-    #[arg(long)]
     pub coord_check: bool,
     /// Widths of the coordinate check.
-    #[arg(long, default_value = "64,128,256,512,1024")]
     pub coord_widths: String,
     /// Networks per width in the coordinate check.
-    #[arg(long, default_value_t = 4)]
     pub coord_samples: usize,
     /// Multiplies every rate in the coordinate check, to stay in the linear regime.
-    #[arg(long, default_value_t = 1e-3)]
     pub coord_lr_scale: f64,
     /// Write here instead of standard output.
-    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
@@ -92,11 +72,9 @@ fn widths(flag: &str, s: &str) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-pub fn run(a: &HparamsArgs) -> anyhow::Result<()> {
+pub fn run(a: &HparamsOptions) -> anyhow::Result<()> {
     let family: Family = a.family.parse()?;
-    let optimizer: Optimizer = a.optimizer.parse()?;
-    let fmt: Format = a.format.parse()?;
-    let anchor: Anchor = a.anchor.parse()?;
+    let (optimizer, fmt, anchor) = (a.optimizer, a.format, a.anchor);
     let builder = || -> anyhow::Result<ConfigBuilder> {
         let mut b = a.cfg.builder()?;
         if !b.is_set("model.preset") && a.cfg.config.is_none() {

@@ -8,20 +8,17 @@ use crate::compare;
 use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::stats::csv::{read, write_atomic};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct CompareArgs {
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
     /// Monte Carlo stats.csv (rows with source = mc).
     pub mc: PathBuf,
     /// Theory stats.csv (rows with source = theory).
     pub theory: PathBuf,
     /// Output folder for compare.csv, convergence.csv and report.md.
-    #[arg(long)]
     pub out: PathBuf,
     /// Pass when |z| is below this.
-    #[arg(long, default_value_t = 5.0)]
     pub threshold: f64,
     /// Compare even when the two sides' config.toml describe different configurations.
-    #[arg(long)]
     pub force: bool,
 }
 
@@ -55,7 +52,7 @@ fn runs_behind(csv: &Path) -> anyhow::Result<Option<Vec<(String, usize, Fingerpr
 
 /// Refuses (unless `force`) when a configuration appears on both sides with different
 /// resolved settings or probes; warns when a side has no configuration to check.
-fn check_same_runs(a: &CompareArgs) -> anyhow::Result<()> {
+fn check_same_runs(a: &CompareOptions) -> anyhow::Result<()> {
     let (Some(mc), Some(th)) = (runs_behind(&a.mc)?, runs_behind(&a.theory)?) else {
         eprintln!(
             "note: no config.toml beside {} or {}: cannot check that both describe the same configuration",
@@ -113,7 +110,7 @@ fn to_csv<T: serde::Serialize>(rows: &[T]) -> anyhow::Result<Vec<u8>> {
     w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-pub fn run(a: &CompareArgs) -> anyhow::Result<()> {
+pub fn run(a: &CompareOptions) -> anyhow::Result<()> {
     if !(a.threshold > 0.0 && a.threshold.is_finite()) {
         anyhow::bail!(
             "--threshold {}: expected a positive number of standard errors, e.g. 5",

@@ -4,15 +4,14 @@
 
 use std::path::PathBuf;
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct PlotArgs {
+#[derive(Debug, Clone)]
+pub struct PlotOptions {
     /// Run folders holding stats.csv (MC and/or theory rows; theory/stats.csv is read too).
     /// Their rows are merged; figures go into the first.
-    #[arg(required = true, value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
 }
 
-pub fn run(args: &PlotArgs) -> anyhow::Result<()> {
+pub fn run(args: &PlotOptions) -> anyhow::Result<()> {
     // A `sigprop transfer` folder has transfer.csv instead of stats.csv.
     let first = &args.dirs[0];
     if first.join("transfer.csv").is_file() && !first.join("stats.csv").is_file() {

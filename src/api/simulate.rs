@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{ConfigArgs, Existing, out_dir, write_run_files};
+use super::{ConfigSource, Existing, out_dir, write_run_files};
 use crate::config::Config;
 use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::mc::moments::Moments;
@@ -17,33 +17,24 @@ use crate::mc::{self, Ensemble, Job};
 use crate::model::Probe;
 use crate::stats::recorder;
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct SimulateArgs {
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub cfg: ConfigSource,
     /// Number of networks in the ensemble (run.samples).
-    #[arg(long)]
     pub samples: Option<u64>,
     /// Seed of the parameter streams (run.seed).
-    #[arg(long)]
     pub seed: Option<u64>,
     /// Worker threads (default: all cores). The result does not depend on it.
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Run slice i of N of the ensemble (0-based), e.g. --shard 3/16; merge with `sigprop merge`.
-    #[arg(long, value_name = "i/N")]
     pub shard: Option<String>,
     /// Continue an interrupted run in DIR (its config.toml and moments.bin).
-    #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Output folder.
-    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Seconds between checkpoints.
-    #[arg(long, default_value_t = 30.0)]
     pub checkpoint_secs: f64,
     /// Overwrite an output folder that holds other results.
-    #[arg(long)]
     pub force: bool,
 }
 
@@ -54,7 +45,7 @@ const MAX_CHECKPOINT_SECS: f64 = 3.2e7;
 /// Checks the flags and the configuration's size before anything is allocated or written:
 /// threads within [`crate::limits::MAX_THREADS`], a finite checkpoint interval, at least two
 /// samples (a standard error needs two), and a peak memory that fits.
-fn validate(args: &SimulateArgs, cfg: &Config, threads: usize) -> anyhow::Result<()> {
+fn validate(args: &SimulateOptions, cfg: &Config, threads: usize) -> anyhow::Result<()> {
     crate::limits::check_threads("--threads", threads)?;
     let c = args.checkpoint_secs;
     if !(c.is_finite() && (0.0..=MAX_CHECKPOINT_SECS).contains(&c)) {
@@ -101,7 +92,7 @@ struct Plan {
     start: Start,
 }
 
-pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+pub fn run(args: &SimulateOptions) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -114,7 +105,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
 
 /// `--resume DIR`: the run exactly as it was started, read from DIR (its config.toml,
 /// inputs.csv and moments.bin, which must agree); only `--samples` may grow it.
-fn resume_plan(args: &SimulateArgs, dir: &Path, threads: usize) -> anyhow::Result<Plan> {
+fn resume_plan(args: &SimulateOptions, dir: &Path, threads: usize) -> anyhow::Result<Plan> {
     super::refuse_changes_on_resume(
         &args.cfg,
         dir,
@@ -180,7 +171,7 @@ fn resume_plan(args: &SimulateArgs, dir: &Path, threads: usize) -> anyhow::Resul
 
 /// A new run into `--out`; a folder that already holds this run continues it, one that
 /// holds anything else is refused unless `--force`.
-fn new_plan(args: &SimulateArgs, threads: usize) -> anyhow::Result<Plan> {
+fn new_plan(args: &SimulateOptions, threads: usize) -> anyhow::Result<Plan> {
     let mut b = args.cfg.builder()?;
     if let Some(n) = args.samples {
         b = b.value(
@@ -242,7 +233,7 @@ fn continue_in(
     fp: &Fingerprint,
     first: u64,
     end: u64,
-    args: &SimulateArgs,
+    args: &SimulateOptions,
 ) -> anyhow::Result<Start> {
     let path = out.join("moments.bin");
     if !path.exists() {

@@ -1,6 +1,10 @@
-//! The subcommands of the `sigprop` binary (SPEC §3, §8).
+//! The library's entry points: one function per job (simulate, theory, compare, merge, sweep,
+//! run an experiment, train, hparams, transfer, plot), each taking its options as a plain
+//! struct and returning a typed [`Error`]. The `sigprop` binary is a thin clap layer over
+//! these (`src/cli/`); other front ends (a notebook, a script) call them the same way.
+//! An interrupt (SIGINT, SIGTERM) comes back as [`Error::Interrupted`] after everything
+//! finished is saved; nothing here exits the process.
 
-pub mod bench;
 pub mod compare;
 pub mod hparams;
 pub mod merge;
@@ -16,29 +20,110 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::config::ConfigError;
 use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::config::{Config, ConfigBuilder};
+use crate::mc::Interrupted;
+
+/// What an entry point can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration key or value is wrong; the message names the key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Stopped by a signal with everything finished saved; the message says how to continue.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    /// Anything else (a refused folder, a file that cannot be read, a diverged network), as
+    /// one line naming what is at fault.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Error {
+        let e = match e.downcast::<Interrupted>() {
+            Ok(i) => return Error::Interrupted(i),
+            Err(e) => e,
+        };
+        let e = match e.downcast::<ConfigError>() {
+            Ok(c) => return Error::Config(c),
+            Err(e) => e,
+        };
+        let chain: Vec<String> = e
+            .chain()
+            .map(|c| crate::config::one_line(&c.to_string()))
+            .collect();
+        Error::Failed(chain.join(": "))
+    }
+}
+
+/// A Monte Carlo ensemble into `out` (new, resumed or grown).
+pub fn simulate(o: &simulate::SimulateOptions) -> Result<(), Error> {
+    simulate::run(o).map_err(Error::from)
+}
+
+/// The infinite-width theory into `out`, in the Monte Carlo's schema.
+pub fn theory(o: &theory::TheoryOptions) -> Result<(), Error> {
+    theory::run(o).map_err(Error::from)
+}
+
+/// Monte Carlo against theory: z-scores, fits and report.md.
+pub fn compare(o: &compare::CompareOptions) -> Result<(), Error> {
+    compare::run(o).map_err(Error::from)
+}
+
+/// Shards of one ensemble, combined exactly.
+pub fn merge(o: &merge::MergeOptions) -> Result<(), Error> {
+    merge::run(o).map_err(Error::from)
+}
+
+/// One configuration over a grid of key values (with theory and compare).
+pub fn sweep(o: &sweep::SweepOptions) -> Result<(), Error> {
+    sweep::run(o).map_err(Error::from)
+}
+
+/// Everything an experiment file asks for.
+pub fn run(o: &run::RunOptions) -> Result<(), Error> {
+    run::run(o).map_err(Error::from)
+}
+
+/// A training run on a built-in task.
+pub fn train(o: &train::TrainOptions) -> Result<(), Error> {
+    train::run(o).map_err(Error::from)
+}
+
+/// The width-scaling table of init variances and learning rates.
+pub fn hparams(o: &hparams::HparamsOptions) -> Result<(), Error> {
+    hparams::run(o).map_err(Error::from)
+}
+
+/// Learning-rate transfer over widths × rates per family.
+pub fn transfer(o: &transfer::TransferOptions) -> Result<(), Error> {
+    transfer::run(o).map_err(Error::from)
+}
+
+/// Figures from the stats.csv of each folder.
+pub fn plot(o: &plot::PlotOptions) -> Result<(), Error> {
+    plot::run(o).map_err(Error::from)
+}
 
 /// Options every command that reads a configuration shares.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct ConfigArgs {
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
     /// Configuration file (TOML; keys in docs/configuration.md); built-in defaults (the
     /// paper-vit shape) without it.
-    #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Override any key: --set model.width=256 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Probe inputs file (CSV: sequence,token,x0,… or sequence,token,id).
-    #[arg(long)]
     pub inputs: Option<PathBuf>,
     /// Memory the run may use, e.g. 40G (default: the memory available); a configuration
     /// whose estimated peak exceeds it is refused before anything is allocated.
-    #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
 }
 
-impl ConfigArgs {
+impl ConfigSource {
     /// The builder with the file and every override applied, before validation.
     pub fn builder(&self) -> anyhow::Result<ConfigBuilder> {
         let mut b = ConfigBuilder::new();
@@ -82,7 +167,7 @@ pub fn write_run_files(
 /// Refuses a `--resume DIR` that also gives a flag which would change the run: `given` pairs
 /// each flag with whether it was given. `--out` counts unless it names DIR itself.
 pub fn refuse_changes_on_resume(
-    args: &ConfigArgs,
+    args: &ConfigSource,
     dir: &Path,
     out: Option<&Path>,
     given: &[(&str, bool)],

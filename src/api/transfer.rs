@@ -1,4 +1,4 @@
-//! `sigprop transfer`: the learning-rate transfer grid of SPEC §7 (issue 8 part 3) into
+//! `sigprop transfer`: the learning-rate transfer grid of SPEC §7 into
 //! `DIR/transfer.csv`, `DIR/drift.csv`, `DIR/drift.md` and the figure
 //! `DIR/transfer.png`/`.svg` (drawn from transfer.csv alone). See
 //! [`crate::train::transfer`] for how the grid's lr reaches each width.
@@ -7,32 +7,28 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::ConfigArgs;
+use super::ConfigSource;
 use crate::hparams::Family;
 use crate::train::transfer::{self, Grid, lr_label};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct TransferArgs {
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    pub cfg: ConfigSource,
     /// Families, comma-separated: standard, ntk, mup, s=<value>.
-    #[arg(long, default_value = "standard,ntk,mup")]
     pub family: String,
     /// Widths, comma-separated; the smallest is where the grid's lr is every group's rate.
-    #[arg(long, default_value = "64,128,256")]
     pub widths: String,
     /// Learning rates η at the smallest width: numbers, 2^e, or a range 2^a..2^b (step 1 in
     /// log₂), comma-separated.
-    #[arg(long, default_value = "2^-12..2^-2")]
     pub lrs: String,
     /// Global AdamW weight decay (kept as lr_g·wd_g = η·wd at every width).
-    #[arg(long, default_value_t = 0.0)]
     pub wd: f64,
+    /// Trainings per point, with train.seed = s₀ … s₀+K−1; the figure shows mean ± standard
+    /// error and drift.md the optimum's drift with a bootstrap over seeds.
+    pub seeds: usize,
     /// Points trained at once, one thread each (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Output folder (transfer.csv, drift.md, the figure); points already in it are kept.
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -71,7 +67,7 @@ pub fn parse_widths(s: &str) -> anyhow::Result<Vec<usize>> {
 }
 
 /// Runs the grid (skipping points already in DIR/transfer.csv) and draws the figure.
-pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summary> {
+pub fn run_grid(cfg: &ConfigSource, grid: &Grid) -> anyhow::Result<transfer::Summary> {
     if !(grid.weight_decay.is_finite() && grid.weight_decay >= 0.0) {
         anyhow::bail!("--wd {}: expected a number ≥ 0", grid.weight_decay);
     }
@@ -115,12 +111,13 @@ pub fn run_grid(cfg: &ConfigArgs, grid: &Grid) -> anyhow::Result<transfer::Summa
     Ok(s)
 }
 
-pub fn run(a: &TransferArgs) -> anyhow::Result<()> {
+pub fn run(a: &TransferOptions) -> anyhow::Result<()> {
     let grid = Grid {
         families: parse_families(&a.family)?,
         widths: parse_widths(&a.widths)?,
         lrs: transfer::parse_lrs(&a.lrs)?,
         weight_decay: a.wd,
+        seeds: a.seeds,
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

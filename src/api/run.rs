@@ -29,30 +29,24 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::ConfigArgs;
+use super::ConfigSource;
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct RunArgs {
+#[derive(Debug, Clone)]
+pub struct RunOptions {
     /// The experiment file.
     pub experiment: PathBuf,
     /// Results folder (default results/NAME).
-    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Also copy the figures into plots/NAME/.
-    #[arg(long)]
     pub publish: bool,
     /// Worker threads for the Monte Carlo (default: all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Override the experiment's samples per point.
-    #[arg(long)]
     pub samples: Option<u64>,
     /// Rerun points whose folders hold results of another configuration (they are refused
     /// otherwise).
-    #[arg(long)]
     pub force: bool,
     /// Memory each point may use, e.g. 40G (default: the memory available).
-    #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
 }
 
@@ -80,6 +74,8 @@ pub struct Experiment {
     pub lrs: Option<String>,
     /// Transfer only: global AdamW weight decay (default 0).
     pub wd: Option<f64>,
+    /// Transfer only: trainings per point with consecutive `train.seed`s (default 1).
+    pub seeds: Option<usize>,
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Experiment> {
@@ -119,7 +115,7 @@ fn check_name(path: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(a: &RunArgs) -> anyhow::Result<()> {
+pub fn run(a: &RunOptions) -> anyhow::Result<()> {
     let e = load(&a.experiment)?;
     check_name(&a.experiment, &e.name)?;
     let out = a
@@ -127,7 +123,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(&e.name));
     let t0 = Instant::now();
-    let base = ConfigArgs {
+    let base = ConfigSource {
         config: e.config.clone(),
         set: e.set.clone(),
         inputs: None,
@@ -152,7 +148,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         &out,
     )?;
     super::sweep::compare_grid(mc, th, &out)?;
-    super::plot::run(&super::plot::PlotArgs {
+    super::plot::run(&super::plot::PlotOptions {
         dirs: vec![out.clone()],
     })?;
     if a.publish {
@@ -190,9 +186,9 @@ fn publish(name: &str, out: &Path) -> anyhow::Result<()> {
 /// request. `samples`, `theory` and `points` belong to sweeps and are refused here, so a
 /// file does not silently ignore them.
 fn run_transfer(
-    a: &RunArgs,
+    a: &RunOptions,
     e: &Experiment,
-    base: &ConfigArgs,
+    base: &ConfigSource,
     out: &Path,
     t0: Instant,
 ) -> anyhow::Result<()> {
@@ -209,6 +205,7 @@ fn run_transfer(
         widths: super::transfer::parse_widths(&need(&e.widths, "widths")?)?,
         lrs: crate::train::transfer::parse_lrs(&need(&e.lrs, "lrs")?)?,
         weight_decay: e.wd.unwrap_or(0.0),
+        seeds: e.seeds.unwrap_or(1),
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

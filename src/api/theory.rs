@@ -6,29 +6,25 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{ConfigArgs, Existing, claim, out_dir, write_run_files};
+use super::{ConfigSource, Existing, claim, out_dir, write_run_files};
 use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::config::{Backward, BlockKind, Config, InitDist, Norm};
-use crate::theory::transformer::{TheoryOptions, predict_with};
+use crate::theory::transformer::{self as engine, predict_with};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct TheoryArgs {
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+#[derive(Debug, Clone)]
+pub struct TheoryOptions {
+    pub cfg: ConfigSource,
     /// Output folder.
-    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Overwrite an output folder that holds other results.
-    #[arg(long)]
     pub force: bool,
 }
 
 /// The theory options a configuration asks for (`theory.*` keys, `run.seed`).
-pub fn options(cfg: &Config) -> TheoryOptions {
-    let int = |k: &str, d: i64| cfg.get(k).and_then(|v| v.as_integer()).unwrap_or(d) as usize;
-    TheoryOptions {
-        logit_samples: int("theory.logit_samples", 20000),
-        error_batches: int("theory.error_batches", 10),
+pub fn options(cfg: &Config) -> engine::TheoryOptions {
+    engine::TheoryOptions {
+        logit_samples: cfg.theory.logit_samples,
+        error_batches: cfg.theory.error_batches,
         seed: cfg.run.seed,
         backward: cfg.run.backward != Backward::None,
         pairs: cfg.run.backward == Backward::Pairs,
@@ -49,7 +45,7 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
     m
 }
 
-pub fn run(args: &TheoryArgs) -> anyhow::Result<()> {
+pub fn run(args: &TheoryOptions) -> anyhow::Result<()> {
     let mut cfg = args.cfg.builder()?.build()?;
     let out = args.out.clone().context("theory needs --out DIR")?;
     crate::limits::enforce(

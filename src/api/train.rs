@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use toml::Value;
 
-use super::{ConfigArgs, Existing, claim, out_dir};
+use super::{ConfigSource, Existing, claim, out_dir};
 use crate::config::fingerprint::{Fingerprint, Purpose};
-use crate::config::{Config, ConfigBuilder};
+use crate::config::{Config, ConfigBuilder, Precision};
 use crate::hparams::HparamTable;
 use crate::mc;
 use crate::model::Real;
@@ -21,34 +21,25 @@ use crate::stats;
 use crate::stats::csv::write_atomic;
 use crate::train::{self, StepLog, TrainError, Trainer};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    pub cfg: ConfigArgs,
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub cfg: ConfigSource,
     /// Hyperparameter table for this width (`sigprop hparams --format json`): per-group
     /// init variances and learning rates.
-    #[arg(long, value_name = "H.json")]
     pub hparams: Option<PathBuf>,
     /// Without --hparams: AdamW's global lr, or SGD's base lr (times λ = 1/fan_in) (train.lr).
-    #[arg(long)]
     pub lr: Option<f64>,
     /// Number of updates (train.steps).
-    #[arg(long)]
     pub steps: Option<u64>,
     /// Seed of parameters and data (train.seed).
-    #[arg(long)]
     pub seed: Option<u64>,
     /// Worker threads (train.threads; 0 = all cores).
-    #[arg(long)]
     pub threads: Option<u64>,
     /// Continue the interrupted run in DIR (its config.toml, hparams.json, checkpoint.bin).
-    #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Output folder.
-    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Overwrite an output folder that holds other results.
-    #[arg(long)]
     pub force: bool,
 }
 
@@ -59,7 +50,7 @@ pub struct TrainArgs {
 pub const FIRST_RUN_WIDTH: i64 = 128;
 pub const FIRST_RUN_STEPS: i64 = 400;
 
-impl TrainArgs {
+impl TrainOptions {
     /// Whether this is a first run: no --config, --resume, --hparams, width, preset or steps
     /// given. Only then do the smaller first-run sizes apply.
     fn first_run(&self, b: &ConfigBuilder) -> bool {
@@ -102,7 +93,7 @@ impl TrainArgs {
 /// `--resume DIR` continues the run exactly as it was started: a flag that would change it
 /// is refused. `--steps` may extend it, and the thread count (which changes results only by
 /// rounding) may differ.
-fn refuse_changes(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
+fn refuse_changes(args: &TrainOptions, dir: &Path) -> anyhow::Result<()> {
     super::refuse_changes_on_resume(
         &args.cfg,
         dir,
@@ -116,7 +107,7 @@ fn refuse_changes(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: &TrainOptions) -> anyhow::Result<()> {
     if let Some(dir) = &args.resume {
         refuse_changes(args, dir)?;
     }
@@ -182,8 +173,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         fp: &fp,
         resume: resume.as_deref(),
     };
-    match cfg.get("train.precision").and_then(Value::as_str) {
-        Some("f64") => train_in(&run, Trainer::<f64>::new(&cfg, hp.as_ref())?),
+    match cfg.train.precision {
+        Precision::F64 => train_in(&run, Trainer::<f64>::new(&cfg, hp.as_ref())?),
         _ => train_in(&run, Trainer::<f32>::new(&cfg, hp.as_ref())?),
     }
 }

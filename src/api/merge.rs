@@ -15,16 +15,13 @@ use crate::config::fingerprint::{Fingerprint, Purpose};
 use crate::mc::moments::{self, Moments};
 use crate::mc::{self, Ensemble, Job};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct MergeArgs {
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
     /// The shards' stats.csv files (or their folders).
-    #[arg(required = true)]
     pub shards: Vec<PathBuf>,
     /// Output folder (stats.csv, moments.bin, config.toml, inputs.csv).
-    #[arg(long)]
     pub out: PathBuf,
     /// Overwrite an output folder that holds other results.
-    #[arg(long)]
     pub force: bool,
 }
 
@@ -58,7 +55,7 @@ fn show(ranges: &[(u64, u64)]) -> String {
         .join(", ")
 }
 
-pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
+pub fn run(args: &MergeOptions) -> anyhow::Result<()> {
     let mut first: Option<(PathBuf, crate::config::Config, crate::model::Probe, Moments)> = None;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let mut total_samples = 0u64;
