@@ -52,7 +52,7 @@ struct State<F> {
 /// rand_distr's ziggurat (f64, the reference), or the vectorized generator (f32).
 enum Source {
     Exact(Stream),
-    Fast(FastNormals),
+    Fast(Box<FastNormals>),
 }
 
 /// Weight realization by conditional Gaussian sampling; one per network sample.
@@ -69,7 +69,7 @@ pub struct Conditional<F = f64> {
 impl<F: McReal> Conditional<F> {
     pub fn new(params: &Params<F>, mut rng: Stream, single_pass: bool) -> Self {
         let rng = if F::FAST_NORMALS {
-            Source::Fast(FastNormals::new(&mut rng))
+            Source::Fast(Box::new(FastNormals::new(&mut rng)))
         } else {
             Source::Exact(rng)
         };

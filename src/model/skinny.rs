@@ -265,11 +265,14 @@ pub fn try_gemm(
         return None;
     }
     let rows = |s: &[isize]| s[1] == 1;
-    if m <= SKINNY && k <= SKINNY && n >= 64 && c.is_standard_layout() {
-        if let (Some(bs), Some(cs)) = (b.as_slice(), c.as_slice_mut()) {
-            rank_update(alpha, a, bs, beta, cs, n);
-            return Some(());
-        }
+    if m <= SKINNY
+        && k <= SKINNY
+        && n >= 64
+        && c.is_standard_layout()
+        && let (Some(bs), Some(cs)) = (b.as_slice(), c.as_slice_mut())
+    {
+        rank_update(alpha, a, bs, beta, cs, n);
+        return Some(());
     }
     let bt = b.t();
     if m <= SKINNY && n <= SKINNY && k >= 16 && rows(a.strides()) && rows(bt.strides()) {
