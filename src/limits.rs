@@ -11,7 +11,7 @@
 
 use anyhow::bail;
 
-use crate::config::{Backward, BlockKind, Config, HeadKind, InitDist, Norm, Sampler};
+use crate::config::{Backward, BlockKind, Config, Norm, Sampler};
 
 /// The most worker threads a command starts. More only adds stacks and scheduling:
 /// there are far fewer cores than this on any machine sigprop runs on.
@@ -157,7 +157,9 @@ impl Shapes {
         let m = &cfg.model;
         let count = |k: BlockKind| m.blocks.iter().filter(|&&b| b == k).count() as f64;
         // A probe file sets its own shape later; the configured one is what is generated.
-        let (sequences, t) = (cfg.inputs.sequences as f64, cfg.inputs.tokens as f64);
+        // The network sees the class token too: T + 1 tokens per sequence.
+        let t = (cfg.inputs.tokens + usize::from(m.class_token)) as f64;
+        let sequences = cfg.inputs.sequences as f64;
         Shapes {
             n: m.width as f64,
             m: m.mlp_mult as f64 * m.width as f64,
@@ -205,7 +207,7 @@ fn sampler_for(cfg: &Config, s: &Shapes) -> Sampler {
         Sampler::Auto => {
             let (dense, cond) =
                 crate::mc::sampler_costs_of(&cfg.model, s.d, s.sequences, cfg.run.backward);
-            if cfg.model.init == InitDist::Gaussian && cond < dense {
+            if cfg.model.has_gaussian_linear() && cond < dense {
                 Sampler::Conditional
             } else {
                 Sampler::Dense
@@ -242,7 +244,7 @@ pub fn monte_carlo(cfg: &Config, threads: usize) -> Estimate {
     let th = threads as f64;
     let mut est = Estimate::default();
     inputs(cfg, &s, &mut est);
-    let outputs = if m.head == HeadKind::Pooled {
+    let outputs = if m.per_sequence_head() {
         s.sequences
     } else {
         s.d

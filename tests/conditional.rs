@@ -351,10 +351,65 @@ fn auto_prefers_conditional_at_width_and_dense_for_uniform_init() {
         sigprop::mc::resolve_sampler(&cfg, &probe).unwrap(),
         Sampler::Dense
     );
+    // Asked for, the conditional path is exact with uniform weights too: it materializes them.
     let cfg = config(&["model.init=uniform"], "conditional");
-    assert!(sigprop::mc::resolve_sampler(&cfg, &probe).is_err());
-    // The network itself is the same definition on both paths.
+    assert_eq!(
+        sigprop::mc::resolve_sampler(&cfg, &probe).unwrap(),
+        Sampler::Conditional
+    );
     let mut rng = init::stream(0, 0);
     let net = Network::sample_with(&cfg.model, &mut rng, true);
-    assert!(net.params.list.iter().any(|p| !p.is_materialized()));
+    assert!(net.params.list.iter().all(|p| p.is_materialized()));
+    // A Gaussian group in a uniform model is left to the conditional sampler, and `auto`
+    // may take that path again.
+    let cfg = config(
+        &["model.init=uniform", "model.init_groups.q=gaussian"],
+        "auto",
+    );
+    let net = Network::sample_with(&cfg.model, &mut init::stream(0, 0), true);
+    for p in &net.params.list {
+        assert_eq!(p.is_materialized(), p.group != Group::Q, "{}", p.name);
+    }
+    let cfg = config(&["model.init_groups.q=uniform"], "auto");
+    let net = Network::sample_with(&cfg.model, &mut init::stream(0, 0), true);
+    for p in &net.params.list {
+        let lookup = matches!(p.group, Group::Pe | Group::Bias);
+        assert_eq!(
+            p.is_materialized(),
+            lookup || p.group == Group::Q,
+            "{}",
+            p.name
+        );
+    }
+}
+
+/// The paper's mixed initialization (uniform bulk, Gaussian stem and head) with one Gaussian
+/// attention group: the conditional sampler draws the Gaussian weights and materializes the
+/// uniform ones, and must agree with the dense path.
+#[test]
+fn equal_in_distribution_mixed_initialization() {
+    agree(
+        &[
+            "model.init=uniform",
+            "model.init_groups.stem=gaussian",
+            "model.init_groups.head=gaussian",
+            "model.init_groups.v=gaussian",
+            "model.causal=true",
+        ],
+        true,
+    );
+}
+
+/// The class token (1.8) and the class head: the class slot's input is zero, so every stem
+/// input is rank deficient by construction.
+#[test]
+fn equal_in_distribution_class_token_class_head() {
+    agree(
+        &[
+            "model.class_token=true",
+            "model.head=class",
+            "model.variances.cls=0.5",
+        ],
+        true,
+    );
 }

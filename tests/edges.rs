@@ -613,3 +613,24 @@ fn a_multi_width_hparams_file_is_refused_by_train_with_its_widths() {
         &["2 tables", "128, 256", "one width"],
     );
 }
+
+#[test]
+fn class_token_combinations_are_refused_naming_the_key() {
+    refuses_simulate(
+        "edges-class-head",
+        &["--set", "model.head=class"],
+        &["model.head", "model.class_token = true"],
+    );
+    refuses_simulate(
+        "edges-class-embedding",
+        &[
+            "--set",
+            "model.class_token=true",
+            "--set",
+            "model.stem=embedding",
+            "--set",
+            "inputs.kind=tokens",
+        ],
+        &["model.class_token", "model.stem = \"dense\""],
+    );
+}

@@ -162,6 +162,23 @@ fn gradients_zero_queries_relu_erf() {
     check(&["model.zero_queries=true", "model.activation=relu"]);
 }
 
+/// The class token c (1.8) and the class head, in every norm mode; the class token also with
+/// a per-token head (its own output row) and with biases.
+#[test]
+fn gradients_class_token_and_class_head_every_norm() {
+    for norm in ["pre", "post", "none"] {
+        let norm = format!("model.norm={norm}");
+        check(&[&norm, "model.class_token=true", "model.head=class"]);
+        check(&[
+            &norm,
+            "model.class_token=true",
+            "model.variances.cls=0.7",
+            "model.variances.bias=0.2",
+            "model.causal=true",
+        ]);
+    }
+}
+
 /// ∂f/∂z^ℓ from the backward pass equals the derivative of f along a perturbation of z^ℓ.
 #[test]
 fn stream_gradients_match_directional_derivatives() {

@@ -76,12 +76,12 @@ const NOUT: f64 = 512.0;
 fn sgd(g: Group, n: f64, s: f64, m: f64) -> f64 {
     let ns = n.powf(s);
     match g {
-        Group::Stem => ns / NP, // (1.99) 1/n_patch
-        Group::Pe => ns,        // (1.100) 1
+        Group::Stem => ns / NP,       // (1.99) 1/n_patch
+        Group::Pe | Group::Cls => ns, // (1.100) 1; the class token as b^PE
         Group::Q | Group::K | Group::V | Group::U | Group::W => ns / n, // (1.101)–(1.105)
-        Group::X => ns / (m * n), // (1.106) 1/(Mn)
-        Group::Head => 1.0 / n, // (1.107) 1/n, no n^s
-        Group::Bias => 1.0,     // (1.107) b^head: 1, no n^s
+        Group::X => ns / (m * n),     // (1.106) 1/(Mn)
+        Group::Head => 1.0 / n,       // (1.107) 1/n, no n^s
+        Group::Bias => 1.0,           // (1.107) b^head: 1, no n^s
     }
 }
 
@@ -90,7 +90,7 @@ fn adamw(g: Group, n: f64, s: f64, m: f64) -> f64 {
     let ns = n.powf(s / 2.0);
     match g {
         Group::Stem => ns / (NP * n.sqrt()), // (1.108) 1/(n_patch √n)
-        Group::Pe => ns / n.sqrt(),          // (1.109) 1/√n
+        Group::Pe | Group::Cls => ns / n.sqrt(), // (1.109) 1/√n; the class token as b^PE
         Group::Q | Group::K | Group::V | Group::U => ns / (n * n.sqrt()), // (1.110)–(1.113)
         Group::W => ns / (n * (m * n).sqrt()), // (1.114) 1/(n √(Mn))
         Group::X => ns / (m * n * n.sqrt()), // (1.115) 1/(Mn √n)
@@ -193,7 +193,7 @@ fn inits_are_c_over_fan_in_with_the_head_scaled_by_s() {
         // (1.25)–(1.34) with the paper-vit constants.
         check_init(&st, &|g, n| match g {
             Group::Stem => 1.0 / NP,
-            Group::Pe => 0.02 * 0.02,
+            Group::Pe | Group::Cls => 0.02 * 0.02,
             Group::Q | Group::K | Group::V => 0.5 / n,
             Group::U => (1.0 / 3.0) / n,
             Group::W => 0.4 / n,
@@ -205,6 +205,28 @@ fn inits_are_c_over_fan_in_with_the_head_scaled_by_s() {
     // standard: std 0.02 at every width, biases 0.
     let st = setup("paper-vit", Family::Standard, Optimizer::AdamW, true);
     check_init(&st, &|g, _| if g == Group::Bias { 0.0 } else { 4e-4 });
+}
+
+/// The class token c (1.8) has a row only in a model with one, with b^PE's rules: C_cls not
+/// divided by any fan-in, SGD factor 1 (1.100) and AdamW n^{-1/2} (1.109), × n^s or n^{s/2}
+/// off the head (footnote 26).
+#[test]
+fn class_token_row_follows_the_positional_embedding() {
+    let plain = setup("paper-vit", NT, Optimizer::AdamW, true);
+    assert!(!plain.groups().contains(&Group::Cls));
+    for s in [0.0, 0.5, 1.0] {
+        let f = Family::Scaling(s);
+        for o in [Optimizer::Sgd, Optimizer::AdamW] {
+            let st = setup("paper-vit-cls", f, o, true);
+            assert!(st.groups().contains(&Group::Cls));
+            for n in [64usize, 768] {
+                let (cls, pe) = (st.lr_rule(Group::Cls), st.lr_rule(Group::Pe));
+                assert_eq!(cls.eval(n, &st.dims), pe.eval(n, &st.dims), "{o:?} s = {s}");
+                let want = st.var.cls;
+                assert_eq!(st.init_rule(Group::Cls).eval(n, &st.dims), want);
+            }
+        }
+    }
 }
 
 #[test]

@@ -39,7 +39,13 @@ fn expected(spec: &ModelSpec, group: Group) -> ((usize, usize), f64, f64) {
             let var = stem::hyper(spec)
                 .pe
                 .expect("PE drawn only when the source has it");
-            ((spec.tokens, spec.width), var, sgd_factor(1))
+            ((spec.seq_len(), spec.width), var, sgd_factor(1))
+        }
+        Group::Cls => {
+            let var = stem::hyper(spec)
+                .cls
+                .expect("c drawn only with the class token");
+            ((1, spec.width), var, sgd_factor(1))
         }
         Group::Q => w(attention::hyper(spec).q),
         Group::K => w(attention::hyper(spec).k),
@@ -108,9 +114,54 @@ fn transformer_tensors_come_from_the_source() {
             "model.variances.q=0.01",
         ],
         &["model.preset=paper-lm", "model.n_out=40"],
+        &["model.preset=paper-vit-cls", "model.variances.cls=0.3"],
     ] {
         check(sets);
     }
+}
+
+/// `model.init_groups.<group>` overrides `model.init` for its group only: uniform tensors are
+/// bounded by √(3 var) and have kurtosis 9/5, Gaussian ones kurtosis 3 (the sample kurtosis
+/// of N ≥ 4096 entries has a standard error below √(24/N) ≈ 0.08, so 2.4 splits them by 7σ).
+#[test]
+fn per_group_initialization_draws_each_group_from_its_own_law() {
+    let sets = [
+        "model.preset=paper-vit",
+        "model.init=uniform",
+        "model.init_groups.stem=gaussian",
+        "model.init_groups.head=gaussian",
+        "model.init_groups.k=gaussian",
+        "model.n_out=64",
+    ];
+    let net = check(&sets);
+    let spec = spec(&sets);
+    let mut seen = [false; 2];
+    for p in &net.params.list {
+        let gaussian = matches!(p.group, Group::Stem | Group::Head | Group::K);
+        let expect = if gaussian {
+            sigprop::config::InitDist::Gaussian
+        } else {
+            sigprop::config::InitDist::Uniform
+        };
+        assert_eq!(spec.init_of(p.group), expect, "{}", p.name);
+        let n = p.value.len() as f64;
+        if p.var == 0.0 || n < 4096.0 {
+            continue;
+        }
+        let m2 = p.value.iter().map(|x| x * x).sum::<f64>() / n;
+        let m4 = p.value.iter().map(|x| x.powi(4)).sum::<f64>() / n;
+        let kurtosis = m4 / (m2 * m2);
+        let bound = (3.0 * p.var).sqrt();
+        let inside = p.value.iter().all(|x| x.abs() <= bound);
+        assert_eq!(
+            (kurtosis > 2.4, inside),
+            (gaussian, !gaussian),
+            "{}: kurtosis {kurtosis:.3}, all within √(3 var): {inside}",
+            p.name
+        );
+        seen[usize::from(gaussian)] = true;
+    }
+    assert_eq!(seen, [true, true], "both laws must be tested");
 }
 
 /// Every line of the group table: its configuration key sets its own constant C_G.

@@ -30,6 +30,7 @@ fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
         seed: 5,
         backward: true,
         pairs: false,
+        order: 0,
     };
     let (rows, diverged) = transformer::predict(&cfg.model, probe, opts, "test").unwrap();
     assert_eq!(diverged, None);
@@ -437,6 +438,49 @@ fn post_ln_causal_pooled_agrees_with_monte_carlo() {
     );
 }
 
+/// At leading order only a weight's variance enters the kernel recursions: the paper's mixed
+/// initialization (uniform bulk, Gaussian stem and head) has the Gaussian model's theory.
+#[test]
+fn mixed_initialization_agrees_with_monte_carlo() {
+    summaries_agree(
+        &[
+            "model.preset=paper-vit",
+            "model.init=uniform",
+            "model.init_groups.stem=gaussian",
+            "model.init_groups.head=gaussian",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "inputs.sequences=2",
+            "inputs.tokens=4",
+        ],
+        600,
+        "mixed initialization",
+    );
+}
+
+/// The class-token ViT (1.8) with the class head and the paper's mixed initialization
+/// (`paper-vit-cls`). C_cls = 1 here: with the preset's C_cls = C_PE = 0.02² the class
+/// token's LN input has G ≈ 8e-4, and E[G/(G + ε)] sits below its infinite-width value by an
+/// O(ε/(nG)) Jensen term (~7e-7 at n = 128) that the LN diagonal's tiny error resolves.
+#[test]
+fn class_token_vit_agrees_with_monte_carlo() {
+    summaries_agree(
+        &[
+            "model.preset=paper-vit-cls",
+            "model.variances.cls=1",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "model.n_out=16",
+            "inputs.sequences=2",
+            "inputs.tokens=3",
+        ],
+        600,
+        "class token",
+    );
+}
+
 #[test]
 fn tied_head_with_contact_term_agrees_with_monte_carlo() {
     summaries_agree(
@@ -698,6 +742,7 @@ fn carrying_the_ntk_leaves_the_forward_rows_unchanged() {
                 seed: 11,
                 backward,
                 pairs: false,
+                order: 0,
             };
             transformer::predict(&cfg.model, &probe, opts, "test").unwrap()
         };

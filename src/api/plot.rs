@@ -27,7 +27,11 @@ pub fn run(args: &PlotOptions) -> anyhow::Result<()> {
     } else {
         out
     };
-    let files = crate::plot::plot_all(&rows, out)?;
+    let mut files = crate::plot::plot_all(&rows, out)?;
+    // A sweep run at theory orders 0 and 1 also gets the finite-width figure.
+    if !args.dirs[0].is_file() {
+        files.extend(crate::plot::orders_figure(out)?);
+    }
     for f in &files {
         println!("{}", f.display());
     }

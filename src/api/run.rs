@@ -65,6 +65,11 @@ pub struct Experiment {
     /// Explicit points, each a list of settings; they multiply the sweep in `set`.
     #[serde(default)]
     pub points: Vec<Vec<String>>,
+    /// With `theory`: the theory orders to run (`theory.order`); order 0 goes to `theory/`
+    /// and `compare/`, order k > 0 to `theory-order{k}/` and `compare-order{k}/`, and the
+    /// finite-width figure shows them side by side. Default: order 0 only.
+    #[serde(default)]
+    pub orders: Vec<u8>,
     /// `sweep` (the default: simulate, theory, compare) or `transfer`.
     #[serde(default)]
     pub kind: Option<String>,
@@ -147,7 +152,14 @@ pub fn run(a: &RunOptions) -> anyhow::Result<()> {
         a.force,
         &out,
     )?;
-    super::sweep::compare_grid(mc, th, &out)?;
+    super::sweep::compare_grid(mc.clone(), th.clone(), &out)?;
+    if th.is_some() {
+        for &order in e.orders.iter().filter(|&&o| o > 0) {
+            let th = super::sweep::theory_at_order(&base, &e.points, order, a.force, &out)?;
+            let dir = out.join(format!("compare-order{order}"));
+            super::sweep::compare_into(mc.clone(), Some(th), &dir)?;
+        }
+    }
     super::plot::run(&super::plot::PlotOptions {
         dirs: vec![out.clone()],
     })?;

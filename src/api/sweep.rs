@@ -136,28 +136,7 @@ pub fn run_grid(
     for (k, p) in points.iter().enumerate() {
         eprintln!("[{}/{}] {}", k + 1, points.len(), p.label);
         let dir = out.join(&p.label);
-        let mut sets = fixed.clone();
-        sets.extend(p.sets.iter().cloned());
-        // The width has its own column: the config name carries only the other axes, so
-        // compare and plot can follow one configuration across widths.
-        let suffix: Vec<&str> = p
-            .label
-            .split('_')
-            .filter(|part| !part.starts_with("width="))
-            .collect();
-        if !width_only
-            && points.len() > 1
-            && !suffix.is_empty()
-            && !base.set.iter().any(|s| s.starts_with("run.name="))
-        {
-            sets.push(format!("run.name={base_name}-{}", suffix.join("_")));
-        }
-        let cfg = ConfigSource {
-            config: base.config.clone(),
-            set: sets,
-            inputs: base.inputs.clone(),
-            max_memory: base.max_memory.clone(),
-        };
+        let cfg = point_config(base, &fixed, p, (width_only, points.len()), &base_name);
         // A point folder that holds this point's run continues it (or is left as it is when
         // finished); one that holds anything else is refused unless --force.
         super::simulate::run(&SimulateOptions {
@@ -198,6 +177,74 @@ pub fn run_grid(
     Ok((mc_path, th_path))
 }
 
+/// The configuration of one point: the fixed settings, the point's own, and a run name that
+/// carries the non-width axes (so compare and plot can follow one configuration across
+/// widths).
+fn point_config(
+    base: &ConfigSource,
+    fixed: &[String],
+    p: &Point,
+    (width_only, n_points): (bool, usize),
+    base_name: &str,
+) -> ConfigSource {
+    let mut sets = fixed.to_vec();
+    sets.extend(p.sets.iter().cloned());
+    let suffix: Vec<&str> = p
+        .label
+        .split('_')
+        .filter(|part| !part.starts_with("width="))
+        .collect();
+    if !width_only
+        && n_points > 1
+        && !suffix.is_empty()
+        && !base.set.iter().any(|s| s.starts_with("run.name="))
+    {
+        sets.push(format!("run.name={base_name}-{}", suffix.join("_")));
+    }
+    ConfigSource {
+        config: base.config.clone(),
+        set: sets,
+        inputs: base.inputs.clone(),
+        max_memory: base.max_memory.clone(),
+    }
+}
+
+/// The theory at `theory.order = order` for every point of the grid (after [`run_grid`]),
+/// into `POINT/theory-order{order}/` and the combined `out/theory-order{order}/stats.csv`.
+pub fn theory_at_order(
+    base: &ConfigSource,
+    explicit: &[Vec<String>],
+    order: u8,
+    force: bool,
+    out: &Path,
+) -> anyhow::Result<PathBuf> {
+    let (fixed, points, width_only) = grid(&base.set, explicit)?;
+    let fixed_args = ConfigSource {
+        config: base.config.clone(),
+        set: fixed.clone(),
+        inputs: base.inputs.clone(),
+        max_memory: base.max_memory.clone(),
+    };
+    let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
+    let folder = format!("theory-order{order}");
+    let mut th_rows = Vec::new();
+    for p in &points {
+        let mut cfg = point_config(base, &fixed, p, (width_only, points.len()), &base_name);
+        cfg.set.push(format!("theory.order={order}"));
+        let tdir = out.join(&p.label).join(&folder);
+        super::theory::run(&TheoryOptions {
+            cfg,
+            out: Some(tdir.clone()),
+            force,
+        })?;
+        th_rows.extend(read(&tdir.join("stats.csv"))?);
+    }
+    out_dir(&out.join(&folder))?;
+    let path = out.join(&folder).join("stats.csv");
+    write(&path, &th_rows)?;
+    Ok(path)
+}
+
 pub fn run(a: &SweepOptions) -> anyhow::Result<()> {
     let (mc, th) = run_grid(&a.cfg, &[], a.samples, a.threads, a.theory, a.force, &a.out)?;
     compare_grid(mc, th, &a.out)
@@ -205,11 +252,16 @@ pub fn run(a: &SweepOptions) -> anyhow::Result<()> {
 
 /// With theory, writes `out/compare/` (compare.csv, convergence.csv, report.md).
 pub fn compare_grid(mc: PathBuf, theory: Option<PathBuf>, out: &Path) -> anyhow::Result<()> {
+    compare_into(mc, theory, &out.join("compare"))
+}
+
+/// [`compare_grid`] into the folder `dir`.
+pub fn compare_into(mc: PathBuf, theory: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {
     match theory {
         Some(theory) => super::compare::run(&super::compare::CompareOptions {
             mc,
             theory,
-            out: out.join("compare"),
+            out: dir.to_path_buf(),
             threshold: 5.0,
             force: false,
         }),

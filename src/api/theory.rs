@@ -28,15 +28,30 @@ pub fn options(cfg: &Config) -> engine::TheoryOptions {
         seed: cfg.run.seed,
         backward: cfg.run.backward != Backward::None,
         pairs: cfg.run.backward == Backward::Pairs,
+        order: order(cfg),
     }
+}
+
+/// `theory.order` as given (0 by default; [`run`] refuses anything but 0 and 1).
+pub fn order(cfg: &Config) -> u8 {
+    u8::try_from(cfg.theory.order).unwrap_or(u8::MAX)
 }
 
 /// The observables the Monte Carlo writes that this theory does not predict, for a mode.
 pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
     let mut m = Vec::new();
     if cfg.model.norm != Norm::Mlp {
-        // The paper does no finite-width analysis (footnote 2).
-        m.extend(["fluct", "kurtosis"]);
+        if order(cfg) == 1 {
+            // Order 1 derives the stream's fluctuation, not a single unit's kurtosis, and
+            // nothing from the first attention block on.
+            m.push("kurtosis (resid, before the head)");
+            if cfg.model.blocks.contains(&BlockKind::Attn) {
+                m.push("fluct and kurtosis from the first attention block on");
+            }
+        } else {
+            // The paper does no finite-width analysis (footnote 2).
+            m.extend(["fluct", "kurtosis"]);
+        }
     }
     if let Some(why) = crate::theory::ntk::unsupported(&cfg.model) {
         eprintln!("note: no backward theory for this model: {why}");
@@ -47,6 +62,12 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
 
 pub fn run(args: &TheoryOptions) -> anyhow::Result<()> {
     let mut cfg = args.cfg.builder()?.build()?;
+    if order(&cfg) > 1 {
+        anyhow::bail!(
+            "theory.order = {}: expected 0 (infinite width) or 1 (with the 1/n corrections)",
+            cfg.theory.order
+        );
+    }
     let out = args.out.clone().context("theory needs --out DIR")?;
     crate::limits::enforce(
         "the theory",
@@ -101,6 +122,11 @@ pub fn run(args: &TheoryOptions) -> anyhow::Result<()> {
         rows.len(),
         out.join("stats.csv").display()
     );
+    if order(&cfg) == 1 {
+        for gap in crate::theory::finite::gaps(&cfg.model, options(&cfg).backward) {
+            eprintln!("note: theory.order = 1: {gap}");
+        }
+    }
     let missing = missing_observables(&cfg);
     if !missing.is_empty() {
         eprintln!(
@@ -109,7 +135,7 @@ pub fn run(args: &TheoryOptions) -> anyhow::Result<()> {
         );
     }
     let spec = &cfg.model;
-    if spec.norm == Norm::Mlp && spec.init == InitDist::Uniform {
+    if spec.norm == Norm::Mlp && spec.group_init.contains(&InitDist::Uniform) {
         eprintln!(
             "note: the fluct/kurtosis theory assumes Gaussian weights; uniform weights add an O(1/n) term from their own excess kurtosis (footnote 15)"
         );

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Value;
 
+use crate::model::Group;
 use crate::model::activation::Activation;
+use crate::model::group::GROUPS;
 use schema::{Key, Kind};
 pub use sections::{
     InputWord, InputsSection, ModelSection, Precision, Sections, TheorySpec, TrainSection,
@@ -77,6 +79,8 @@ pub enum HeadKind {
     Dense,
     Pooled,
     Tied,
+    /// Reads the class token (t = 0) of each sequence ((1.8), footnote 4).
+    Class,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -116,6 +120,8 @@ pub enum Backward {
 pub struct Variances {
     pub stem: f64,
     pub pe: f64,
+    /// C_cls of the class token c ((1.8)): an additive embedding like b^PE.
+    pub cls: f64,
     pub q: f64,
     pub k: f64,
     pub v: f64,
@@ -147,7 +153,13 @@ pub struct ModelSpec {
     pub head: HeadKind,
     pub head_s: f64,
     pub n_out: usize,
+    /// A learned class token c with its own positional embedding at t = 0 ((1.8)): the
+    /// network sees T + 1 tokens per sequence, the class token first.
+    pub class_token: bool,
     pub init: InitDist,
+    /// Each group's distribution (`model.init_groups.<group>`, else `init`), indexed by
+    /// `Group as usize`; read it through [`ModelSpec::init_of`].
+    pub group_init: [InitDist; GROUPS.len()],
     pub absolute_variances: bool,
     pub var: Variances,
     /// Input dimension of the stem: `inputs.dim` (dense) or `inputs.vocab` (embedding).
@@ -160,6 +172,38 @@ impl ModelSpec {
     /// Channels per head C = n/H.
     pub fn channels(&self) -> usize {
         self.width / self.heads
+    }
+    /// Tokens per sequence as the network sees them: T, plus the class token at t = 0.
+    pub fn seq_len(&self) -> usize {
+        self.tokens + usize::from(self.class_token)
+    }
+    /// Whether the head gives one output per sequence (pooled or class head).
+    pub fn per_sequence_head(&self) -> bool {
+        matches!(self.head, HeadKind::Pooled | HeadKind::Class)
+    }
+    /// The distribution group `g` is drawn from.
+    pub fn init_of(&self, g: Group) -> InitDist {
+        self.group_init[g as usize]
+    }
+    /// Whether some weight used as Y = X Wᵀ is Gaussian, i.e. whether the conditional
+    /// sampler has anything to draw (uniform weights are always materialized).
+    pub fn has_gaussian_linear(&self) -> bool {
+        let book = self.norm == Norm::Mlp;
+        let attn = !book && self.blocks.contains(&BlockKind::Attn);
+        let mlp = self.blocks.contains(&BlockKind::Mlp);
+        let groups = [
+            (Group::Stem, self.stem == Stem::Dense),
+            (Group::Q, attn),
+            (Group::K, attn),
+            (Group::V, attn),
+            (Group::U, attn),
+            (Group::W, mlp),
+            (Group::X, mlp && !book),
+            (Group::Head, self.head != HeadKind::Tied),
+        ];
+        groups
+            .iter()
+            .any(|&(g, used)| used && self.init_of(g) == InitDist::Gaussian)
     }
     /// Number of residual blocks B.
     pub fn num_blocks(&self) -> usize {
@@ -474,6 +518,18 @@ impl Config {
 /// book's MLP allows, the tied head's width), in one place. It also records in `values` what
 /// the probe's ids and the tied head fix (`inputs.sequences`, `inputs.tokens`, `model.n_out`),
 /// so the written `config.toml` states them.
+/// Each group's distribution: `model.init_groups.<group>`, else `model.init`.
+fn group_init(m: &sections::ModelSection) -> Result<[InitDist; GROUPS.len()], ConfigError> {
+    let mut out = [m.init; GROUPS.len()];
+    for (name, &dist) in &m.init_groups {
+        let g = GROUPS.iter().find(|g| g.name == name).ok_or_else(|| {
+            ConfigError::Invalid(format!("unknown key `model.init_groups.{name}`"))
+        })?;
+        out[g.group as usize] = dist;
+    }
+    Ok(out)
+}
+
 fn validate(
     s: &Sections,
     explicit: &BTreeSet<String>,
@@ -487,6 +543,21 @@ fn validate(
         )));
     }
     let blocks = blocks(m, values)?;
+    // The class token ((1.8)): a vision stem's extra token, read by the class head.
+    if m.class_token && (m.stem != Stem::Dense || m.norm == Norm::Mlp) {
+        return Err(bad(
+            "model.class_token",
+            &Value::from(true),
+            "the class token needs model.stem = \"dense\" and a Transformer norm (pre, post or none)",
+        ));
+    }
+    if m.head == HeadKind::Class && !m.class_token {
+        return Err(bad(
+            "model.head",
+            &Value::from("class"),
+            "the class head reads the class token: set model.class_token = true",
+        ));
+    }
     let (kind, sequences, tokens) = probe(&s.inputs, m.stem, values)?;
     let i = &s.inputs;
     let n_in = if m.stem == Stem::Embedding {
@@ -522,7 +593,9 @@ fn validate(
         head: m.head,
         head_s: m.head_s,
         n_out,
+        class_token: m.class_token,
         init: m.init,
+        group_init: group_init(m)?,
         absolute_variances: m.variance_mode == VarianceMode::Absolute,
         var: m.variances,
         n_in,

@@ -20,6 +20,24 @@ pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
             o.extend(pre_ln_gelu([0.5, 0.5, 0.5, 1.0 / 3.0, 0.4, 1.6]));
             o
         }
+        // The paper's ViT (§II 1 C) with the class token of (1.8) read by a class head, and
+        // its mixed initialization: uniform in the bulk (Q, K, V, U, W, X), Gaussian in the
+        // stem (patchify, b^PE, the class token c) and the head; C_cls = C_PE = 0.02².
+        "paper-vit-cls" => {
+            let mut o = vec![
+                ("model.stem", s("dense")),
+                ("model.ln_eps", v(1e-6)),
+                ("model.class_token", b(true)),
+                ("model.head", s("class")),
+                ("model.init", s("uniform")),
+                ("model.variances.cls", v(0.02 * 0.02)),
+            ];
+            o.extend(pre_ln_gelu([0.5, 0.5, 0.5, 1.0 / 3.0, 0.4, 1.6]));
+            for g in [Group::Stem, Group::Pe, Group::Cls, Group::Head, Group::Bias] {
+                o.push((g.info().init_key, s("gaussian")));
+            }
+            o
+        }
         // The paper's language experiments (§II 2), BART-style: weights of std 0.02 at the
         // paper's n = 1024, i.e. C = 0.02²·fan_in (0.4096 for Q, K, V, U, W; 1.6384 for X
         // with fan-in 4n), a word embedding with C_WE = 1, a head tied to it with

@@ -60,13 +60,19 @@ macro_rules! key {
 pub const STEMS: &[&str] = &["dense", "embedding"];
 pub const NORMS: &[&str] = &["pre", "post", "none", "mlp"];
 pub const ACTIVATIONS: &[&str] = &["relu", "gelu", "tanh", "linear", "erf", "silu", "swish"];
-pub const HEADS: &[&str] = &["dense", "pooled", "tied"];
+pub const HEADS: &[&str] = &["dense", "pooled", "tied", "class"];
 pub const INITS: &[&str] = &["gaussian", "uniform"];
 pub const VARIANCE_MODES: &[&str] = &["fan_in", "absolute"];
 pub const INPUT_KINDS: &[&str] = &["gaussian", "tokens", "file"];
 pub const SAMPLERS: &[&str] = &["auto", "dense", "conditional"];
 pub const BACKWARDS: &[&str] = &["none", "trace", "pairs"];
-pub const PRESETS: &[&str] = &["paper-vit", "paper-lm", "standard", "mlp-book"];
+pub const PRESETS: &[&str] = &[
+    "paper-vit",
+    "paper-vit-cls",
+    "paper-lm",
+    "standard",
+    "mlp-book",
+];
 pub const TASKS: &[&str] = &["copy", "recall", "modadd", "digits", "charlm"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adamw"];
 pub const PRECISIONS: &[&str] = &["f32", "f64"];
@@ -80,6 +86,7 @@ pub static KEYS: LazyLock<Vec<Key>> = LazyLock::new(|| {
             .iter()
             .map(|g| key!(g.key, Kind::Float { min: 0.0, max: INF }, g.default)),
     );
+    keys.extend(GROUPS.iter().map(|g| key!(g.init_key, Kind::Choice(INITS))));
     keys.extend(other_keys());
     keys
 });
@@ -129,6 +136,7 @@ fn model_keys() -> Vec<Key> {
             0.0
         ),
         key!("model.n_out", Kind::Int { min: 1 }, 512),
+        key!("model.class_token", Kind::Bool, false),
         key!("model.init", Kind::Choice(INITS), "gaussian"),
         // Extension: `absolute` uses each C as the variance itself, not C/fan_in
         // (the standard parameterization: every weight std 0.02 at any width).
@@ -167,6 +175,8 @@ fn other_keys() -> Vec<Key> {
         // block for E[Ω Ω] (1.64), and the number of independent batches that give its error.
         key!("theory.logit_samples", Kind::Int { min: 2 }, 20000),
         key!("theory.error_batches", Kind::Int { min: 2 }, 10),
+        // 0: infinite width; 1: with the O(1/n) corrections (docs/finite-width.md).
+        key!("theory.order", Kind::Int { min: 0 }, 0),
         // The compact trainer (SPEC §7). The task fixes the stem (embedding, or dense for digits),
         // the vocabulary, T and the number of outputs; `train.batch` sequences form one step's probe set.
         key!("train.task", Kind::Choice(TASKS), "copy"),

@@ -47,7 +47,12 @@ pub struct ModelSection {
     pub head: HeadKind,
     pub head_s: f64,
     pub n_out: usize,
+    pub class_token: bool,
     pub init: InitDist,
+    /// `model.init_groups.<group>`: per-group overrides of `init` (names checked by the
+    /// key table).
+    #[serde(default)]
+    pub init_groups: std::collections::BTreeMap<String, InitDist>,
     pub variance_mode: VarianceMode,
     /// One field per line of the group table (`model::group::GROUPS`).
     pub variances: Variances,
@@ -108,6 +113,8 @@ pub struct TheorySpec {
     pub logit_samples: usize,
     /// Independent batches those draws are split into for the reported error.
     pub error_batches: usize,
+    /// 0: infinite width; 1: with the O(1/n) corrections (docs/finite-width.md).
+    pub order: u64,
 }
 
 /// `train.precision` and `run.precision`: the trainer's and the Monte Carlo's floating-point type.
@@ -182,6 +189,7 @@ mod tests {
                     "model.activation" => parses::<Activation>(w),
                     "model.head" => parses::<HeadKind>(w),
                     "model.init" => parses::<InitDist>(w),
+                    k if k.starts_with("model.init_groups.") => parses::<InitDist>(w),
                     "model.variance_mode" => parses::<VarianceMode>(w),
                     "inputs.kind" => parses::<InputWord>(w),
                     "run.sampler" => parses::<Sampler>(w),

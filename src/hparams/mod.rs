@@ -152,6 +152,7 @@ impl Setup {
             n_out: m.out_dim(),
             stem: m.stem,
             head: m.head,
+            class_token: m.class_token,
         }
     }
 

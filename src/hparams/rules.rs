@@ -56,6 +56,8 @@ pub struct Dims {
     pub n_out: usize,
     pub stem: Stem,
     pub head: HeadKind,
+    /// Whether the model has a class token (a `cls` row).
+    pub class_token: bool,
 }
 
 /// constant · Π sym^exponent. `constant` is an O(1) number (C_G, or 0.02² for the standard
@@ -208,7 +210,11 @@ pub fn frac(e: f64) -> String {
 /// Whether the table has a separate row for `g` under these dims: a tied head has no
 /// head matrix of its own (it reuses W^WE, rescaled by N_rescale).
 pub fn has_group(g: Group, d: &Dims) -> bool {
-    !(g == Group::Head && d.head == HeadKind::Tied)
+    match g {
+        Group::Head => d.head != HeadKind::Tied,
+        Group::Cls => d.class_token,
+        _ => true,
+    }
 }
 
 /// The O(1) constants C_G a family's init uses, from a preset's `Variances`, with its symbol
@@ -240,7 +246,8 @@ pub fn init(g: Group, family: Family, v: &crate::config::Variances, d: &Dims) ->
             Stem::Dense => m.times(Sym::NPatch, -1.0),
             Stem::Embedding => m,
         },
-        Group::Pe | Group::Bias => m,
+        // The class token c (1.8) is an additive embedding like b^PE: C_cls, not divided.
+        Group::Pe | Group::Cls | Group::Bias => m,
         Group::Q | Group::K | Group::V | Group::U | Group::W => m.times(Sym::N, -1.0),
         Group::X => m.times(Sym::M, -1.0).times(Sym::N, -1.0),
         Group::Head => m.times(Sym::N, -(1.0 + s)),
@@ -276,6 +283,8 @@ pub fn lr(g: Group, family: Family, opt: Optimizer, d: &Dims, m_factors: bool) -
         },
         // (1.100): b^PE.
         (Optimizer::Sgd, Group::Pe) => one,
+        // The class token follows b^PE's rule (an additive embedding, (1.100)).
+        (Optimizer::Sgd, Group::Cls) => one,
         // (1.101)–(1.105): Q, K, V, U, W all 1/n.
         (Optimizer::Sgd, Group::Q | Group::K | Group::V | Group::U | Group::W) => {
             one.times(Sym::N, -1.0)
@@ -293,6 +302,8 @@ pub fn lr(g: Group, family: Family, opt: Optimizer, d: &Dims, m_factors: bool) -
         },
         // (1.109): b^PE 1/√n.
         (Optimizer::AdamW, Group::Pe) => one.times(Sym::N, -0.5),
+        // The class token as b^PE (1.109).
+        (Optimizer::AdamW, Group::Cls) => one.times(Sym::N, -0.5),
         // (1.110)–(1.113): Q, K, V, U 1/(n√n).
         (Optimizer::AdamW, Group::Q | Group::K | Group::V | Group::U) => one.times(Sym::N, -1.5),
         // (1.114): W 1/(n√(Mn)).

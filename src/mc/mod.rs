@@ -46,7 +46,7 @@ use anyhow::Context;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::config::{Backward, Config, HeadKind, InitDist, ModelSpec, Sampler};
+use crate::config::{Backward, Config, ModelSpec, Sampler};
 use crate::model::{Materialized, Network, Probe, Real, init};
 use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
 use conditional::Conditional;
@@ -307,21 +307,24 @@ impl<'a> Job<'a> {
     }
 }
 
-/// Resolves `run.sampler`: `auto` takes the conditional path when it is exact (Gaussian
-/// weights) and its estimated cost is lower. Costs are in flop-equivalents, one normal
+/// Resolves `run.sampler`: `auto` takes the conditional path when some weight is Gaussian
+/// (uniform groups are materialized on either path) and its estimated cost is lower. Costs are in flop-equivalents, one normal
 /// draw ≈ 80 flops (Xoshiro256++ at ~370 M normals/s against ~30 GFLOP/s in GEMM here).
 pub fn resolve_sampler(cfg: &Config, probe: &Probe) -> Result<Sampler, crate::config::ConfigError> {
     let m = &cfg.model;
-    let exact = m.init == InitDist::Gaussian;
+    // Uniform groups are materialized on both paths, so the conditional path is exact for any
+    // mix; it only gains where some weight is Gaussian.
+    let exact = m.has_gaussian_linear();
     match cfg.run.sampler {
         Sampler::Dense => Ok(Sampler::Dense),
-        Sampler::Conditional if !exact => Err(crate::config::ConfigError::Invalid(
-            "run.sampler = \"conditional\" is exact only for Gaussian weights: set model.init = \"gaussian\" or run.sampler = \"dense\"".into(),
-        )),
         Sampler::Conditional => Ok(Sampler::Conditional),
         Sampler::Auto => {
             let (dense, cond) = sampler_costs(m, probe, cfg.run.backward);
-            Ok(if exact && cond < dense { Sampler::Conditional } else { Sampler::Dense })
+            Ok(if exact && cond < dense {
+                Sampler::Conditional
+            } else {
+                Sampler::Dense
+            })
         }
     }
 }
@@ -334,11 +337,7 @@ pub fn sampler_costs(m: &ModelSpec, probe: &Probe, backward: Backward) -> (f64, 
 /// [`sampler_costs`] from the probe's shape alone (D tokens in `sequences` sequences), so
 /// the memory check can pick the sampler before the probe exists. Sizes are f64 throughout.
 pub fn sampler_costs_of(m: &ModelSpec, d: f64, sequences: f64, backward: Backward) -> (f64, f64) {
-    let outputs = if m.head == HeadKind::Pooled {
-        sequences
-    } else {
-        d
-    };
+    let outputs = if m.per_sequence_head() { sequences } else { d };
     let passes = if backward == Backward::Pairs {
         outputs
     } else {

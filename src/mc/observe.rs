@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::ntk::NtkCollector;
-use crate::config::{Backward, BlockKind, HeadKind, ModelSpec, Norm};
+use crate::config::{Backward, BlockKind, ModelSpec, Norm};
 use crate::model::init::Stream;
 use crate::model::{InnerTrace, Network, Probe, Real, Trace, WeightOps};
 use crate::stats::observable::{self, AttnValues, NtkLayout, NtkPart};
@@ -35,6 +35,8 @@ pub fn observe<F: Real>(
     rng: &mut Stream,
     rec: &mut Recorder,
 ) {
+    // Every row numbers the tokens the network sees (the class token is t = 0).
+    let probe = &*probe.for_model(&net.spec);
     let trace = net.forward_with(probe, ops);
     forward_stats(net, probe, &trace, rec);
     if backward != Backward::None {
@@ -79,7 +81,7 @@ fn forward_stats<F: Real>(
             }
         }
     }
-    let t_out = if spec.head == HeadKind::Pooled { 1 } else { t };
+    let t_out = if spec.per_sequence_head() { 1 } else { t };
     rec.kernel(
         spec.head_layer(),
         "head",

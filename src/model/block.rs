@@ -31,6 +31,9 @@ pub struct Ctx<'a, F = f64> {
     pub memory: Option<ArrayView2<'a, F>>,
     /// The gradient accumulator for `memory` (same shape), when the caller wants it.
     pub memory_grad: Option<Array2<F>>,
+    /// Which memory tokens a cross-attention block may attend to (false: padding), one per
+    /// row of `memory`; `None`: all.
+    pub memory_mask: Option<&'a [bool]>,
 }
 
 impl<'a, F: Real> Ctx<'a, F> {
@@ -48,6 +51,7 @@ impl<'a, F: Real> Ctx<'a, F> {
             probe,
             memory: None,
             memory_grad: None,
+            memory_mask: None,
         }
     }
 

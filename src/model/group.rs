@@ -26,6 +26,9 @@ pub struct GroupInfo {
     pub name: &'static str,
     /// The configuration key of its constant C_G.
     pub key: &'static str,
+    /// The configuration key of its initialization distribution,
+    /// `model.init_groups.<name>` (absent: `model.init`).
+    pub init_key: &'static str,
     /// The default C_G (the SPEC's example file; presets override it).
     pub default: f64,
     /// The constant's symbol in `sigprop hparams` ("C_Q").
@@ -48,6 +51,7 @@ macro_rules! group {
             group: Group::$g,
             name: $name,
             key: concat!("model.variances.", $name),
+            init_key: concat!("model.init_groups.", $name),
             default: $default,
             symbol: $sym,
             label: $label,
@@ -60,7 +64,7 @@ macro_rules! group {
 }
 
 /// Every parameter group, in the order blocks draw them (the order of [`Group`]).
-pub const GROUPS: [GroupInfo; 10] = [
+pub const GROUPS: [GroupInfo; 11] = [
     GroupInfo {
         embedding_label: Some(("W^WE", "W^{\\mathrm{WE}}")),
         ..group!(
@@ -82,6 +86,11 @@ pub const GROUPS: [GroupInfo; 10] = [
         ("b^PE", "b^{\\mathrm{PE}}"),
         |_, _| sgd_factor(1)
     ),
+    // The class token c of (1.8): an additive embedding like b^PE (λ = 1); C_cls = 0.02²
+    // as the ViT's std 0.02.
+    group!(Cls, "cls", cls, 0.02 * 0.02, "C_cls", ("c", "c"), |_, _| {
+        sgd_factor(1)
+    }),
     group!(Q, "q", q, 0.5, "C_Q", ("Q", "Q"), |b, _| b
         .attention
         .q
@@ -175,6 +184,7 @@ mod tests {
         for (i, g) in GROUPS.iter().enumerate() {
             assert_eq!(g.group as usize, i, "line {i} is {:?}", g.group);
             assert_eq!(g.key, format!("model.variances.{}", g.name));
+            assert_eq!(g.init_key, format!("model.init_groups.{}", g.name));
             let v = Variances::from_keys(|k| if k == g.key { 1.0 } else { 0.0 });
             assert_eq!(v.get(g.group), 1.0, "{}", g.name);
             let total: f64 = GROUPS.iter().map(|h| v.get(h.group)).sum();

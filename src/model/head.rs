@@ -78,6 +78,7 @@ impl Head {
         let (spec, p) = (cx.spec, cx.params);
         let input = match (spec.head, spec.norm) {
             (HeadKind::Pooled, _) => pool(s, cx.probe.tokens),
+            (HeadKind::Class, _) => s.slice(ndarray::s![..;cx.probe.tokens, ..]).to_owned(),
             (_, Norm::Mlp) => {
                 let act = spec.activation;
                 s.mapv(|x| act.f(x))
@@ -134,6 +135,12 @@ impl Head {
         }
         match (spec.head, spec.norm) {
             (HeadKind::Pooled, _) => unpool(d_in.view(), cx.probe.tokens),
+            (HeadKind::Class, _) => {
+                let mut d = Array2::zeros(s.raw_dim());
+                d.slice_mut(ndarray::s![..;cx.probe.tokens, ..])
+                    .assign(&d_in);
+                d
+            }
             (_, Norm::Mlp) => {
                 let act = spec.activation;
                 let mut d = d_in;

@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod attention;
 pub mod block;
+pub mod cross;
 pub mod group;
 pub mod head;
 pub mod hyper;
@@ -25,9 +26,11 @@ pub mod residual;
 pub mod skinny;
 pub mod stem;
 
+use std::borrow::Cow;
+
 use ndarray::{Array2, ArrayView2};
 
-use crate::config::{ModelSpec, Norm};
+use crate::config::{InitDist, ModelSpec, Norm};
 pub use block::{Block, Ctx, InnerTrace, ResidualBlock, Traced};
 use hyper::Weight;
 use init::Stream;
@@ -39,6 +42,7 @@ pub use real::Real;
 pub enum Group {
     Stem,
     Pe,
+    Cls,
     Q,
     K,
     V,
@@ -142,7 +146,8 @@ impl Params {
         spec: &ModelSpec,
         rng: &mut Stream,
     ) -> usize {
-        if self.lazy {
+        // Only Gaussian weights have the conditional law; uniform ones are materialized.
+        if self.lazy && spec.init_of(group) == InitDist::Gaussian {
             self.add(group, layer, name, w, Array2::zeros((0, 0)))
         } else {
             self.table(group, layer, name, w, spec, rng)
@@ -159,7 +164,7 @@ impl Params {
         spec: &ModelSpec,
         rng: &mut Stream,
     ) -> usize {
-        let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init, rng);
+        let value = init::draw(w.shape.0, w.shape.1, w.var, spec.init_of(group), rng);
         self.add(group, layer, name, w, value)
     }
 
@@ -368,6 +373,30 @@ impl<F: Real> Probe<F> {
         }
     }
 
+    /// The probe as the network `spec` sees it. With the class token ((1.8)) each sequence
+    /// gains a slot at t = 0 whose input vector is zero (the stem puts c + b^PE_0 there), so
+    /// token t of the probe is token t + 1 of the network; unchanged otherwise, or when the
+    /// slot is already there.
+    pub fn for_model(&self, spec: &ModelSpec) -> Cow<'_, Probe<F>> {
+        let t = self.tokens;
+        if !spec.class_token || t == spec.seq_len() {
+            return Cow::Borrowed(self);
+        }
+        let x = self.x.as_ref().map(|x| {
+            let mut out = Array2::zeros((self.sequences * (t + 1), x.ncols()));
+            for (d, row) in x.rows().into_iter().enumerate() {
+                out.row_mut((d / t) * (t + 1) + d % t + 1).assign(&row);
+            }
+            out
+        });
+        Cow::Owned(Probe {
+            sequences: self.sequences,
+            tokens: t + 1,
+            x,
+            ids: self.ids.clone(),
+        })
+    }
+
     /// D = S·T.
     pub fn len(&self) -> usize {
         self.sequences * self.tokens
@@ -471,7 +500,8 @@ impl<F: Real> Network<F> {
     /// The forward pass with the given weight realization.
     pub fn forward_with(&self, probe: &Probe<F>, ops: &mut dyn WeightOps<F>) -> Trace<F> {
         let spec = &self.spec;
-        let mut cx = Ctx::new(spec, &self.params, ops, probe);
+        let probe = probe.for_model(spec);
+        let mut cx = Ctx::new(spec, &self.params, ops, &probe);
         let mut z = self.stem.forward(&mut cx);
         let mut resid = Vec::with_capacity(self.blocks.len() + 1);
         let mut blocks = Vec::with_capacity(self.blocks.len());
@@ -516,7 +546,8 @@ impl<F: Real> Network<F> {
         sink: &mut impl GradSink<F>,
         ops: &mut dyn WeightOps<F>,
     ) -> Vec<Array2<F>> {
-        let mut cx = Ctx::new(&self.spec, &self.params, ops, probe);
+        let probe = probe.for_model(&self.spec);
+        let mut cx = Ctx::new(&self.spec, &self.params, ops, &probe);
         let nb = trace.blocks.len();
         let mut grads = vec![Array2::zeros((0, 0)); nb + 1];
         let head_in = trace

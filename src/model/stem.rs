@@ -24,6 +24,8 @@ pub struct Hyper {
     pub pe: Option<f64>,
     /// C_b of the book's first-layer bias (`mlp` mode only).
     pub bias: Option<f64>,
+    /// Var C_cls of the class token c (1 × n) (1.8), when the model has one.
+    pub cls: Option<f64>,
 }
 
 pub fn hyper(spec: &ModelSpec) -> Hyper {
@@ -36,6 +38,7 @@ pub fn hyper(spec: &ModelSpec) -> Hyper {
         },
         pe: (spec.var.pe > 0.0 && !mlp_mode).then_some(spec.var.pe),
         bias: spec_bias(spec).filter(|_| mlp_mode),
+        cls: spec.class_token.then_some(spec.var.cls),
     }
 }
 
@@ -47,6 +50,8 @@ pub struct Stem {
     pub pe: Option<usize>,
     /// (1 × n): the book's first-layer bias (`mlp` mode with C_b > 0).
     pub b: Option<usize>,
+    /// (1 × n): the class token c, added at t = 0 of every sequence (1.8).
+    pub cls: Option<usize>,
 }
 
 impl Stem {
@@ -58,13 +63,18 @@ impl Stem {
             StemKind::Embedding => params.table(Group::Stem, 1, "stem.w".into(), h.w, spec, rng),
         };
         let pe = h.pe.map(|var| {
-            let table = Weight::lookup(var, spec.tokens, spec.width);
+            // One row per token the network sees: the class token has its own b^PE_0 (1.8).
+            let table = Weight::lookup(var, spec.seq_len(), spec.width);
             params.table(Group::Pe, 1, "stem.pe".into(), table, spec, rng)
         });
         let b = h
             .bias
             .map(|_| params.bias(spec, 1, "stem.b".into(), spec.width, rng));
-        Stem { w, pe, b }
+        let cls = h.cls.map(|var| {
+            let c = Weight::lookup(var, 1, spec.width);
+            params.table(Group::Cls, 1, "stem.cls".into(), c, spec, rng)
+        });
+        Stem { w, pe, b, cls }
     }
 
     /// z¹ (D × n).
@@ -93,6 +103,13 @@ impl Stem {
         }
         if let Some(b) = self.b {
             z += &p.get(b).row(0);
+        }
+        // The class slot's input is zero (`Probe::for_model`), so z_{(s,0)} = c + b^PE_0.
+        if let Some(c) = self.cls {
+            let c = p.get(c).row(0);
+            for mut row in z.rows_mut().into_iter().step_by(probe.tokens) {
+                row += &c;
+            }
         }
         z
     }
@@ -125,6 +142,11 @@ impl Stem {
         }
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
+        }
+        // ∂c = Σ_s G_{(s,0)}: a bias over the class rows only.
+        if let Some(c) = self.cls {
+            let rows = g.slice_move(ndarray::s![..;probe.tokens, ..]);
+            sink.term(c, GradTerm::Bias { grad: rows });
         }
     }
 }

@@ -16,24 +16,24 @@ use crate::stats::csv::Row;
 use crate::stats::{Observable, Site};
 
 /// One quantity's deviations: (width, |Δ|/|theory|, its stderr).
-struct Points {
-    config: String,
-    what: String,
-    layer: usize,
-    pts: Vec<(f64, f64, f64)>,
-    fit: Option<Fit>,
+pub(crate) struct Points {
+    pub(crate) config: String,
+    pub(crate) what: String,
+    pub(crate) layer: usize,
+    pub(crate) pts: Vec<(f64, f64, f64)>,
+    pub(crate) fit: Option<Fit>,
 }
 
 /// Least squares of log10 |Δ| on log10 n.
 #[derive(Clone, Copy)]
-struct Fit {
+pub(crate) struct Fit {
     slope: f64,
     /// Standard error of the slope from the residuals; `None` with only two widths.
     slope_err: Option<f64>,
     intercept: f64,
 }
 
-fn fit(pts: &[(f64, f64, f64)]) -> Option<Fit> {
+pub(crate) fn fit(pts: &[(f64, f64, f64)]) -> Option<Fit> {
     if pts.len() < 2 {
         return None;
     }
@@ -86,13 +86,15 @@ fn minus(v: f64) -> String {
 }
 
 pub(crate) struct Convergence {
-    subtitle: String,
-    series: Vec<(RGBColor, Points)>,
+    pub(crate) name: String,
+    pub(crate) title: String,
+    pub(crate) subtitle: String,
+    pub(crate) series: Vec<(RGBColor, Points)>,
 }
 
 impl Figure for Convergence {
     fn name(&self) -> String {
-        "convergence_relative_deviation".into()
+        self.name.clone()
     }
 
     fn size(&self) -> (u32, u32) {
@@ -103,11 +105,7 @@ impl Figure for Convergence {
     where
         DB::ErrorType: 'static,
     {
-        let body = header(
-            root,
-            "finite-width deviation |MC − theory| / |theory| vs width",
-            &self.subtitle,
-        )?;
+        let body = header(root, &self.title, &self.subtitle)?;
         let (w, _) = body.dim_in_pixel();
         let mut entries = Vec::new();
         for (color, p) in &self.series {
@@ -311,6 +309,8 @@ pub(crate) fn figure(data: &Data) -> Result<Convergence, Skip> {
         ));
     }
     Ok(Convergence {
+        name: name.into(),
+        title: "finite-width deviation |MC − theory| / |theory| vs width".into(),
         subtitle: data.describe(used),
         series,
     })

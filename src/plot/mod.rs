@@ -12,6 +12,7 @@
 
 mod convergence;
 mod heatmap;
+mod orders;
 mod profile;
 mod transfer;
 
@@ -107,6 +108,30 @@ pub fn plot_all(rows: &[Row], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Err(Skip { name, why }) => note(&name, &why),
     }
     Ok(written)
+}
+
+/// The finite-width figure of a sweep run at two theory orders: `DIR/stats.csv` (MC),
+/// `DIR/theory/stats.csv` and `DIR/theory-order1/stats.csv`. Nothing when either theory file
+/// is absent.
+pub fn orders_figure(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let files = [
+        dir.join("stats.csv"),
+        dir.join("theory").join("stats.csv"),
+        dir.join("theory-order1").join("stats.csv"),
+    ];
+    if !files.iter().all(|f| f.is_file()) {
+        return Ok(Vec::new());
+    }
+    register_font()?;
+    let read = |f: &PathBuf| crate::stats::csv::read(f);
+    let (mc, t0, t1) = (read(&files[0])?, read(&files[1])?, read(&files[2])?);
+    match orders::figure(&mc, &t0, &t1) {
+        Ok(f) => save(&f, dir),
+        Err(Skip { name, why }) => {
+            eprintln!("sigprop plot: skipping {name}: {why}");
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// Why a figure was not drawn.

@@ -184,15 +184,23 @@ impl Moments {
 /// is zero (zero queries without biases, C_Q C_K = 0, or a > 1/2) attention is exactly
 /// uniform and nothing is sampled.
 ///
+/// At `theory.order = 1` the logits follow their exact law at finite head width C = n/H
+/// instead (docs/finite-width.md): Ω̃ = sqrt(C^{1−2a}) (L_A Z₁)(L_B Z₂)ᵀ/√C with Z₁, Z₂
+/// i.i.d. N(0,1) D×C matrices, i.e. q_c ~ N(0, A) and k_c ~ N(0, B) for each of the C
+/// channels and the logit their scaled dot product; its C → ∞ limit is the Gaussian field
+/// above. The draws' empirical query and key kernels Q̂ = (L_A Z₁)(L_A Z₁)ᵀ/C and
+/// K̂ = (L_B Z₂)(L_B Z₂)ᵀ/C are kept for the NTK ([`Hats`]).
+///
 /// Returns the increment, the block's attention statistics and, with `keep`, the draws.
 pub(crate) fn forward(
     ctx: &Ctx,
     input: &KernelState,
     layer: usize,
     keep: bool,
-) -> Result<(KernelState, AttnStats, Draws), TheoryError> {
+) -> Result<(KernelState, AttnStats, Draws, Hats), TheoryError> {
     let (spec, c) = (ctx.spec, C::of(ctx));
     let mut draws: Draws = Vec::new();
+    let mut hats: Hats = Vec::new();
     let (d, t) = (input.len(), input.tokens);
     let scale = logit_scale(spec)?;
     let qkv = Qkv::of(ctx, &input.g);
@@ -223,10 +231,26 @@ pub(crate) fn forward(
         );
         let weight = 1.0 / sampler.samples as f64;
         let mut attn = Array2::<f64>::zeros((d, d));
+        let channels = (spec.width / spec.heads.max(1)).max(1);
         for _ in 0..sampler.samples {
-            let z = Array2::from_shape_simple_fn((d, d), || rng.sample::<f64, _>(StandardNormal));
-            let zlb = z.dot(&lb.t());
-            draw(spec, input, &la, &zlb, root, &mut attn);
+            if ctx.order == 1 {
+                let mut normal = || rng.sample::<f64, _>(StandardNormal);
+                let q = la.dot(&Array2::from_shape_simple_fn((d, channels), &mut normal));
+                let k = lb.dot(&Array2::from_shape_simple_fn((d, channels), &mut normal));
+                let cf = channels as f64;
+                // draw() forms la·zlb per sequence; with la = I it is q·kᵀ/√C.
+                let zlb = k.t().mapv(|x| x / cf.sqrt());
+                let lq = q;
+                draw(spec, input, &lq, &zlb, root, &mut attn);
+                if keep {
+                    hats.push((lq.dot(&lq.t()) / cf, k.dot(&k.t()) / cf));
+                }
+            } else {
+                let z =
+                    Array2::from_shape_simple_fn((d, d), || rng.sample::<f64, _>(StandardNormal));
+                let zlb = z.dot(&lb.t());
+                draw(spec, input, &la, &zlb, root, &mut attn);
+            }
             mom.add(&attn, &qkv.v, weight);
             if keep {
                 draws.push((weight, attn.clone()));
@@ -240,8 +264,11 @@ pub(crate) fn forward(
         max: mom.max,
         sampled,
     };
-    Ok((delta, stats, draws))
+    Ok((delta, stats, draws, hats))
 }
+
+/// Per draw at order 1, the empirical query and key kernels (Q̂, K̂) of one head (D×D).
+pub type Hats = Vec<(Array2<f64>, Array2<f64>)>;
 
 /// Causal: query t sees keys 0..=t (1.18); bidirectional: all T keys (1.17).
 fn last_key(spec: &ModelSpec, a: usize, t: usize) -> usize {
@@ -296,7 +323,7 @@ pub(crate) fn branch(
     b: usize,
     layer: usize,
 ) -> Result<(State, AttnStats), TheoryError> {
-    let (delta, stats, draws) = forward(ctx, &input.k, layer, input.ntk.is_some())?;
+    let (delta, stats, draws, hats) = forward(ctx, &input.k, layer, input.ntk.is_some())?;
     let ntk = match &input.ntk {
         Some(bars) => {
             let blk = Block {
@@ -304,6 +331,7 @@ pub(crate) fn branch(
                 f: &input.k.g,
                 qkv: Qkv::of(ctx, &input.k.g),
                 draws: &draws,
+                hats: &hats,
                 scale: logit_scale(ctx.spec)?,
             };
             Some(blk.transport(bars, b, layer))
@@ -320,6 +348,8 @@ struct Block<'a> {
     f: &'a Array2<f64>,
     qkv: Qkv,
     draws: &'a Draws,
+    /// Order 1: the draws' Q̂, K̂ (empty otherwise).
+    hats: &'a Hats,
     scale: f64,
 }
 
@@ -339,15 +369,25 @@ impl Block<'_> {
         ];
         xs.extend(bars.iter().map(|th| th.theta.clone()));
         let (axa, sx) = attention_moments(self.draws, &self.qkv.v, &xs);
+        // Order 1 (finite head width): the key kernel in S_K and the query kernel that
+        // multiplies S_X are the draw's own K̂ and Q̂, correlated with its attention.
+        let hat = (!self.hats.is_empty())
+            .then(|| finite_c_moments(self.draws, self.hats, &self.qkv.v, &xs));
         // E[ΩFΩᵀ], E[S_F], E[S_K], E[ΩVΩᵀ], E[Ω1Ωᵀ].
-        let (afa, s_f, s_k, ava, a1a) = (&axa[0], &sx[0], &sx[1], &axa[2], &axa[3]);
+        let (afa, ava, a1a) = (&axa[0], &axa[2], &axa[3]);
+        let s_k = hat.as_ref().map_or(&sx[1], |h| &h.0);
+        // Q ⊙ E[S_X] at infinite width, E[Q̂ ⊙ S_X] at finite C.
+        let q_s = |k: usize| match &hat {
+            Some(h) => h.1[k].clone(),
+            None => qk * &sx[k],
+        };
         let mut out: Vec<Carried> = bars
             .iter()
             .enumerate()
             .map(|(k, th)| {
                 let mut v = axa[k + FIXED].clone() * (c.u * c.v);
                 v.scaled_add(c.u * c.q * scale, &(&th.theta * s_k));
-                v.scaled_add(c.u * c.k * scale, &(qk * &sx[k + FIXED]));
+                v.scaled_add(c.u * c.k * scale, &q_s(k + FIXED));
                 th.with(v)
             })
             .collect();
@@ -358,7 +398,7 @@ impl Block<'_> {
         };
         let mut raw = vec![
             (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
-            (Group::K, (qk * s_f).mapv(|x| n * c.u * scale * x)),
+            (Group::K, q_s(0).mapv(|x| n * c.u * scale * x)),
             (Group::V, afa.mapv(|x| n * c.u * x)),
             (Group::U, ava.mapv(|x| n * x)),
         ];
@@ -445,6 +485,29 @@ fn attention_moments(
         }
     }
     (axa, sx)
+}
+
+/// At finite head width: E[S_K̂] (the key kernel of each draw in S) and E[Q̂ ⊙ S_X] for every
+/// X in `xs` (the query kernel of each draw multiplying S), over the draws and their [`Hats`].
+fn finite_c_moments(
+    draws: &[(f64, Array2<f64>)],
+    hats: &[(Array2<f64>, Array2<f64>)],
+    v: &Array2<f64>,
+    xs: &[Array2<f64>],
+) -> (Array2<f64>, Vec<Array2<f64>>) {
+    let d = v.nrows();
+    let mut s_k = Array2::<f64>::zeros((d, d));
+    let mut q_s = vec![Array2::<f64>::zeros((d, d)); xs.len()];
+    for ((w, a), (qh, kh)) in draws.iter().zip(hats) {
+        let one = [(*w, a.clone())];
+        let (_, sk) = attention_moments(&one, v, std::slice::from_ref(kh));
+        s_k.scaled_add(1.0, &sk[0]);
+        let (_, sx) = attention_moments(&one, v, xs);
+        for (acc, s) in q_s.iter_mut().zip(&sx) {
+            acc.scaled_add(1.0, &(qh * s));
+        }
+    }
+    (s_k, q_s)
 }
 
 /// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with

@@ -67,11 +67,20 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
         .ntk
         .as_ref()
         .map(|bars| transport(ctx, z, input, bars));
+    // Order 1: a dense head is a readout of its input; pooled and tied heads are not derived.
+    let nlo = match spec.head {
+        HeadKind::Dense => input
+            .nlo
+            .as_ref()
+            .map(|f| f.readout(ctx.hyper.head.c_eff, &input.k.g)),
+        _ => None,
+    };
     State {
         k,
         ntk,
         stem_coef: Vec::new(),
         vertex: None,
+        nlo,
     }
 }
 
@@ -81,9 +90,12 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
     let n = spec.width as f64;
     let d = input.k.len();
     let (seqs, t) = (input.k.sequences, input.k.tokens);
-    let pooled = spec.head == HeadKind::Pooled;
     let tied = spec.head == HeadKind::Tied;
-    let out = |th: Array2<f64>| if pooled { pool(&th, seqs, t) } else { th };
+    let out = |th: Array2<f64>| match spec.head {
+        HeadKind::Pooled => pool(&th, seqs, t),
+        HeadKind::Class => class_rows(&th, seqs, t),
+        _ => th,
+    };
     // The final LN's factor (1.139); the tied head is derived in `pre` mode only.
     let ln = inv_root(&z.k, spec.ln_eps);
     let pre = z.ntk.as_deref().unwrap_or(&[]);
@@ -153,6 +165,10 @@ fn kernel(ctx: &Ctx, input: &KernelState) -> KernelState {
                 + c_b
         });
         return KernelState::new(g, sq, 1);
+    } else if spec.head == HeadKind::Class {
+        // The class head reads t = 0 of each sequence: G̃_{α1α2} = C_head G_{(α1;0)(α2;0)} + C_b.
+        let g = class_rows(&dense, input.sequences, input.tokens).mapv(|x| x + c_b);
+        return KernelState::new(g, input.sequences, 1);
     } else {
         dense.mapv(|x| x + c_b)
     };
@@ -180,6 +196,11 @@ fn tied_contact(ctx: &Ctx, g0: &KernelState, coef: &[f64], out: &mut KernelState
             out.g[[a, b]] += g0.g[[a, b]] * amp * amp * coef[a] * coef[b] / n_out;
         }
     }
+}
+
+/// The class tokens' entries (t = 0 of each sequence), (D×D) → (S×S), as the class head.
+fn class_rows(theta: &Array2<f64>, seqs: usize, t: usize) -> Array2<f64> {
+    Array2::from_shape_fn((seqs, seqs), |(a, b)| theta[[a * t, b * t]])
 }
 
 /// Mean over tokens of each sequence, (D×D) → (S×S), as the pooled head (1.81).

@@ -34,7 +34,9 @@ pub(crate) fn sandwich(theta: &Array2<f64>, v: &[f64]) -> Array2<f64> {
 }
 
 /// The LN block on a whole state: G → F (1.53), Θ → Θ̄ (1.139), c_δ → c_δ/σ_δ.
-pub(crate) fn forward(ctx: &Ctx, z: &State) -> State {
+///
+/// `stream_out`: the output is the new residual stream (post-LN), not a branch or head input.
+pub(crate) fn forward(ctx: &Ctx, z: &State, stream_out: bool) -> State {
     let eps = ctx.spec.ln_eps;
     let ntk = z.ntk.as_ref().map(|carried| {
         let v = inv_root(&z.k, eps);
@@ -54,6 +56,10 @@ pub(crate) fn forward(ctx: &Ctx, z: &State) -> State {
         ntk,
         stem_coef,
         vertex: z.vertex.clone(),
+        nlo: z
+            .nlo
+            .as_ref()
+            .map(|f| f.layer_norm(eps, &z.k.g, stream_out)),
     }
 }
 

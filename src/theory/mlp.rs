@@ -8,6 +8,9 @@
 //! - Biases (C_b > 0, derived beyond the paper by the same rules): the hidden kernel gains
 //!   C_b; the block's bias group sums b_W: C_X⟨σ'σ'⟩ and b_X: 1.
 //!
+//! - Order 1: [`super::finite::Finite::mlp_branch`] (the hidden site's K^{{1}} and the
+//!   branch output's fluctuation and cross-covariance with the stream).
+//!
 //! F is the branch input's kernel (LN(z) in `pre` mode, z otherwise) and Θ̄ its carried NTK.
 
 use ndarray::Array2;
@@ -65,7 +68,24 @@ pub(crate) fn branch(ctx: &Ctx, input: &State, layer: usize) -> (State, KernelSt
         );
         out
     });
-    (State::branch(delta, ntk), hidden)
+    // Order 1 ([`super::finite`]): the hidden units and the branch output are Gaussian
+    // mixtures over C_W Ĝ_s + C_b and C_b + C_X (1/Mn) Σ σσ.
+    let mut out = State::branch(delta, ntk);
+    let mut hidden = hidden;
+    if let Some(f) = &input.nlo {
+        let m = h.x.fan_in() as f64 / h.w.fan_in() as f64;
+        let (k1_h, r) = f.mlp_branch(
+            spec.activation,
+            (c_w, c_x, m),
+            &input.k.g,
+            &hidden.g,
+            &out.k.g,
+        );
+        // The hidden site's row is the corrected mean kernel.
+        hidden.g += &(k1_h / spec.width as f64);
+        out.nlo = Some(r);
+    }
+    (out, hidden)
 }
 
 /// ⟨σ'(w_a) σ'(w_b)⟩ for every pair under the Gaussian of covariance `k`.

@@ -13,6 +13,9 @@
 //!   constants, the logit sampler) every block reads.
 //! - [`walk`]: the one walk; [`transformer`]: [`transformer::predict`], rows with errors;
 //!   [`rows`]: the forward rows; [`ntk`]: where the backward is derived, and its rows.
+//! - [`finite`]: the O(1/n) corrections (`theory.order = 1`): the book's subleading kernel
+//!   and four-point vertex for several inputs, carried through the residual MLP stack and
+//!   LayerNorm.
 //! - [`gauss`]: Gaussian expectations ⟨F(z₁, z₂)⟩ under a 2×2 covariance, the building block
 //!   of every recursion (closed forms where known, quadrature otherwise); [`linalg`]: a PSD
 //!   Cholesky for the logit sampler.
@@ -21,6 +24,7 @@
 //!   susceptibilities χ∥ and χ⊥, criticality, the four-point vertex and the frozen NTK.
 pub mod attention;
 pub mod book;
+pub mod finite;
 pub mod gauss;
 pub mod head;
 pub mod linalg;

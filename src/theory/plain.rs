@@ -51,11 +51,14 @@ pub(crate) fn forward(ctx: &Ctx, st: &State, layer: usize, c_w: f64, group: Grou
         }
         out
     });
+    let k_out = ss.mapv(|x| c_b + c_w * x);
+    let nlo = st.nlo.as_ref().map(|f| f.plain(act, c_w, &k.g, &k_out));
     State {
-        k: k.with(ss.mapv(|x| c_b + c_w * x)),
+        k: k.with(k_out),
         ntk,
         stem_coef: st.stem_coef.clone(),
         vertex,
+        nlo,
     }
 }
 

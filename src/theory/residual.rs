@@ -42,10 +42,18 @@ pub(crate) fn add(ctx: &Ctx, skip: State, branch: State) -> State {
         }
         _ => None,
     };
+    // Order 1: only a branch with a derived correction (an MLP) keeps the stream's.
+    let nlo = match (&skip.nlo, &branch.nlo) {
+        (Some(z), Some(r)) => {
+            Some(z.residual(r, (spec.xi, spec.gamma_res), &skip.k.g, &branch.k.g))
+        }
+        _ => None,
+    };
     State {
         k: residual(spec, &skip.k, &branch.k),
         ntk,
         stem_coef: skip.stem_coef.iter().map(|c| c * spec.xi).collect(),
         vertex: skip.vertex,
+        nlo,
     }
 }

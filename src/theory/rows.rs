@@ -99,7 +99,8 @@ pub fn prediction_rows(p: &Prediction) -> Vec<PRow> {
         if let Some(v) = &l.vertex {
             for (a, (fl, ku)) in v.iter().enumerate() {
                 let (i, j) = (a as i64, a as i64);
-                for (observable, value) in [(Observable::Fluct, *fl), (Observable::Kurtosis, *ku)] {
+                let rows = [(Observable::Fluct, Some(*fl)), (Observable::Kurtosis, *ku)];
+                for (observable, value) in rows.into_iter().filter_map(|(o, v)| v.map(|v| (o, v))) {
                     out.push(PRow {
                         layer: l.layer,
                         site: Site::Resid,

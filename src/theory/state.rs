@@ -13,7 +13,9 @@
 //! - `stem_coef`: for the tied head, how much of the stem's own W_WE[:, id_δ] z_δ carries
 //!   along the skip path (the footnote-19 coefficient c_δ, [`super::head`]);
 //! - `vertex`: the four-point vertex V per probe point at order 1/n (the book's plain MLP;
-//!   `None` where it is not derived — the Transformer's order-1 vertex belongs here).
+//!   `None` where it is not derived);
+//! - `nlo`: at `theory.order = 1`, the 1/n part ([`super::finite::Finite`]): K^{{1}}, the
+//!   fluctuation of the kernel per pair of probe points, and what a branch needs to add it.
 //!
 //! A block reads the state of its input and returns the state of its output; a branch's
 //! output state (an increment) is combined with the skip path's by [`super::residual::add`].
@@ -22,6 +24,7 @@ use ndarray::Array2;
 
 use super::TheoryError;
 use super::attention::{LogitSampler, logit_scale};
+use super::finite::Finite;
 use crate::config::{ModelSpec, Norm};
 use crate::model::{Group, hyper};
 
@@ -110,6 +113,9 @@ pub struct State {
     pub ntk: Option<Vec<Carried>>,
     pub stem_coef: Vec<f64>,
     pub vertex: Option<Vec<f64>>,
+    /// At `theory.order = 1`: K^{{1}} and the kernel's fluctuation ([`super::finite`]);
+    /// `None` at order 0 and after a block whose correction is not derived.
+    pub nlo: Option<Finite>,
 }
 
 impl State {
@@ -121,6 +127,7 @@ impl State {
             ntk,
             stem_coef: Vec::new(),
             vertex: None,
+            nlo: None,
         }
     }
     pub(crate) fn finite(&self) -> bool {
@@ -129,6 +136,10 @@ impl State {
                 .vertex
                 .as_ref()
                 .is_none_or(|v| v.iter().all(|x| x.is_finite()))
+            && self
+                .nlo
+                .as_ref()
+                .is_none_or(|f| f.k1.iter().all(|x| x.is_finite()))
     }
     /// Starts carrying a kernel injected at `layer` (no-op without a backward).
     pub(crate) fn inject(&mut self, layer: usize, what: What, theta: impl FnOnce() -> Array2<f64>) {
@@ -151,6 +162,8 @@ pub struct Ctx<'a> {
     pub sampler: LogitSampler,
     /// Carry the NTK (asked for, and derived for this configuration).
     pub backward: bool,
+    /// `theory.order`: 0 (infinite width) or 1 (with the O(1/n) corrections).
+    pub order: u8,
 }
 
 impl<'a> Ctx<'a> {
@@ -170,6 +183,12 @@ impl<'a> Ctx<'a> {
             hyper: hyper::blocks(spec),
             sampler,
             backward,
+            order: 0,
         })
+    }
+
+    /// The same context at `theory.order` = `order`.
+    pub fn with_order(self, order: u8) -> Self {
+        Ctx { order, ..self }
     }
 }

@@ -45,6 +45,8 @@ pub struct TheoryOptions {
     pub backward: bool,
     /// With `backward`: also every pair of outputs, as the Monte Carlo's `pairs` mode.
     pub pairs: bool,
+    /// `theory.order`: 0, or 1 for the O(1/n) corrections ([`super::finite`]).
+    pub order: u8,
 }
 
 /// The theory's rows for a probe set, with `source = theory`.
@@ -73,7 +75,8 @@ pub fn predict_with(
     config_name: &str,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(Vec<Row>, Option<usize>), TheoryError> {
-    let g0 = input_kernel(spec, probe)?;
+    // The tokens the network sees: the class token's slot at t = 0 has input zero (1.8).
+    let g0 = input_kernel(spec, &probe.for_model(spec))?;
     let batches = opts.error_batches.max(2);
     let per_batch = (opts.logit_samples / batches).max(1);
     let total = (opts.logit_samples + batches * per_batch) as u64;
@@ -84,7 +87,8 @@ pub fn predict_with(
     };
     // One walk gives the forward rows and, from the same logit draws, the backward rows.
     let run = |sampler: LogitSampler| -> Result<(Prediction, Vec<PRow>), TheoryError> {
-        let w = walk(&Ctx::new(spec, sampler, opts.backward)?, &g0)?;
+        let ctx = Ctx::new(spec, sampler, opts.backward)?.with_order(opts.order);
+        let w = walk(&ctx, &g0)?;
         let mut rows = prediction_rows(&w.prediction);
         if let Some(carried) = &w.ntk {
             rows.extend(super::ntk::rows(spec, carried, opts.pairs));

@@ -28,8 +28,9 @@ pub struct LayerPrediction {
     /// The MLP preactivation of the block that produces ℓ.
     pub hidden: Option<KernelState>,
     pub attn: Option<AttnStats>,
-    /// Per token (fluct, kurtosis) from the four-point vertex (`mlp` mode only).
-    pub vertex: Option<Vec<(f64, f64)>>,
+    /// Per token (fluct, kurtosis) from the four-point vertex (`mlp` mode; at order 1 also the
+    /// residual MLP stacks, whose kurtosis is not derived).
+    pub vertex: Option<Vec<(f64, Option<f64>)>>,
 }
 
 /// The whole forward prediction; `diverged_at` is the first non-finite layer, if any
@@ -48,7 +49,16 @@ pub struct Walked {
     pub ntk: Option<Vec<Carried>>,
 }
 
-/// The record of layer ℓ: the state's kernel and, in `mlp` mode, its vertex observables.
+/// The kernel a row reports: K⁰, or K⁰ + K^{{1}}/n at order 1.
+fn reported(ctx: &Ctx, st: &State) -> KernelState {
+    match &st.nlo {
+        Some(f) => st.k.with(f.corrected(&st.k.g, ctx.spec.width as f64)),
+        None => st.k.clone(),
+    }
+}
+
+/// The record of layer ℓ: the state's kernel and, in `mlp` mode or at order 1, its vertex
+/// observables.
 fn record(ctx: &Ctx, layer: usize, st: &State) -> LayerPrediction {
     let spec = ctx.spec;
     let n = spec.width as f64;
@@ -58,16 +68,22 @@ fn record(ctx: &Ctx, layer: usize, st: &State) -> LayerPrediction {
     } else {
         n
     };
+    let vertex = match &st.nlo {
+        Some(f) => Some(f.observables(&st.k.g, n, width)),
+        None => st.vertex.as_ref().map(|v| {
+            plain::observables(&st.k, v, n, width)
+                .into_iter()
+                .map(|(fl, ku)| (fl, Some(ku)))
+                .collect()
+        }),
+    };
     LayerPrediction {
         layer,
-        resid: st.k.clone(),
+        resid: reported(ctx, st),
         ln: None,
         hidden: None,
         attn: None,
-        vertex: st
-            .vertex
-            .as_ref()
-            .map(|v| plain::observables(&st.k, v, n, width)),
+        vertex,
     }
 }
 
@@ -128,7 +144,7 @@ fn block(
     };
     let sum = residual::add(ctx, z, branch);
     Ok(if ctx.spec.norm == Norm::Post {
-        ln::forward(ctx, &sum)
+        ln::forward(ctx, &sum, true)
     } else {
         sum
     })
@@ -143,8 +159,8 @@ pub fn walk(ctx: &Ctx, g0: &KernelState) -> Result<Walked, TheoryError> {
     grad2(&mut z, 1);
     let mut cur = record(ctx, 1, &z);
     for (b, kind) in spec.blocks.iter().enumerate() {
-        let pre_ln = (spec.norm == Norm::Pre).then(|| ln::forward(ctx, &z));
-        cur.ln = pre_ln.as_ref().map(|s| s.k.clone());
+        let pre_ln = (spec.norm == Norm::Pre).then(|| ln::forward(ctx, &z, false));
+        cur.ln = pre_ln.as_ref().map(|s| reported(ctx, s));
         if !z.finite() {
             return Ok(diverged(out, cur.layer));
         }
@@ -159,8 +175,8 @@ pub fn walk(ctx: &Ctx, g0: &KernelState) -> Result<Walked, TheoryError> {
         };
     }
     // The head's input: the final LN in `pre` mode.
-    let final_ln = (spec.norm == Norm::Pre).then(|| ln::forward(ctx, &z));
-    cur.ln = final_ln.as_ref().map(|s| s.k.clone());
+    let final_ln = (spec.norm == Norm::Pre).then(|| ln::forward(ctx, &z, false));
+    cur.ln = final_ln.as_ref().map(|s| reported(ctx, s));
     if !z.finite() {
         return Ok(diverged(out, cur.layer));
     }

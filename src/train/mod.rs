@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 use toml::Value;
 
-use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind, InitDist};
+use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind};
 use crate::hparams::HparamTable;
 use crate::model::{Group, Network, ParamGrads, Probe, Real, init};
 use optim::{Adam, Kind, Optimizer};
@@ -133,7 +133,7 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
     }
     let cfg = b.build()?;
     let outputs = match cfg.model.head {
-        HeadKind::Pooled => Outputs::PerSequence,
+        HeadKind::Pooled | HeadKind::Class => Outputs::PerSequence,
         _ => Outputs::PerToken,
     };
     if outputs != task.outputs() {
@@ -240,11 +240,12 @@ impl<F: Real> Trainer<F> {
         let mut net = Network::sample(&model, &mut init::stream(spec.seed, 0));
         if let Some(hp) = hp {
             // Re-draw each group the table sizes, from its own stream: the variance is per
-            // entry, already divided by whatever fan-in the family prescribes.
+            // entry, already divided by whatever fan-in the family prescribes; the law is the
+            // group's own (`model.init_groups.<group>`, else `model.init`).
             let mut rng = init::stream(spec.seed, 1);
             for p in net.params.list.iter_mut() {
                 if let Some(v) = hp.group(p.group).and_then(|g| g.init_variance) {
-                    init::fill(&mut p.value, v, InitDist::Gaussian, &mut rng);
+                    init::fill(&mut p.value, v, model.init_of(p.group), &mut rng);
                     p.var = v;
                 }
             }
