@@ -60,6 +60,7 @@ fn run(sets: &[&str], samples: u64, seed: u64) -> Run {
         backward: Backward::None,
         seed,
         sampler: mc::resolve_sampler(&cfg, &probe).unwrap(),
+        probe_f32: None,
     };
     let mut ens = job.start(0, samples);
     job.run(&mut ens, 2, |_| Ok(())).unwrap();

@@ -44,6 +44,7 @@ fn monte_carlo(cfg: &Config, probe: &Probe, samples: u64, seed: u64) -> Vec<Row>
         backward: Backward::Trace,
         seed,
         sampler: mc::resolve_sampler(cfg, probe).unwrap(),
+        probe_f32: None,
     };
     let mut ens = job.start(0, samples);
     job.run(&mut ens, 2, |_| Ok(())).unwrap();

@@ -64,21 +64,33 @@ pub fn reference_sets(width: usize) -> Vec<String> {
     .to_vec()
 }
 
+#[derive(Clone)]
 struct Point {
     sps: f64,
     rss_mb: f64,
 }
 
 /// Runs `sigprop simulate` in a child process and reads its closing line.
-fn child(sets: &[String], sampler: &str, samples: u64, threads: usize) -> anyhow::Result<Point> {
+fn child(
+    sets: &[String],
+    sampler: &str,
+    precision: &str,
+    samples: u64,
+    threads: usize,
+) -> anyhow::Result<Point> {
     let exe = std::env::current_exe().context("cannot find the sigprop executable")?;
-    let out = std::env::temp_dir().join(format!("sigprop-bench-{}-{sampler}", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "sigprop-bench-{}-{sampler}-{precision}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
     let mut cmd = Command::new(exe);
     cmd.arg("simulate");
     for s in sets {
         cmd.args(["--set", s]);
     }
     cmd.args(["--set", &format!("run.sampler={sampler}")]);
+    cmd.args(["--set", &format!("run.precision={precision}")]);
     cmd.args([
         "--samples",
         &samples.to_string(),
@@ -245,8 +257,86 @@ fn run_train(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPU model, from /proc/cpuinfo where there is one.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Single-thread f32 GEMM rate on a square 256 product (GFLOP/s): the machine's FMA rate
+/// as the packed GEMM reaches it.
+fn fma_rate_f32() -> f64 {
+    let a = ndarray::Array2::<f32>::from_elem((256, 256), 0.5);
+    let mut c = ndarray::Array2::<f32>::zeros((256, 256));
+    let t = Instant::now();
+    let reps = 40;
+    for _ in 0..reps {
+        sigprop::model::linalg::gemm(1.0, a.view(), a.view(), 0.0, &mut c.view_mut());
+    }
+    2.0 * 256f64.powi(3) * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// The f32 normal generator's single-thread rate (normals/s).
+fn normal_rate_f32() -> f64 {
+    let mut g = sigprop::mc::normal::FastNormals::from_seed(1);
+    let mut buf = vec![0f32; 1 << 16];
+    let t = Instant::now();
+    let reps = 100;
+    for _ in 0..reps {
+        g.fill_f32(&mut buf);
+    }
+    (buf.len() * reps) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Where one thread's time goes in the conditional sampler (n = 512, the given precision):
+/// shares of normals, basis, GEMM and the rest (elementwise), and per sample the normals
+/// drawn and GEMM flops.
+fn conditional_profile(
+    args: &BenchArgs,
+    precision: &str,
+) -> anyhow::Result<(f64, [f64; 3], f64, f64)> {
+    use sigprop::mc::profile as p;
+    let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
+    for s in reference_sets(512) {
+        b = b.set(&s)?;
+    }
+    let mut cfg = b
+        .set("run.sampler=conditional")?
+        .set(&format!("run.precision={precision}"))?
+        .build()?;
+    let probe = sigprop::inputs::probe(&mut cfg)?;
+    let job = Job::new(&cfg, &probe);
+    let samples = 16;
+    p::reset();
+    PROFILE.store(true, Ordering::SeqCst);
+    GEMM_FLOPS.store(0, Ordering::SeqCst);
+    GEMM_NANOS.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let mut ens = job.start(0, samples);
+    job.run(&mut ens, 1, |_| Ok(()))?;
+    let wall = t.elapsed().as_secs_f64() * 1e9;
+    PROFILE.store(false, Ordering::SeqCst);
+    let gemm = GEMM_NANOS.load(Ordering::SeqCst) as f64;
+    let flops = GEMM_FLOPS.load(Ordering::SeqCst) as f64;
+    let (normals, basis, count) = p::read();
+    Ok((
+        wall / samples as f64 / 1e9,
+        [normals / wall, basis / wall, gemm / wall],
+        count / samples as f64,
+        flops / samples as f64,
+    ))
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     sigprop::limits::check_threads("--threads", args.threads)?;
+    println!("cpu: {}", cpu_model());
     if args.train {
         return run_train(args);
     }
@@ -254,6 +344,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "reference: paper-vit, H=8, T=16, S=1, 6 layers (12 blocks), trace backward, {} threads",
         args.threads
+    );
+    let fma = fma_rate_f32();
+    let nrate = normal_rate_f32();
+    println!(
+        "one thread: f32 GEMM {fma:.1} GFLOP/s (256³), f32 normals {:.0} M/s",
+        nrate / 1e6
     );
     {
         let mut b = sigprop::api::ConfigSource::from(&args.cfg).builder()?;
@@ -264,28 +360,65 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let probe = sigprop::inputs::probe(&mut cfg)?;
         let (share, gflops) = gemm_profile(&cfg, &probe)?;
         println!(
-            "dense n=512, 1 thread: {:.0}% of time in GEMM at {gflops:.1} GFLOP/s",
+            "dense f64 n=512, 1 thread: {:.0}% of time in GEMM at {gflops:.1} GFLOP/s",
             100.0 * share
         );
+        for precision in ["f32", "f64"] {
+            let (per, [sn, sb, sg], normals, flops) = conditional_profile(args, precision)?;
+            let limit = normals / nrate + flops / (fma * 1e9);
+            println!(
+                "conditional {precision} n=512, 1 thread: {:.1} ms/sample; normals {:.0}%, basis {:.0}%, GEMM {:.0}%, elementwise and other {:.0}%; {:.2} M normals and {:.0} MFLOP per sample; limit (f32 normals/s and FMA rate) {:.1} ms/sample = {:.0} samples/s on {} threads",
+                per * 1e3,
+                100.0 * sn,
+                100.0 * sb,
+                100.0 * sg,
+                100.0 * (1.0 - sn - sb - sg).max(0.0),
+                normals / 1e6,
+                flops / 1e6,
+                limit * 1e3,
+                args.threads as f64 / limit,
+                args.threads
+            );
+        }
     }
     println!(
-        "{:>6} {:>22} {:>22} {:>16} {:>16} {:>12}",
-        "n", "dense samples/s (MB)", "cond. samples/s (MB)", "torch f32", "torch f64", "cond/torch"
+        "{:>6} {:>16} {:>16} {:>16} {:>16} {:>10} {:>10} {:>10} {:>10}",
+        "n",
+        "dense f64 (MB)",
+        "dense f32 (MB)",
+        "cond. f64 (MB)",
+        "cond. f32 (MB)",
+        "torch f32",
+        "torch f64",
+        "c32/t32",
+        "c64/t32"
     );
     for &n in &args.widths {
         let mut sets = reference_sets(n);
         sets.extend(args.cfg.set.iter().cloned());
         // Size each point to the time budget from a rough per-sample cost.
         let scale = (n as f64 / 512.0).powi(2);
-        let dense = if n <= 2048 {
+        let dense = |precision: &str| -> anyhow::Result<Option<Point>> {
+            if n > 2048 {
+                return Ok(None);
+            }
             let samples = ((args.seconds * 12.0 / scale) as u64).clamp(2, 256);
-            Some(child(&sets, "dense", samples, args.threads)?)
-        } else {
-            None
+            Ok(Some(child(
+                &sets,
+                "dense",
+                precision,
+                samples,
+                args.threads,
+            )?))
         };
-        let cond_samples =
-            ((args.seconds * 120.0 / (n as f64 / 512.0).powf(1.3)) as u64).clamp(2, 2048);
-        let cond = child(&sets, "conditional", cond_samples, args.threads)?;
+        let (d64, d32) = (dense("f64")?, dense("f32")?);
+        let cond = |precision: &str, rate: f64| {
+            let samples =
+                ((args.seconds * rate / (n as f64 / 512.0).powf(1.3)) as u64).clamp(2, 8192);
+            child(&sets, "conditional", precision, samples, args.threads)
+        };
+        let c64 = cond("f64", 160.0)?;
+        let c32 = cond("f32", 300.0)?;
         let (t32, t64) = if torch_ok && n <= 2048 {
             let s = ((args.seconds * 6.0 / scale) as u64).clamp(2, 64);
             (
@@ -295,25 +428,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         } else {
             (None, None)
         };
-        let best = t32.into_iter().chain(t64).fold(f64::NAN, f64::max);
         let fmt = |p: &Option<Point>| {
             p.as_ref().map_or("—".to_string(), |p| {
                 format!("{:.2} ({:.0})", p.sps, p.rss_mb)
             })
         };
         let tf = |t: Option<f64>| t.map_or("—".to_string(), |v| format!("{v:.2}"));
-        let ratio = if best.is_finite() {
-            format!("{:.1}x", cond.sps / best)
-        } else {
-            "—".into()
-        };
+        let ratio = |c: &Point| t32.map_or("—".to_string(), |t| format!("{:.1}x", c.sps / t));
         println!(
-            "{n:>6} {:>22} {:>22} {:>16} {:>16} {:>12}",
-            fmt(&dense),
-            fmt(&Some(cond)),
+            "{n:>6} {:>16} {:>16} {:>16} {:>16} {:>10} {:>10} {:>10} {:>10}",
+            fmt(&d64),
+            fmt(&d32),
+            fmt(&Some(c64.clone())),
+            fmt(&Some(c32.clone())),
             tf(t32),
             tf(t64),
-            ratio
+            ratio(&c32),
+            ratio(&c64)
         );
     }
     if !torch_ok {

@@ -46,13 +46,17 @@ impl Purpose {
         always
             || match self {
                 Purpose::MonteCarlo => key.starts_with("theory."),
-                Purpose::Theory => key == "run.sampler",
+                Purpose::Theory => key == "run.sampler" || key == "run.precision",
                 Purpose::Train => false,
                 Purpose::Compare => {
                     key.starts_with("theory.")
                         || matches!(
                             key,
-                            "run.sampler" | "run.seed" | "run.name" | "run.backward"
+                            "run.sampler"
+                                | "run.seed"
+                                | "run.name"
+                                | "run.backward"
+                                | "run.precision"
                         )
                 }
             }
@@ -102,7 +106,7 @@ impl Fingerprint {
     fn config_pairs(cfg: &Config, purpose: Purpose) -> Vec<(String, String)> {
         cfg.flat()
             .iter()
-            .filter(|(k, _)| !purpose.ignores(k))
+            .filter(|(k, v)| !purpose.ignores(k) && !at_late_default(k, v))
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect()
     }
@@ -172,6 +176,15 @@ impl Fingerprint {
     pub fn hex(&self) -> String {
         format!("{:016x}", self.hash)
     }
+}
+
+/// Keys added after runs already existed, at the default that reproduces those runs: left
+/// out of the pairs, so an old `moments.bin` keeps its fingerprint (and resumes), while any
+/// other value enters the hash as usual.
+fn at_late_default(key: &str, value: &toml::Value) -> bool {
+    const LATE: &[(&str, &str)] = &[("run.precision", "f64")];
+    LATE.iter()
+        .any(|&(k, d)| k == key && value.as_str() == Some(d))
 }
 
 /// The probe's shape and contents, bit for bit.

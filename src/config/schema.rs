@@ -168,6 +168,9 @@ fn other_keys() -> Vec<Key> {
         key!("run.seed", Kind::Int { min: 0 }, 0),
         key!("run.sampler", Kind::Choice(SAMPLERS), "auto"),
         key!("run.backward", Kind::Choice(BACKWARDS), "trace"),
+        // The Monte Carlo's floating-point type: f64 the reference; f32 about twice as fast,
+        // resolving relative differences down to ~1e-6 (README, "Precision").
+        key!("run.precision", Kind::Choice(PRECISIONS), "f64"),
         // Theory engine (`sigprop theory`): draws of the Gaussian logit field per attention
         // block for E[Ω Ω] (1.64), and the number of independent batches that give its error.
         key!("theory.logit_samples", Kind::Int { min: 2 }, 20000),

@@ -101,6 +101,8 @@ pub struct RunSection {
     pub seed: u64,
     pub sampler: Sampler,
     pub backward: Backward,
+    /// What the Monte Carlo computes in (read by `mc::Job::new`).
+    pub precision: Precision,
 }
 
 /// `[theory]`: the numerical averages of the theory engine.
@@ -115,7 +117,7 @@ pub struct TheorySpec {
     pub order: u64,
 }
 
-/// `train.precision`: the trainer's floating-point type.
+/// `train.precision` and `run.precision`: the trainer's and the Monte Carlo's floating-point type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -193,7 +195,7 @@ mod tests {
                     "run.sampler" => parses::<Sampler>(w),
                     "run.backward" => parses::<Backward>(w),
                     "train.optimizer" => parses::<Optimizer>(w),
-                    "train.precision" => parses::<Precision>(w),
+                    "train.precision" | "run.precision" => parses::<Precision>(w),
                     other => panic!("choice key {other} has no enum in sections.rs"),
                 };
                 assert!(ok, "{} = {w} does not deserialize", key.name);

@@ -14,9 +14,10 @@
 //! Several cotangents (`pairs` mode) extend the same basis, so their ∂X are drawn jointly:
 //! O(n·D⁴) per matrix for D cotangents of D tokens.
 //!
-//! Rank: a row whose residual after projection is below [`RANK_TOL`] of its norm is taken
-//! to lie in the span (identical tokens, the first causal token, uniform attention). The
-//! error this makes in Y is below RANK_TOL relative.
+//! Rank: a row whose residual after projection is below [`McReal::RANK_TOL`] of its norm is
+//! taken to lie in the span (identical tokens, the first causal token, uniform attention).
+//! The error this makes in Y is below RANK_TOL relative: 1e-10 in f64 (≈ 450 ulp), 3e-5 in
+//! f32 (≈ 250 ulp; MGS-twice leaves residuals of a few ulp on exactly dependent rows).
 //!
 //! Tied embeddings are used twice forward and are materialized (the dense path) instead.
 
@@ -24,37 +25,54 @@ use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use std::sync::atomic::Ordering;
+
+use super::normal::FastNormals;
+use super::{McReal, profile};
 use crate::model::init::Stream;
+use crate::model::linalg::GEMM_NANOS;
 use crate::model::{Params, WeightOps, linalg};
 
-/// Relative residual below which a row counts as linearly dependent.
-pub const RANK_TOL: f64 = 1e-10;
+/// Relative residual below which a row counts as linearly dependent, in f64.
+pub const RANK_TOL: f64 = <f64 as McReal>::RANK_TOL;
 
-struct State {
-    sd: f64,
+struct State<F> {
+    sd: F,
     /// Orthonormal rows spanning X (r × fan_in).
-    qx: Array2<f64>,
-    /// W Q_Xᵀ / σ (fan_out × r).
-    m: Array2<f64>,
+    qx: Array2<F>,
+    /// W Q_Xᵀ / σ (fan_out × r; stored transposed, r × fan_out, in f32).
+    m: Array2<F>,
     /// Orthonormal rows spanning the cotangents so far (k × fan_out).
-    qg: Array2<f64>,
+    qg: Array2<F>,
     /// Q_G Z (I − Q_Xᵀ Q_X) (k × fan_in).
-    n_perp: Array2<f64>,
+    n_perp: Array2<F>,
+}
+
+/// Where the standard normals come from: the sample's own Xoshiro stream through
+/// rand_distr's ziggurat (f64, the reference), or the vectorized generator (f32).
+enum Source {
+    Exact(Stream),
+    Fast(Box<FastNormals>),
 }
 
 /// Weight realization by conditional Gaussian sampling; one per network sample.
-pub struct Conditional {
-    rng: Stream,
-    state: Vec<Option<State>>,
+pub struct Conditional<F = f64> {
+    rng: Source,
+    state: Vec<Option<State<F>>>,
     /// With one backward pass a weight's state is dropped once used (memory O(B n D)).
     single_pass: bool,
     /// The last input factorized, X = C Q_X: Q, K and V read the same LN output and
     /// share one factorization.
-    last: Option<(Array2<f64>, Array2<f64>, Array2<f64>)>,
+    last: Option<(Array2<F>, Array2<F>, Array2<F>)>,
 }
 
-impl Conditional {
-    pub fn new(params: &Params, rng: Stream, single_pass: bool) -> Self {
+impl<F: McReal> Conditional<F> {
+    pub fn new(params: &Params<F>, mut rng: Stream, single_pass: bool) -> Self {
+        let rng = if F::FAST_NORMALS {
+            Source::Fast(Box::new(FastNormals::new(&mut rng)))
+        } else {
+            Source::Exact(rng)
+        };
         Conditional {
             rng,
             state: (0..params.list.len()).map(|_| None).collect(),
@@ -64,7 +82,7 @@ impl Conditional {
     }
 
     /// (C, Q_X) with X = C Q_X, reusing the previous factorization when X is the same.
-    fn factor(&mut self, x: ArrayView2<f64>) -> (Array2<f64>, Array2<f64>) {
+    fn factor(&mut self, x: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
         if let Some((x0, c, q)) = &self.last
             && x0.view() == x
         {
@@ -76,45 +94,89 @@ impl Conditional {
         (c, q)
     }
 
-    fn normals(&mut self, rows: usize, cols: usize) -> Array2<f64> {
-        let rng = &mut self.rng;
-        Array2::from_shape_simple_fn((rows, cols), || rng.sample::<f64, _>(StandardNormal))
+    /// A (rows × cols) array of i.i.d. N(0, 1), filled in row-major order.
+    fn normals(&mut self, rows: usize, cols: usize) -> Array2<F> {
+        if profile::on() {
+            let t = std::time::Instant::now();
+            let a = self.draw(rows, cols);
+            profile::NORMAL_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            profile::NORMAL_COUNT.fetch_add((rows * cols) as u64, Ordering::Relaxed);
+            return a;
+        }
+        self.draw(rows, cols)
+    }
+
+    fn draw(&mut self, rows: usize, cols: usize) -> Array2<F> {
+        match &mut self.rng {
+            Source::Exact(rng) => Array2::from_shape_simple_fn((rows, cols), || {
+                F::of(rng.sample::<f64, _>(StandardNormal))
+            }),
+            Source::Fast(g) => {
+                let mut a = Array2::zeros((rows, cols));
+                if let Some(buf) = a.as_slice_mut() {
+                    F::fill_fast(g, buf);
+                }
+                a
+            }
+        }
     }
 }
 
 /// Extends the orthonormal `basis` (k × len) to span the rows of `v` (D × len) and returns
 /// the coefficients C (D × k') with v = C · basis' (block classical Gram–Schmidt with
 /// re-orthogonalization, then modified Gram–Schmidt within the block).
-pub fn extend_basis(basis: &mut Array2<f64>, v: ArrayView2<f64>) -> Array2<f64> {
+pub fn extend_basis<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
+    if profile::on() {
+        let (t, g) = (
+            std::time::Instant::now(),
+            GEMM_NANOS.load(Ordering::Relaxed),
+        );
+        let c = extend(basis, v);
+        let own =
+            (t.elapsed().as_nanos() as u64).saturating_sub(GEMM_NANOS.load(Ordering::Relaxed) - g);
+        profile::BASIS_NANOS.fetch_add(own, Ordering::Relaxed);
+        return c;
+    }
+    extend(basis, v)
+}
+
+fn extend<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
     let k = basis.nrows();
     let d = v.nrows();
     let mut resid = v.to_owned();
     let mut coef_old = Array2::zeros((d, k));
     if k > 0 {
         for _ in 0..2 {
-            let c = linalg::mm_t(resid.view(), basis.view());
-            linalg::gemm(-1.0, c.view(), basis.view(), 1.0, &mut resid.view_mut());
+            let c = mm(resid.view(), basis.t());
+            F::gemm(
+                -F::one(),
+                c.view(),
+                basis.view(),
+                F::one(),
+                &mut resid.view_mut(),
+            );
             coef_old += &c;
         }
     }
     // Modified Gram–Schmidt within the block, twice, with vectorized dot/axpy on rows.
     let len = v.ncols();
-    let mut fresh = Array2::<f64>::zeros((d, len));
+    let mut fresh = Array2::<F>::zeros((d, len));
     let mut added = 0usize;
-    let mut coef_new = Array2::<f64>::zeros((d, d));
+    let mut coef_new = Array2::<F>::zeros((d, d));
+    let tol = F::of(F::RANK_TOL);
     for i in 0..d {
-        let norm0 = v.row(i).dot(&v.row(i)).sqrt();
+        let norm0 = F::dot(v.row(i), v.row(i)).sqrt();
         let mut r = resid.row_mut(i);
         for _ in 0..2 {
             for j in 0..added {
                 let q = fresh.row(j);
-                let dot = q.dot(&r);
-                r.scaled_add(-dot, &q);
+                let dot = F::dot(q, r.view());
+                F::axpy(r.view_mut(), -dot, q);
                 coef_new[[i, j]] += dot;
             }
         }
-        let norm = r.dot(&r).sqrt();
-        if norm0 > 0.0 && norm > RANK_TOL * norm0 {
+        let norm = F::dot(r.view(), r.view()).sqrt();
+        if norm0 > F::zero() && norm > tol * norm0 {
             fresh.row_mut(added).assign(&(&r / norm));
             coef_new[[i, added]] = norm;
             added += 1;
@@ -131,8 +193,15 @@ pub fn extend_basis(basis: &mut Array2<f64>, v: ArrayView2<f64>) -> Array2<f64> 
     coef
 }
 
-impl WeightOps for Conditional {
-    fn fwd(&mut self, p: &Params, id: usize, x: ArrayView2<f64>) -> Array2<f64> {
+/// A·B through the precision's product ([`McReal::gemm`]).
+fn mm<F: McReal>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    let mut c = Array2::zeros((a.nrows(), b.ncols()));
+    F::gemm(F::one(), a, b, F::zero(), &mut c.view_mut());
+    c
+}
+
+impl<F: McReal> WeightOps<F> for Conditional<F> {
+    fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F> {
         let param = &p.list[id];
         if param.is_materialized() {
             return linalg::mm_t(x, param.value.view());
@@ -143,10 +212,17 @@ impl WeightOps for Conditional {
             param.name
         );
         let (fan_out, fan_in) = param.shape;
-        let sd = param.var.sqrt();
+        let sd = F::of(param.var.sqrt());
         let (c, qx) = self.factor(x);
-        let m = self.normals(fan_out, qx.nrows());
-        let mut y = linalg::mm_t(c.view(), m.view());
+        // The f32 path keeps M transposed (r × fan_out, i.i.d. so the layout is free): both
+        // of its products then read rows.
+        let m = if F::FAST_NORMALS {
+            self.normals(qx.nrows(), fan_out)
+        } else {
+            self.normals(fan_out, qx.nrows())
+        };
+        let mt = if F::FAST_NORMALS { m.view() } else { m.t() };
+        let mut y = mm(c.view(), mt);
         y *= sd;
         self.state[id] = Some(State {
             sd,
@@ -158,7 +234,7 @@ impl WeightOps for Conditional {
         y
     }
 
-    fn bwd(&mut self, p: &Params, id: usize, g: ArrayView2<f64>) -> Array2<f64> {
+    fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F> {
         let param = &p.list[id];
         if param.is_materialized() {
             return linalg::mm(g, param.value.view());
@@ -167,20 +243,37 @@ impl WeightOps for Conditional {
             .take()
             .expect("backward of a weight the forward pass did not use");
         // The part fixed by the forward pass: σ (G M) Q_X.
-        let gm = linalg::mm(g, st.m.view());
-        let mut dx = linalg::mm(gm.view(), st.qx.view());
+        let m = if F::FAST_NORMALS {
+            st.m.t()
+        } else {
+            st.m.view()
+        };
+        let gm = mm(g, m);
+        let mut dx = mm(gm.view(), st.qx.view());
         // The fresh part: σ A N with G = A Q_G.
         let k_old = st.qg.nrows();
         let a = extend_basis(&mut st.qg, g);
         let added = st.qg.nrows() - k_old;
         if added > 0 {
             let mut fresh = self.normals(added, st.qx.ncols());
-            let proj = linalg::mm_t(fresh.view(), st.qx.view());
-            linalg::gemm(-1.0, proj.view(), st.qx.view(), 1.0, &mut fresh.view_mut());
+            let proj = mm(fresh.view(), st.qx.t());
+            F::gemm(
+                -F::one(),
+                proj.view(),
+                st.qx.view(),
+                F::one(),
+                &mut fresh.view_mut(),
+            );
             st.n_perp =
                 concatenate(Axis(0), &[st.n_perp.view(), fresh.view()]).expect("same width");
         }
-        linalg::gemm(1.0, a.view(), st.n_perp.view(), 1.0, &mut dx.view_mut());
+        F::gemm(
+            F::one(),
+            a.view(),
+            st.n_perp.view(),
+            F::one(),
+            &mut dx.view_mut(),
+        );
         dx *= st.sd;
         if !self.single_pass {
             self.state[id] = Some(st);

@@ -5,17 +5,49 @@
 
 pub mod conditional;
 pub mod moments;
+pub mod normal;
 pub mod ntk;
 pub mod observe;
+
+/// Counters for `sigprop bench`'s breakdown of the conditional sampler, on while
+/// `linalg::PROFILE` is: time drawing normals (and how many), time extending bases outside
+/// their GEMMs (which `linalg` counts).
+pub mod profile {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub static NORMAL_NANOS: AtomicU64 = AtomicU64::new(0);
+    pub static NORMAL_COUNT: AtomicU64 = AtomicU64::new(0);
+    pub static BASIS_NANOS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn on() -> bool {
+        crate::model::linalg::PROFILE.load(Ordering::Relaxed)
+    }
+
+    pub fn reset() {
+        for c in [&NORMAL_NANOS, &NORMAL_COUNT, &BASIS_NANOS] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// (normal nanoseconds, basis nanoseconds, normals drawn).
+    pub fn read() -> (f64, f64, f64) {
+        (
+            NORMAL_NANOS.load(Ordering::SeqCst) as f64,
+            BASIS_NANOS.load(Ordering::SeqCst) as f64,
+            NORMAL_COUNT.load(Ordering::SeqCst) as f64,
+        )
+    }
+}
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use rayon::prelude::*;
 
 use crate::config::{Backward, Config, ModelSpec, Sampler};
-use crate::model::{Materialized, Network, Probe, init};
+use crate::model::{Materialized, Network, Probe, Real, init};
 use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
 use conditional::Conditional;
 
@@ -55,6 +87,91 @@ impl Ensemble {
     }
 }
 
+/// A floating-point type the Monte Carlo computes in (`run.precision`). Whatever the type,
+/// each sample's slot values are widened to f64 and summed in double-double, so shards,
+/// resume and thread counts stay exact.
+pub trait McReal: Real {
+    /// The conditional sampler's relative rank tolerance (see `conditional`).
+    const RANK_TOL: f64;
+    /// Whether the conditional sampler draws from the vectorized generator
+    /// ([`normal::FastNormals`]) rather than the sample's stream through rand_distr.
+    const FAST_NORMALS: bool;
+    /// Fills `out` from the vectorized generator.
+    fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
+    /// A network drawn in f64, in this type (parameters rounded to nearest).
+    fn network(net: Network) -> Network<Self>;
+    /// The conditional sampler's products C ← βC + α A·B (`linalg::gemm`).
+    fn gemm(
+        alpha: Self,
+        a: ArrayView2<Self>,
+        b: ArrayView2<Self>,
+        beta: Self,
+        c: &mut ArrayViewMut2<Self>,
+    );
+    /// Σ a_i b_i of two rows.
+    fn dot(a: ArrayView1<Self>, b: ArrayView1<Self>) -> Self;
+    /// y ← y + α x on rows.
+    fn axpy(y: ArrayViewMut1<Self>, alpha: Self, x: ArrayView1<Self>);
+}
+
+impl McReal for f64 {
+    const RANK_TOL: f64 = 1e-10;
+    const FAST_NORMALS: bool = false;
+    fn fill_fast(g: &mut normal::FastNormals, out: &mut [f64]) {
+        g.fill_f64(out)
+    }
+    fn network(net: Network) -> Network {
+        net
+    }
+    fn gemm(
+        alpha: f64,
+        a: ArrayView2<f64>,
+        b: ArrayView2<f64>,
+        beta: f64,
+        c: &mut ArrayViewMut2<f64>,
+    ) {
+        crate::model::linalg::gemm(alpha, a, b, beta, c)
+    }
+    fn dot(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
+        a.dot(&b)
+    }
+    fn axpy(mut y: ArrayViewMut1<f64>, alpha: f64, x: ArrayView1<f64>) {
+        y.scaled_add(alpha, &x)
+    }
+}
+
+impl McReal for f32 {
+    const RANK_TOL: f64 = 3e-5;
+    const FAST_NORMALS: bool = true;
+    fn fill_fast(g: &mut normal::FastNormals, out: &mut [f32]) {
+        g.fill_f32(out)
+    }
+    fn network(net: Network) -> Network<f32> {
+        net.cast()
+    }
+    fn gemm(
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: ArrayView2<f32>,
+        beta: f32,
+        c: &mut ArrayViewMut2<f32>,
+    ) {
+        crate::model::linalg::gemm(alpha, a, b, beta, c)
+    }
+    fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
+        match (a.as_slice(), b.as_slice()) {
+            (Some(x), Some(y)) => crate::model::skinny::dot(x, y),
+            _ => a.dot(&b),
+        }
+    }
+    fn axpy(mut y: ArrayViewMut1<f32>, alpha: f32, x: ArrayView1<f32>) {
+        match (y.as_slice_mut(), x.as_slice()) {
+            (Some(ys), Some(xs)) => crate::model::skinny::axpy(ys, alpha, xs),
+            _ => y.scaled_add(alpha, &x),
+        }
+    }
+}
+
 /// What a sample needs besides its index.
 pub struct Job<'a> {
     pub spec: &'a crate::config::ModelSpec,
@@ -63,6 +180,9 @@ pub struct Job<'a> {
     pub seed: u64,
     /// `Dense` or `Conditional` (resolved, never `Auto`).
     pub sampler: Sampler,
+    /// The probe in f32 when `run.precision = "f32"` (the samples then compute in f32);
+    /// `None` for f64.
+    pub probe_f32: Option<Probe<f32>>,
 }
 
 /// Keeps the conditional sampler's draws apart from the network's own stream.
@@ -72,41 +192,54 @@ impl<'a> Job<'a> {
     /// The job a configuration describes, with its sampler resolved.
     pub fn new(cfg: &'a Config, probe: &'a Probe) -> Job<'a> {
         let sampler = resolve_sampler(cfg, probe).unwrap_or(Sampler::Dense);
+        let f32 = cfg.get("run.precision").and_then(toml::Value::as_str) == Some("f32");
         Job {
             spec: &cfg.model,
             probe,
             backward: cfg.run.backward,
             seed: cfg.run.seed,
             sampler,
+            probe_f32: f32.then(|| probe.cast()),
+        }
+    }
+
+    /// "f32" or "f64": what the samples compute in.
+    pub fn precision(&self) -> &'static str {
+        if self.probe_f32.is_some() {
+            "f32"
+        } else {
+            "f64"
         }
     }
 
     fn sample(&self, index: u64, describe: bool) -> Recorder {
+        match &self.probe_f32 {
+            Some(p) => self.sample_in(p, index, describe),
+            None => self.sample_in(self.probe, index, describe),
+        }
+    }
+
+    /// One sample computing in `F`. The weights are drawn in f64 from the sample's stream
+    /// whatever `F` is (then rounded), so both precisions sample the same networks.
+    fn sample_in<F: McReal>(&self, probe: &Probe<F>, index: u64, describe: bool) -> Recorder {
         let mut rng = init::stream(self.seed, index);
         let mut rec = Recorder::new(describe);
         match self.sampler {
             Sampler::Conditional => {
-                let net = Network::sample_with(self.spec, &mut rng, true);
+                let net = F::network(Network::sample_with(self.spec, &mut rng, true));
                 let single = self.backward != Backward::Pairs;
                 let mut ops = Conditional::new(
                     &net.params,
                     init::stream(self.seed ^ CONDITIONAL_DOMAIN, index),
                     single,
                 );
-                observe::observe(
-                    &net,
-                    self.probe,
-                    self.backward,
-                    &mut ops,
-                    &mut rng,
-                    &mut rec,
-                );
+                observe::observe(&net, probe, self.backward, &mut ops, &mut rng, &mut rec);
             }
             _ => {
-                let net = Network::sample(self.spec, &mut rng);
+                let net = F::network(Network::sample(self.spec, &mut rng));
                 observe::observe(
                     &net,
-                    self.probe,
+                    probe,
                     self.backward,
                     &mut Materialized,
                     &mut rng,

@@ -7,31 +7,31 @@
 
 use ndarray::Array2;
 
-use crate::model::{GradSink, GradTerm, Network, linalg};
+use crate::model::{GradSink, GradTerm, Network, Real, linalg};
 
-enum Rep {
+enum Rep<F> {
     /// The output cotangent of a single linear use (D × fan_out), scale folded in.
-    Cotangent(Array2<f64>),
+    Cotangent(Array2<F>),
     /// ∂f/∂θ itself, shaped like the parameter.
-    Dense(Array2<f64>),
+    Dense(Array2<F>),
 }
 
 /// Collects every parameter's gradient representation over one or more backward passes.
-pub struct NtkCollector {
+pub struct NtkCollector<F = f64> {
     shared: Vec<bool>,
     shapes: Vec<(usize, usize)>,
     /// reps[param][pass]
-    reps: Vec<Vec<Rep>>,
+    reps: Vec<Vec<Rep<F>>>,
     /// X Xᵀ of a linear use's input; the same in every pass.
-    xgram: Vec<Option<Array2<f64>>>,
+    xgram: Vec<Option<Array2<F>>>,
     /// With a single pass, Θ_p(0, 0) = ⟨X Xᵀ, G Gᵀ⟩ is summed at once and nothing is kept.
     single: Option<Vec<f64>>,
     pass: usize,
 }
 
-impl NtkCollector {
+impl<F: Real> NtkCollector<F> {
     /// A collector for `passes` backward passes.
-    pub fn new(net: &Network, passes: usize) -> Self {
+    pub fn new(net: &Network<F>, passes: usize) -> Self {
         let np = net.params.list.len();
         let mut shared = vec![false; np];
         if net.head.w == net.stem.w {
@@ -68,7 +68,7 @@ impl NtkCollector {
                     }
                     return theta;
                 }
-                let projected: Vec<Option<Array2<f64>>> = reps
+                let projected: Vec<Option<Array2<F>>> = reps
                     .iter()
                     .map(|r| match (r, xg) {
                         (Rep::Cotangent(g), Some(xx)) => Some(linalg::mm(xx.view(), g.view())),
@@ -79,10 +79,12 @@ impl NtkCollector {
                     for b in a..passes {
                         let v = match (&reps[a], &projected[b]) {
                             (Rep::Cotangent(ga), Some(xgb)) => {
-                                linalg::frobenius_dot(ga.view(), xgb.view())
+                                linalg::frobenius_dot(ga.view(), xgb.view()).wide()
                             }
                             (Rep::Dense(da), _) => match &reps[b] {
-                                Rep::Dense(db) => linalg::frobenius_dot(da.view(), db.view()),
+                                Rep::Dense(db) => {
+                                    linalg::frobenius_dot(da.view(), db.view()).wide()
+                                }
                                 Rep::Cotangent(_) => {
                                     unreachable!("a parameter keeps one representation")
                                 }
@@ -99,20 +101,21 @@ impl NtkCollector {
     }
 }
 
-impl GradSink for NtkCollector {
-    fn term(&mut self, p: usize, term: GradTerm<'_>) {
+impl<F: Real> GradSink<F> for NtkCollector<F> {
+    fn term(&mut self, p: usize, term: GradTerm<'_, F>) {
         let pass = self.pass - 1;
         if let (GradTerm::Linear { input, grad, scale }, false) = (&term, self.shared[p]) {
             if let Some(s) = &mut self.single {
                 let xx = linalg::gram(*input);
                 let gg = linalg::gram(*grad);
-                s[p] += scale * scale * linalg::frobenius_dot(xx.view(), gg.view());
+                let sc = scale.wide();
+                s[p] += sc * sc * linalg::frobenius_dot(xx.view(), gg.view()).wide();
                 return;
             }
             if self.xgram[p].is_none() {
                 self.xgram[p] = Some(linalg::gram(*input));
             }
-            self.reps[p].push(Rep::Cotangent(grad.mapv(|x| x * scale)));
+            self.reps[p].push(Rep::Cotangent(grad.mapv(|x| x * *scale)));
             return;
         }
         if self.reps[p].len() <= pass {

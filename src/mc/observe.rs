@@ -8,7 +8,7 @@ use rand_distr::StandardNormal;
 use super::ntk::NtkCollector;
 use crate::config::{Backward, BlockKind, ModelSpec, Norm};
 use crate::model::init::Stream;
-use crate::model::{InnerTrace, Network, Probe, Trace, WeightOps};
+use crate::model::{InnerTrace, Network, Probe, Real, Trace, WeightOps};
 use crate::stats::observable::{self, AttnValues, NtkLayout, NtkPart};
 use crate::stats::{Observable, Recorder, RowKey, Site};
 
@@ -27,11 +27,11 @@ pub fn block_name(spec: &ModelSpec, layer: usize) -> &'static str {
 }
 
 /// Draws one network's worth of statistics into `rec`.
-pub fn observe(
-    net: &Network,
-    probe: &Probe,
+pub fn observe<F: Real>(
+    net: &Network<F>,
+    probe: &Probe<F>,
     backward: Backward,
-    ops: &mut dyn WeightOps,
+    ops: &mut dyn WeightOps<F>,
     rng: &mut Stream,
     rec: &mut Recorder,
 ) {
@@ -45,7 +45,12 @@ pub fn observe(
     }
 }
 
-fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder) {
+fn forward_stats<F: Real>(
+    net: &Network<F>,
+    probe: &Probe<F>,
+    trace: &Trace<F>,
+    rec: &mut Recorder,
+) {
     let spec = &net.spec;
     let t = probe.tokens;
     let last = spec.num_blocks() + 1;
@@ -88,12 +93,12 @@ fn forward_stats(net: &Network, probe: &Probe, trace: &Trace, rec: &mut Recorder
 }
 
 /// Logit second moments per (query, key) pair, attention entropy and max weight per query.
-fn attention_stats(
+fn attention_stats<F: Real>(
     spec: &ModelSpec,
     layer: usize,
-    probe: &Probe,
-    logits: &ndarray::Array3<f64>,
-    attn: &ndarray::Array3<f64>,
+    probe: &Probe<F>,
+    logits: &ndarray::Array3<F>,
+    attn: &ndarray::Array3<F>,
     rec: &mut Recorder,
 ) {
     let (h, t, seqs) = (spec.heads, probe.tokens, probe.sequences);
@@ -102,7 +107,7 @@ fn attention_stats(
         for t1 in 0..t {
             for t2 in 0..t {
                 logit_var[[sq * t + t1, t2]] = (0..h)
-                    .map(|hh| logits[[sq * h + hh, t1, t2]].powi(2))
+                    .map(|hh| logits[[sq * h + hh, t1, t2]].wide().powi(2))
                     .sum::<f64>()
                     / h as f64;
             }
@@ -117,10 +122,11 @@ fn attention_stats(
                 let row = row.row(t1);
                 ent -= row
                     .iter()
-                    .filter(|&&p| p > 0.0)
-                    .map(|&p| p * p.ln())
+                    .map(|&p| p.wide())
+                    .filter(|&p| p > 0.0)
+                    .map(|p| p * p.ln())
                     .sum::<f64>();
-                mx += row.iter().fold(0.0f64, |m, &p| m.max(p));
+                mx += row.iter().fold(0.0f64, |m, &p| m.max(p.wide()));
             }
             entropy.push(ent / h as f64);
             max.push(mx / h as f64);
@@ -148,12 +154,12 @@ fn attention_stats(
 
 /// `trace`: one pass with a Gaussian cotangent on every output, f = n_out^{-1/2} Σ u z^L.
 /// `pairs`: one pass per output δ with f_δ = n_out^{-1/2} Σ_i u_i z^L_{δ;i}.
-fn backward_stats(
-    net: &Network,
-    probe: &Probe,
-    trace: &Trace,
+fn backward_stats<F: Real>(
+    net: &Network<F>,
+    probe: &Probe<F>,
+    trace: &Trace<F>,
     mode: Backward,
-    ops: &mut dyn WeightOps,
+    ops: &mut dyn WeightOps<F>,
     rng: &mut Stream,
     rec: &mut Recorder,
 ) {
@@ -164,9 +170,10 @@ fn backward_stats(
     let mut ntk = NtkCollector::new(net, passes);
     // grad2[pass][layer − 1] = Σ_{δ', i} (∂f/∂z^ℓ)²
     let mut grad2: Vec<Vec<f64>> = Vec::new();
-    let cotangents: Vec<Array2<f64>> = match mode {
+    // Drawn in f64 whatever F is (then rounded), so both precisions see the same cotangents.
+    let cotangents: Vec<Array2<F>> = match mode {
         Backward::Trace => vec![Array2::from_shape_simple_fn((d_out, n_out), || {
-            norm * rng.sample::<f64, _>(StandardNormal)
+            F::of(norm * rng.sample::<f64, _>(StandardNormal))
         })],
         _ => {
             let u: Vec<f64> = (0..n_out)
@@ -175,7 +182,10 @@ fn backward_stats(
             (0..d_out)
                 .map(|d| {
                     let mut g = Array2::zeros((d_out, n_out));
-                    g.row_mut(d).iter_mut().zip(&u).for_each(|(a, b)| *a = *b);
+                    g.row_mut(d)
+                        .iter_mut()
+                        .zip(&u)
+                        .for_each(|(a, b)| *a = F::of(*b));
                     g
                 })
                 .collect()
@@ -184,7 +194,11 @@ fn backward_stats(
     for g in &cotangents {
         ntk.begin_pass();
         let dz = net.backward_with(trace, probe, g.view(), &mut ntk, ops);
-        grad2.push(dz.iter().map(|a| a.iter().map(|x| x * x).sum()).collect());
+        grad2.push(
+            dz.iter()
+                .map(|a| a.iter().map(|x| x.wide() * x.wide()).sum())
+                .collect(),
+        );
     }
     let theta = ntk.finish();
     // In trace mode the one pass carries all D outputs: divide by D (SPEC §2).

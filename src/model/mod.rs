@@ -23,6 +23,7 @@ pub mod ln;
 pub mod mlp;
 pub mod real;
 pub mod residual;
+pub mod skinny;
 pub mod stem;
 
 use std::borrow::Cow;

@@ -70,8 +70,9 @@ impl Real for f32 {
     fn erf(self) -> f32 {
         libm::erff(self)
     }
-    /// matrixmultiply for every shape: the trainer's products have hundreds of rows, where
-    /// it beat faer in f64 (see `linalg`).
+    /// Skinny products (the Monte Carlo's) on the packing-free kernels of `skinny`; the rest
+    /// on matrixmultiply: the trainer's products have hundreds of rows, where it beat faer
+    /// in f64 (see `linalg`).
     #[inline]
     fn gemm_backend(
         alpha: f32,
@@ -80,6 +81,8 @@ impl Real for f32 {
         beta: f32,
         c: &mut ArrayViewMut2<f32>,
     ) {
-        ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
+        if super::skinny::try_gemm(alpha, a, b, beta, c).is_none() {
+            ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
+        }
     }
 }

@@ -8,7 +8,7 @@ use ndarray::ArrayView2;
 use super::accumulate::Accumulator;
 use super::csv::Row;
 use super::observable::{self, KernelSink, Observable, Site};
-use crate::model::linalg;
+use crate::model::{Real, linalg};
 
 /// Where a row lives: (layer, block, site, observable, i, j) of SPEC §3.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,18 +84,18 @@ impl Recorder {
     /// The kernel G_{δ1δ2} = (1/w) Σ_i z_{δ1 i} z_{δ2 i} of a site (rows are the D probe
     /// tokens, T per sequence), its summaries, and, with `per_token`, the per-token
     /// `fluct` and `kurtosis` (SPEC §2).
-    pub fn kernel(
+    pub fn kernel<F: Real>(
         &mut self,
         layer: usize,
         block: &'static str,
         site: Site,
-        z: ArrayView2<f64>,
+        z: ArrayView2<F>,
         t: usize,
         per_token: bool,
     ) {
         let d = z.nrows();
         let w = z.ncols() as f64;
-        let g = linalg::gram(z) / w;
+        let g = linalg::gram(z).mapv(|x| x.wide() / w);
         let key = |observable: Observable, i: i64, j: i64| RowKey {
             layer,
             block,
@@ -118,7 +118,10 @@ impl Recorder {
             for i in 0..d {
                 let m2 = idx[i * d + i];
                 let m2sq = self.slot(layer, g[[i, i]] * g[[i, i]]);
-                let m4 = self.slot(layer, z.row(i).iter().map(|x| x.powi(4)).sum::<f64>() / w);
+                let m4 = self.slot(
+                    layer,
+                    z.row(i).iter().map(|x| x.wide().powi(4)).sum::<f64>() / w,
+                );
                 self.row(
                     key(Observable::Fluct, i as i64, i as i64),
                     Recipe::Fluct { m2, m2sq, width: w },

@@ -1,0 +1,336 @@
+//! f32 kernels for skinny products: the Monte Carlo's, where one side has the D ≤ a few dozen
+//! probe tokens or basis rows (Gram matrices, the conditional sampler's rank-D products).
+//! General GEMMs pack both operands, and at these shapes packing costs as much as the
+//! arithmetic (matrixmultiply spent more time in `pack` than in its kernel in the f32
+//! conditional sampler). Two shapes cover them, neither needs packing:
+//!
+//! - rank update C ← βC + α A·B with B row-major and k small: each C row is a sum of k
+//!   scaled rows of B, accumulated 4 rows × 64 columns at a time in registers;
+//! - dots C ← βC + α A·Xᵀ with the rows of A and X contiguous: m·n dot products of long rows.
+//!
+//! Each kernel has an AVX-512, an AVX2+FMA and a baseline version, picked at run time.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+/// Compiles `$body` three times and dispatches on the CPU's features.
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $body:ident) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversion!(pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]), axpy_body);
+multiversion!(fn rank_update(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: &mut [f32], n: usize), rank_body);
+multiversion!(fn dots(alpha: f32, a: ArrayView2<f32>, x: ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>), dots_body);
+
+/// Σ a_i b_i over the common length: four vector partial sums over blocks of 4 vectors,
+/// the blocks of one vector left into the first, then a scalar tail. Explicit AVX-512 and
+/// AVX2 versions (the compiler kept array accumulators in memory); the portable fallback
+/// sums in one pass. The rounding differs between them (as matrixmultiply's and faer's do
+/// between CPUs), never the order within a machine.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { x86::dot512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { x86::dot256(a, b) };
+        }
+    }
+    a.iter().zip(b).fold(0.0, |s, (&x, &y)| x.mul_add(y, s))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Requires AVX-512F; `a` and `b` have the same length.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads 16 floats at i + 16q + 15 < n.
+        unsafe {
+            while i + 64 <= n {
+                for (q, sq) in s.iter_mut().enumerate() {
+                    let x = _mm512_loadu_ps(pa.add(i + 16 * q));
+                    let y = _mm512_loadu_ps(pb.add(i + 16 * q));
+                    *sq = _mm512_fmadd_ps(x, y, *sq);
+                }
+                i += 64;
+            }
+            while i + 16 <= n {
+                let x = _mm512_loadu_ps(pa.add(i));
+                let y = _mm512_loadu_ps(pb.add(i));
+                s[0] = _mm512_fmadd_ps(x, y, s[0]);
+                i += 16;
+            }
+        }
+        let v = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+        let mut t = _mm512_reduce_add_ps(v);
+        while i < n {
+            t = a[i].mul_add(b[i], t);
+            i += 1;
+        }
+        t
+    }
+
+    /// Requires AVX2 and FMA; `a` and `b` have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats at i + 8q + 7 < n.
+        unsafe {
+            while i + 32 <= n {
+                for (q, sq) in s.iter_mut().enumerate() {
+                    let x = _mm256_loadu_ps(pa.add(i + 8 * q));
+                    let y = _mm256_loadu_ps(pb.add(i + 8 * q));
+                    *sq = _mm256_fmadd_ps(x, y, *sq);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(pa.add(i));
+                let y = _mm256_loadu_ps(pb.add(i));
+                s[0] = _mm256_fmadd_ps(x, y, s[0]);
+                i += 8;
+            }
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        let mut t = _mm_cvtss_f32(h);
+        while i < n {
+            t = a[i].mul_add(b[i], t);
+            i += 1;
+        }
+        t
+    }
+}
+
+/// y ← y + α x.
+#[inline(always)]
+fn axpy_body(y: &mut [f32], alpha: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = alpha.mul_add(x, *y);
+    }
+}
+
+/// C (m × n, row-major `c`) ← βC + α A·B, B (k × n) row-major `b`: R rows × 64 columns of C
+/// at a time in registers (R·4 vectors of 16), the remainder columns one at a time.
+#[inline(always)]
+fn rank_body(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: &mut [f32], n: usize) {
+    let m = a.nrows();
+    let mut i = 0;
+    while i + 4 <= m {
+        rank_rows::<4>(alpha, a, i, b, beta, c, n);
+        i += 4;
+    }
+    while i < m {
+        rank_rows::<1>(alpha, a, i, b, beta, c, n);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn rank_rows<const R: usize>(
+    alpha: f32,
+    a: ArrayView2<f32>,
+    i0: usize,
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    n: usize,
+) {
+    const W: usize = 64;
+    let k = a.ncols();
+    let store = |x: &mut f32, v: f32| {
+        *x = if beta == 0.0 {
+            alpha * v
+        } else {
+            alpha.mul_add(v, beta * *x)
+        }
+    };
+    let mut j0 = 0;
+    while j0 + W <= n {
+        let mut acc = [[0f32; W]; R];
+        for p in 0..k {
+            let brow: &[f32; W] = b[p * n + j0..p * n + j0 + W]
+                .try_into()
+                .unwrap_or(&[0.0; W]);
+            for r in 0..R {
+                let av = a[[i0 + r, p]];
+                for l in 0..W {
+                    acc[r][l] = av.mul_add(brow[l], acc[r][l]);
+                }
+            }
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            let row = (i0 + r) * n + j0;
+            for (x, &v) in c[row..row + W].iter_mut().zip(accr) {
+                store(x, v);
+            }
+        }
+        j0 += W;
+    }
+    for j in j0..n {
+        for r in 0..R {
+            let mut v = 0f32;
+            for p in 0..k {
+                v = a[[i0 + r, p]].mul_add(b[p * n + j], v);
+            }
+            store(&mut c[(i0 + r) * n + j], v);
+        }
+    }
+}
+
+/// C ← βC + α A·Xᵀ with A (m × k) and X (n × k) with contiguous rows.
+#[inline(always)]
+fn dots_body(
+    alpha: f32,
+    a: ArrayView2<f32>,
+    x: ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) {
+    for (ai, mut ci) in a.rows().into_iter().zip(c.rows_mut()) {
+        let Some(ai) = ai.to_slice() else { continue };
+        for (xj, cij) in x.rows().into_iter().zip(ci.iter_mut()) {
+            let Some(xj) = xj.to_slice() else { continue };
+            let v = alpha * dot(ai, xj);
+            *cij = if beta == 0.0 {
+                v
+            } else {
+                beta.mul_add(*cij, v)
+            };
+        }
+    }
+}
+
+/// The most rows (and inner length, for the rank update) a product may have to take a
+/// packing-free kernel: beyond it the packed GEMM's cache blocking wins (the trainer's
+/// 512-row batches).
+const SKINNY: usize = 64;
+
+/// C ← βC + α A·B in f32 on a packing-free kernel when the product is skinny and the rows
+/// it reads are contiguous; `None` (nothing done) otherwise.
+pub fn try_gemm(
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) -> Option<()> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if b.nrows() != k || c.dim() != (m, n) || m == 0 || n == 0 {
+        return None;
+    }
+    let rows = |s: &[isize]| s[1] == 1;
+    if m <= SKINNY
+        && k <= SKINNY
+        && n >= 64
+        && c.is_standard_layout()
+        && let (Some(bs), Some(cs)) = (b.as_slice(), c.as_slice_mut())
+    {
+        rank_update(alpha, a, bs, beta, cs, n);
+        return Some(());
+    }
+    let bt = b.t();
+    if m <= SKINNY && n <= SKINNY && k >= 16 && rows(a.strides()) && rows(bt.strides()) {
+        dots(alpha, a, bt, beta, c);
+        return Some(());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    /// Both kernels against the f64 product of the same f32 inputs, within the f32 bound
+    /// k·2⁻²³·Σ|a||b| (forward error of a k-term dot product).
+    #[test]
+    fn kernels_match_the_f64_product() {
+        for (m, k, n) in [
+            (5, 3, 70),
+            (16, 16, 300),
+            (3, 700, 9),
+            (16, 64, 64),
+            (7, 40, 129),
+            (4, 17, 5),
+        ] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) % 23) as f32 - 11.0);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 7 + j * 5) % 19) as f32 * 0.25);
+            let bt_owned = b.t().to_owned(); // n × k row-major: b = bt_ownedᵀ
+            for (alpha, beta) in [(1.0f32, 0.0f32), (-0.5, 1.0), (2.0, 0.3)] {
+                let c0 = Array2::from_shape_fn((m, n), |(i, j)| (i + j) as f32);
+                let mut exact = c0.mapv(|x| x as f64 * beta as f64);
+                let mut absb = Array2::<f64>::zeros((m, n));
+                for i in 0..m {
+                    for j in 0..n {
+                        for p in 0..k {
+                            let t = a[[i, p]] as f64 * b[[p, j]] as f64;
+                            exact[[i, j]] += alpha as f64 * t;
+                            absb[[i, j]] += (alpha as f64 * t).abs();
+                        }
+                        absb[[i, j]] += (c0[[i, j]] as f64 * beta as f64).abs();
+                    }
+                }
+                for (name, bv) in [("rank", b.view()), ("dots", bt_owned.t())] {
+                    let mut c = c0.clone();
+                    if try_gemm(alpha, a.view(), bv, beta, &mut c.view_mut()).is_none() {
+                        assert!(k < 16 || n < 64, "{name} {m}x{k}x{n} not taken");
+                        continue;
+                    }
+                    for ((x, e), s) in c.iter().zip(&exact).zip(&absb) {
+                        let bound = (k as f64 + 2.0) * 1.2e-7 * s + 1e-30;
+                        assert!(
+                            (*x as f64 - e).abs() <= bound,
+                            "{name} {m}x{k}x{n} α {alpha} β {beta}: {x} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
