@@ -125,11 +125,8 @@ pub fn run_grid(
     }
     out_dir(out)?;
     let fixed_args = ConfigSource {
-        config: base.config.clone(),
         set: fixed.clone(),
-        toml: base.toml.clone(),
-        inputs: base.inputs.clone(),
-        max_memory: base.max_memory.clone(),
+        ..base.clone()
     };
     let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
     let mut mc_rows = Vec::new();
@@ -203,11 +200,8 @@ fn point_config(
         sets.push(format!("run.name={base_name}-{}", suffix.join("_")));
     }
     ConfigSource {
-        config: base.config.clone(),
         set: sets,
-        toml: base.toml.clone(),
-        inputs: base.inputs.clone(),
-        max_memory: base.max_memory.clone(),
+        ..base.clone()
     }
 }
 
@@ -222,11 +216,8 @@ pub fn theory_at_order(
 ) -> anyhow::Result<PathBuf> {
     let (fixed, points, width_only) = grid(&base.set, explicit)?;
     let fixed_args = ConfigSource {
-        config: base.config.clone(),
         set: fixed.clone(),
-        toml: base.toml.clone(),
-        inputs: base.inputs.clone(),
-        max_memory: base.max_memory.clone(),
+        ..base.clone()
     };
     let base_name = fixed_args.builder()?.build().map(|c| c.run.name.clone())?;
     let folder = format!("theory-order{order}");
