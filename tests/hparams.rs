@@ -526,3 +526,126 @@ fn coordinate_check_matches_the_family_claims() {
         "standard AdamW's Δf should grow with width"
     );
 }
+
+/// The paper's Table II 2 E (BART-large, AdamW, n = 1024, M dropped as in §II 2 D), entry by
+/// entry, in every format `sigprop hparams` writes:
+///
+/// | group                    | standard: std, rescale, λ̃ | neural tangent: std, rescale, λ̃ |
+/// |--------------------------|----------------------------|----------------------------------|
+/// | word embedding W^WE      | 0.02, –, 1                 | 1, –, n^{-1/2}                   |
+/// | positional embedding b^PE| 0.02, –, 1                 | 0.02, –, n^{-1/2}                |
+/// | Q, K, V, U, W, X         | 0.02, –, 1                 | 0.02 ("yuck"), –, n^{-3/2}       |
+/// | output N                 | 1.0                        | n^{-1/2}                         |
+///
+/// The bulk's n^{-3/2} is (1.110)–(1.115) without M. (The text transcription of the table we
+/// read prints n^{-1/2} there, which contradicts the paper's own §II 2 D, "cranking up the
+/// learning rates for both word-embedding and positional-embedding parameters by a factor
+/// of the width with respect to other model parameters", and §II 2 E's optimum map
+/// lr* = 1e-3 → 1024^{3/2}·1e-3 = 32.768: with η = 32.768 the bulk's rate below is the
+/// standard optimum 1e-3 and the embeddings' is n times it.)
+#[test]
+fn table_ii_2_e_entry_by_entry_in_every_format() {
+    let n = 1024usize;
+    let nf = n as f64;
+    let bulk = [Group::Q, Group::K, Group::V, Group::U, Group::W, Group::X];
+    for preset in ["paper-lm"] {
+        for (family, lr, wd) in [(Family::Standard, 1e-3, 0.01), (NT, 32.768, 3e-7)] {
+            let mut s = setup(preset, family, Optimizer::AdamW, false);
+            s.widths = vec![n];
+            s.lr = lr;
+            s.weight_decay = wd;
+            let nt = family == NT;
+            // (std, relative lr factor) per group, and the output rescale.
+            let want = |g: Group| -> (f64, f64) {
+                match (nt, g) {
+                    (false, _) => (0.02, 1.0),
+                    (true, Group::Stem) => (1.0, nf.powf(-0.5)),
+                    (true, Group::Pe) => (0.02, nf.powf(-0.5)),
+                    (true, _) => (0.02, nf.powf(-1.5)),
+                }
+            };
+            let rescale = if nt { nf.powf(-0.5) } else { 1.0 };
+            let rows = [&[Group::Stem, Group::Pe][..], &bulk[..]].concat();
+            let ctx = format!("{preset} {family}");
+            // The table itself (what every format prints).
+            let t = s.table(n);
+            assert!(!s.groups().contains(&Group::Head), "{ctx}: tied head");
+            for &g in &rows {
+                let (std, lam) = want(g);
+                let row = &t.groups[g.name()];
+                let got_std = row.init_variance.unwrap().sqrt();
+                assert!((got_std - std).abs() < 1e-12, "{ctx} {g:?} std {got_std}");
+                let got = row.lr.unwrap() / lr;
+                assert!(close(got, lam), "{ctx} {g:?} λ̃ {got} vs {lam}");
+            }
+            assert!(close(t.output_rescale.unwrap(), rescale), "{ctx} rescale");
+            // The map of §II 2 E: the bulk learns at the standard optimum, the embeddings n×.
+            if nt {
+                assert!((t.groups["q"].lr.unwrap() - 1e-3).abs() < 1e-15, "{ctx}");
+                assert!(close(t.groups["stem"].lr.unwrap(), 1.024), "{ctx}");
+            }
+            // JSON: the same numbers, with the rescale.
+            let json = render(&s, None, Format::Json).unwrap();
+            let back = &parse_json(&json).unwrap()[0];
+            assert_eq!(back, &t, "{ctx} json");
+            assert!(json.contains("\"output_rescale\""), "{ctx}");
+            // CSV: init_std, lr / global_lr and output_rescale, one row per group.
+            let csv = render(&s, None, Format::Csv).unwrap();
+            let mut rd = csv::Reader::from_reader(csv.as_bytes());
+            let hdr = rd.headers().unwrap().clone();
+            let col = |name: &str| hdr.iter().position(|h| h == name).unwrap();
+            let mut seen = 0;
+            for rec in rd.records() {
+                let rec = rec.unwrap();
+                let Some(&g) = rows.iter().find(|g| g.name() == &rec[col("group")]) else {
+                    continue;
+                };
+                let num = |c: &str| rec[col(c)].parse::<f64>().unwrap();
+                let (std, lam) = want(g);
+                assert!((num("init_std") - std).abs() < 1e-12, "{ctx} csv {g:?}");
+                assert!(close(num("lr") / num("global_lr"), lam), "{ctx} csv {g:?}");
+                assert!(close(num("output_rescale"), rescale), "{ctx} csv {g:?}");
+                seen += 1;
+            }
+            assert_eq!(seen, rows.len(), "{ctx} csv rows");
+            // Markdown and LaTeX: each row's rules, and the rescale.
+            let md = render(&s, None, Format::Md).unwrap();
+            let tex = render(&s, None, Format::Latex).unwrap();
+            let (we_md, pe_md, bulk_md) = if nt {
+                (
+                    "| W^WE | C_stem | 1 | n^-1/2 |",
+                    "| b^PE | C_PE | 1 | n^-1/2 |",
+                    "n^-3/2",
+                )
+            } else {
+                ("| W^WE | 0.02² | 1 | 1 |", "| b^PE | 0.02² | 1 | 1 |", "1")
+            };
+            assert!(md.contains(we_md), "{ctx}:\n{md}");
+            assert!(md.contains(pe_md), "{ctx}:\n{md}");
+            for g in bulk {
+                let label = g.label(sigprop::config::Stem::Embedding).0;
+                let line = md.lines().find(|l| l.starts_with(&format!("| {label} |")));
+                let cells: Vec<&str> = line.unwrap().split(" | ").collect();
+                assert_eq!(cells[3], bulk_md, "{ctx} md {g:?}");
+                let tline = tex
+                    .lines()
+                    .find(|l| {
+                        l.starts_with(&format!(
+                            "${}$ &",
+                            g.label(sigprop::config::Stem::Embedding).1
+                        ))
+                    })
+                    .unwrap();
+                let want_tex = if nt { "$n^{-3/2}$" } else { "$1$" };
+                assert_eq!(tline.split(" & ").nth(2), Some(want_tex), "{ctx} tex {g:?}");
+            }
+            let r = if nt {
+                "N_rescale = n^-1/2 (3.125e-2 at n = 1024)"
+            } else {
+                "N_rescale = 1 (1.000e0 at n = 1024)"
+            };
+            assert!(md.contains(r), "{ctx}:\n{md}");
+            assert!(tex.contains(r), "{ctx}:\n{tex}");
+        }
+    }
+}

@@ -95,10 +95,22 @@ fn notes(s: &Setup) -> Vec<String> {
         ));
     }
     if s.dims.head == HeadKind::Tied {
+        let at: Vec<String> = s
+            .widths
+            .iter()
+            .filter_map(|&n| {
+                s.output_rescale(n)
+                    .map(|r| format!("{} at n = {n}", sci(r)))
+            })
+            .collect();
         v.push(format!(
-            "Tied head: no W^head of its own; it reuses W^WE times N_rescale = {} (1.33)/(1.34).",
-            rules::tied_rescale(s.family).plain()
+            "Tied head: no W^head of its own; it reuses W^WE times the output rescale N_rescale = {} ({}) (1.33)/(1.34).",
+            rules::tied_rescale(s.family).plain(),
+            at.join(", ")
         ));
+    }
+    if s.dims.decoder {
+        v.push("Encoder–decoder: cross-attention's Q, K, V, U (2.2)–(2.4) are in the q, k, v, u rows with the same rules (every fan-in is n: Q reads the decoder's s, K and V the encoder's final-LN output s̃, U reads Ω v; footnote 47), and the decoder's b^PE is in the pe row.".into());
     }
     v
 }
@@ -379,6 +391,8 @@ fn csv(s: &Setup, measured: Option<&[Measured]>) -> anyhow::Result<String> {
         "measured_exponent",
         "measured_stderr",
         "agrees",
+        "init_std",
+        "output_rescale",
     ])?;
     for &n in &s.widths {
         for g in s.groups() {
@@ -404,6 +418,8 @@ fn csv(s: &Setup, measured: Option<&[Measured]>) -> anyhow::Result<String> {
                 opt(&|m| m.exponent.to_string()),
                 opt(&|m| m.stderr.to_string()),
                 opt(&|m| m.verdict().to_string()),
+                init.eval(n, &s.dims).sqrt().to_string(),
+                s.output_rescale(n).map_or(String::new(), |r| r.to_string()),
             ])?;
         }
     }

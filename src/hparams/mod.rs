@@ -153,6 +153,7 @@ impl Setup {
             stem: m.stem,
             head: m.head,
             class_token: m.class_token,
+            decoder: false,
         }
     }
 
@@ -234,7 +235,14 @@ impl Setup {
             lr: self.lr,
             weight_decay: self.weight_decay,
             groups,
+            output_rescale: self.output_rescale(n),
         }
+    }
+
+    /// The tied head's N_rescale at width n (1.33)/(1.34); `None` without a tied head.
+    pub fn output_rescale(&self, n: usize) -> Option<f64> {
+        (self.dims.head == crate::config::HeadKind::Tied)
+            .then(|| rules::tied_rescale(self.family).eval(n, &self.dims))
     }
 
     pub fn tables(&self) -> Vec<HparamTable> {

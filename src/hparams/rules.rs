@@ -58,6 +58,12 @@ pub struct Dims {
     pub head: HeadKind,
     /// Whether the model has a class token (a `cls` row).
     pub class_token: bool,
+    /// Whether the model has a decoder stack with cross-attention ((2.2)–(2.4)). Its Q, K,
+    /// V, U are the `q`, `k`, `v`, `u` groups (the model draws them as such) and its second
+    /// b^PE is the `pe` group, so the rows do not change, only their labels and notes: every
+    /// fan-in is n (Q reads the decoder's s, K and V the encoder's s̃, U reads Ω v), so
+    /// (1.27)–(1.30) and (1.101)–(1.104)/(1.110)–(1.113) hold as written (footnote 47).
+    pub decoder: bool,
 }
 
 /// constant · Π sym^exponent. `constant` is an O(1) number (C_G, or 0.02² for the standard

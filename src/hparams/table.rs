@@ -53,8 +53,13 @@ pub struct HparamTable {
     /// The global wd (η·wd is what the paper keeps O(1)). The trainer uses it in place of
     /// `train.weight_decay` for every group without its own `weight_decay`.
     pub weight_decay: f64,
-    /// Keyed by group name: stem, pe, q, k, v, u, w, x, head, bias.
+    /// Keyed by group name: stem, pe, cls, q, k, v, u, w, x, head, bias.
     pub groups: BTreeMap<String, GroupHparams>,
+    /// The tied head's output rescale N_rescale (1.33)/(1.34) at this width: n^{-(1+s)/2},
+    /// 1 in `standard` (Table II 2 E's "output N" row). Informational: the model reads it
+    /// from its configuration. Absent for a model without a tied head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_rescale: Option<f64>,
 }
 
 /// One group's numbers. Always all three in a table `sigprop hparams` makes; `None` (absent
