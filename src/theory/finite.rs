@@ -743,6 +743,14 @@ impl Finite {
 pub fn gaps(spec: &crate::config::ModelSpec, backward: bool) -> Vec<String> {
     use crate::config::{BlockKind, HeadKind, Norm};
     let mut out = Vec::new();
+    if spec.has_decoder() {
+        // The encoder–decoder's theory is leading order only: the whole walk falls back.
+        out.push(
+            "no 1/n theory for an encoder–decoder: every row is leading order (as theory.order = 0)"
+                .into(),
+        );
+        return out;
+    }
     if spec.norm != Norm::Mlp {
         if let Some(b) = spec.blocks.iter().position(|k| *k == BlockKind::Attn) {
             out.push(format!(

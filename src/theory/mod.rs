@@ -8,7 +8,8 @@
 //!
 //! - Blocks: [`stem`] (1.40)–(1.45), [`ln`] (1.53)/(1.139), [`attention`] (1.61)–(1.65) and
 //!   (1.151)–(1.163), [`mlp`] (1.70)–(1.77) and (1.168)–(1.173), [`residual`] (1.65)/(1.77),
-//!   [`head`] (1.80)–(1.84) and (1.179)–(1.182), and the book's [`plain`] layer (`mlp` mode).
+//!   [`head`] (1.80)–(1.84) and (1.179)–(1.182), and the book's [`plain`] layer (`mlp` mode);
+//!   an encoder–decoder's [`cross`]-attention (§II 2 B, (2.2)–(2.4), footnote 47).
 //! - [`state`]: the state and the context ([`state::Ctx`]: the model, its effective
 //!   constants, the logit sampler) every block reads.
 //! - [`walk`]: the one walk; [`transformer`]: [`transformer::predict`], rows with errors;
@@ -24,6 +25,7 @@
 //!   susceptibilities χ∥ and χ⊥, criticality, the four-point vertex and the frozen NTK.
 pub mod attention;
 pub mod book;
+pub mod cross;
 pub mod finite;
 pub mod gauss;
 pub mod head;

@@ -37,6 +37,12 @@ pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
     if spec.head != HeadKind::Tied {
         return None;
     }
+    if spec.has_decoder() {
+        // W_WE's head use against its two stem uses, through cross-attention: not derived.
+        return Some(
+            "tied head on an encoder–decoder (the word embedding's head use against its encoder and decoder stem uses)",
+        );
+    }
     let attn = spec
         .blocks
         .iter()

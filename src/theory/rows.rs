@@ -83,6 +83,59 @@ pub(crate) fn attn_rows(out: &mut Vec<PRow>, layer: usize, a: &AttnStats) {
 
 /// Every row of a prediction, layer by layer, in a fixed order (so that independent error
 /// batches line up row for row).
+/// A cross-attention block's rows: as [`attn_rows`], with the `logit_var` entries indexed
+/// (decoder query i = σ·T_dec + t, encoder key j = σ·T_enc + t') (docs/architecture.md).
+pub(crate) fn cross_rows(
+    out: &mut Vec<PRow>,
+    layer: usize,
+    a: &AttnStats,
+    (t_dec, t_enc): (usize, usize),
+) {
+    let mut push = |observable, i: i64, j: i64, value| {
+        out.push(PRow {
+            layer,
+            site: Site::Logits,
+            observable,
+            i,
+            j,
+            value,
+        })
+    };
+    for q in 0..a.logit_var.nrows() {
+        for tk in 0..t_enc {
+            let key = (q / t_dec) * t_enc + tk;
+            push(
+                Observable::LogitVar,
+                q as i64,
+                key as i64,
+                a.logit_var[[q, tk]],
+            );
+        }
+    }
+    push(
+        Observable::LogitVar,
+        -1,
+        -1,
+        a.logit_var.mean().unwrap_or(0.0),
+    );
+    for (q, (e, m)) in a.entropy.iter().zip(&a.max).enumerate() {
+        push(Observable::AttnEntropy, q as i64, q as i64, *e);
+        push(Observable::AttnMax, q as i64, q as i64, *m);
+    }
+    push(
+        Observable::AttnEntropy,
+        -1,
+        -1,
+        observable::mean_in_order(&a.entropy),
+    );
+    push(
+        Observable::AttnMax,
+        -1,
+        -1,
+        observable::mean_in_order(&a.max),
+    );
+}
+
 pub fn prediction_rows(p: &Prediction) -> Vec<PRow> {
     let mut out = Vec::new();
     for l in &p.layers {
@@ -93,8 +146,10 @@ pub fn prediction_rows(p: &Prediction) -> Vec<PRow> {
         if let Some(h) = &l.hidden {
             kernel_rows(&mut out, l.layer, Site::Hidden, h);
         }
-        if let Some(a) = &l.attn {
-            attn_rows(&mut out, l.layer, a);
+        match (&l.attn, l.cross) {
+            (Some(a), Some(tokens)) => cross_rows(&mut out, l.layer, a, tokens),
+            (Some(a), None) => attn_rows(&mut out, l.layer, a),
+            _ => {}
         }
         if let Some(v) = &l.vertex {
             for (a, (fl, ku)) in v.iter().enumerate() {

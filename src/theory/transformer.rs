@@ -10,7 +10,7 @@
 
 use super::TheoryError;
 use super::state::Ctx;
-use super::walk::walk;
+use super::walk::{walk, walk_with};
 use crate::config::ModelSpec;
 use crate::model::Probe;
 use crate::stats::Row;
@@ -77,6 +77,15 @@ pub fn predict_with(
 ) -> Result<(Vec<Row>, Option<usize>), TheoryError> {
     // The tokens the network sees: the class token's slot at t = 0 has input zero (1.8).
     let g0 = input_kernel(spec, &probe.for_model(spec))?;
+    // An encoder–decoder's decoder tokens, and the encoder tokens cross-attention may see.
+    let g0_dec = match (&probe.decoder, spec.has_decoder()) {
+        (Some(p), true) => Some(input_kernel(spec, p)?),
+        _ => None,
+    };
+    let decoder = g0_dec.as_ref().map(|g| (g, probe.keep.as_deref()));
+    // The O(1/n) theory is not derived on an encoder–decoder: leading order (the caller
+    // says so in its notes, `finite::gaps`).
+    let order = if spec.has_decoder() { 0 } else { opts.order };
     let batches = opts.error_batches.max(2);
     let per_batch = (opts.logit_samples / batches).max(1);
     let total = (opts.logit_samples + batches * per_batch) as u64;
@@ -87,8 +96,8 @@ pub fn predict_with(
     };
     // One walk gives the forward rows and, from the same logit draws, the backward rows.
     let run = |sampler: LogitSampler| -> Result<(Prediction, Vec<PRow>), TheoryError> {
-        let ctx = Ctx::new(spec, sampler, opts.backward)?.with_order(opts.order);
-        let w = walk(&ctx, &g0)?;
+        let ctx = Ctx::new(spec, sampler, opts.backward)?.with_order(order);
+        let w = walk_with(&ctx, &g0, decoder)?;
         let mut rows = prediction_rows(&w.prediction);
         if let Some(carried) = &w.ntk {
             rows.extend(super::ntk::rows(spec, carried, opts.pairs));
@@ -144,7 +153,7 @@ pub fn predict_with(
             width: spec.width,
             heads: spec.heads,
             layer: r.layer,
-            block: crate::mc::observe::block_name(spec, r.layer).to_string(),
+            block: spec.block_name(r.layer).to_string(),
             site: r.site.to_string(),
             observable: r.observable.to_string(),
             i: r.i,
