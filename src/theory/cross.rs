@@ -375,3 +375,74 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reduces {
+    use super::*;
+    use crate::config::Config;
+    use crate::theory::attention::{self, LogitSampler};
+    use crate::theory::{ln, stem};
+
+    /// A cross-attention block whose memory is its own input (F̃ = F, Θ̃ = Θ̄, no padding) is
+    /// bidirectional self-attention: the same logit law, draw for draw (same stream), so the
+    /// increment, the statistics, every carried kernel (query part + key part = the logit
+    /// path) and the block's raw Q, K, V, U agree to rounding.
+    #[test]
+    fn memory_equal_to_the_input_is_self_attention() {
+        let mut cfg = Config::preset("paper-vit").unwrap();
+        cfg.model.causal = false;
+        cfg.model.width = 64;
+        let spec = &cfg.model;
+        let sampler = LogitSampler {
+            samples: 64,
+            seed: 7,
+            batch: 0,
+        };
+        let ctx = Ctx::new(spec, sampler, true).unwrap();
+        let (s, t) = (2, 3);
+        let d = s * t;
+        let g0 = KernelState::new(
+            Array2::from_shape_fn((d, d), |(a, b)| {
+                if a == b {
+                    1.0
+                } else {
+                    0.3 + 0.1 * ((a + b) % 3) as f64
+                }
+            }),
+            s,
+            t,
+        );
+        let z = stem::forward(&ctx, &g0);
+        let input = ln::forward(&ctx, &z, false);
+        let mem = Memory {
+            f: input.k.clone(),
+            bars: input
+                .ntk
+                .iter()
+                .flatten()
+                .map(|c| c.theta.clone())
+                .collect(),
+            keep: None,
+        };
+        let layer = 2;
+        let (cross, cs) = branch(&ctx, &input, &mem, layer).unwrap();
+        let (selfa, ss) = attention::branch(&ctx, &input, 0, layer).unwrap();
+        let close = |a: &Array2<f64>, b: &Array2<f64>, what: &str| {
+            let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
+            let err = (a - b).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            assert!(err <= 1e-12 * scale, "{what}: max |Δ| = {err:e} of {scale:e}");
+        };
+        close(&cross.k.g, &selfa.k.g, "kernel increment");
+        close(&cs.logit_var, &ss.logit_var, "logit_var");
+        for (a, b) in cs.entropy.iter().zip(&ss.entropy) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let (cn, sn) = (cross.ntk.unwrap(), selfa.ntk.unwrap());
+        assert_eq!(cn.len(), sn.len());
+        assert!(cn.len() > mem.bars.len() + 3, "carried + Q, K, V, U");
+        for (a, b) in cn.iter().zip(&sn) {
+            assert_eq!((a.layer, a.what), (b.layer, b.what));
+            close(&a.theta, &b.theta, &format!("{:?} of layer {}", a.what, a.layer));
+        }
+    }
+}
