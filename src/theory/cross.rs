@@ -364,7 +364,8 @@ mod tests {
                         want_axa += a[[q1, t1]] * x[[t1, t2]] * a[[q2, t2]];
                         for u1 in 0..de {
                             for u2 in 0..de {
-                                want += v[[t1, t2]] * jac(q1, t1, u1) * jac(q2, t2, u2) * x[[u1, u2]];
+                                want +=
+                                    v[[t1, t2]] * jac(q1, t1, u1) * jac(q2, t2, u2) * x[[u1, u2]];
                             }
                         }
                     }
@@ -430,7 +431,10 @@ mod reduces {
         let close = |a: &Array2<f64>, b: &Array2<f64>, what: &str| {
             let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
             let err = (a - b).iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            assert!(err <= 1e-12 * scale, "{what}: max |Δ| = {err:e} of {scale:e}");
+            assert!(
+                err <= 1e-12 * scale,
+                "{what}: max |Δ| = {err:e} of {scale:e}"
+            );
         };
         close(&cross.k.g, &selfa.k.g, "kernel increment");
         close(&cs.logit_var, &ss.logit_var, "logit_var");
@@ -442,7 +446,11 @@ mod reduces {
         assert!(cn.len() > mem.bars.len() + 3, "carried + Q, K, V, U");
         for (a, b) in cn.iter().zip(&sn) {
             assert_eq!((a.layer, a.what), (b.layer, b.what));
-            close(&a.theta, &b.theta, &format!("{:?} of layer {}", a.what, a.layer));
+            close(
+                &a.theta,
+                &b.theta,
+                &format!("{:?} of layer {}", a.what, a.layer),
+            );
         }
     }
 }

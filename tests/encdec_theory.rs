@@ -1,0 +1,307 @@
+//! The encoder–decoder theory (src/theory/cross.rs and the decoder walk) against the Monte
+//! Carlo of the same model (release mode, fixed seeds, a few seconds each): forward kernels,
+//! cross-attention logits, grad2 and every per-group NTK, including the encoder layers',
+//! which reach the output only through K and V of the cross-attention blocks.
+//!
+//! z = (mc − theory)/sqrt(se_mc² + se_theory²); the worst |z| must stay below 5. Rows exact on
+//! both sides must agree to 1e-6, and any row to 1e-7, as in tests/theory.rs. An LN output's
+//! diagonal is g/(g + ε) per sample, and E[g/(g + ε)] sits below G/(G + ε) by the Jensen term
+//! ≈ ε Var(g)/G³ ≈ 2ε/(nG), which its tiny standard error resolves: on the LN sites, and on
+//! the stems' outputs (an encoder–decoder puts an LN right after each PE), the diagonal must
+//! agree to 4ε/n (G ≈ 1 here) instead.
+
+mod common;
+use common::{sigprop, tmp};
+
+use std::collections::HashMap;
+
+use sigprop::config::{Backward, Config, ConfigBuilder};
+use sigprop::inputs;
+use sigprop::mc;
+use sigprop::model::Probe;
+use sigprop::stats::{Row, recorder};
+use sigprop::theory::transformer::{self, TheoryOptions};
+
+fn config(sets: &[&str]) -> Config {
+    let mut b = ConfigBuilder::new();
+    for s in sets {
+        b = b.set(s).unwrap();
+    }
+    b.build().unwrap()
+}
+
+fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
+    let opts = TheoryOptions {
+        logit_samples: 20000,
+        error_batches: 10,
+        seed: 5,
+        backward: true,
+        pairs: false,
+        order: 0,
+    };
+    let (rows, diverged) = transformer::predict(&cfg.model, probe, opts, "test").unwrap();
+    assert_eq!(diverged, None);
+    rows
+}
+
+fn monte_carlo(cfg: &Config, probe: &Probe, samples: u64, seed: u64) -> Vec<Row> {
+    let job = mc::Job {
+        spec: &cfg.model,
+        probe,
+        backward: Backward::Trace,
+        seed,
+        sampler: mc::resolve_sampler(cfg, probe).unwrap(),
+        probe_f32: None,
+    };
+    let mut ens = job.start(0, samples);
+    job.run(&mut ens, 2, |_| Ok(())).unwrap();
+    recorder::rows(
+        &ens.rows,
+        &ens.acc,
+        "mc",
+        "test",
+        cfg.model.width,
+        cfg.model.heads,
+    )
+}
+
+type Key = (usize, String, String, i64, i64);
+
+fn key(r: &Row) -> Key {
+    (r.layer, r.site.clone(), r.observable.clone(), r.i, r.j)
+}
+
+/// z per selected theory row; every selected theory row must have its Monte Carlo twin (the
+/// same layer, site, observable and (i, j): the numbering contract of docs/architecture.md).
+fn z_scores(
+    cfg: &Config,
+    mc: &[Row],
+    th: &[Row],
+    select: impl Fn(&Row) -> bool,
+) -> Vec<(f64, Key)> {
+    let spec = &cfg.model;
+    let jensen = 4.0 * spec.ln_eps / spec.width as f64;
+    let ln_diag = |r: &Row| {
+        let ln_site = r.site == "ln"
+            || (r.site == "resid" && (r.layer == 1 || r.layer == spec.decoder_stem_layer()));
+        let diag = r.observable == "kernel_diag" || (r.observable == "kernel" && r.i == r.j);
+        ln_site && diag
+    };
+    let mc: HashMap<Key, &Row> = mc.iter().map(|r| (key(r), r)).collect();
+    let mut out = Vec::new();
+    for t in th.iter().filter(|r| select(r)) {
+        let m = mc
+            .get(&key(t))
+            .unwrap_or_else(|| panic!("the Monte Carlo has no row {:?}", key(t)));
+        let se = (m.stderr.powi(2) + t.stderr.powi(2)).sqrt();
+        let diff = (m.value - t.value).abs();
+        let z = if diff < 1e-7 || (ln_diag(t) && diff < jensen) {
+            0.0
+        } else if se < 1e-9 {
+            assert!(
+                diff < 1e-6,
+                "{:?}: mc {} vs theory {} (both exact)",
+                key(t),
+                m.value,
+                t.value
+            );
+            0.0
+        } else {
+            (m.value - t.value) / se
+        };
+        out.push((z, key(t)));
+    }
+    assert!(!out.is_empty(), "no rows selected");
+    out
+}
+
+fn worst(z: &[(f64, Key)]) -> (f64, Key) {
+    z.iter()
+        .cloned()
+        .max_by(|a, b| a.0.abs().total_cmp(&b.0.abs()))
+        .unwrap()
+}
+
+/// Runs both sides; asserts |z| < 5 on the summaries (i = −1) and on every row of `extra`.
+fn agree(
+    sets: &[&str],
+    samples: u64,
+    what: &str,
+    extra: impl Fn(&Row) -> bool,
+) -> (Config, Vec<Row>, Vec<Row>) {
+    let mut cfg = config(sets);
+    let probe = inputs::probe(&mut cfg).unwrap();
+    let th = theory(&cfg, &probe);
+    let mc = monte_carlo(&cfg, &probe, samples, 29);
+    let z = z_scores(&cfg, &mc, &th, |r| r.i == -1 || extra(r));
+    let (wz, wk) = worst(&z);
+    eprintln!("{what}: {} rows, worst z = {wz:.2} at {wk:?}", z.len());
+    assert!(wz.abs() < 5.0, "{what}: worst z = {wz:.2} at {wk:?}");
+    (cfg, th, mc)
+}
+
+/// The theory's summary value of (layer, observable).
+fn summary(rows: &[Row], layer: usize, obs: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.layer == layer && r.observable == obs && r.i == -1)
+        .map(|r| r.value)
+}
+
+/// Dense stem (its patchify matrix shared by both stems), encoder "AM", decoder "ACM",
+/// T_dec = 4 decoder tokens against T = 3 encoder tokens: every summary, and every entry of
+/// the cross block's logit variance (decoder query × encoder key). The encoder's Q, K, V, U,
+/// W, X and its grad2 reach the output only through cross-attention's K and V: their rows
+/// must be there and positive, and agree.
+#[test]
+fn encoder_decoder_forward_and_backward_agree_with_monte_carlo() {
+    let (cfg, th, _) = agree(
+        &[
+            "model.preset=paper-vit",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "model.decoder_layers=1",
+            "model.n_out=16",
+            "inputs.dim=32",
+            "inputs.sequences=2",
+            "inputs.tokens=3",
+            "inputs.decoder_tokens=4",
+        ],
+        600,
+        "encoder–decoder",
+        |r| r.layer == 6 && r.site == "logits",
+    );
+    let spec = &cfg.model;
+    assert_eq!(spec.block_name(6), "cross");
+    for (layer, obs) in [
+        (1, "grad2"),
+        (2, "grad2"),
+        (3, "grad2"),
+        (1, "ntk_stem"),
+        (2, "ntk_q"),
+        (2, "ntk_k"),
+        (2, "ntk_v"),
+        (2, "ntk_u"),
+        (3, "ntk_w"),
+        (3, "ntk_x"),
+        (6, "ntk_k"),
+        (6, "ntk_v"),
+    ] {
+        let v = summary(&th, layer, obs).unwrap_or_else(|| panic!("no {obs} at {layer}"));
+        assert!(v > 0.0, "{obs} at layer {layer} = {v}");
+    }
+}
+
+/// The word embedding shared by the encoder's and the decoder's stems (its two uses in
+/// ntk_stem at layer 1, their cross term vanishing at leading order), the decoder's own b^PE
+/// (ntk_pe at layer B_e + 2 = 4), a dense head, and a padded encoder token that every
+/// cross-attention softmax masks out.
+#[test]
+fn shared_embedding_and_padding_agree_with_monte_carlo() {
+    let (_, th, _) = agree(
+        &[
+            "model.preset=paper-vit",
+            "model.stem=embedding",
+            "model.variances.pe=0.25",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "model.decoder_layers=1",
+            "model.n_out=16",
+            "inputs.kind=tokens",
+            "inputs.vocab=12",
+            "inputs.ids=[[1, 5, 5, 2], [5, 3, 1, 0]]",
+            "inputs.decoder_ids=[[0, 1, 5], [0, 4, 3]]",
+            "inputs.pad_id=0",
+        ],
+        600,
+        "shared embedding, padding",
+        |r| r.layer == 6 && r.site == "logits",
+    );
+    assert!(summary(&th, 1, "ntk_stem").is_some());
+    assert!(summary(&th, 1, "ntk_pe").is_some() && summary(&th, 4, "ntk_pe").is_some());
+    // The padded key (sequence 1, token 3) gets no attention: its logit variance row is there
+    // but every query's max and entropy come from the three others.
+    let ent = th
+        .iter()
+        .find(|r| r.layer == 6 && r.observable == "attn_entropy" && r.i == 3)
+        .unwrap();
+    assert!(ent.value < 3f64.ln() + 1e-12, "{}", ent.value);
+}
+
+/// A tied head on an encoder–decoder: the forward (with the tied head's contact term, from
+/// the decoder's stem) agrees; the backward is not derived, so there are no backward rows.
+#[test]
+fn tied_head_forward_agrees_and_backward_is_left_out() {
+    let (_, th, _) = agree(
+        &[
+            "model.preset=paper-lm",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "model.decoder_layers=1",
+            "inputs.vocab=32",
+            "inputs.ids=[[1, 5, 5, 2], [5, 3, 1, 1]]",
+        ],
+        600,
+        "tied head",
+        |_| false,
+    );
+    assert!(
+        th.iter()
+            .all(|r| r.site != "param" && r.observable != "grad2")
+    );
+}
+
+/// `sigprop theory` on an encoder–decoder: decoder_layers = 0 writes the encoder-only rows;
+/// theory.order = 1 falls back to order 0 with a one-line note; a tied head says its backward
+/// is not covered.
+#[test]
+fn theory_command_on_an_encoder_decoder() {
+    let run = |name: &str, extra: &[&str]| {
+        let dir = tmp(name);
+        let mut args = vec![
+            "theory",
+            "--set",
+            "model.width=64",
+            "--set",
+            "model.layers=1",
+            "--set",
+            "model.decoder_layers=1",
+            "--set",
+            "inputs.tokens=3",
+            "--set",
+            "theory.logit_samples=200",
+        ];
+        args.extend_from_slice(extra);
+        let out = dir.display().to_string();
+        args.extend(["--force", "--out", out.as_str()]);
+        let (code, _, err) = sigprop(&args);
+        assert_eq!(code, 0, "{err}");
+        let csv = std::fs::read_to_string(dir.join("stats.csv")).unwrap();
+        (csv, err)
+    };
+    let (order0, _) = run("encdth-o0", &[]);
+    let (order1, err) = run("encdth-o1", &["--set", "theory.order=1"]);
+    assert!(
+        err.contains("no 1/n theory for an encoder–decoder"),
+        "{err}"
+    );
+    assert_eq!(order0, order1);
+    assert!(order0.contains(",cross,logits,logit_var,"));
+    assert!(order0.contains(",cross,param,ntk_k,"));
+    let (_, err) = run(
+        "encdth-tied",
+        &[
+            "--set",
+            "model.stem=embedding",
+            "--set",
+            "model.head=tied",
+            "--set",
+            "inputs.kind=tokens",
+            "--set",
+            "inputs.vocab=16",
+        ],
+    );
+    assert!(err.contains("tied head on an encoder–decoder"), "{err}");
+}
