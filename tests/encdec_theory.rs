@@ -236,7 +236,8 @@ fn tied_head_forward_agrees_and_backward_is_left_out() {
     let (_, th, _) = agree(
         &[
             "model.preset=paper-lm",
-            "model.width=256",
+            // The contact term's own O(1/n) correction needs n = 512 (tests/theory.rs).
+            "model.width=512",
             "model.heads=2",
             "model.layers=1",
             "model.decoder_layers=1",
