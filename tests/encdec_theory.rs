@@ -306,3 +306,34 @@ fn theory_command_on_an_encoder_decoder() {
     );
     assert!(err.contains("tied head on an encoder–decoder"), "{err}");
 }
+
+/// The other placements: post-LN (the stems' LNs, s̃ = z^{B_e+1}) with biases in every block
+/// (cross-attention's b_Q, b_K, b_V, b_U in the bias group) and a pooled head; and no LN at
+/// all (no stem LNs, s̃ = z^{B_e+1}).
+#[test]
+fn post_ln_with_biases_and_no_ln_agree_with_monte_carlo() {
+    let base = [
+        "model.preset=paper-vit",
+        "model.width=256",
+        "model.heads=2",
+        "model.layers=1",
+        "model.decoder_layers=1",
+        "model.n_out=16",
+        "inputs.dim=32",
+        "inputs.sequences=2",
+        "inputs.tokens=3",
+    ];
+    let post = [
+        &base[..],
+        &[
+            "model.norm=post",
+            "model.variances.bias=0.1",
+            "model.head=pooled",
+        ],
+    ]
+    .concat();
+    let (_, th, _) = agree(&post, 500, "post-LN, biases, pooled", |_| false);
+    assert!(summary(&th, 6, "ntk_bias").is_some_and(|v| v > 0.0));
+    let none = [&base[..], &["model.norm=none"]].concat();
+    agree(&none, 500, "no LN", |_| false);
+}

@@ -153,7 +153,7 @@ impl Setup {
             stem: m.stem,
             head: m.head,
             class_token: m.class_token,
-            decoder: false,
+            decoder: m.has_decoder(),
         }
     }
 
