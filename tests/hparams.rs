@@ -649,3 +649,35 @@ fn table_ii_2_e_entry_by_entry_in_every_format() {
         }
     }
 }
+
+/// An encoder–decoder has no rows of its own for cross-attention: the model draws its Q, K,
+/// V, U in the q, k, v, u groups and the decoder's b^PE in pe, with the same fan-in n, so
+/// the rows are the encoder-only model's and the notes say where cross-attention went.
+#[test]
+fn encoder_decoder_table_has_the_same_rows_and_says_where_cross_attention_is() {
+    let build = |decoder: i64| {
+        let cfg = ConfigBuilder::new()
+            .value("model.preset", toml::Value::from("paper-lm"))
+            .unwrap()
+            .value("model.decoder_layers", toml::Value::from(decoder))
+            .unwrap()
+            .build()
+            .unwrap();
+        Setup {
+            dims: Setup::dims_of(&cfg.model),
+            var: cfg.model.var,
+            ..setup("paper-lm", NT, Optimizer::AdamW, false)
+        }
+    };
+    let (enc, encdec) = (build(0), build(2));
+    assert!(encdec.dims.decoder && !enc.dims.decoder);
+    assert_eq!(enc.groups(), encdec.groups());
+    for n in [256, 1024] {
+        assert_eq!(enc.table(n), encdec.table(n));
+    }
+    let note = "cross-attention's Q, K, V, U (2.2)–(2.4) are in the q, k, v, u rows";
+    for f in [Format::Md, Format::Latex] {
+        assert!(render(&encdec, None, f).unwrap().contains(note));
+        assert!(!render(&enc, None, f).unwrap().contains(note));
+    }
+}
