@@ -4,6 +4,8 @@
 //! forward pass against a naive loop-by-loop reference written from (1.9), (1.11),
 //! (1.13)–(1.22) and (2.2)–(2.4).
 
+mod common;
+
 use ndarray::Array2;
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -320,4 +322,137 @@ fn encdec_forward_matches_naive_reference() {
         worst < 1e-12,
         "encoder–decoder forward pass differs from the naive reference by {worst:e}"
     );
+}
+
+/// Bad decoder input: one line naming the key, a non-zero exit, no panic.
+#[test]
+fn bad_decoder_input_is_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["model.decoder_layers=1", "model.decoder_pattern=AXM"],
+            "model.decoder_pattern",
+        ),
+        (
+            &["model.decoder_layers=1", "model.decoder_pattern="],
+            "model.decoder_pattern",
+        ),
+        (&["model.pattern=ACM"], "model.decoder_pattern"),
+        (&["model.decoder_pattern=AM"], "model.decoder_layers"),
+        (&["inputs.decoder_tokens=4"], "model.decoder_layers"),
+        (
+            &[
+                "model.decoder_layers=1",
+                "model.stem=embedding",
+                "inputs.kind=tokens",
+                "inputs.vocab=10",
+                "inputs.ids=[[1, 2]]",
+                "inputs.decoder_ids=[[0, 10]]",
+            ],
+            "inputs.vocab",
+        ),
+        (
+            &[
+                "model.decoder_layers=1",
+                "model.stem=embedding",
+                "inputs.kind=tokens",
+                "inputs.ids=[[1, 2]]",
+                "inputs.decoder_ids=[[0, 1], [0, 2]]",
+            ],
+            "inputs.decoder_ids",
+        ),
+        (
+            &[
+                "model.decoder_layers=1",
+                "model.stem=embedding",
+                "inputs.kind=tokens",
+                "inputs.vocab=10",
+                "inputs.pad_id=10",
+            ],
+            "inputs.pad_id",
+        ),
+        (&["model.decoder_layers=1", "inputs.pad_id=0"], "model.stem"),
+        (
+            &["model.decoder_layers=1", "model.class_token=true"],
+            "model.decoder_layers",
+        ),
+        (
+            &[
+                "model.decoder_layers=1",
+                "model.norm=mlp",
+                "model.pattern=M",
+            ],
+            "model.decoder_layers",
+        ),
+        (&["model.decoder_layers=-1"], "model.decoder_layers"),
+        (
+            &[
+                "model.decoder_layers=1",
+                "model.decoder_pattern=AAAAAAAA",
+                "model.decoder_layers=1000000",
+            ],
+            "too many",
+        ),
+    ];
+    let out = common::tmp("encdec-bad");
+    for (sets, needle) in cases {
+        let mut args = vec!["simulate", "--samples", "2", "--out", out.to_str().unwrap()];
+        for s in *sets {
+            args.extend(["--set", s]);
+        }
+        let (code, _, err) = common::sigprop(&args);
+        assert!(code != 0 && code != 101, "{sets:?}: exit {code}, {err}");
+        let line = err.trim();
+        assert!(
+            line.starts_with("sigprop: error:") && !line.contains('\n') && line.contains(needle),
+            "{sets:?}: expected one line naming {needle}, got {err}"
+        );
+    }
+}
+
+/// `sigprop simulate` on the paper-bart preset writes decoder rows: `cross` logits over
+/// (decoder query, encoder key) pairs and the head at L = B_e + B_d + 3.
+#[test]
+fn paper_bart_preset_runs_and_numbers_the_decoder() {
+    let out = common::tmp("encdec-bart");
+    let (code, _, err) = common::sigprop(&[
+        "simulate",
+        "--set",
+        "model.preset=paper-bart",
+        "--set",
+        "model.width=32",
+        "--set",
+        "model.heads=4",
+        "--set",
+        "inputs.sequences=2",
+        "--set",
+        "inputs.tokens=3",
+        "--set",
+        "inputs.decoder_tokens=2",
+        "--samples",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(out.join("stats.csv")).unwrap();
+    // 3 × AM = 6 encoder blocks (layers 2–7), decoder stem 8, 3 × ACM decoder blocks (9–17),
+    // head 18.
+    let has = |layer: &str, block: &str, site: &str, i: &str, j: &str| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f[4] == layer && f[5] == block && f[6] == site && f[8] == i && f[9] == j
+        })
+    };
+    assert!(
+        has("8", "stem", "resid", "3", "3"),
+        "decoder stem rows index decoder tokens"
+    );
+    assert!(!has("8", "stem", "resid", "4", "4"));
+    assert!(
+        has("10", "cross", "logits", "3", "5"),
+        "cross logits (query 3, key 5)"
+    );
+    assert!(has("18", "head", "resid", "-1", "-1"));
+    assert!(has("2", "attn", "param", "-1", "-1"), "encoder NTK rows");
 }
