@@ -54,6 +54,34 @@ pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
             o.extend(pre_ln_gelu([c, c, c, c, c, 4.0 * c]));
             o
         }
+        // The paper's encoder–decoder (§II 2 B, BART-large) at a CPU-sized width: n = 256,
+        // H = 8 (C = 32), 3 encoder layers (AM) and 3 decoder layers (ACM), M = 4, pre-LN,
+        // GELU, ε = 1e-5, one word embedding for both stems and the tied head. The
+        // neural-tangent setup of §II 2 C and Table II 2 E: C_WE = 1, N_rescale = n^{-1/2}
+        // (1.33), Q-K-V-U-W-X at std 0.02 of the paper's n = 1024 (C = 0.4096, C_X = 1.6384
+        // with fan-in 4n), C_PE = 0.02² (footnote 49).
+        "paper-bart" => {
+            let c = 0.02 * 0.02 * 1024.0;
+            let mut o = bart_shape();
+            o.extend(pre_ln_gelu([c, c, c, c, c, 4.0 * c]));
+            o
+        }
+        // Its standard counterpart (§II 2 C): every parameter std 0.02 at any width
+        // (`variance_mode = "absolute"`, C = 0.02² for every group), rescale 1, no biases.
+        "paper-bart-standard" => {
+            let mut o = bart_shape();
+            o.extend(pre_ln_gelu([0.0; 6]));
+            o.push(("model.variance_mode", s("absolute")));
+            o.extend(GROUPS.iter().map(|g| {
+                let c = if g.group == Group::Bias {
+                    0.0
+                } else {
+                    0.02 * 0.02
+                };
+                (g.key, v(c))
+            }));
+            o
+        }
         // Standard parameterization as in BART-style code: every weight and embedding drawn
         // with std 0.02 at every width (variance 4e-4, not divided by fan-in), zero biases.
         "standard" => {
@@ -88,6 +116,24 @@ pub fn overrides(name: &str) -> Option<Vec<(&'static str, Value)>> {
         ],
         _ => return None,
     })
+}
+
+/// The shape of `paper-bart` and `paper-bart-standard` (the variances come after it).
+fn bart_shape() -> Vec<(&'static str, Value)> {
+    vec![
+        ("model.stem", Value::from("embedding")),
+        ("model.head", Value::from("tied")),
+        ("model.width", Value::from(256)),
+        ("model.heads", Value::from(8)),
+        ("model.pattern", Value::from("AM")),
+        ("model.layers", Value::from(3)),
+        ("model.decoder_layers", Value::from(3)),
+        ("model.decoder_pattern", Value::from("ACM")),
+        ("model.ln_eps", Value::from(1e-5)),
+        ("inputs.kind", Value::from("tokens")),
+        ("inputs.vocab", Value::from(1000)),
+        ("inputs.tokens", Value::from(8)),
+    ]
 }
 
 /// A pre-LN GELU Transformer with M = 4 and the given (C_Q, C_K, C_V, C_U, C_W, C_X);

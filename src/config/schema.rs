@@ -70,6 +70,8 @@ pub const PRESETS: &[&str] = &[
     "paper-vit",
     "paper-vit-cls",
     "paper-lm",
+    "paper-bart",
+    "paper-bart-standard",
     "standard",
     "mlp-book",
 ];
