@@ -337,3 +337,62 @@ fn post_ln_with_biases_and_no_ln_agree_with_monte_carlo() {
     let none = [&base[..], &["model.norm=none"]].concat();
     agree(&none, 500, "no LN", |_| false);
 }
+
+/// `sigprop theory` and `sigprop compare` on the paper's encoder–decoder presets: both run,
+/// the comparison joins the cross-attention rows, and the missing backward (tied head) is
+/// named in one line. (The agreement itself is asserted above, on smaller models.)
+#[test]
+fn paper_bart_presets_run_through_theory_and_compare() {
+    for preset in ["paper-bart", "paper-bart-standard"] {
+        let set = format!("model.preset={preset}");
+        let (mc, th, cmp) = (
+            tmp(&format!("encdth-{preset}-mc")),
+            tmp(&format!("encdth-{preset}-th")),
+            tmp(&format!("encdth-{preset}-cmp")),
+        );
+        let s = |p: &std::path::PathBuf| p.display().to_string();
+        let (code, _, err) = sigprop(&[
+            "simulate",
+            "--set",
+            &set,
+            "--samples",
+            "40",
+            "--seed",
+            "3",
+            "--force",
+            "--out",
+            &s(&mc),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = sigprop(&[
+            "theory",
+            "--set",
+            &set,
+            "--set",
+            "theory.logit_samples=2000",
+            "--force",
+            "--out",
+            &s(&th),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(
+                "note: no backward theory for this model: tied head on an encoder–decoder"
+            ),
+            "{err}"
+        );
+        let (code, _, err) = sigprop(&[
+            "compare",
+            &s(&mc.join("stats.csv")),
+            &s(&th.join("stats.csv")),
+            "--out",
+            &s(&cmp),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let report = std::fs::read_to_string(cmp.join("report.md")).unwrap();
+        assert!(
+            report.contains("| cross |"),
+            "{preset}: no cross rows compared"
+        );
+    }
+}

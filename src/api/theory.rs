@@ -62,7 +62,6 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
 
 pub fn run(args: &TheoryOptions) -> anyhow::Result<()> {
     let mut cfg = args.cfg.builder()?.build()?;
-    cfg.model.encoder_only("the theory")?;
     if order(&cfg) > 1 {
         anyhow::bail!(
             "theory.order = {}: expected 0 (infinite width) or 1 (with the 1/n corrections)",
