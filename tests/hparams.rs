@@ -527,7 +527,8 @@ fn coordinate_check_matches_the_family_claims() {
     );
 }
 
-/// The paper's Table II 2 E (BART-large, AdamW, n = 1024, M dropped as in §II 2 D), entry by
+/// The paper's Table II 2 E (BART-large, AdamW, n = 1024, M dropped as in §II 2 D; the
+/// `paper-lm` and `paper-bart` presets), entry by
 /// entry, in every format `sigprop hparams` writes:
 ///
 /// | group                    | standard: std, rescale, λ̃ | neural tangent: std, rescale, λ̃ |
@@ -548,7 +549,7 @@ fn table_ii_2_e_entry_by_entry_in_every_format() {
     let n = 1024usize;
     let nf = n as f64;
     let bulk = [Group::Q, Group::K, Group::V, Group::U, Group::W, Group::X];
-    for preset in ["paper-lm"] {
+    for preset in ["paper-lm", "paper-bart"] {
         for (family, lr, wd) in [(Family::Standard, 1e-3, 0.01), (NT, 32.768, 3e-7)] {
             let mut s = setup(preset, family, Optimizer::AdamW, false);
             s.widths = vec![n];
