@@ -8,12 +8,15 @@
 //!   length L becomes one mask token) and is padded at its end to T with a pad token, and
 //!   [`Corrupted::padding`] marks those pads so attention can leave them out;
 //! - a span of length 0 (probability e^{-3} ≈ 5 %) inserts a mask token without removing
-//!   anything, as in BART; if the source has no room left for it, the insertion is dropped;
+//!   anything, as in BART; insertions that would make the corrupted text longer than T are
+//!   dropped;
 //! - the decoder reads the original shifted right by one behind a begin token
 //!   (BOS x₀ … x_{T−2}) and is scored on x₀ … x_{T−1}, every position, as fairseq's BART does.
 //!
 //! The number of corrupted characters is exactly round(0.3 · T) (at least 1): span lengths
-//! are drawn until their sum reaches it and the last one is cut to fit, as BART does.
+//! are drawn until their sum reaches it and the last one is cut to fit, as BART does; the
+//! spans are placed without overlap, the untouched characters spread over the gaps
+//! between them uniformly at random.
 
 use rand::Rng;
 use rand_distr::{Distribution, Poisson};
