@@ -232,28 +232,41 @@ pub(crate) fn forward(
         let weight = 1.0 / sampler.samples as f64;
         let mut attn = Array2::<f64>::zeros((d, d));
         let channels = (spec.width / spec.heads.max(1)).max(1);
+        let law = (ctx.order == 1).then(|| InputLaw::of(ctx, &input.g, layer));
         for _ in 0..sampler.samples {
-            if ctx.order == 1 {
+            if let Some(law) = &law {
+                // Order 1: first the draw's own input kernel F̂ at width n, then its queries
+                // and keys at head width C given F̂ (both exact for a Gaussian stream).
+                let fh = law.draw(&mut rng);
+                let qkv_d = Qkv::of(ctx, &fh);
+                let (la, lb) = (cholesky_psd(&qkv_d.q), cholesky_psd(&qkv_d.k));
                 let mut normal = || rng.sample::<f64, _>(StandardNormal);
                 let q = la.dot(&Array2::from_shape_simple_fn((d, channels), &mut normal));
                 let k = lb.dot(&Array2::from_shape_simple_fn((d, channels), &mut normal));
                 let cf = channels as f64;
                 // draw() forms la·zlb per sequence; with la = I it is q·kᵀ/√C.
                 let zlb = k.t().mapv(|x| x / cf.sqrt());
-                let lq = q;
-                draw(spec, input, &lq, &zlb, root, &mut attn);
+                draw(spec, input, &q, &zlb, root, &mut attn);
+                // E[Ω V̂ Ωᵀ] with the draw's value kernel C_V F̂ + C_b: the values are
+                // independent of Ω given F̂, so this is the exact mean of the increment.
+                mom.add(&attn, &qkv_d.v, weight);
                 if keep {
-                    hats.push((lq.dot(&lq.t()) / cf, k.dot(&k.t()) / cf));
+                    draws.push((weight, attn.clone()));
+                    hats.push(Hat {
+                        q: q.dot(&q.t()) / cf,
+                        k: k.dot(&k.t()) / cf,
+                        f: fh,
+                    });
                 }
             } else {
                 let z =
                     Array2::from_shape_simple_fn((d, d), || rng.sample::<f64, _>(StandardNormal));
                 let zlb = z.dot(&lb.t());
                 draw(spec, input, &la, &zlb, root, &mut attn);
-            }
-            mom.add(&attn, &qkv.v, weight);
-            if keep {
-                draws.push((weight, attn.clone()));
+                mom.add(&attn, &qkv.v, weight);
+                if keep {
+                    draws.push((weight, attn.clone()));
+                }
             }
         }
     }
@@ -267,8 +280,102 @@ pub(crate) fn forward(
     Ok((delta, stats, draws, hats))
 }
 
-/// Per draw at order 1, the empirical query and key kernels (Q̂, K̂) of one head (D×D).
-pub type Hats = Vec<(Array2<f64>, Array2<f64>)>;
+/// Per draw at order 1: the empirical query and key kernels Q̂, K̂ of one head and the
+/// draw's input kernel F̂ (D×D each).
+#[derive(Clone, Debug)]
+pub struct Hat {
+    pub q: Array2<f64>,
+    pub k: Array2<f64>,
+    pub f: Array2<f64>,
+}
+
+/// The order-1 draws' [`Hat`]s, one per entry of [`Draws`].
+pub type Hats = Vec<Hat>;
+
+/// Order 1: the law of the branch input's empirical kernel F̂ = (1/n) Σ_i s_i s_iᵀ at width
+/// n, for a stream whose units are i.i.d. Gaussian with kernel F (exact for the first
+/// block's input, the Gaussian stem output; for later blocks the Gaussian part of the
+/// stream's fluctuation, without its vertex). Without a LayerNorm in front, F̂ ~ W_n(F)/n
+/// (Wishart). After one (pre-LN, and the post-LN stream after its first block) the units
+/// are centred and normalized: the centred sum is W_{n−1}(F) and F̂ is its correlation
+/// matrix rescaled to F's diagonal (the map Φ of docs/finite-width.md with ε absorbed in
+/// F's diagonal; the ε-dependence of the fluctuation itself is O(ε/n)).
+///
+/// This is what moves `ntk_q`/`ntk_k` at O(1/n): the logit path S is a strongly curved
+/// function of F (it measures how much the keys' values differ, ∝ (1 − ρ)² in the token
+/// correlation ρ), so E[F̂ ⊙ S(F̂)] − F ⊙ S(F) = (J·K^{{1}} + ½ H : Cov F̂) is of the
+/// same order as the mean kernel's own 1/n correction but with a coefficient of 5–20.
+struct InputLaw {
+    /// F = L Lᵀ.
+    l: Array2<f64>,
+    /// Degrees of freedom: n − 1 after a LayerNorm's centring, n otherwise.
+    dof: usize,
+    /// F's diagonal when F̂ is a (rescaled) correlation matrix; `None` for W/n.
+    diag: Option<Vec<f64>>,
+    n: f64,
+}
+
+impl InputLaw {
+    fn of(ctx: &Ctx, f: &Array2<f64>, layer: usize) -> Self {
+        use crate::config::Norm;
+        let spec = ctx.spec;
+        // pre: s = LN(z); post: the stream is an LN output from the second block on.
+        let normalized = spec.norm == Norm::Pre || (spec.norm == Norm::Post && layer > 2);
+        let n = spec.width.max(1);
+        InputLaw {
+            l: cholesky_psd(f),
+            dof: if normalized {
+                n.saturating_sub(1).max(1)
+            } else {
+                n
+            },
+            diag: normalized.then(|| (0..f.nrows()).map(|a| f[[a, a]]).collect()),
+            n: n as f64,
+        }
+    }
+
+    /// One F̂: Bartlett's decomposition W = L A Aᵀ Lᵀ (A lower triangular, A_ii² ~ χ²_{m−i},
+    /// A_ij ~ N(0, 1) below the diagonal) when m ≥ D, else m Gaussian vectors.
+    fn draw(&self, rng: &mut impl Rng) -> Array2<f64> {
+        let d = self.l.nrows();
+        let m = self.dof;
+        let chi = |rng: &mut dyn rand::RngCore, k: usize| -> Option<f64> {
+            rand_distr::ChiSquared::new(k as f64)
+                .ok()
+                .map(|c| rng.sample::<f64, _>(c).sqrt())
+        };
+        let mut a = Array2::<f64>::zeros((d, m.min(d)));
+        let bartlett = m >= d
+            && (0..d).all(|i| match chi(rng, m - i) {
+                Some(x) => {
+                    a[[i, i]] = x;
+                    for j in 0..i {
+                        a[[i, j]] = rng.sample::<f64, _>(StandardNormal);
+                    }
+                    true
+                }
+                None => false,
+            });
+        let a = if bartlett {
+            a
+        } else {
+            Array2::from_shape_simple_fn((d, m), || rng.sample::<f64, _>(StandardNormal))
+        };
+        let la = self.l.dot(&a);
+        let w = la.dot(&la.t());
+        match &self.diag {
+            None => w / self.n,
+            Some(diag) => Array2::from_shape_fn((d, d), |(x, y)| {
+                let den = w[[x, x]] * w[[y, y]];
+                if den > 0.0 {
+                    w[[x, y]] / den.sqrt() * (diag[x] * diag[y]).sqrt()
+                } else {
+                    0.0
+                }
+            }),
+        }
+    }
+}
 
 /// Causal: query t sees keys 0..=t (1.18); bidirectional: all T keys (1.17).
 fn last_key(spec: &ModelSpec, a: usize, t: usize) -> usize {
@@ -368,18 +475,29 @@ impl Block<'_> {
             Array2::ones((d, d)),
         ];
         xs.extend(bars.iter().map(|th| th.theta.clone()));
-        let (axa, sx) = attention_moments(self.draws, &self.qkv.v, &xs);
-        // Order 1 (finite head width): the key kernel in S_K and the query kernel that
-        // multiplies S_X are the draw's own K̂ and Q̂, correlated with its attention.
-        let hat = (!self.hats.is_empty())
-            .then(|| finite_c_moments(self.draws, self.hats, &self.qkv.v, &xs));
-        // E[ΩFΩᵀ], E[S_F], E[S_K], E[ΩVΩᵀ], E[Ω1Ωᵀ].
+        let (axa, sx) = if self.hats.is_empty() {
+            attention_moments(self.draws, &self.qkv.v, &xs)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // Order 1 (finite n and C): every kernel per draw, correlated with its attention.
+        let fin =
+            (!self.hats.is_empty()).then(|| finite_moments(self.ctx, self.draws, self.hats, bars));
+        let (axa, s_k) = match &fin {
+            Some(m) => (&m.axa, &m.s_k),
+            None => (&axa, &sx[1]),
+        };
+        // E[ΩFΩᵀ], E[ΩVΩᵀ], E[Ω1Ωᵀ].
         let (afa, ava, a1a) = (&axa[0], &axa[2], &axa[3]);
-        let s_k = hat.as_ref().map_or(&sx[1], |h| &h.0);
-        // Q ⊙ E[S_X] at infinite width, E[Q̂ ⊙ S_X] at finite C.
-        let q_s = |k: usize| match &hat {
-            Some(h) => h.1[k].clone(),
+        // Q ⊙ E[S_X] at infinite width, E[Q̂ ⊙ S_X] at finite width.
+        let q_s = |k: usize| match &fin {
+            Some(m) => m.q_s[k].clone(),
             None => qk * &sx[k],
+        };
+        // F ⊙ E[S_K], or E[F̂ ⊙ S_K̂].
+        let f_s_k = match &fin {
+            Some(m) => m.f_s_k.clone(),
+            None => f * s_k,
         };
         let mut out: Vec<Carried> = bars
             .iter()
@@ -397,7 +515,7 @@ impl Block<'_> {
             Vec::new()
         };
         let mut raw = vec![
-            (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
+            (Group::Q, f_s_k.mapv(|x| n * c.u * scale * x)),
             (Group::K, q_s(0).mapv(|x| n * c.u * scale * x)),
             (Group::V, afa.mapv(|x| n * c.u * x)),
             (Group::U, ava.mapv(|x| n * x)),
@@ -487,27 +605,49 @@ fn attention_moments(
     (axa, sx)
 }
 
-/// At finite head width: E[S_K̂] (the key kernel of each draw in S) and E[Q̂ ⊙ S_X] for every
-/// X in `xs` (the query kernel of each draw multiplying S), over the draws and their [`Hats`].
-fn finite_c_moments(
-    draws: &[(f64, Array2<f64>)],
-    hats: &[(Array2<f64>, Array2<f64>)],
-    v: &Array2<f64>,
-    xs: &[Array2<f64>],
-) -> (Array2<f64>, Vec<Array2<f64>>) {
-    let d = v.nrows();
-    let mut s_k = Array2::<f64>::zeros((d, d));
-    let mut q_s = vec![Array2::<f64>::zeros((d, d)); xs.len()];
-    for ((w, a), (qh, kh)) in draws.iter().zip(hats) {
+/// Order 1 (finite n and C): the transport's expectations with every kernel taken per draw
+/// ([`Hat`]): the value kernel V̂ = C_V F̂ + C_b, the key kernel K̂ in S_K and the query
+/// kernel Q̂ multiplying S_X are the draw's own, and so is F̂ wherever F enters.
+struct FiniteMoments {
+    /// E[Ω X Ωᵀ] for X = F̂, (unused), V̂, 1, then every carried Θ̄.
+    axa: Vec<Array2<f64>>,
+    /// E[S_K̂].
+    s_k: Array2<f64>,
+    /// E[F̂ ⊙ S_K̂] (raw_Q).
+    f_s_k: Array2<f64>,
+    /// E[Q̂ ⊙ S_X] for X = F̂, (unused), V̂, 1, then every carried Θ̄.
+    q_s: Vec<Array2<f64>>,
+}
+
+fn finite_moments(ctx: &Ctx, draws: &Draws, hats: &[Hat], bars: &[Carried]) -> FiniteMoments {
+    let c = C::of(ctx);
+    let d = hats.first().map_or(0, |h| h.f.nrows());
+    let m = 4 + bars.len();
+    let mut out = FiniteMoments {
+        axa: vec![Array2::zeros((d, d)); m],
+        s_k: Array2::zeros((d, d)),
+        f_s_k: Array2::zeros((d, d)),
+        q_s: vec![Array2::zeros((d, d)); m],
+    };
+    for ((w, a), hat) in draws.iter().zip(hats) {
         let one = [(*w, a.clone())];
-        let (_, sk) = attention_moments(&one, v, std::slice::from_ref(kh));
-        s_k.scaled_add(1.0, &sk[0]);
-        let (_, sx) = attention_moments(&one, v, xs);
-        for (acc, s) in q_s.iter_mut().zip(&sx) {
-            acc.scaled_add(1.0, &(qh * s));
+        let v = hat.f.mapv(|f| c.v * f + c.bias);
+        let mut xs = vec![
+            hat.f.clone(),
+            hat.k.clone(),
+            v.clone(),
+            Array2::ones((d, d)),
+        ];
+        xs.extend(bars.iter().map(|th| th.theta.clone()));
+        let (axa, sx) = attention_moments(&one, &v, &xs);
+        out.s_k += &sx[1];
+        out.f_s_k += &(&hat.f * &sx[1]);
+        for (k, (ax, s)) in axa.iter().zip(&sx).enumerate() {
+            out.axa[k] += ax;
+            out.q_s[k] += &(&hat.q * s);
         }
     }
-    (s_k, q_s)
+    out
 }
 
 /// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with
