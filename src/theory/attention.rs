@@ -31,6 +31,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::TheoryError;
+use super::finite::Finite;
 use super::linalg::cholesky_psd;
 use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::config::ModelSpec;
@@ -153,7 +154,7 @@ struct Moments {
 }
 
 impl Moments {
-    fn add(&mut self, attn: &Array2<f64>, value: &Array2<f64>, weight: f64) {
+    fn add(&mut self, attn: &Array2<f64>, value: &Array2<f64>, weight: f64) -> Array2<f64> {
         // Σ_{t1',t2'} Ω_{δ1 t1'} Ω_{δ2 t2'} V_{t1' t2'} = (Ω V Ωᵀ)_{δ1 δ2}, Ω block-diagonal.
         let p = attn.dot(value).dot(&attn.t());
         self.e_pp.scaled_add(weight, &p);
@@ -168,6 +169,7 @@ impl Moments {
             self.entropy[a] += weight * h;
             self.max[a] += weight * m;
         }
+        p
     }
 }
 
@@ -195,12 +197,14 @@ impl Moments {
 pub(crate) fn forward(
     ctx: &Ctx,
     input: &KernelState,
+    stream: &Array2<f64>,
     layer: usize,
     keep: bool,
-) -> Result<(KernelState, AttnStats, Draws, Hats), TheoryError> {
+) -> Result<(KernelState, AttnStats, Draws, Hats, Option<FluctSums>), TheoryError> {
     let (spec, c) = (ctx.spec, C::of(ctx));
     let mut draws: Draws = Vec::new();
     let mut hats: Hats = Vec::new();
+    let mut fluct: Option<FluctSums> = None;
     let (d, t) = (input.len(), input.tokens);
     let scale = logit_scale(spec)?;
     let qkv = Qkv::of(ctx, &input.g);
@@ -216,7 +220,7 @@ pub(crate) fn forward(
     };
     if !sampled {
         let attn = uniform(spec, d, t);
-        mom.add(&attn, &qkv.v, 1.0);
+        let _ = mom.add(&attn, &qkv.v, 1.0);
         if keep {
             draws.push((1.0, attn));
         }
@@ -232,12 +236,17 @@ pub(crate) fn forward(
         let weight = 1.0 / sampler.samples as f64;
         let mut attn = Array2::<f64>::zeros((d, d));
         let channels = (spec.width / spec.heads.max(1)).max(1);
-        let law = (ctx.order == 1).then(|| InputLaw::of(ctx, &input.g, layer));
-        for _ in 0..sampler.samples {
+        let law = (ctx.order == 1).then(|| InputLaw::of(ctx, &input.g, stream, layer));
+        let mut shared = (Array2::zeros((d, d)), Array2::zeros((d, d)));
+        for i in 0..sampler.samples {
             if let Some(law) = &law {
                 // Order 1: first the draw's own input kernel F̂ at width n, then its queries
-                // and keys at head width C given F̂ (both exact for a Gaussian stream).
-                let fh = law.draw(&mut rng);
+                // and keys at head width C given F̂ (both exact for a Gaussian stream). Two
+                // consecutive draws share F̂, as two heads of one network do (FluctSums).
+                if i % 2 == 0 {
+                    shared = law.draw(&mut rng);
+                }
+                let (fh, gz) = (shared.0.clone(), &shared.1);
                 let qkv_d = Qkv::of(ctx, &fh);
                 let (la, lb) = (cholesky_psd(&qkv_d.q), cholesky_psd(&qkv_d.k));
                 let mut normal = || rng.sample::<f64, _>(StandardNormal);
@@ -249,7 +258,10 @@ pub(crate) fn forward(
                 draw(spec, input, &q, &zlb, root, &mut attn);
                 // E[Ω V̂ Ωᵀ] with the draw's value kernel C_V F̂ + C_b: the values are
                 // independent of Ω given F̂, so this is the exact mean of the increment.
-                mom.add(&attn, &qkv_d.v, weight);
+                let p = mom.add(&attn, &qkv_d.v, weight);
+                fluct
+                    .get_or_insert_with(|| FluctSums::new(d))
+                    .add(i, &p, gz);
                 if keep {
                     draws.push((weight, attn.clone()));
                     hats.push(Hat {
@@ -263,7 +275,7 @@ pub(crate) fn forward(
                     Array2::from_shape_simple_fn((d, d), || rng.sample::<f64, _>(StandardNormal));
                 let zlb = z.dot(&lb.t());
                 draw(spec, input, &la, &zlb, root, &mut attn);
-                mom.add(&attn, &qkv.v, weight);
+                let _ = mom.add(&attn, &qkv.v, weight);
                 if keep {
                     draws.push((weight, attn.clone()));
                 }
@@ -277,7 +289,7 @@ pub(crate) fn forward(
         max: mom.max,
         sampled,
     };
-    Ok((delta, stats, draws, hats))
+    Ok((delta, stats, draws, hats, fluct))
 }
 
 /// Per draw at order 1: the empirical query and key kernels Q̂, K̂ of one head and the
@@ -312,11 +324,14 @@ struct InputLaw {
     dof: usize,
     /// F's diagonal when F̂ is a (rescaled) correlation matrix; `None` for W/n.
     diag: Option<Vec<f64>>,
+    /// With `diag`: the stream's diagonal (the LN's input), to put the draw's W back on the
+    /// stream's scale for its covariance with the increment.
+    stream: Option<Vec<f64>>,
     n: f64,
 }
 
 impl InputLaw {
-    fn of(ctx: &Ctx, f: &Array2<f64>, layer: usize) -> Self {
+    fn of(ctx: &Ctx, f: &Array2<f64>, stream: &Array2<f64>, layer: usize) -> Self {
         use crate::config::Norm;
         let spec = ctx.spec;
         // pre: s = LN(z); post: the stream is an LN output from the second block on.
@@ -330,13 +345,19 @@ impl InputLaw {
                 n
             },
             diag: normalized.then(|| (0..f.nrows()).map(|a| f[[a, a]]).collect()),
+            // pre: the stream is the LN's input; post: the stream is the LN output itself.
+            stream: (spec.norm == Norm::Pre)
+                .then(|| (0..stream.nrows()).map(|a| stream[[a, a]]).collect()),
             n: n as f64,
         }
     }
 
-    /// One F̂: Bartlett's decomposition W = L A Aᵀ Lᵀ (A lower triangular, A_ii² ~ χ²_{m−i},
-    /// A_ij ~ N(0, 1) below the diagonal) when m ≥ D, else m Gaussian vectors.
-    fn draw(&self, rng: &mut impl Rng) -> Array2<f64> {
+    /// One F̂, and the stream's empirical kernel Ĝ_z it came from up to a part independent of
+    /// F̂ (the centred W/n on the stream's scale; the mean μμᵀ that LN removes is independent
+    /// of it): Bartlett's decomposition W = L A Aᵀ Lᵀ (A lower triangular,
+    /// A_ii² ~ χ²_{m−i}, A_ij ~ N(0, 1) below the diagonal) when m ≥ D, else m Gaussian
+    /// vectors.
+    fn draw(&self, rng: &mut impl Rng) -> (Array2<f64>, Array2<f64>) {
         let d = self.l.nrows();
         let m = self.dof;
         let chi = |rng: &mut dyn rand::RngCore, k: usize| -> Option<f64> {
@@ -364,15 +385,32 @@ impl InputLaw {
         let la = self.l.dot(&a);
         let w = la.dot(&la.t());
         match &self.diag {
-            None => w / self.n,
-            Some(diag) => Array2::from_shape_fn((d, d), |(x, y)| {
-                let den = w[[x, x]] * w[[y, y]];
-                if den > 0.0 {
-                    w[[x, y]] / den.sqrt() * (diag[x] * diag[y]).sqrt()
-                } else {
-                    0.0
-                }
-            }),
+            None => {
+                let f = w / self.n;
+                (f.clone(), f)
+            }
+            Some(diag) => {
+                let f = Array2::from_shape_fn((d, d), |(x, y)| {
+                    let den = w[[x, x]] * w[[y, y]];
+                    if den > 0.0 {
+                        w[[x, y]] / den.sqrt() * (diag[x] * diag[y]).sqrt()
+                    } else {
+                        0.0
+                    }
+                });
+                let g = match &self.stream {
+                    Some(k) => Array2::from_shape_fn((d, d), |(x, y)| {
+                        let den = diag[x] * diag[y];
+                        if den > 0.0 {
+                            w[[x, y]] / self.n * (k[x] * k[y] / den).sqrt()
+                        } else {
+                            0.0
+                        }
+                    }),
+                    None => f.clone(),
+                };
+                (f, g)
+            }
         }
     }
 }
@@ -427,10 +465,12 @@ fn draw(
 pub(crate) fn branch(
     ctx: &Ctx,
     input: &State,
+    stream: &State,
     b: usize,
     layer: usize,
 ) -> Result<(State, AttnStats), TheoryError> {
-    let (delta, stats, draws, hats) = forward(ctx, &input.k, layer, input.ntk.is_some())?;
+    let (delta, stats, draws, hats, fluct) =
+        forward(ctx, &input.k, &stream.k.g, layer, input.ntk.is_some())?;
     let ntk = match &input.ntk {
         Some(bars) => {
             let blk = Block {
@@ -445,7 +485,137 @@ pub(crate) fn branch(
         }
         None => None,
     };
-    Ok((State::branch(delta, ntk), stats))
+    // Order 1: the increment as a Gaussian mixture over its random kernel, with its
+    // covariance with the stream, so that the residual add carries the stream's 1/n state on.
+    let nlo = match (&stream.nlo, fluct) {
+        (Some(_), Some(f)) => Some(f.finish(ctx, &delta.g)),
+        _ => None,
+    };
+    let mut out = State::branch(delta, ntk);
+    out.nlo = nlo;
+    Ok((out, stats))
+}
+
+/// Order 1: running sums over the draws for the fluctuation of the increment's random kernel
+/// and its covariance with the stream, per pair of probe points (entries αα, αβ, ββ).
+///
+/// Given the values and the attention of every head, the increment's units are i.i.d.
+/// Gaussian with the random kernel Ĝ_Δ = C_U (1/H) Σ_h B̂^h + C_b, where
+/// B̂^h = (1/C) Σ_c (Ω^h v_c)(Ω^h v_c)ᵀ has mean P^h = Ω^h V̂ Ω^hᵀ given (Ω^h, F̂) and
+/// covariance (P P + P P)/C (Gaussian values). The heads are i.i.d. given F̂, so
+///
+///   n Cov(Ĝ_Δ) = C_U² [ (n/H)(Cov(P) + E[P P + P P]/C) + n (1 − 1/H) Cov(P¹, P²) ],
+///
+/// the first term the O(1/H) fluctuation over the heads (O(C) in these units: each head's
+/// attention is an O(1) random matrix), the second the 1/n fluctuation of the shared input,
+/// estimated from pairs of draws that share F̂ (Cov(P¹, P²) = Var E[P | F̂]). The stream
+/// covariance is X = n Cov(Ĝ_z, Ĝ_Δ) = n C_U Cov(Ĝ_z, P), with Ĝ_z drawn jointly with F̂.
+pub(crate) struct FluctSums {
+    d: usize,
+    count: f64,
+    p: Vec<[f64; 3]>,
+    g: Vec<[f64; 3]>,
+    pp: Vec<Block3>,
+    gauss: Vec<Block3>,
+    gp: Vec<Block3>,
+    pairs: f64,
+    pair: Vec<Block3>,
+    /// P of the first draw of the current pair.
+    first: Option<Array2<f64>>,
+}
+
+type Block3 = [[f64; 3]; 3];
+
+impl FluctSums {
+    fn new(d: usize) -> Self {
+        let m = d * (d + 1) / 2;
+        FluctSums {
+            d,
+            count: 0.0,
+            p: vec![[0.0; 3]; m],
+            g: vec![[0.0; 3]; m],
+            pp: vec![[[0.0; 3]; 3]; m],
+            gauss: vec![[[0.0; 3]; 3]; m],
+            gp: vec![[[0.0; 3]; 3]; m],
+            pairs: 0.0,
+            pair: vec![[[0.0; 3]; 3]; m],
+            first: None,
+        }
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (usize, [(usize, usize); 3])> + use<> {
+        let d = self.d;
+        (0..d)
+            .flat_map(move |a| (a..d).map(move |b| (a, b)))
+            .enumerate()
+            .map(|(k, (a, b))| (k, [(a, a), (a, b), (b, b)]))
+    }
+
+    /// Draw `i` (draws 2k and 2k + 1 share F̂) with its P and the stream's Ĝ_z.
+    fn add(&mut self, i: usize, p: &Array2<f64>, gz: &Array2<f64>) {
+        self.count += 1.0;
+        let first = if i % 2 == 1 { self.first.take() } else { None };
+        for (k, e) in self.pairs() {
+            for (x, &(a, b)) in e.iter().enumerate() {
+                self.p[k][x] += p[[a, b]];
+                self.g[k][x] += gz[[a, b]];
+                for (y, &(c, d)) in e.iter().enumerate() {
+                    self.pp[k][x][y] += p[[a, b]] * p[[c, d]];
+                    self.gauss[k][x][y] += p[[a, c]] * p[[b, d]] + p[[a, d]] * p[[b, c]];
+                    self.gp[k][x][y] += gz[[a, b]] * p[[c, d]];
+                    if let Some(f) = &first {
+                        self.pair[k][x][y] += 0.5 * (f[[a, b]] * p[[c, d]] + p[[a, b]] * f[[c, d]]);
+                    }
+                }
+            }
+        }
+        if first.is_some() {
+            self.pairs += 1.0;
+        } else if i % 2 == 0 {
+            self.first = Some(p.clone());
+        }
+    }
+
+    /// The increment's order-1 state (see the type's doc); `k_delta` its kernel.
+    fn finish(&self, ctx: &Ctx, k_delta: &Array2<f64>) -> Finite {
+        let (spec, c) = (ctx.spec, C::of(ctx));
+        let n = spec.width as f64;
+        let h = spec.heads.max(1) as f64;
+        let ch = (spec.width / spec.heads.max(1)).max(1) as f64;
+        let (cnt, np) = (self.count.max(1.0), self.pairs.max(1.0));
+        let m = self.p.len();
+        let mut cov = vec![[[0.0; 3]; 3]; m];
+        let mut cross = vec![[[0.0; 3]; 3]; m];
+        for k in 0..m {
+            let (ep, eg) = (self.p[k].map(|x| x / cnt), self.g[k].map(|x| x / cnt));
+            for x in 0..3 {
+                for y in 0..3 {
+                    let mean = ep[x] * ep[y];
+                    let single = self.pp[k][x][y] / cnt - mean;
+                    let values = self.gauss[k][x][y] / cnt / ch;
+                    let shared = self.pair[k][x][y] / np - mean;
+                    cov[k][x][y] = c.u
+                        * c.u
+                        * ((n / h) * (single + values)
+                            + if self.pairs > 0.0 {
+                                n * (1.0 - 1.0 / h) * shared
+                            } else {
+                                0.0
+                            });
+                    cross[k][x][y] = n * c.u * (self.gp[k][x][y] / cnt - eg[x] * ep[y]);
+                }
+            }
+        }
+        Finite {
+            k1: Array2::zeros((self.d, self.d)),
+            cov,
+            mixture: true,
+            cross: Some(cross),
+            tok: None,
+            // The units are independent with mean zero given the kernel: n E[μμ] = K.
+            mean: k_delta.clone(),
+        }
+    }
 }
 
 /// What the NTK transport of one block reads: the input kernel F, the Q/K/V kernels, the
