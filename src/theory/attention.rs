@@ -243,7 +243,7 @@ pub(crate) fn forward(
                 // Order 1: first the draw's own input kernel F̂ at width n, then its queries
                 // and keys at head width C given F̂ (both exact for a Gaussian stream). Two
                 // consecutive draws share F̂, as two heads of one network do (FluctSums).
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     shared = law.draw(&mut rng);
                 }
                 let (fh, gz) = (shared.0.clone(), &shared.1);
@@ -554,7 +554,11 @@ impl FluctSums {
     /// Draw `i` (draws 2k and 2k + 1 share F̂) with its P and the stream's Ĝ_z.
     fn add(&mut self, i: usize, p: &Array2<f64>, gz: &Array2<f64>) {
         self.count += 1.0;
-        let first = if i % 2 == 1 { self.first.take() } else { None };
+        let first = if i.is_multiple_of(2) {
+            None
+        } else {
+            self.first.take()
+        };
         for (k, e) in self.pairs() {
             for (x, &(a, b)) in e.iter().enumerate() {
                 self.p[k][x] += p[[a, b]];
@@ -571,7 +575,7 @@ impl FluctSums {
         }
         if first.is_some() {
             self.pairs += 1.0;
-        } else if i % 2 == 0 {
+        } else if i.is_multiple_of(2) {
             self.first = Some(p.clone());
         }
     }
