@@ -24,6 +24,14 @@
 //! - Tied head: the block adds its logit contact to every carried kernel
 //!   (`Block::tied_contact`; the derivation is in [`super::head`]).
 //!
+//! - Order 1 (`theory.order = 1`, docs/finite-width.md): each logit draw first draws its own
+//!   input kernel F̂ at width n ([`InputLaw`], Wishart), then q and k at head width C given
+//!   F̂; the increment, the value and logit paths and the raw groups use each draw's F̂, Q̂,
+//!   K̂, V̂ ([`finite_moments`]). The curvature of S in F is what the leading order misses in
+//!   `ntk_q`/`ntk_k` (a 1/n effect with a coefficient of 5–20). The increment is carried as a
+//!   Gaussian mixture over its random kernel ([`FluctSums`]: O(1/H) over heads, 1/n through
+//!   the shared F̂) with its covariance with the stream, for [`super::finite`].
+//!
 //! F is the branch input's kernel (LN(z) in `pre` mode, z otherwise) and Θ̄ its carried NTK.
 
 use ndarray::{Array2, s};
@@ -186,12 +194,15 @@ impl Moments {
 /// is zero (zero queries without biases, C_Q C_K = 0, or a > 1/2) attention is exactly
 /// uniform and nothing is sampled.
 ///
-/// At `theory.order = 1` the logits follow their exact law at finite head width C = n/H
-/// instead (docs/finite-width.md): Ω̃ = sqrt(C^{1−2a}) (L_A Z₁)(L_B Z₂)ᵀ/√C with Z₁, Z₂
-/// i.i.d. N(0,1) D×C matrices, i.e. q_c ~ N(0, A) and k_c ~ N(0, B) for each of the C
-/// channels and the logit their scaled dot product; its C → ∞ limit is the Gaussian field
-/// above. The draws' empirical query and key kernels Q̂ = (L_A Z₁)(L_A Z₁)ᵀ/C and
-/// K̂ = (L_B Z₂)(L_B Z₂)ᵀ/C are kept for the NTK ([`Hats`]).
+/// At `theory.order = 1` each draw first draws the input's empirical kernel F̂ at width n
+/// ([`InputLaw`]; two consecutive draws share one, as two heads do), and the logits follow
+/// their exact law at finite head width C = n/H given F̂ (docs/finite-width.md):
+/// Ω̃ = sqrt(C^{1−2a}) (L_Â Z₁)(L_B̂ Z₂)ᵀ/√C with Â = C_Q F̂ + C_b, B̂ = C_K F̂ + C_b and Z₁,
+/// Z₂ i.i.d. N(0,1) D×C matrices, i.e. q_c ~ N(0, Â) and k_c ~ N(0, B̂) for each of the C
+/// channels and the logit their scaled dot product; its n, C → ∞ limit is the Gaussian field
+/// above. The draws' Q̂, K̂ and F̂ are kept for the NTK ([`Hats`]), and the sums for the
+/// increment's fluctuation are returned ([`FluctSums`]). `stream` is the residual stream's
+/// kernel (the LN's input in `pre` mode).
 ///
 /// Returns the increment, the block's attention statistics and, with `keep`, the draws.
 pub(crate) fn forward(

@@ -48,6 +48,16 @@
 //!   F_s = J_Φ F J_Φᵀ. The ½ H_Φ : F term is the normalizer's 1/n fluctuation, and on the
 //!   diagonal (Φ = G/(G + ε)) it is the ε-level correction of `ln kernel_diag`.
 //!
+//! # Attention blocks
+//!
+//! An attention increment is, given every head's values and attention, a Gaussian mixture
+//! with random kernel Ĝ_Δ = C_U (1/H) Σ_h B̂^h + C_b; its vertex (O(1/H) over heads, 1/n
+//! through the input every head shares) and its covariance with the stream are estimated from
+//! the logit draws in [`super::attention`] (`FluctSums`), which also draws the input's
+//! empirical kernel at width n with each draw. K^{{1}} of the increment is 0: its 1/n mean
+//! shift is inside the sampled kernel itself. The residual add then goes on as for an MLP
+//! branch.
+//!
 //! # Observables
 //!
 //! - kernel rows: K⁰ + K^{{1}}/n.
