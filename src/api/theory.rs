@@ -42,10 +42,11 @@ pub fn missing_observables(cfg: &Config) -> Vec<&'static str> {
     let mut m = Vec::new();
     if cfg.model.norm != Norm::Mlp {
         if order(cfg) == 1 {
-            // Order 1 derives the stream's fluctuation, not a single unit's kurtosis, and
-            // nothing from the first attention block on.
+            // Order 1 derives the stream's fluctuation, not a single unit's kurtosis;
+            // exactly uniform attention is not carried.
             m.push("kurtosis (resid, before the head)");
-            if cfg.model.blocks.contains(&BlockKind::Attn) {
+            let uniform = crate::theory::finite::uniform_attention(&cfg.model);
+            if uniform && cfg.model.blocks.contains(&BlockKind::Attn) {
                 m.push("fluct and kurtosis from the first attention block on");
             }
         } else {

@@ -24,6 +24,14 @@
 //! - Tied head: the block adds its logit contact to every carried kernel
 //!   (`Block::tied_contact`; the derivation is in [`super::head`]).
 //!
+//! - Order 1 (`theory.order = 1`, docs/finite-width.md): each logit draw first draws its own
+//!   input kernel F̂ at width n ([`InputLaw`], Wishart), then q and k at head width C given
+//!   F̂; the increment, the value and logit paths and the raw groups use each draw's F̂, Q̂,
+//!   K̂, V̂ ([`finite_moments`]). The curvature of S in F is what the leading order misses in
+//!   `ntk_q`/`ntk_k` (a 1/n effect with a coefficient of 5–20). The increment is carried as a
+//!   Gaussian mixture over its random kernel ([`FluctSums`]: O(1/H) over heads, 1/n through
+//!   the shared F̂) with its covariance with the stream, for [`super::finite`].
+//!
 //! F is the branch input's kernel (LN(z) in `pre` mode, z otherwise) and Θ̄ its carried NTK.
 
 use ndarray::{Array2, s};
@@ -31,6 +39,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::TheoryError;
+use super::finite::Finite;
 use super::linalg::cholesky_psd;
 use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::config::ModelSpec;
@@ -153,7 +162,7 @@ struct Moments {
 }
 
 impl Moments {
-    fn add(&mut self, attn: &Array2<f64>, value: &Array2<f64>, weight: f64) {
+    fn add(&mut self, attn: &Array2<f64>, value: &Array2<f64>, weight: f64) -> Array2<f64> {
         // Σ_{t1',t2'} Ω_{δ1 t1'} Ω_{δ2 t2'} V_{t1' t2'} = (Ω V Ωᵀ)_{δ1 δ2}, Ω block-diagonal.
         let p = attn.dot(value).dot(&attn.t());
         self.e_pp.scaled_add(weight, &p);
@@ -168,6 +177,7 @@ impl Moments {
             self.entropy[a] += weight * h;
             self.max[a] += weight * m;
         }
+        p
     }
 }
 
@@ -184,23 +194,28 @@ impl Moments {
 /// is zero (zero queries without biases, C_Q C_K = 0, or a > 1/2) attention is exactly
 /// uniform and nothing is sampled.
 ///
-/// At `theory.order = 1` the logits follow their exact law at finite head width C = n/H
-/// instead (docs/finite-width.md): Ω̃ = sqrt(C^{1−2a}) (L_A Z₁)(L_B Z₂)ᵀ/√C with Z₁, Z₂
-/// i.i.d. N(0,1) D×C matrices, i.e. q_c ~ N(0, A) and k_c ~ N(0, B) for each of the C
-/// channels and the logit their scaled dot product; its C → ∞ limit is the Gaussian field
-/// above. The draws' empirical query and key kernels Q̂ = (L_A Z₁)(L_A Z₁)ᵀ/C and
-/// K̂ = (L_B Z₂)(L_B Z₂)ᵀ/C are kept for the NTK ([`Hats`]).
+/// At `theory.order = 1` each draw first draws the input's empirical kernel F̂ at width n
+/// ([`InputLaw`]; two consecutive draws share one, as two heads do), and the logits follow
+/// their exact law at finite head width C = n/H given F̂ (docs/finite-width.md):
+/// Ω̃ = sqrt(C^{1−2a}) (L_Â Z₁)(L_B̂ Z₂)ᵀ/√C with Â = C_Q F̂ + C_b, B̂ = C_K F̂ + C_b and Z₁,
+/// Z₂ i.i.d. N(0,1) D×C matrices, i.e. q_c ~ N(0, Â) and k_c ~ N(0, B̂) for each of the C
+/// channels and the logit their scaled dot product; its n, C → ∞ limit is the Gaussian field
+/// above. The draws' Q̂, K̂ and F̂ are kept for the NTK ([`Hats`]), and the sums for the
+/// increment's fluctuation are returned ([`FluctSums`]). `stream` is the residual stream's
+/// kernel (the LN's input in `pre` mode).
 ///
 /// Returns the increment, the block's attention statistics and, with `keep`, the draws.
 pub(crate) fn forward(
     ctx: &Ctx,
     input: &KernelState,
+    stream: &Array2<f64>,
     layer: usize,
     keep: bool,
-) -> Result<(KernelState, AttnStats, Draws, Hats), TheoryError> {
+) -> Result<(KernelState, AttnStats, Draws, Hats, Option<FluctSums>), TheoryError> {
     let (spec, c) = (ctx.spec, C::of(ctx));
     let mut draws: Draws = Vec::new();
     let mut hats: Hats = Vec::new();
+    let mut fluct: Option<FluctSums> = None;
     let (d, t) = (input.len(), input.tokens);
     let scale = logit_scale(spec)?;
     let qkv = Qkv::of(ctx, &input.g);
@@ -216,7 +231,7 @@ pub(crate) fn forward(
     };
     if !sampled {
         let attn = uniform(spec, d, t);
-        mom.add(&attn, &qkv.v, 1.0);
+        let _ = mom.add(&attn, &qkv.v, 1.0);
         if keep {
             draws.push((1.0, attn));
         }
@@ -232,28 +247,49 @@ pub(crate) fn forward(
         let weight = 1.0 / sampler.samples as f64;
         let mut attn = Array2::<f64>::zeros((d, d));
         let channels = (spec.width / spec.heads.max(1)).max(1);
-        for _ in 0..sampler.samples {
-            if ctx.order == 1 {
+        let law = (ctx.order == 1).then(|| InputLaw::of(ctx, &input.g, stream, layer));
+        let mut shared = (Array2::zeros((d, d)), Array2::zeros((d, d)));
+        for i in 0..sampler.samples {
+            if let Some(law) = &law {
+                // Order 1: first the draw's own input kernel F̂ at width n, then its queries
+                // and keys at head width C given F̂ (both exact for a Gaussian stream). Two
+                // consecutive draws share F̂, as two heads of one network do (FluctSums).
+                if i.is_multiple_of(2) {
+                    shared = law.draw(&mut rng);
+                }
+                let (fh, gz) = (shared.0.clone(), &shared.1);
+                let qkv_d = Qkv::of(ctx, &fh);
+                let (la, lb) = (cholesky_psd(&qkv_d.q), cholesky_psd(&qkv_d.k));
                 let mut normal = || rng.sample::<f64, _>(StandardNormal);
                 let q = la.dot(&Array2::from_shape_simple_fn((d, channels), &mut normal));
                 let k = lb.dot(&Array2::from_shape_simple_fn((d, channels), &mut normal));
                 let cf = channels as f64;
                 // draw() forms la·zlb per sequence; with la = I it is q·kᵀ/√C.
                 let zlb = k.t().mapv(|x| x / cf.sqrt());
-                let lq = q;
-                draw(spec, input, &lq, &zlb, root, &mut attn);
+                draw(spec, input, &q, &zlb, root, &mut attn);
+                // E[Ω V̂ Ωᵀ] with the draw's value kernel C_V F̂ + C_b: the values are
+                // independent of Ω given F̂, so this is the exact mean of the increment.
+                let p = mom.add(&attn, &qkv_d.v, weight);
+                fluct
+                    .get_or_insert_with(|| FluctSums::new(d))
+                    .add(i, &p, gz);
                 if keep {
-                    hats.push((lq.dot(&lq.t()) / cf, k.dot(&k.t()) / cf));
+                    draws.push((weight, attn.clone()));
+                    hats.push(Hat {
+                        q: q.dot(&q.t()) / cf,
+                        k: k.dot(&k.t()) / cf,
+                        f: fh,
+                    });
                 }
             } else {
                 let z =
                     Array2::from_shape_simple_fn((d, d), || rng.sample::<f64, _>(StandardNormal));
                 let zlb = z.dot(&lb.t());
                 draw(spec, input, &la, &zlb, root, &mut attn);
-            }
-            mom.add(&attn, &qkv.v, weight);
-            if keep {
-                draws.push((weight, attn.clone()));
+                let _ = mom.add(&attn, &qkv.v, weight);
+                if keep {
+                    draws.push((weight, attn.clone()));
+                }
             }
         }
     }
@@ -264,11 +300,131 @@ pub(crate) fn forward(
         max: mom.max,
         sampled,
     };
-    Ok((delta, stats, draws, hats))
+    Ok((delta, stats, draws, hats, fluct))
 }
 
-/// Per draw at order 1, the empirical query and key kernels (Q̂, K̂) of one head (D×D).
-pub type Hats = Vec<(Array2<f64>, Array2<f64>)>;
+/// Per draw at order 1: the empirical query and key kernels Q̂, K̂ of one head and the
+/// draw's input kernel F̂ (D×D each).
+#[derive(Clone, Debug)]
+pub struct Hat {
+    pub q: Array2<f64>,
+    pub k: Array2<f64>,
+    pub f: Array2<f64>,
+}
+
+/// The order-1 draws' [`Hat`]s, one per entry of [`Draws`].
+pub type Hats = Vec<Hat>;
+
+/// Order 1: the law of the branch input's empirical kernel F̂ = (1/n) Σ_i s_i s_iᵀ at width
+/// n, for a stream whose units are i.i.d. Gaussian with kernel F (exact for the first
+/// block's input, the Gaussian stem output; for later blocks the Gaussian part of the
+/// stream's fluctuation, without its vertex). Without a LayerNorm in front, F̂ ~ W_n(F)/n
+/// (Wishart). After one (pre-LN, and the post-LN stream after its first block) the units
+/// are centred and normalized: the centred sum is W_{n−1}(F) and F̂ is its correlation
+/// matrix rescaled to F's diagonal (the map Φ of docs/finite-width.md with ε absorbed in
+/// F's diagonal; the ε-dependence of the fluctuation itself is O(ε/n)).
+///
+/// This is what moves `ntk_q`/`ntk_k` at O(1/n): the logit path S is a strongly curved
+/// function of F (it measures how much the keys' values differ, ∝ (1 − ρ)² in the token
+/// correlation ρ), so E[F̂ ⊙ S(F̂)] − F ⊙ S(F) = (J·K^{{1}} + ½ H : Cov F̂) is of the
+/// same order as the mean kernel's own 1/n correction but with a coefficient of 5–20.
+struct InputLaw {
+    /// F = L Lᵀ.
+    l: Array2<f64>,
+    /// Degrees of freedom: n − 1 after a LayerNorm's centring, n otherwise.
+    dof: usize,
+    /// F's diagonal when F̂ is a (rescaled) correlation matrix; `None` for W/n.
+    diag: Option<Vec<f64>>,
+    /// With `diag`: the stream's diagonal (the LN's input), to put the draw's W back on the
+    /// stream's scale for its covariance with the increment.
+    stream: Option<Vec<f64>>,
+    n: f64,
+}
+
+impl InputLaw {
+    fn of(ctx: &Ctx, f: &Array2<f64>, stream: &Array2<f64>, layer: usize) -> Self {
+        use crate::config::Norm;
+        let spec = ctx.spec;
+        // pre: s = LN(z); post: the stream is an LN output from the second block on.
+        let normalized = spec.norm == Norm::Pre || (spec.norm == Norm::Post && layer > 2);
+        let n = spec.width.max(1);
+        InputLaw {
+            l: cholesky_psd(f),
+            dof: if normalized {
+                n.saturating_sub(1).max(1)
+            } else {
+                n
+            },
+            diag: normalized.then(|| (0..f.nrows()).map(|a| f[[a, a]]).collect()),
+            // pre: the stream is the LN's input; post: the stream is the LN output itself.
+            stream: (spec.norm == Norm::Pre)
+                .then(|| (0..stream.nrows()).map(|a| stream[[a, a]]).collect()),
+            n: n as f64,
+        }
+    }
+
+    /// One F̂, and the stream's empirical kernel Ĝ_z it came from up to a part independent of
+    /// F̂ (the centred W/n on the stream's scale; the mean μμᵀ that LN removes is independent
+    /// of it): Bartlett's decomposition W = L A Aᵀ Lᵀ (A lower triangular,
+    /// A_ii² ~ χ²_{m−i}, A_ij ~ N(0, 1) below the diagonal) when m ≥ D, else m Gaussian
+    /// vectors.
+    fn draw(&self, rng: &mut impl Rng) -> (Array2<f64>, Array2<f64>) {
+        let d = self.l.nrows();
+        let m = self.dof;
+        let chi = |rng: &mut dyn rand::RngCore, k: usize| -> Option<f64> {
+            rand_distr::ChiSquared::new(k as f64)
+                .ok()
+                .map(|c| rng.sample::<f64, _>(c).sqrt())
+        };
+        let mut a = Array2::<f64>::zeros((d, m.min(d)));
+        let bartlett = m >= d
+            && (0..d).all(|i| match chi(rng, m - i) {
+                Some(x) => {
+                    a[[i, i]] = x;
+                    for j in 0..i {
+                        a[[i, j]] = rng.sample::<f64, _>(StandardNormal);
+                    }
+                    true
+                }
+                None => false,
+            });
+        let a = if bartlett {
+            a
+        } else {
+            Array2::from_shape_simple_fn((d, m), || rng.sample::<f64, _>(StandardNormal))
+        };
+        let la = self.l.dot(&a);
+        let w = la.dot(&la.t());
+        match &self.diag {
+            None => {
+                let f = w / self.n;
+                (f.clone(), f)
+            }
+            Some(diag) => {
+                let f = Array2::from_shape_fn((d, d), |(x, y)| {
+                    let den = w[[x, x]] * w[[y, y]];
+                    if den > 0.0 {
+                        w[[x, y]] / den.sqrt() * (diag[x] * diag[y]).sqrt()
+                    } else {
+                        0.0
+                    }
+                });
+                let g = match &self.stream {
+                    Some(k) => Array2::from_shape_fn((d, d), |(x, y)| {
+                        let den = diag[x] * diag[y];
+                        if den > 0.0 {
+                            w[[x, y]] / self.n * (k[x] * k[y] / den).sqrt()
+                        } else {
+                            0.0
+                        }
+                    }),
+                    None => f.clone(),
+                };
+                (f, g)
+            }
+        }
+    }
+}
 
 /// Causal: query t sees keys 0..=t (1.18); bidirectional: all T keys (1.17).
 fn last_key(spec: &ModelSpec, a: usize, t: usize) -> usize {
@@ -320,10 +476,12 @@ fn draw(
 pub(crate) fn branch(
     ctx: &Ctx,
     input: &State,
+    stream: &State,
     b: usize,
     layer: usize,
 ) -> Result<(State, AttnStats), TheoryError> {
-    let (delta, stats, draws, hats) = forward(ctx, &input.k, layer, input.ntk.is_some())?;
+    let (delta, stats, draws, hats, fluct) =
+        forward(ctx, &input.k, &stream.k.g, layer, input.ntk.is_some())?;
     let ntk = match &input.ntk {
         Some(bars) => {
             let blk = Block {
@@ -338,7 +496,141 @@ pub(crate) fn branch(
         }
         None => None,
     };
-    Ok((State::branch(delta, ntk), stats))
+    // Order 1: the increment as a Gaussian mixture over its random kernel, with its
+    // covariance with the stream, so that the residual add carries the stream's 1/n state on.
+    let nlo = match (&stream.nlo, fluct) {
+        (Some(_), Some(f)) => Some(f.finish(ctx, &delta.g)),
+        _ => None,
+    };
+    let mut out = State::branch(delta, ntk);
+    out.nlo = nlo;
+    Ok((out, stats))
+}
+
+/// Order 1: running sums over the draws for the fluctuation of the increment's random kernel
+/// and its covariance with the stream, per pair of probe points (entries αα, αβ, ββ).
+///
+/// Given the values and the attention of every head, the increment's units are i.i.d.
+/// Gaussian with the random kernel Ĝ_Δ = C_U (1/H) Σ_h B̂^h + C_b, where
+/// B̂^h = (1/C) Σ_c (Ω^h v_c)(Ω^h v_c)ᵀ has mean P^h = Ω^h V̂ Ω^hᵀ given (Ω^h, F̂) and
+/// covariance (P P + P P)/C (Gaussian values). The heads are i.i.d. given F̂, so
+///
+///   n Cov(Ĝ_Δ) = C_U² [ (n/H)(Cov(P) + E[P P + P P]/C) + n (1 − 1/H) Cov(P¹, P²) ],
+///
+/// the first term the O(1/H) fluctuation over the heads (O(C) in these units: each head's
+/// attention is an O(1) random matrix), the second the 1/n fluctuation of the shared input,
+/// estimated from pairs of draws that share F̂ (Cov(P¹, P²) = Var E[P | F̂]). The stream
+/// covariance is X = n Cov(Ĝ_z, Ĝ_Δ) = n C_U Cov(Ĝ_z, P), with Ĝ_z drawn jointly with F̂.
+pub(crate) struct FluctSums {
+    d: usize,
+    count: f64,
+    p: Vec<[f64; 3]>,
+    g: Vec<[f64; 3]>,
+    pp: Vec<Block3>,
+    gauss: Vec<Block3>,
+    gp: Vec<Block3>,
+    pairs: f64,
+    pair: Vec<Block3>,
+    /// P of the first draw of the current pair.
+    first: Option<Array2<f64>>,
+}
+
+type Block3 = [[f64; 3]; 3];
+
+impl FluctSums {
+    fn new(d: usize) -> Self {
+        let m = d * (d + 1) / 2;
+        FluctSums {
+            d,
+            count: 0.0,
+            p: vec![[0.0; 3]; m],
+            g: vec![[0.0; 3]; m],
+            pp: vec![[[0.0; 3]; 3]; m],
+            gauss: vec![[[0.0; 3]; 3]; m],
+            gp: vec![[[0.0; 3]; 3]; m],
+            pairs: 0.0,
+            pair: vec![[[0.0; 3]; 3]; m],
+            first: None,
+        }
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (usize, [(usize, usize); 3])> + use<> {
+        let d = self.d;
+        (0..d)
+            .flat_map(move |a| (a..d).map(move |b| (a, b)))
+            .enumerate()
+            .map(|(k, (a, b))| (k, [(a, a), (a, b), (b, b)]))
+    }
+
+    /// Draw `i` (draws 2k and 2k + 1 share F̂) with its P and the stream's Ĝ_z.
+    fn add(&mut self, i: usize, p: &Array2<f64>, gz: &Array2<f64>) {
+        self.count += 1.0;
+        let first = if i.is_multiple_of(2) {
+            None
+        } else {
+            self.first.take()
+        };
+        for (k, e) in self.pairs() {
+            for (x, &(a, b)) in e.iter().enumerate() {
+                self.p[k][x] += p[[a, b]];
+                self.g[k][x] += gz[[a, b]];
+                for (y, &(c, d)) in e.iter().enumerate() {
+                    self.pp[k][x][y] += p[[a, b]] * p[[c, d]];
+                    self.gauss[k][x][y] += p[[a, c]] * p[[b, d]] + p[[a, d]] * p[[b, c]];
+                    self.gp[k][x][y] += gz[[a, b]] * p[[c, d]];
+                    if let Some(f) = &first {
+                        self.pair[k][x][y] += 0.5 * (f[[a, b]] * p[[c, d]] + p[[a, b]] * f[[c, d]]);
+                    }
+                }
+            }
+        }
+        if first.is_some() {
+            self.pairs += 1.0;
+        } else if i.is_multiple_of(2) {
+            self.first = Some(p.clone());
+        }
+    }
+
+    /// The increment's order-1 state (see the type's doc); `k_delta` its kernel.
+    fn finish(&self, ctx: &Ctx, k_delta: &Array2<f64>) -> Finite {
+        let (spec, c) = (ctx.spec, C::of(ctx));
+        let n = spec.width as f64;
+        let h = spec.heads.max(1) as f64;
+        let ch = (spec.width / spec.heads.max(1)).max(1) as f64;
+        let (cnt, np) = (self.count.max(1.0), self.pairs.max(1.0));
+        let m = self.p.len();
+        let mut cov = vec![[[0.0; 3]; 3]; m];
+        let mut cross = vec![[[0.0; 3]; 3]; m];
+        for k in 0..m {
+            let (ep, eg) = (self.p[k].map(|x| x / cnt), self.g[k].map(|x| x / cnt));
+            for x in 0..3 {
+                for y in 0..3 {
+                    let mean = ep[x] * ep[y];
+                    let single = self.pp[k][x][y] / cnt - mean;
+                    let values = self.gauss[k][x][y] / cnt / ch;
+                    let shared = self.pair[k][x][y] / np - mean;
+                    cov[k][x][y] = c.u
+                        * c.u
+                        * ((n / h) * (single + values)
+                            + if self.pairs > 0.0 {
+                                n * (1.0 - 1.0 / h) * shared
+                            } else {
+                                0.0
+                            });
+                    cross[k][x][y] = n * c.u * (self.gp[k][x][y] / cnt - eg[x] * ep[y]);
+                }
+            }
+        }
+        Finite {
+            k1: Array2::zeros((self.d, self.d)),
+            cov,
+            mixture: true,
+            cross: Some(cross),
+            tok: None,
+            // The units are independent with mean zero given the kernel: n E[μμ] = K.
+            mean: k_delta.clone(),
+        }
+    }
 }
 
 /// What the NTK transport of one block reads: the input kernel F, the Q/K/V kernels, the
@@ -368,18 +660,29 @@ impl Block<'_> {
             Array2::ones((d, d)),
         ];
         xs.extend(bars.iter().map(|th| th.theta.clone()));
-        let (axa, sx) = attention_moments(self.draws, &self.qkv.v, &xs);
-        // Order 1 (finite head width): the key kernel in S_K and the query kernel that
-        // multiplies S_X are the draw's own K̂ and Q̂, correlated with its attention.
-        let hat = (!self.hats.is_empty())
-            .then(|| finite_c_moments(self.draws, self.hats, &self.qkv.v, &xs));
-        // E[ΩFΩᵀ], E[S_F], E[S_K], E[ΩVΩᵀ], E[Ω1Ωᵀ].
+        let (axa, sx) = if self.hats.is_empty() {
+            attention_moments(self.draws, &self.qkv.v, &xs)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // Order 1 (finite n and C): every kernel per draw, correlated with its attention.
+        let fin =
+            (!self.hats.is_empty()).then(|| finite_moments(self.ctx, self.draws, self.hats, bars));
+        let (axa, s_k) = match &fin {
+            Some(m) => (&m.axa, &m.s_k),
+            None => (&axa, &sx[1]),
+        };
+        // E[ΩFΩᵀ], E[ΩVΩᵀ], E[Ω1Ωᵀ].
         let (afa, ava, a1a) = (&axa[0], &axa[2], &axa[3]);
-        let s_k = hat.as_ref().map_or(&sx[1], |h| &h.0);
-        // Q ⊙ E[S_X] at infinite width, E[Q̂ ⊙ S_X] at finite C.
-        let q_s = |k: usize| match &hat {
-            Some(h) => h.1[k].clone(),
+        // Q ⊙ E[S_X] at infinite width, E[Q̂ ⊙ S_X] at finite width.
+        let q_s = |k: usize| match &fin {
+            Some(m) => m.q_s[k].clone(),
             None => qk * &sx[k],
+        };
+        // F ⊙ E[S_K], or E[F̂ ⊙ S_K̂].
+        let f_s_k = match &fin {
+            Some(m) => m.f_s_k.clone(),
+            None => f * s_k,
         };
         let mut out: Vec<Carried> = bars
             .iter()
@@ -397,7 +700,7 @@ impl Block<'_> {
             Vec::new()
         };
         let mut raw = vec![
-            (Group::Q, (f * s_k).mapv(|x| n * c.u * scale * x)),
+            (Group::Q, f_s_k.mapv(|x| n * c.u * scale * x)),
             (Group::K, q_s(0).mapv(|x| n * c.u * scale * x)),
             (Group::V, afa.mapv(|x| n * c.u * x)),
             (Group::U, ava.mapv(|x| n * x)),
@@ -487,27 +790,49 @@ fn attention_moments(
     (axa, sx)
 }
 
-/// At finite head width: E[S_K̂] (the key kernel of each draw in S) and E[Q̂ ⊙ S_X] for every
-/// X in `xs` (the query kernel of each draw multiplying S), over the draws and their [`Hats`].
-fn finite_c_moments(
-    draws: &[(f64, Array2<f64>)],
-    hats: &[(Array2<f64>, Array2<f64>)],
-    v: &Array2<f64>,
-    xs: &[Array2<f64>],
-) -> (Array2<f64>, Vec<Array2<f64>>) {
-    let d = v.nrows();
-    let mut s_k = Array2::<f64>::zeros((d, d));
-    let mut q_s = vec![Array2::<f64>::zeros((d, d)); xs.len()];
-    for ((w, a), (qh, kh)) in draws.iter().zip(hats) {
+/// Order 1 (finite n and C): the transport's expectations with every kernel taken per draw
+/// ([`Hat`]): the value kernel V̂ = C_V F̂ + C_b, the key kernel K̂ in S_K and the query
+/// kernel Q̂ multiplying S_X are the draw's own, and so is F̂ wherever F enters.
+struct FiniteMoments {
+    /// E[Ω X Ωᵀ] for X = F̂, (unused), V̂, 1, then every carried Θ̄.
+    axa: Vec<Array2<f64>>,
+    /// E[S_K̂].
+    s_k: Array2<f64>,
+    /// E[F̂ ⊙ S_K̂] (raw_Q).
+    f_s_k: Array2<f64>,
+    /// E[Q̂ ⊙ S_X] for X = F̂, (unused), V̂, 1, then every carried Θ̄.
+    q_s: Vec<Array2<f64>>,
+}
+
+fn finite_moments(ctx: &Ctx, draws: &Draws, hats: &[Hat], bars: &[Carried]) -> FiniteMoments {
+    let c = C::of(ctx);
+    let d = hats.first().map_or(0, |h| h.f.nrows());
+    let m = 4 + bars.len();
+    let mut out = FiniteMoments {
+        axa: vec![Array2::zeros((d, d)); m],
+        s_k: Array2::zeros((d, d)),
+        f_s_k: Array2::zeros((d, d)),
+        q_s: vec![Array2::zeros((d, d)); m],
+    };
+    for ((w, a), hat) in draws.iter().zip(hats) {
         let one = [(*w, a.clone())];
-        let (_, sk) = attention_moments(&one, v, std::slice::from_ref(kh));
-        s_k.scaled_add(1.0, &sk[0]);
-        let (_, sx) = attention_moments(&one, v, xs);
-        for (acc, s) in q_s.iter_mut().zip(&sx) {
-            acc.scaled_add(1.0, &(qh * s));
+        let v = hat.f.mapv(|f| c.v * f + c.bias);
+        let mut xs = vec![
+            hat.f.clone(),
+            hat.k.clone(),
+            v.clone(),
+            Array2::ones((d, d)),
+        ];
+        xs.extend(bars.iter().map(|th| th.theta.clone()));
+        let (axa, sx) = attention_moments(&one, &v, &xs);
+        out.s_k += &sx[1];
+        out.f_s_k += &(&hat.f * &sx[1]);
+        for (k, (ax, s)) in axa.iter().zip(&sx).enumerate() {
+            out.axa[k] += ax;
+            out.q_s[k] += &(&hat.q * s);
         }
     }
-    (s_k, q_s)
+    out
 }
 
 /// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with

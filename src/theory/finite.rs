@@ -48,6 +48,16 @@
 //!   F_s = J_Φ F J_Φᵀ. The ½ H_Φ : F term is the normalizer's 1/n fluctuation, and on the
 //!   diagonal (Φ = G/(G + ε)) it is the ε-level correction of `ln kernel_diag`.
 //!
+//! # Attention blocks
+//!
+//! An attention increment is, given every head's values and attention, a Gaussian mixture
+//! with random kernel Ĝ_Δ = C_U (1/H) Σ_h B̂^h + C_b; its vertex (O(1/H) over heads, 1/n
+//! through the input every head shares) and its covariance with the stream are estimated from
+//! the logit draws in [`super::attention`] (`FluctSums`), which also draws the input's
+//! empirical kernel at width n with each draw. K^{{1}} of the increment is 0: its 1/n mean
+//! shift is inside the sampled kernel itself. The residual add then goes on as for an MLP
+//! branch.
+//!
 //! # Observables
 //!
 //! - kernel rows: K⁰ + K^{{1}}/n.
@@ -738,6 +748,14 @@ impl Finite {
     }
 }
 
+/// Attention weights that are exactly uniform (zero logit variance: C_Q C_K = 0 without
+/// biases, or a logit exponent above 1/2); order 1 does not carry such a block.
+pub fn uniform_attention(spec: &crate::config::ModelSpec) -> bool {
+    let h = crate::model::hyper::blocks(spec).attention;
+    let bias = h.bias.unwrap_or(0.0);
+    spec.logit_exponent > 0.5 || (h.q.c_eff() + bias) * (h.k.c_eff() + bias) <= 0.0
+}
+
 /// What order 1 does not derive for this model, one line each (the walk falls back to the
 /// leading order there, and for everything downstream of an attention block).
 pub fn gaps(spec: &crate::config::ModelSpec, backward: bool) -> Vec<String> {
@@ -753,10 +771,17 @@ pub fn gaps(spec: &crate::config::ModelSpec, backward: bool) -> Vec<String> {
     }
     if spec.norm != Norm::Mlp {
         if let Some(b) = spec.blocks.iter().position(|k| *k == BlockKind::Attn) {
-            out.push(format!(
-                "attention blocks get the exact finite-head-width logit law only; the kernel's 1/n fluctuation is not carried through them, so from layer {} on every other row is leading order",
-                b + 2
-            ));
+            if spec.blocks[b + 1..].contains(&BlockKind::Attn) {
+                out.push(
+                    "attention blocks draw their input kernel as that of independent Gaussian units: from the second attention block on, the stream's non-Gaussian (vertex) fluctuation does not reach the logits".into(),
+                );
+            }
+            if uniform_attention(spec) {
+                out.push(format!(
+                    "attention with exactly uniform weights is not carried at order 1: from layer {} on every other row is leading order",
+                    b + 2
+                ));
+            }
         }
         if spec.head != HeadKind::Dense {
             out.push(
@@ -766,7 +791,7 @@ pub fn gaps(spec: &crate::config::ModelSpec, backward: bool) -> Vec<String> {
     }
     if backward {
         out.push(
-            "grad2 and the NTK rows are leading order (inside attention blocks only the finite-head-width logit law enters)"
+            "grad2 and the NTK rows are leading order, except inside attention blocks (finite input and head width in the value and logit paths); the LayerNorms' 1/n backward is not included"
                 .into(),
         );
     }

@@ -151,7 +151,7 @@ fn block(
             branch
         }
         BlockKind::Attn => {
-            let (branch, stats) = attention::branch(ctx, input, b, l)?;
+            let (branch, stats) = attention::branch(ctx, input, &z, b, l)?;
             rec.attn = Some(stats);
             branch
         }
