@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod denoise;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
