@@ -2,8 +2,9 @@
 //! Python package's `sigprop.from_config` both call [`from_file`] / [`from_json`], so the
 //! mapping is written once.
 //!
-//! Families: ViT (`ViTConfig`), GPT-2 (`GPT2Config`), BERT (`BertConfig`) and BART's encoder
-//! (`BartConfig`; its decoder is named as unmapped). What is mapped: width, heads, layers,
+//! Families: ViT (`ViTConfig`), GPT-2 (`GPT2Config`), BERT (`BertConfig`) and BART
+//! (`BartConfig`, encoder and decoder: `model.decoder_layers`, pattern ACM, the decoder's
+//! start token as `inputs.bos_id`). What is mapped: width, heads, layers,
 //! the MLP width (as `model.mlp_mult`) and activation, the LayerNorm ε and placement, the
 //! causal mask, positional embeddings, the head (tied to the embedding, or a classifier with
 //! its number of labels) and the vocabulary. `initializer_range` (`init_std` for BART) is the
@@ -200,6 +201,16 @@ struct Fields {
 }
 
 impl Fields {
+    /// A whole number this mapping has already set (0 if not).
+    fn mapped(&self, key: &str) -> u64 {
+        self.out
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_integer())
+            .map_or(0, |i| i as u64)
+    }
+
     fn invalid(&self, msg: String) -> ConfigError {
         ConfigError::Invalid(format!("{}: {msg}", self.origin))
     }
@@ -525,27 +536,53 @@ fn bart(f: &mut Fields) -> Result<&'static str, ConfigError> {
                 .into(),
         );
     }
-    let decoder: Vec<String> = [
-        "decoder_layers",
-        "decoder_attention_heads",
-        "decoder_ffn_dim",
-        "decoder_layerdrop",
-    ]
-    .iter()
-    .filter_map(|k| f.take(k).map(|v| format!("{k} = {v}")))
-    .collect();
-    if let Some(Json::Bool(true)) = f.take("is_encoder_decoder") {
-        f.warn(format!(
-            "is_encoder_decoder: only the encoder is mapped; the decoder is not ({})",
-            decoder.join(", ")
-        ));
-    } else if !decoder.is_empty() {
-        f.warn(format!(
-            "the decoder is not mapped ({})",
-            decoder.join(", ")
-        ));
-    }
-    f.warn("layernorm_embedding (the LayerNorm of the embedding sum) is not mapped".into());
+    bart_decoder(f, vocab)?;
     f.zero_biases("the attention and feed-forward layers");
     Ok("BartConfig")
+}
+
+/// BART's decoder (§II 2 B): `decoder_layers` repetitions of ACM (masked self-attention,
+/// cross-attention, MLP). sigprop's decoder shares the encoder's width, heads and MLP
+/// multiplier, so differing decoder heads or FFN widths are refused, not approximated.
+/// The embedding LayerNorm (`layernorm_embedding`) is the stem LN an encoder–decoder has.
+fn bart_decoder(f: &mut Fields, vocab: u64) -> Result<(), ConfigError> {
+    let encdec = !matches!(f.take("is_encoder_decoder"), Some(Json::Bool(false)));
+    let layers = f.count_or("decoder_layers", 12)?;
+    let (n, heads, ffn) = (
+        f.mapped("model.width"),
+        f.mapped("model.heads"),
+        f.mapped("model.mlp_mult"),
+    );
+    let dh = f.count_or("decoder_attention_heads", heads)?;
+    if dh != heads {
+        return Err(f.invalid(format!(
+            "decoder_attention_heads = {dh} differs from encoder_attention_heads = {heads}: sigprop's decoder has the encoder's heads (model.heads)"
+        )));
+    }
+    let df = f.count_or("decoder_ffn_dim", ffn * n)?;
+    if df != ffn * n {
+        return Err(f.invalid(format!(
+            "decoder_ffn_dim = {df} differs from encoder_ffn_dim = {}: sigprop's decoder has the encoder's MLP width (model.mlp_mult)",
+            ffn * n
+        )));
+    }
+    if let Some(p) = f.number("decoder_layerdrop")? {
+        f.warn(format!(
+            "decoder_layerdrop = {p}: drops layers in training only, no effect at initialization"
+        ));
+    }
+    if !encdec || layers == 0 {
+        f.warn(format!(
+            "is_encoder_decoder = {encdec}, decoder_layers = {layers}: the encoder only is mapped"
+        ));
+        f.warn("layernorm_embedding (the LayerNorm of the embedding sum) is mapped only with a decoder".into());
+        return Ok(());
+    }
+    f.set("model.decoder_layers", layers as i64);
+    f.set("model.decoder_pattern", "ACM");
+    // fairseq's and Hugging Face's decoder input starts with this id (shift_tokens_right).
+    if let Some(start) = f.count("decoder_start_token_id")?.filter(|&s| s < vocab) {
+        f.set("inputs.bos_id", start as i64);
+    }
+    Ok(())
 }

@@ -171,7 +171,7 @@ fn vit_maps_field_by_field() {
 }
 
 #[test]
-fn bart_maps_the_encoder_and_names_the_decoder() {
+fn bart_maps_the_encoder_and_the_decoder() {
     let (imp, _) = fixture("bart-large.json");
     assert_eq!(imp.family, "BartConfig");
     assert_eq!(int(&imp, "model.width"), 1024);
@@ -184,17 +184,25 @@ fn bart_maps_the_encoder_and_names_the_decoder() {
     check_sp(&imp, 0.02, 1.0); // init_std
     assert_eq!(text(&imp, "model.head"), "tied");
     assert_eq!(int(&imp, "inputs.vocab"), 50265);
+    // The decoder (§II 2 B): 12 × ACM, the decoder's start token 2 as inputs.bos_id.
+    assert_eq!(int(&imp, "model.decoder_layers"), 12);
+    assert_eq!(text(&imp, "model.decoder_pattern"), "ACM");
+    assert_eq!(int(&imp, "inputs.bos_id"), 2);
     for f in [
         "decoder_layers",
         "decoder_attention_heads",
         "decoder_ffn_dim",
-        "decoder_layerdrop",
         "decoder_start_token_id",
         "is_encoder_decoder",
         "layernorm_embedding",
-        "id2label",
-        "max_position_embeddings",
     ] {
+        assert!(
+            !named(&imp, f),
+            "{f} is mapped but named: {:?}",
+            imp.warnings
+        );
+    }
+    for f in ["id2label", "max_position_embeddings"] {
         assert!(named(&imp, f), "{f} not named: {:?}", imp.warnings);
     }
 }
@@ -262,6 +270,11 @@ fn no_field_is_dropped_silently() {
                 "vocab_size",
                 "scale_embedding",
                 "add_final_layer_norm",
+                "decoder_layers",
+                "decoder_attention_heads",
+                "decoder_ffn_dim",
+                "decoder_start_token_id",
+                "is_encoder_decoder",
             ],
         ),
     ];
@@ -324,4 +337,24 @@ fn cli_writes_a_toml_that_loads_as_the_same_configuration() {
     let (code, _, err) = common::sigprop(&["import-config", "/nonexistent/config.json"]);
     assert_eq!(code, 2);
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A BART whose decoder differs from its encoder in heads or FFN width cannot be expressed:
+/// one line naming the field.
+#[test]
+fn bart_decoder_shape_mismatch_is_refused() {
+    for (field, value) in [("decoder_attention_heads", 8), ("decoder_ffn_dim", 2048)] {
+        let mut json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/bart-large.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        json[field] = serde_json::Value::from(value);
+        let e = from_json(&json.to_string(), "bart")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field) && !e.contains('\n'), "{e}");
+    }
 }

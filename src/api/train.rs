@@ -113,7 +113,6 @@ pub fn run(args: &TrainOptions) -> anyhow::Result<()> {
     }
     let first_run = args.resume.is_none() && args.first_run(&args.cfg.builder()?);
     let first = args.builder()?.build()?;
-    first.model.encoder_only("the trainer")?;
     let cfg = train::configure(&first, args.builder()?)?;
     let (out, hp_path) = match &args.resume {
         Some(dir) => {
