@@ -427,7 +427,7 @@ mod reduces {
         };
         let layer = 2;
         let (cross, cs) = branch(&ctx, &input, &mem, layer).unwrap();
-        let (selfa, ss) = attention::branch(&ctx, &input, 0, layer).unwrap();
+        let (selfa, ss) = attention::branch(&ctx, &input, &z, 0, layer).unwrap();
         let close = |a: &Array2<f64>, b: &Array2<f64>, what: &str| {
             let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
             let err = (a - b).iter().fold(0.0f64, |m, x| m.max(x.abs()));

@@ -310,7 +310,7 @@ fn decode(
             DecoderBlock::Masked => {
                 // The block index only places the tied head's contact, which an
                 // encoder–decoder does not carry (`ntk::unsupported`).
-                let (branch, stats) = attention::branch(&masked, input, be + j, l)?;
+                let (branch, stats) = attention::branch(&masked, input, &z, be + j, l)?;
                 attn = Some(stats);
                 branch
             }
