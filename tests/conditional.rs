@@ -413,3 +413,42 @@ fn equal_in_distribution_class_token_class_head() {
         true,
     );
 }
+
+/// The encoder–decoder (§II 2 B): cross-attention's K and V meet s̃ once forward, Q meets
+/// the decoder's s once, so the conditional law applies; the encoder's rows include the
+/// gradient arriving through every cross-attention block. Repeated encoder tokens make s̃
+/// rank deficient.
+#[test]
+fn equal_in_distribution_encoder_decoder() {
+    agree(
+        &[
+            "model.layers=1",
+            "model.decoder_layers=1",
+            "inputs.decoder_tokens=2",
+            "model.activation=gelu",
+        ],
+        true,
+    );
+}
+
+/// The same with the word embedding shared by both stems and the tied head, padding masked
+/// out of cross-attention, post-LN, and the BART decoder pattern twice.
+#[test]
+fn equal_in_distribution_encoder_decoder_tied_padded_post_ln() {
+    agree(
+        &[
+            "model.norm=post",
+            "model.layers=1",
+            "model.decoder_layers=2",
+            "model.stem=embedding",
+            "model.head=tied",
+            "model.n_out=20",
+            "inputs.kind=tokens",
+            "inputs.vocab=20",
+            "inputs.ids=[[3, 19, 5], [7, 7, 19]]",
+            "inputs.pad_id=19",
+            "model.variances.bias=0.1",
+        ],
+        false,
+    );
+}

@@ -362,6 +362,14 @@ pub fn sampler_costs_of(m: &ModelSpec, d: f64, sequences: f64, backward: Backwar
             (_, crate::config::BlockKind::Mlp) => shapes.extend([(mn, n), (n, mn)]),
         }
     }
+    // Decoder blocks: self- and cross-attention draw four n × n matrices each (they meet
+    // D_dec and D tokens; the encoder's D is used for both, a rough cost).
+    for b in &m.decoder {
+        match b {
+            crate::config::DecoderBlock::Mlp => shapes.extend([(mn, n), (n, mn)]),
+            _ => shapes.extend([(n, n); 4]),
+        }
+    }
     shapes.push((m.n_out as f64, n));
     let (mut dense, mut cond) = (0.0, 0.0);
     for (o, i) in shapes {

@@ -6,23 +6,26 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::ntk::NtkCollector;
-use crate::config::{Backward, BlockKind, ModelSpec, Norm};
+use crate::config::{Backward, ModelSpec, Norm};
 use crate::model::init::Stream;
 use crate::model::{InnerTrace, Network, Probe, Real, Trace, WeightOps};
 use crate::stats::observable::{self, AttnValues, NtkLayout, NtkPart};
 use crate::stats::{Observable, Recorder, RowKey, Site};
 
-/// The block that produces layer ℓ: stem, attn, mlp or head.
+/// The block that produces layer ℓ: stem, attn, mlp, cross or head.
 pub fn block_name(spec: &ModelSpec, layer: usize) -> &'static str {
-    if layer == 1 {
-        "stem"
-    } else if layer == spec.head_layer() {
-        "head"
-    } else {
-        match spec.blocks[layer - 2] {
-            BlockKind::Attn => "attn",
-            BlockKind::Mlp => "mlp",
-        }
+    spec.block_name(layer)
+}
+
+/// The index in `Trace::blocks` of the block that produces layer ℓ, `None` for a stem
+/// (ℓ = 1, and the decoder's ℓ = B_e + 2) and the head.
+fn block_index(spec: &ModelSpec, layer: usize) -> Option<usize> {
+    let be = spec.num_blocks();
+    match layer {
+        1 => None,
+        l if l <= be + 1 => Some(l - 2),
+        l if spec.in_decoder(l) && l > be + 2 => Some(l - 3),
+        _ => None,
     }
 }
 
@@ -52,10 +55,13 @@ fn forward_stats<F: Real>(
     rec: &mut Recorder,
 ) {
     let spec = &net.spec;
-    let t = probe.tokens;
-    let last = spec.num_blocks() + 1;
+    let t_enc = probe.tokens;
+    let t_dec = probe.decoder.as_ref().map_or(t_enc, |d| d.tokens);
+    let last = spec.head_layer() - 1;
     for layer in 1..=last {
         let block = block_name(spec, layer);
+        // Decoder layers' rows index decoder tokens.
+        let t = if spec.in_decoder(layer) { t_dec } else { t_enc };
         rec.kernel(
             layer,
             block,
@@ -69,19 +75,40 @@ fn forward_stats<F: Real>(
         {
             rec.kernel(layer, block, Site::Ln, s.view(), t, false);
         }
-        if layer >= 2 {
-            match &trace.blocks[layer - 2].inner {
+        if let Some(b) = block_index(spec, layer) {
+            let seqs = probe.sequences;
+            match &trace.blocks[b].inner {
                 InnerTrace::Mlp(m) => {
                     rec.kernel(layer, block, Site::Hidden, m.cache.w.view(), t, false)
                 }
-                InnerTrace::Attn(a) => {
-                    attention_stats(spec, layer, probe, &a.cache.logits, &a.cache.attn, rec)
-                }
+                InnerTrace::Attn(a) => attention_stats(
+                    spec,
+                    (layer, block),
+                    (seqs, t, t),
+                    &a.cache.logits,
+                    &a.cache.attn,
+                    rec,
+                ),
+                // (decoder query, encoder key) pairs.
+                InnerTrace::Cross(c) => attention_stats(
+                    spec,
+                    (layer, block),
+                    (seqs, t, t_enc),
+                    &c.cache.logits,
+                    &c.cache.attn,
+                    rec,
+                ),
                 InnerTrace::Book(_) => {}
             }
         }
     }
-    let t_out = if spec.per_sequence_head() { 1 } else { t };
+    let t_out = if spec.per_sequence_head() {
+        1
+    } else if spec.has_decoder() {
+        t_dec
+    } else {
+        t_enc
+    };
     rec.kernel(
         spec.head_layer(),
         "head",
@@ -92,20 +119,22 @@ fn forward_stats<F: Real>(
     );
 }
 
-/// Logit second moments per (query, key) pair, attention entropy and max weight per query.
+/// Logit second moments per (query, key) pair, attention entropy and max weight per query;
+/// `shape` = (S, query tokens, key tokens): (S, T, T) for self-attention, (S, T_dec, T) for
+/// cross-attention.
 fn attention_stats<F: Real>(
     spec: &ModelSpec,
-    layer: usize,
-    probe: &Probe<F>,
+    (layer, block): (usize, &'static str),
+    (seqs, t, tk): (usize, usize, usize),
     logits: &ndarray::Array3<F>,
     attn: &ndarray::Array3<F>,
     rec: &mut Recorder,
 ) {
-    let (h, t, seqs) = (spec.heads, probe.tokens, probe.sequences);
-    let mut logit_var = Array2::<f64>::zeros((seqs * t, t));
+    let h = spec.heads;
+    let mut logit_var = Array2::<f64>::zeros((seqs * t, tk));
     for sq in 0..seqs {
         for t1 in 0..t {
-            for t2 in 0..t {
+            for t2 in 0..tk {
                 logit_var[[sq * t + t1, t2]] = (0..h)
                     .map(|hh| logits[[sq * h + hh, t1, t2]].wide().powi(2))
                     .sum::<f64>()
@@ -139,10 +168,10 @@ fn attention_stats<F: Real>(
         entropy: &entropy,
         max: &max,
     };
-    observable::attention_rows(&values, logit_var_mean, |observable, i, j, v| {
+    observable::attention_rows_qk(&values, t, logit_var_mean, |observable, i, j, v| {
         let key = RowKey {
             layer,
-            block: "attn",
+            block,
             site: Site::Logits,
             observable,
             i,
@@ -213,7 +242,7 @@ fn backward_stats<F: Real>(
         diag_only: false,
         per_output,
     };
-    for layer in 1..=spec.num_blocks() + 1 {
+    for layer in 1..spec.head_layer() {
         let block = block_name(spec, layer);
         let diag: Vec<f64> = grad2.iter().map(|g| g[layer - 1]).collect();
         layout.grad2_rows(&diag, |i, j, v| {

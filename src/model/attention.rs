@@ -50,6 +50,9 @@ pub struct Attention {
     pub u: usize,
     /// Biases of q, k, v and the output (1 × n each), when C_b > 0.
     pub bias: Option<[usize; 4]>,
+    /// Causal (1.18): `model.causal` in the encoder, always in a decoder (masked
+    /// self-attention, §II 2 B).
+    pub causal: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -88,7 +91,14 @@ impl ResidualBlock for Attention {
                 )
             })
         });
-        Attention { q, k, v, u, bias }
+        Attention {
+            q,
+            k,
+            v,
+            u,
+            bias,
+            causal: spec.causal,
+        }
     }
 
     /// r (D × n) from the block input s (D × n).
@@ -115,7 +125,7 @@ impl ResidualBlock for Attention {
                 let mut lg = logits.index_axis_mut(Axis(0), idx);
                 linalg::gemm(scale, qh, kh.t(), F::zero(), &mut lg);
                 let mut w = attn.index_axis_mut(Axis(0), idx);
-                softmax_rows(lg.view(), &mut w, spec.causal);
+                softmax_rows(lg.view(), &mut w, self.causal);
                 let mut oh = o.slice_mut(s![sq * t..(sq + 1) * t, h * c..(h + 1) * c]);
                 linalg::gemm(F::one(), w.view(), vh, F::zero(), &mut oh);
             }

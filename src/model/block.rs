@@ -14,8 +14,8 @@ use std::fmt::Debug;
 use ndarray::{Array2, ArrayView2};
 
 use super::init::Stream;
-use super::{GradSink, Params, Probe, Real, WeightOps, affine, attention, mlp};
-use crate::config::{BlockKind, ModelSpec, Norm};
+use super::{GradSink, Params, Probe, Real, WeightOps, affine, attention, cross, mlp};
+use crate::config::{BlockKind, DecoderBlock, ModelSpec, Norm};
 
 /// Everything a block reads besides its own parameter indices and its input.
 pub struct Ctx<'a, F = f64> {
@@ -163,6 +163,8 @@ registry! {
     Mlp(mlp::Mlp),
     /// The book's layer z^{ℓ+1} = b + W σ(z^ℓ) (`mlp` mode).
     Book(mlp::BookLayer),
+    /// Encoder–decoder cross-attention (2.2)–(2.4); reads `Ctx::memory`.
+    Cross(cross::CrossAttention),
 }
 
 impl Block {
@@ -178,6 +180,26 @@ impl Block {
             (Norm::Mlp, _) => Block::Book(mlp::BookLayer::sample(spec, layer, p, rng)),
             (_, BlockKind::Attn) => Block::Attn(attention::Attention::sample(spec, layer, p, rng)),
             (_, BlockKind::Mlp) => Block::Mlp(mlp::Mlp::sample(spec, layer, p, rng)),
+        }
+    }
+
+    /// The decoder's registry (§II 2 B): draws decoder block `layer`. Its self-attention is
+    /// masked (causal) whatever `model.causal` says of the encoder's.
+    pub fn sample_decoder(
+        spec: &ModelSpec,
+        kind: DecoderBlock,
+        layer: usize,
+        p: &mut Params,
+        rng: &mut Stream,
+    ) -> Block {
+        match kind {
+            DecoderBlock::Masked => {
+                let mut a = attention::Attention::sample(spec, layer, p, rng);
+                a.causal = true;
+                Block::Attn(a)
+            }
+            DecoderBlock::Cross => Block::Cross(cross::CrossAttention::sample(spec, layer, p, rng)),
+            DecoderBlock::Mlp => Block::Mlp(mlp::Mlp::sample(spec, layer, p, rng)),
         }
     }
 }

@@ -424,13 +424,32 @@ pub struct BlockTrace<F: Real = f64> {
     pub inner: InnerTrace<F>,
 }
 
-/// Every site of a forward pass: the residual stream z^ℓ (ℓ = 1 … B+1), each block's
-/// internals, the final LN and the output z^L.
+/// What an encoder–decoder's forward pass adds to its [`Trace`]: the three extra
+/// LayerNorms of §II 2 B and the memory s̃.
+#[derive(Clone, Debug)]
+pub struct DecoderTrace<F: Real = f64> {
+    /// B_e: `Trace::blocks` holds the encoder's blocks, then the decoder's.
+    pub encoder_blocks: usize,
+    /// LN after the encoder's PE (`None` in `none` mode); z¹ is its output.
+    pub stem_ln: Option<ln::Cache<F>>,
+    /// LN after the encoder stack (pre mode): s̃ = LN(z^{B_e+1}).
+    pub memory_ln: Option<ln::Cache<F>>,
+    /// s̃, what every cross-attention block reads ((S·T) × n).
+    pub memory: Array2<F>,
+    /// LN after the decoder's PE (`None` in `none` mode); z^{B_e+2} is its output.
+    pub stem_ln_dec: Option<ln::Cache<F>>,
+}
+
+/// Every site of a forward pass: the residual stream z^ℓ (ℓ = 1 … B+1, or 1 … B_e+B_d+2
+/// with a decoder), each block's internals (the encoder's, then the decoder's), the final
+/// LN and the output z^L.
 #[derive(Clone, Debug)]
 pub struct Trace<F: Real = f64> {
-    /// resid[ℓ − 1] = z^ℓ, (D × n).
+    /// resid[ℓ − 1] = z^ℓ, (D × n), or (D_dec × n) at decoder layers.
     pub resid: Vec<Array2<F>>,
     pub blocks: Vec<BlockTrace<F>>,
+    /// The encoder–decoder's extra sites; `None` for an encoder-only model.
+    pub decoder: Option<DecoderTrace<F>>,
     /// s^{L−1} = LN(z^{B+1}) in pre mode.
     pub final_ln: Option<ln::Cache<F>>,
     pub head: head::Cache<F>,
@@ -439,8 +458,21 @@ pub struct Trace<F: Real = f64> {
 }
 
 impl<F: Real> Trace<F> {
-    /// The LN output s^ℓ feeding block ℓ (pre mode) or the head (ℓ = B+1).
+    /// The LN output s^ℓ feeding block ℓ (pre mode) or the head (ℓ = B+1); with a decoder,
+    /// s̃ at ℓ = B_e+1 and the decoder's final LN at ℓ = B_e+B_d+2.
     pub fn ln_at(&self, layer: usize) -> Option<&Array2<F>> {
+        if let Some(d) = &self.decoder {
+            let (be, nb) = (d.encoder_blocks, self.blocks.len());
+            return if layer <= be {
+                self.blocks[layer - 1].ln.as_ref().map(|c| &c.s)
+            } else if layer == be + 1 {
+                d.memory_ln.as_ref().map(|c| &c.s)
+            } else if layer <= nb + 1 {
+                self.blocks[layer - 2].ln.as_ref().map(|c| &c.s)
+            } else {
+                self.final_ln.as_ref().map(|c| &c.s)
+            };
+        }
         if layer <= self.blocks.len() {
             self.blocks[layer - 1].ln.as_ref().map(|c| &c.s)
         } else {
@@ -455,8 +487,19 @@ pub struct Network<F = f64> {
     pub spec: ModelSpec,
     pub params: Params<F>,
     pub stem: stem::Stem,
+    /// The encoder's blocks (all blocks of an encoder-only model).
     pub blocks: Vec<Block>,
+    /// The decoder stack of an encoder–decoder (§II 2 B).
+    pub decoder: Option<Decoder>,
     pub head: head::Head,
+}
+
+/// The decoder stack: its positional embedding (T_dec × n, group `pe`, layer B_e + 2) and
+/// its blocks (layers B_e + 3 …). The word embedding is the stem's.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    pub pe: Option<usize>,
+    pub blocks: Vec<Block>,
 }
 
 impl Network {
@@ -479,12 +522,30 @@ impl Network {
             .enumerate()
             .map(|(b, &kind)| Block::sample(spec, kind, b + 2, &mut params, rng))
             .collect();
+        // Drawn after the encoder, so an encoder-only model's stream is unchanged.
+        let decoder = spec.has_decoder().then(|| {
+            let layer = spec.decoder_stem_layer();
+            let pe = stem::hyper(spec).pe.map(|var| {
+                let table = hyper::Weight::lookup(var, spec.decoder_tokens, spec.width);
+                params.table(Group::Pe, layer, "decoder.pe".into(), table, spec, rng)
+            });
+            let blocks = spec
+                .decoder
+                .iter()
+                .enumerate()
+                .map(|(b, &kind)| {
+                    Block::sample_decoder(spec, kind, layer + 1 + b, &mut params, rng)
+                })
+                .collect();
+            Decoder { pe, blocks }
+        });
         let head = head::Head::sample(spec, &stem, &mut params, rng);
         Network {
             spec: spec.clone(),
             params,
             stem,
             blocks,
+            decoder,
             head,
         }
     }
@@ -498,6 +559,7 @@ impl<F: Real> Network<F> {
             params: self.params.cast(),
             stem: self.stem.clone(),
             blocks: self.blocks.clone(),
+            decoder: self.decoder.clone(),
             head: self.head.clone(),
         }
     }
@@ -509,6 +571,9 @@ impl<F: Real> Network<F> {
 
     /// The forward pass with the given weight realization.
     pub fn forward_with(&self, probe: &Probe<F>, ops: &mut dyn WeightOps<F>) -> Trace<F> {
+        if let Some(dec) = &self.decoder {
+            return self.forward_encdec(dec, probe, ops);
+        }
         let spec = &self.spec;
         let probe = probe.for_model(spec);
         let mut cx = Ctx::new(spec, &self.params, ops, &probe);
@@ -528,6 +593,73 @@ impl<F: Real> Network<F> {
         Trace {
             resid,
             blocks,
+            decoder: None,
+            final_ln,
+            head,
+            out,
+        }
+    }
+
+    /// The encoder–decoder's forward pass (§II 2 B): the stems on both inputs, LN after
+    /// each PE, the encoder stack, s̃ = LN(z^{B_e+1}) (pre mode), the decoder stack with
+    /// every cross-attention block reading s̃, the final LN and the head on the decoder.
+    fn forward_encdec(
+        &self,
+        dec: &Decoder,
+        probe: &Probe<F>,
+        ops: &mut dyn WeightOps<F>,
+    ) -> Trace<F> {
+        let spec = &self.spec;
+        let dp = probe
+            .decoder
+            .as_deref()
+            .expect("an encoder–decoder's probe has the decoder's inputs");
+        let stem_ln =
+            |z: &Array2<F>| (spec.norm != Norm::None).then(|| ln::forward(z.view(), spec.ln_eps));
+        let total = self.blocks.len() + dec.blocks.len();
+        let mut resid = Vec::with_capacity(total + 2);
+        let mut blocks = Vec::with_capacity(total);
+        let mut cx = Ctx::new(spec, &self.params, &mut *ops, probe);
+        let (ze, zd) = self.stem.forward_pair(&mut cx, dp, dec.pe);
+        let enc_ln = stem_ln(&ze);
+        let mut z = enc_ln.as_ref().map_or(ze, |c| c.s.clone());
+        for block in &self.blocks {
+            let (next, bt) = residual_forward(&mut cx, z.view(), |cx, s| block.forward(cx, s));
+            resid.push(z);
+            blocks.push(bt);
+            z = next;
+        }
+        let memory_ln = (spec.norm == Norm::Pre).then(|| ln::forward(z.view(), spec.ln_eps));
+        let memory = memory_ln
+            .as_ref()
+            .map_or_else(|| z.clone(), |c| c.s.clone());
+        resid.push(z);
+        let dec_ln = stem_ln(&zd);
+        let mut z = dec_ln.as_ref().map_or(zd, |c| c.s.clone());
+        let mut cx = Ctx::new(spec, &self.params, ops, dp);
+        cx.memory = Some(memory.view());
+        cx.memory_mask = probe.keep.as_deref();
+        for block in &dec.blocks {
+            let (next, bt) = residual_forward(&mut cx, z.view(), |cx, s| block.forward(cx, s));
+            resid.push(z);
+            blocks.push(bt);
+            z = next;
+        }
+        let final_ln = (spec.norm == Norm::Pre).then(|| ln::forward(z.view(), spec.ln_eps));
+        let head_in = final_ln.as_ref().map_or(z.view(), |c| c.s.view());
+        let (out, head) = self.head.forward(&mut cx, head_in);
+        drop(cx);
+        resid.push(z);
+        Trace {
+            resid,
+            blocks,
+            decoder: Some(DecoderTrace {
+                encoder_blocks: self.blocks.len(),
+                stem_ln: enc_ln,
+                memory_ln,
+                memory,
+                stem_ln_dec: dec_ln,
+            }),
             final_ln,
             head,
             out,
@@ -556,6 +688,9 @@ impl<F: Real> Network<F> {
         sink: &mut impl GradSink<F>,
         ops: &mut dyn WeightOps<F>,
     ) -> Vec<Array2<F>> {
+        if self.decoder.is_some() {
+            return self.backward_encdec(trace, probe, dout, sink, ops);
+        }
         let probe = probe.for_model(&self.spec);
         let mut cx = Ctx::new(&self.spec, &self.params, ops, &probe);
         let nb = trace.blocks.len();
@@ -580,6 +715,84 @@ impl<F: Real> Network<F> {
             g = gz;
         }
         self.stem.backward(&cx, g.view(), sink);
+        grads[0] = g;
+        grads
+    }
+
+    /// The adjoint of [`Network::forward_encdec`], in reverse: head, decoder blocks (each
+    /// cross-attention block adds ∂f/∂s̃ into `Ctx::memory_grad`), the decoder's stem LN,
+    /// then ∂f/∂s̃ back through the encoder's final LN into z^{B_e+1}, the encoder blocks,
+    /// its stem LN, and the shared stem. Returns ∂f/∂z^ℓ for ℓ = 1 … B_e+B_d+2.
+    fn backward_encdec(
+        &self,
+        trace: &Trace<F>,
+        probe: &Probe<F>,
+        dout: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+        ops: &mut dyn WeightOps<F>,
+    ) -> Vec<Array2<F>> {
+        let spec = &self.spec;
+        let (Some(dec), Some(dt)) = (&self.decoder, &trace.decoder) else {
+            unreachable!("an encoder–decoder's trace has its decoder sites")
+        };
+        let dp = probe
+            .decoder
+            .as_deref()
+            .expect("an encoder–decoder's probe has the decoder's inputs");
+        let (be, nb) = (self.blocks.len(), trace.blocks.len());
+        let mut grads = vec![Array2::zeros((0, 0)); nb + 2];
+        let mut cx = Ctx::new(spec, &self.params, &mut *ops, dp);
+        cx.memory = Some(dt.memory.view());
+        cx.memory_mask = probe.keep.as_deref();
+        let head_in = trace
+            .final_ln
+            .as_ref()
+            .map_or(trace.resid[nb + 1].view(), |c| c.s.view());
+        let g_in = self
+            .head
+            .backward(&mut cx, head_in, &trace.head, dout, sink);
+        let mut g = match &trace.final_ln {
+            Some(c) => ln::backward(c, g_in.view()),
+            None => g_in,
+        };
+        for b in (be..nb).rev() {
+            let bt = &trace.blocks[b];
+            let z = trace.resid[b + 1].view();
+            let gz = residual_backward(&mut cx, bt, z, g.view(), |cx, s, gr| {
+                bt.inner.backward(cx, s, gr, sink)
+            });
+            grads[b + 2] = g;
+            g = gz;
+        }
+        let gd = match &dt.stem_ln_dec {
+            Some(c) => ln::backward(c, g.view()),
+            None => g.clone(),
+        };
+        grads[be + 1] = g;
+        let g_mem = cx.memory_grad.take();
+        drop(cx);
+        // ∂f/∂z^{B_e+1}: only through s̃ (the encoder's output feeds nothing else).
+        let mut g = match (g_mem, &dt.memory_ln) {
+            (Some(gm), Some(c)) => ln::backward(c, gm.view()),
+            (Some(gm), None) => gm,
+            (None, _) => Array2::zeros(trace.resid[be].raw_dim()),
+        };
+        let mut cx = Ctx::new(spec, &self.params, ops, probe);
+        for b in (0..be).rev() {
+            let bt = &trace.blocks[b];
+            let z = trace.resid[b].view();
+            let gz = residual_backward(&mut cx, bt, z, g.view(), |cx, s, gr| {
+                bt.inner.backward(cx, s, gr, sink)
+            });
+            grads[b + 1] = g;
+            g = gz;
+        }
+        let ge = match &dt.stem_ln {
+            Some(c) => ln::backward(c, g.view()),
+            None => g.clone(),
+        };
+        self.stem
+            .backward_pair(&cx, dp, dec.pe, ge.view(), gd.view(), sink);
         grads[0] = g;
         grads
     }

@@ -5,12 +5,12 @@
 //!
 //! Theory: G¹ = C_patch G⁰ + C_PE δ_{t1 t2} (1.41), or C_WE G⁰ + C_PE δ (1.45).
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
 
 use super::block::Ctx;
 use super::hyper::{Weight, spec_bias};
 use super::init::Stream;
-use super::{GradSink, GradTerm, Group, Params, Real};
+use super::{GradSink, GradTerm, Group, Params, Probe, Real};
 use crate::config::{ModelSpec, Norm, Stem as StemKind};
 
 /// The stem's tensors as drawn, for the sampler and the theory (see `model::hyper`).
@@ -114,6 +114,86 @@ impl Stem {
         z
     }
 
+    /// The encoder's and the decoder's stems of an encoder–decoder (§II 2 B): one weight W
+    /// (patchify or word embedding) applied to both inputs stacked, [x; x_dec] Wᵀ, so it
+    /// meets the data once forward; each side adds its own positional embedding (the
+    /// decoder's `dec_pe`, T_dec × n). Returns (z_enc, z_dec) before the stems' LNs.
+    pub fn forward_pair<F: Real>(
+        &self,
+        cx: &mut Ctx<'_, F>,
+        dec: &Probe<F>,
+        dec_pe: Option<usize>,
+    ) -> (Array2<F>, Array2<F>) {
+        let (spec, p, probe) = (cx.spec, cx.params, cx.probe);
+        let de = probe.len();
+        let z = match spec.stem {
+            StemKind::Dense => {
+                let x = stacked_x(probe, dec);
+                cx.fwd(self.w, x.view())
+            }
+            StemKind::Embedding => {
+                let ids = stacked_ids(probe, dec);
+                let w = p.get(self.w);
+                let mut z = Array2::zeros((ids.len(), spec.width));
+                for (mut row, &id) in z.rows_mut().into_iter().zip(&ids) {
+                    row.assign(&w.column(id));
+                }
+                z
+            }
+        };
+        let mut ze = z.slice(s![..de, ..]).to_owned();
+        let mut zd = z.slice(s![de.., ..]).to_owned();
+        for (z, pe, t) in [
+            (&mut ze, self.pe, probe.tokens),
+            (&mut zd, dec_pe, dec.tokens),
+        ] {
+            if let Some(pe) = pe {
+                let pe = p.get(pe);
+                for (d, mut row) in z.rows_mut().into_iter().enumerate() {
+                    row += &pe.row(d % t);
+                }
+            }
+        }
+        (ze, zd)
+    }
+
+    /// The adjoint of [`Stem::forward_pair`] for cotangents `ge` on z_enc and `gd` on
+    /// z_dec: one term for W over both inputs (with a tied head, W's third use is the
+    /// head's term), one per positional embedding.
+    pub fn backward_pair<F: Real>(
+        &self,
+        cx: &Ctx<'_, F>,
+        dec: &Probe<F>,
+        dec_pe: Option<usize>,
+        ge: ArrayView2<F>,
+        gd: ArrayView2<F>,
+        sink: &mut impl GradSink<F>,
+    ) {
+        let (spec, probe) = (cx.spec, cx.probe);
+        let g = concatenate![Axis(0), ge, gd];
+        match spec.stem {
+            StemKind::Dense => {
+                let x = stacked_x(probe, dec);
+                sink.term(self.w, GradTerm::linear(x.view(), g.view()));
+            }
+            StemKind::Embedding => {
+                let ids = stacked_ids(probe, dec);
+                sink.term(
+                    self.w,
+                    GradTerm::Embedding {
+                        grad: g.view(),
+                        ids: &ids,
+                    },
+                );
+            }
+        }
+        for (pe, grad, tokens) in [(self.pe, ge, probe.tokens), (dec_pe, gd, dec.tokens)] {
+            if let Some(pe) = pe {
+                sink.term(pe, GradTerm::Positional { grad, tokens });
+            }
+        }
+    }
+
     pub fn backward<F: Real>(
         &self,
         cx: &Ctx<'_, F>,
@@ -149,4 +229,22 @@ impl Stem {
             sink.term(c, GradTerm::Bias { grad: rows });
         }
     }
+}
+
+/// The encoder's input vectors above the decoder's, (D + D_dec) × n_in.
+fn stacked_x<F: Real>(enc: &Probe<F>, dec: &Probe<F>) -> Array2<F> {
+    let (xe, xd) = (
+        enc.x.as_ref().expect("dense stem needs vectors"),
+        dec.x.as_ref().expect("dense stem needs decoder vectors"),
+    );
+    concatenate![Axis(0), xe.view(), xd.view()]
+}
+
+/// The encoder's ids, then the decoder's.
+fn stacked_ids<F>(enc: &Probe<F>, dec: &Probe<F>) -> Vec<usize> {
+    let (ie, id) = (
+        enc.ids.as_ref().expect("embedding stem needs ids"),
+        dec.ids.as_ref().expect("embedding stem needs decoder ids"),
+    );
+    ie.iter().chain(id).copied().collect()
 }

@@ -333,12 +333,25 @@ pub struct AttnValues<'a> {
 pub fn attention_rows(
     a: &AttnValues,
     logit_var_mean: f64,
+    push: impl FnMut(Observable, i64, i64, f64),
+) {
+    let tokens = a.logit_var.ncols();
+    attention_rows_qk(a, tokens, logit_var_mean, push)
+}
+
+/// [`attention_rows`] where queries and keys differ (cross-attention: `query_tokens` =
+/// T_dec decoder tokens per sequence, `logit_var`'s columns the T encoder keys); j is the
+/// key's encoder point index σ·T + t'.
+pub fn attention_rows_qk(
+    a: &AttnValues,
+    query_tokens: usize,
+    logit_var_mean: f64,
     mut push: impl FnMut(Observable, i64, i64, f64),
 ) {
     let (d, tokens) = a.logit_var.dim();
     for q in 0..d {
         for tk in 0..tokens {
-            let key = (q / tokens) * tokens + tk;
+            let key = (q / query_tokens) * tokens + tk;
             push(
                 Observable::LogitVar,
                 q as i64,
