@@ -536,28 +536,33 @@ impl<F: Real> Trainer<F> {
 
 /// Splits a batch into at most `parts` batches of whole sequences.
 fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
-    let p = &batch.probe;
-    let (s, t) = (p.sequences, p.tokens);
+    let s = batch.probe.sequences;
     let per = s.div_ceil(parts.max(1)).max(1);
     let rows_per_seq = batch.targets.len() / s.max(1);
     (0..s)
         .step_by(per)
         .map(|a| {
             let b = (a + per).min(s);
-            let (d0, d1) = (a * t, b * t);
             Batch {
-                probe: Probe {
-                    sequences: b - a,
-                    tokens: t,
-                    x: p.x
-                        .as_ref()
-                        .map(|x| x.slice(ndarray::s![d0..d1, ..]).to_owned()),
-                    ids: p.ids.as_ref().map(|ids| ids[d0..d1].to_vec()),
-                    decoder: None,
-                    keep: None,
-                },
+                probe: sequences(&batch.probe, a, b),
                 targets: batch.targets[a * rows_per_seq..b * rows_per_seq].to_vec(),
             }
         })
         .collect()
+}
+
+/// Sequences a … b−1 of a probe, with their padding mask and their decoder's sequences.
+fn sequences(p: &Probe, a: usize, b: usize) -> Probe {
+    let t = p.tokens;
+    let (d0, d1) = (a * t, b * t);
+    Probe {
+        sequences: b - a,
+        tokens: t,
+        x: p.x
+            .as_ref()
+            .map(|x| x.slice(ndarray::s![d0..d1, ..]).to_owned()),
+        ids: p.ids.as_ref().map(|ids| ids[d0..d1].to_vec()),
+        decoder: p.decoder.as_ref().map(|d| Box::new(sequences(d, a, b))),
+        keep: p.keep.as_ref().map(|k| k[d0..d1].to_vec()),
+    }
 }
