@@ -540,3 +540,103 @@ fn hparams_redraw_keeps_each_groups_law() {
     }
     assert_eq!(seen, 4, "two blocks, W and X each");
 }
+
+/// The denoising encoder–decoder: a batch split over threads (sequences of the encoder,
+/// their padding mask and the decoder's rows cut alike) gives the loss and every gradient
+/// of the unsplit batch to rounding; the shared embedding, a cross-attention weight and an
+/// encoder weight agree with central differences. Width 16, 1 + 1 blocks of (A, M) and
+/// (A, C, M), T = 16, f64.
+#[test]
+fn denoise_split_and_gradients_match() {
+    let base = [
+        "train.task=denoise",
+        "model.width=16",
+        "model.layers=1",
+        "train.tokens=16",
+        "train.batch=4",
+        "train.precision=f64",
+    ];
+    let one = small(&[&base[..], &["train.threads=1"]].concat());
+    let two = small(&[&base[..], &["train.threads=2"]].concat());
+    let (t1, t2) = (
+        Trainer::<f64>::new(&one, None).unwrap(),
+        Trainer::<f64>::new(&two, None).unwrap(),
+    );
+    let batch = t1.batch_at(0);
+    assert!(
+        batch.probe.keep.as_ref().unwrap().iter().any(|k| !k),
+        "no padding in the batch"
+    );
+    let (l1, g1) = t1.loss_and_grads(&batch);
+    let (l2, g2) = t2.loss_and_grads(&batch);
+    assert!(
+        (l1 - l2).abs() < 1e-12 * l1.abs(),
+        "loss {l1} vs {l2} split"
+    );
+    for (a, b) in g1.iter().zip(&g2) {
+        let scale = a.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let diff = (a - b).iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(
+            diff < 1e-10 * scale,
+            "gradient differs by {diff} (scale {scale}) when split"
+        );
+    }
+    let h = 1e-5;
+    let groups = [Group::Stem, Group::Q, Group::K];
+    for g in groups {
+        // The first tensor of the group (the shared embedding; the encoder's first query
+        // weight; its first key weight), and for K also the last (the decoder's
+        // cross-attention key, which reads the encoder's output).
+        let idx: Vec<usize> = t2
+            .net
+            .params
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.group == g)
+            .map(|(i, _)| i)
+            .collect();
+        for &pi in [idx[0], idx[idx.len() - 1]].iter() {
+            for e in [0usize, 7] {
+                let shifted = |d: f64| {
+                    let mut t = Trainer::<f64>::new(&two, None).unwrap();
+                    t.net.params.list[pi].value.as_slice_mut().unwrap()[e] += d;
+                    t.loss(&batch)
+                };
+                let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
+                let an = g2[pi].as_slice().unwrap()[e];
+                assert!(
+                    (fd - an).abs() < 1e-6 * an.abs().max(1e-3),
+                    "{g:?} tensor {pi} entry {e}: fd {fd:.6e} analytic {an:.6e}"
+                );
+            }
+        }
+    }
+}
+
+/// Span denoising learns to copy through cross-attention: width 64, one (A, M) encoder
+/// block and one (A, C, M) decoder block, T = 16, batch 32, AdamW lr 3e-3, 300 steps, seed 0.
+/// The held-out loss falls below 1.8 (1.33 measured); a character LM of the same size and
+/// budget, which sees only the left context as an encoder-blind decoder would, stays at
+/// 2.1–2.3 (lr 1e-2 and 3e-3), since 70 % of the targets can only be copied from the
+/// encoder. Chance is ln 64 = 4.16.
+#[test]
+fn denoise_learns_through_cross_attention() {
+    let cfg = small(&[
+        "train.task=denoise",
+        "model.width=64",
+        "model.layers=1",
+        "train.tokens=16",
+        "train.lr=0.003",
+        "train.warmup=20",
+        "train.steps=300",
+        "train.seed=0",
+    ]);
+    let mut tr: Trainer = Trainer::new(&cfg, None).unwrap();
+    while tr.step < 300 {
+        tr.step().unwrap();
+    }
+    let end = tr.evaluate();
+    eprintln!("denoise: eval loss {end:.4} (threshold 1.8)");
+    assert!(end < 1.8, "denoise eval loss {end:.4}, want < 1.8");
+}

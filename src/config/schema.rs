@@ -75,7 +75,7 @@ pub const PRESETS: &[&str] = &[
     "standard",
     "mlp-book",
 ];
-pub const TASKS: &[&str] = &["copy", "recall", "modadd", "digits", "charlm"];
+pub const TASKS: &[&str] = &["copy", "recall", "modadd", "digits", "charlm", "denoise"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adamw"];
 pub const PRECISIONS: &[&str] = &["f32", "f64"];
 

@@ -235,6 +235,11 @@ impl CharLm {
         self.ids.is_empty()
     }
 
+    /// The text as vocabulary indices.
+    pub fn ids(&self) -> &[usize] {
+        &self.ids
+    }
+
     /// The characters of the held-out part, decoded (for tests and inspection).
     pub fn held_out_text(&self) -> String {
         self.ids[self.split_index()..]

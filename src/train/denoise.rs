@@ -21,6 +21,9 @@
 use rand::Rng;
 use rand_distr::{Distribution, Poisson};
 
+use super::data::CharLm;
+use super::tasks::{Batch, Outputs, Split, Task};
+use crate::model::Probe;
 use crate::model::init::Stream;
 
 /// Fraction of a window's characters that are corrupted.
@@ -147,6 +150,86 @@ pub fn corrupt(original: &[usize], specials: Specials, rng: &mut Stream) -> Corr
     }
 }
 
+/// The denoising task on the shipped text (`train.task = "denoise"`): windows of T
+/// characters, split like the character LM (the held-out end of the text evaluates),
+/// vocabulary = the text's characters + mask, begin and pad.
+pub struct Denoise {
+    text: CharLm,
+    pub specials: Specials,
+}
+
+impl Denoise {
+    pub fn new(tokens: usize) -> Result<Denoise, String> {
+        let text = CharLm::new(tokens)?;
+        let specials = Specials::after(text.alphabet.len());
+        Ok(Denoise { text, specials })
+    }
+}
+
+impl Task for Denoise {
+    fn name(&self) -> &'static str {
+        "denoise"
+    }
+    fn vocab(&self) -> usize {
+        self.specials.vocab()
+    }
+    fn tokens(&self) -> usize {
+        self.text.tokens
+    }
+    fn outputs(&self) -> Outputs {
+        Outputs::PerToken
+    }
+    fn decoder_tokens(&self) -> Option<usize> {
+        Some(self.text.tokens)
+    }
+    /// The encoder reads the corrupted text both ways; the decoder's self-attention is
+    /// causal by construction.
+    fn causal(&self) -> bool {
+        false
+    }
+    /// A guess that knows only the alphabet (every target is a character).
+    fn chance_loss(&self) -> f64 {
+        (self.text.alphabet.len() as f64).ln()
+    }
+    fn sample(&self, rng: &mut Stream, sequences: usize, split: Split) -> Batch {
+        let t = self.text.tokens;
+        let (ids, cut) = (self.text.ids(), self.text.split_index());
+        let starts = match split {
+            Split::Train => 0..cut - t,
+            Split::Eval => cut..ids.len() - t,
+        };
+        let (mut source, mut keep, mut decoder, mut targets) = (
+            Vec::with_capacity(sequences * t),
+            Vec::with_capacity(sequences * t),
+            Vec::with_capacity(sequences * t),
+            Vec::with_capacity(sequences * t),
+        );
+        for _ in 0..sequences {
+            let a = rng.random_range(starts.clone());
+            let c = corrupt(&ids[a..a + t], self.specials, rng);
+            source.extend(c.source);
+            keep.extend(c.padding.iter().map(|&p| !p));
+            decoder.extend(c.decoder);
+            targets.extend(c.targets.into_iter().map(Some));
+        }
+        let probe = |ids: Vec<usize>| Probe {
+            sequences,
+            tokens: t,
+            x: None,
+            ids: Some(ids),
+            decoder: None,
+            keep: None,
+        };
+        let mut enc = probe(source);
+        enc.keep = Some(keep);
+        enc.decoder = Some(Box::new(probe(decoder)));
+        Batch {
+            probe: enc,
+            targets,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +297,41 @@ mod tests {
 
     /// Span lengths follow Poisson(3) before the last one is cut: their mean over many
     /// windows within 5 standard errors of 3 (s.e. √(3/N)).
+    /// A batch on the shipped text: encoder ids, the padding mask and the decoder's
+    /// teacher-forcing input line up with the targets, and evaluation windows come from the
+    /// held-out end only.
+    #[test]
+    fn batches_pair_source_decoder_and_targets() {
+        let task = Denoise::new(32).unwrap();
+        let sp = task.specials;
+        let mut rng = stream(3, 0);
+        let b = task.sample(&mut rng, 8, Split::Eval);
+        let dec = b.probe.decoder.as_ref().unwrap();
+        let (src, keep) = (
+            b.probe.ids.as_ref().unwrap(),
+            b.probe.keep.as_ref().unwrap(),
+        );
+        let dids = dec.ids.as_ref().unwrap();
+        assert_eq!((b.probe.len(), dec.len(), b.targets.len()), (256, 256, 256));
+        let held = task.text.held_out_text();
+        for s in 0..8 {
+            let row = |v: &[usize]| v[s * 32..(s + 1) * 32].to_vec();
+            let target: Vec<usize> = row(&b.targets.iter().map(|t| t.unwrap()).collect::<Vec<_>>());
+            assert_eq!(dids[s * 32], sp.bos);
+            assert_eq!(&row(dids)[1..], &target[..31]);
+            let text: String = target.iter().map(|&i| task.text.alphabet[i]).collect();
+            assert!(
+                held.contains(&text),
+                "an eval window outside the held-out text"
+            );
+            for k in 0..32 {
+                assert_eq!(keep[s * 32 + k], src[s * 32 + k] != sp.pad);
+            }
+            let masks = row(src).iter().filter(|&&i| i == sp.mask).count();
+            assert!(masks >= 1);
+        }
+    }
+
     #[test]
     fn span_lengths_are_poisson_three() {
         let mut rng = stream(11, 0);

@@ -76,6 +76,11 @@ impl TrainSpec {
                     data::CharLm::new(self.tokens).map_err(TrainError::Invalid)?,
                 ));
             }
+            "denoise" => {
+                return Ok(Box::new(
+                    denoise::Denoise::new(self.tokens).map_err(TrainError::Invalid)?,
+                ));
+            }
             _ => {}
         }
         tasks::from_name(
@@ -129,10 +134,34 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
     if !first.is_explicit("model.causal") {
         b = b.value("model.causal", Value::from(task.causal()))?;
     }
+    // A task posed to an encoder–decoder gets a decoder as deep as the encoder (BART's
+    // symmetric shape) unless the file chose its depth, and the decoder's T.
+    if let Some(t_dec) = task.decoder_tokens() {
+        b = b.value("inputs.decoder_tokens", int(t_dec))?;
+        if !first.is_explicit("model.decoder_layers") {
+            let layers = first.get("model.layers").cloned().unwrap_or(Value::from(1));
+            b = b.value("model.decoder_layers", layers)?;
+        }
+    }
     if !first.is_explicit("model.variances.pe") && first.model.var.pe == 0.0 {
         b = b.value("model.variances.pe", Value::from(first.model.var.stem))?;
     }
     let cfg = b.build()?;
+    match (task.decoder_tokens(), cfg.model.has_decoder()) {
+        (Some(_), false) => {
+            return Err(TrainError::Invalid(format!(
+                "train.task = \"{}\" trains an encoder–decoder; model.decoder_layers must be at least 1",
+                task.name()
+            )));
+        }
+        (None, true) => {
+            return Err(TrainError::Invalid(format!(
+                "train.task = \"{}\" trains an encoder only; set model.decoder_layers = 0 (or train.task = \"denoise\")",
+                task.name()
+            )));
+        }
+        _ => {}
+    }
     let outputs = match cfg.model.head {
         HeadKind::Pooled | HeadKind::Class => Outputs::PerSequence,
         _ => Outputs::PerToken,
@@ -507,28 +536,33 @@ impl<F: Real> Trainer<F> {
 
 /// Splits a batch into at most `parts` batches of whole sequences.
 fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
-    let p = &batch.probe;
-    let (s, t) = (p.sequences, p.tokens);
+    let s = batch.probe.sequences;
     let per = s.div_ceil(parts.max(1)).max(1);
     let rows_per_seq = batch.targets.len() / s.max(1);
     (0..s)
         .step_by(per)
         .map(|a| {
             let b = (a + per).min(s);
-            let (d0, d1) = (a * t, b * t);
             Batch {
-                probe: Probe {
-                    sequences: b - a,
-                    tokens: t,
-                    x: p.x
-                        .as_ref()
-                        .map(|x| x.slice(ndarray::s![d0..d1, ..]).to_owned()),
-                    ids: p.ids.as_ref().map(|ids| ids[d0..d1].to_vec()),
-                    decoder: None,
-                    keep: None,
-                },
+                probe: sequences(&batch.probe, a, b),
                 targets: batch.targets[a * rows_per_seq..b * rows_per_seq].to_vec(),
             }
         })
         .collect()
+}
+
+/// Sequences a … b−1 of a probe, with their padding mask and their decoder's sequences.
+fn sequences(p: &Probe, a: usize, b: usize) -> Probe {
+    let t = p.tokens;
+    let (d0, d1) = (a * t, b * t);
+    Probe {
+        sequences: b - a,
+        tokens: t,
+        x: p.x
+            .as_ref()
+            .map(|x| x.slice(ndarray::s![d0..d1, ..]).to_owned()),
+        ids: p.ids.as_ref().map(|ids| ids[d0..d1].to_vec()),
+        decoder: p.decoder.as_ref().map(|d| Box::new(sequences(d, a, b))),
+        keep: p.keep.as_ref().map(|k| k[d0..d1].to_vec()),
+    }
 }

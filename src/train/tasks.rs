@@ -44,6 +44,11 @@ pub trait Task: Send + Sync {
         None
     }
     fn outputs(&self) -> Outputs;
+    /// T_dec for a task posed to an encoder–decoder (the batch's probe then carries the
+    /// decoder's probe and the targets score the decoder's rows); `None` otherwise.
+    fn decoder_tokens(&self) -> Option<usize> {
+        None
+    }
     /// Whether the task is posed with causal attention (a left-to-right reader).
     fn causal(&self) -> bool;
     /// The loss of a guess that knows only which symbols can be answers.
