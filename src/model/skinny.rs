@@ -44,6 +44,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 multiversion!(pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]), axpy_body);
 multiversion!(fn rank_update(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: &mut [f32], n: usize), rank_body);
