@@ -35,28 +35,99 @@ pub enum InputError {
 const INPUT_DOMAIN: u64 = 0x5150_1A7E_1DEA_0001;
 
 /// Builds the probe set a configuration asks for; a file fixes the config's input shape.
+/// An encoder–decoder model also gets its decoder's probe ([`decoder_probe`]).
 pub fn probe(cfg: &mut Config) -> Result<Probe, InputError> {
+    let mut p = encoder_probe(cfg)?;
+    if cfg.model.has_decoder() {
+        p.keep = cfg.inputs.pad_id.and_then(|pad| {
+            let ids = p.ids.as_ref()?;
+            Some(ids.iter().map(|&id| id != pad).collect())
+        });
+        p.decoder = Some(Box::new(decoder_probe(cfg, &p)));
+    }
+    Ok(p)
+}
+
+/// The decoder's probe: the same S sequences, T_dec tokens each.
+///
+/// - Token ids: `inputs.decoder_ids`, else BART's teacher-forcing input, the encoder's ids
+///   shifted right by one behind `inputs.bos_id` (fairseq's `prev_output_tokens`): row σ
+///   is [bos, id_{σ,0}, …, id_{σ,T_dec−2}]; positions past the encoder's T − 1 are drawn
+///   uniformly from the vocabulary (stream 3 of `inputs.seed`).
+/// - Vectors (dense stem): Gaussian like the encoder's `gaussian` probe, with the same
+///   correlation ρ within a sequence, from their own stream (2 of `inputs.seed`), so the
+///   decoder's tokens are independent of the encoder's.
+pub fn decoder_probe(cfg: &Config, enc: &Probe) -> Probe {
+    let inp = &cfg.inputs;
+    let (s, t_dec) = (enc.sequences, cfg.model.decoder_tokens);
+    let (x, ids) = match &enc.ids {
+        Some(enc_ids) => {
+            let ids = match &inp.decoder_ids {
+                Some(rows) => rows.iter().flatten().copied().collect(),
+                None => {
+                    let t = enc.tokens;
+                    let mut rng = init::stream(inp.seed ^ INPUT_DOMAIN, 3);
+                    let mut ids = Vec::with_capacity(s * t_dec);
+                    for sq in 0..s {
+                        ids.push(inp.bos_id);
+                        for tk in 1..t_dec {
+                            ids.push(if tk - 1 < t {
+                                enc_ids[sq * t + tk - 1]
+                            } else {
+                                rng.random_range(0..inp.vocab)
+                            });
+                        }
+                    }
+                    ids
+                }
+            };
+            (None, Some(ids))
+        }
+        None => {
+            let n = enc.x.as_ref().map_or(inp.dim, |x| x.ncols());
+            let mut rng = init::stream(inp.seed ^ INPUT_DOMAIN, 2);
+            (Some(gaussian(&mut rng, s, t_dec, n, inp.correlation)), None)
+        }
+    };
+    Probe {
+        sequences: s,
+        tokens: t_dec,
+        x,
+        ids,
+        decoder: None,
+        keep: None,
+    }
+}
+
+/// S sequences × T tokens of x = √ρ c_σ + √(1−ρ) e_{σ,t}, c, e ~ N(0, I_n).
+fn gaussian(rng: &mut init::Stream, s: usize, t: usize, n: usize, rho: f64) -> Array2<f64> {
+    let mut x = Array2::zeros((s * t, n));
+    for sq in 0..s {
+        let common: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+        for tk in 0..t {
+            for (j, c) in common.iter().enumerate() {
+                let e: f64 = rng.sample(StandardNormal);
+                x[[sq * t + tk, j]] = rho.sqrt() * c + (1.0 - rho).sqrt() * e;
+            }
+        }
+    }
+    x
+}
+
+fn encoder_probe(cfg: &mut Config) -> Result<Probe, InputError> {
     let inp = cfg.inputs.clone();
     match &inp.kind {
         InputKind::Gaussian => {
             let mut rng = init::stream(inp.seed ^ INPUT_DOMAIN, 0);
             let (s, t, n) = (inp.sequences, inp.tokens, inp.dim);
-            let rho = inp.correlation;
-            let mut x = Array2::zeros((s * t, n));
-            for sq in 0..s {
-                let common: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
-                for tk in 0..t {
-                    for (j, c) in common.iter().enumerate() {
-                        let e: f64 = rng.sample(StandardNormal);
-                        x[[sq * t + tk, j]] = rho.sqrt() * c + (1.0 - rho).sqrt() * e;
-                    }
-                }
-            }
+            let x = gaussian(&mut rng, s, t, n, inp.correlation);
             Ok(Probe {
                 sequences: s,
                 tokens: t,
                 x: Some(x),
                 ids: None,
+                decoder: None,
+                keep: None,
             })
         }
         InputKind::Tokens => {
@@ -74,6 +145,8 @@ pub fn probe(cfg: &mut Config) -> Result<Probe, InputError> {
                 tokens: inp.tokens,
                 x: None,
                 ids: Some(ids),
+                decoder: None,
+                keep: None,
             })
         }
         InputKind::File(path) => {
@@ -215,6 +288,8 @@ pub fn read_file(path: &Path, stem: Stem, vocab: usize) -> Result<Probe, InputEr
             tokens: t,
             x: None,
             ids: Some(ids),
+            decoder: None,
+            keep: None,
         })
     } else {
         let mut x = Array2::zeros((s * t, width));
@@ -228,6 +303,8 @@ pub fn read_file(path: &Path, stem: Stem, vocab: usize) -> Result<Probe, InputEr
             tokens: t,
             x: Some(x),
             ids: None,
+            decoder: None,
+            keep: None,
         })
     }
 }

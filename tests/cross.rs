@@ -32,6 +32,8 @@ fn probe() -> Probe {
         tokens: T_DEC,
         x: None,
         ids: None,
+        decoder: None,
+        keep: None,
     }
 }
 

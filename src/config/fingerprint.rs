@@ -182,9 +182,16 @@ impl Fingerprint {
 /// out of the pairs, so an old `moments.bin` keeps its fingerprint (and resumes), while any
 /// other value enters the hash as usual.
 fn at_late_default(key: &str, value: &toml::Value) -> bool {
-    const LATE: &[(&str, &str)] = &[("run.precision", "f64")];
+    // Keys added after runs were fingerprinted, at the value that reproduces those runs
+    // (as TOML text): an encoder-only model.
+    const LATE: &[(&str, &str)] = &[
+        ("run.precision", "\"f64\""),
+        ("model.decoder_layers", "0"),
+        ("model.decoder_pattern", "\"ACM\""),
+        ("inputs.bos_id", "0"),
+    ];
     LATE.iter()
-        .any(|&(k, d)| k == key && value.as_str() == Some(d))
+        .any(|&(k, d)| k == key && value.to_string() == d)
 }
 
 /// The probe's shape and contents, bit for bit.
@@ -202,6 +209,9 @@ fn probe_hash(p: &Probe) -> u64 {
         for &i in ids {
             h.u64(i as u64);
         }
+    }
+    if let Some(dec) = &p.decoder {
+        h.bytes(b"decoder").u64(probe_hash(dec));
     }
     h.finish()
 }

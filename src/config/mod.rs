@@ -96,6 +96,29 @@ pub enum BlockKind {
     Mlp,
 }
 
+/// A decoder block (`model.decoder_pattern`), §II 2 B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecoderBlock {
+    /// A: masked (causal) self-attention over the decoder's tokens (1.18).
+    Masked,
+    /// C: cross-attention, queries from the decoder, keys and values from the encoder's
+    /// final-LN output s̃ (2.2)–(2.4).
+    Cross,
+    /// M: the Transformer MLP (1.20)–(1.21).
+    Mlp,
+}
+
+impl DecoderBlock {
+    /// The `block` column of its rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecoderBlock::Masked => "attn",
+            DecoderBlock::Cross => "cross",
+            DecoderBlock::Mlp => "mlp",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampler {
@@ -140,8 +163,14 @@ pub struct ModelSpec {
     pub width: usize,
     pub heads: usize,
     pub mlp_mult: usize,
-    /// The full list of residual blocks: `pattern` repeated `layers` times.
+    /// The full list of residual blocks: `pattern` repeated `layers` times (the encoder's
+    /// when the model has a decoder).
     pub blocks: Vec<BlockKind>,
+    /// The decoder's blocks, `decoder_pattern` repeated `decoder_layers` times; empty for an
+    /// encoder-only model. Layer numbering: docs/architecture.md, "Encoder–decoder".
+    pub decoder: Vec<DecoderBlock>,
+    /// Decoder tokens per sequence T_dec (unused without a decoder).
+    pub decoder_tokens: usize,
     pub norm: Norm,
     pub activation: Activation,
     pub logit_exponent: f64,
@@ -189,8 +218,11 @@ impl ModelSpec {
     /// sampler has anything to draw (uniform weights are always materialized).
     pub fn has_gaussian_linear(&self) -> bool {
         let book = self.norm == Norm::Mlp;
-        let attn = !book && self.blocks.contains(&BlockKind::Attn);
-        let mlp = self.blocks.contains(&BlockKind::Mlp);
+        let attn = !book
+            && (self.blocks.contains(&BlockKind::Attn)
+                || self.decoder.iter().any(|&d| d != DecoderBlock::Mlp));
+        let mlp =
+            self.blocks.contains(&BlockKind::Mlp) || self.decoder.contains(&DecoderBlock::Mlp);
         let groups = [
             (Group::Stem, self.stem == Stem::Dense),
             (Group::Q, attn),
@@ -205,13 +237,47 @@ impl ModelSpec {
             .iter()
             .any(|&(g, used)| used && self.init_of(g) == InitDist::Gaussian)
     }
-    /// Number of residual blocks B.
+    /// Number of residual blocks B (the encoder's B_e when the model has a decoder).
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }
-    /// The head's layer index L = B + 2 (layers are numbered as in the paper).
+    /// Whether the model is an encoder–decoder (§II 2 B).
+    pub fn has_decoder(&self) -> bool {
+        !self.decoder.is_empty()
+    }
+    /// The head's layer index L (layers are numbered as in the paper): B + 2, or
+    /// B_e + B_d + 3 with a decoder (docs/architecture.md).
     pub fn head_layer(&self) -> usize {
+        if self.has_decoder() {
+            self.blocks.len() + self.decoder.len() + 3
+        } else {
+            self.blocks.len() + 2
+        }
+    }
+    /// The decoder's stem layer B_e + 2 (embedding + decoder PE + its LN).
+    pub fn decoder_stem_layer(&self) -> usize {
         self.blocks.len() + 2
+    }
+    /// Whether layer ℓ (1 … L − 1) is in the decoder: its rows index decoder tokens.
+    pub fn in_decoder(&self, layer: usize) -> bool {
+        self.has_decoder() && layer >= self.decoder_stem_layer() && layer < self.head_layer()
+    }
+    /// The residual block that produces layer ℓ, as its `block` column: `stem`, `attn`,
+    /// `mlp`, `cross` or `head` (the decoder's stem is `stem` too).
+    pub fn block_name(&self, layer: usize) -> &'static str {
+        let be = self.blocks.len();
+        if layer == 1 || (self.has_decoder() && layer == be + 2) {
+            "stem"
+        } else if layer >= self.head_layer() {
+            "head"
+        } else if layer <= be + 1 {
+            match self.blocks[layer - 2] {
+                BlockKind::Attn => "attn",
+                BlockKind::Mlp => "mlp",
+            }
+        } else {
+            self.decoder[layer - be - 3].name()
+        }
     }
     /// Output width: the vocabulary for a tied head.
     pub fn out_dim(&self) -> usize {
@@ -267,6 +333,12 @@ pub struct InputSpec {
     pub seed: u64,
     pub vocab: usize,
     pub ids: Option<Vec<Vec<usize>>>,
+    /// The decoder's probe (encoder–decoder models): T_dec, explicit ids, the id at t = 0
+    /// of the default shifted ids, and the padding id cross-attention masks out.
+    pub decoder_tokens: usize,
+    pub decoder_ids: Option<Vec<Vec<usize>>>,
+    pub bos_id: usize,
+    pub pad_id: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -482,6 +554,16 @@ impl Config {
             self.values
                 .insert("inputs.dim".into(), Value::from(d as i64));
         }
+        // T_dec defaults to T: follow the file's T unless the user fixed it.
+        if self.model.has_decoder()
+            && !self.explicit.contains("inputs.decoder_tokens")
+            && self.inputs.decoder_ids.is_none()
+        {
+            self.inputs.decoder_tokens = tokens;
+            self.model.decoder_tokens = tokens;
+            self.values
+                .insert("inputs.decoder_tokens".into(), Value::from(tokens as i64));
+        }
     }
 
     /// Sets the ensemble size (a resumed run that grows).
@@ -559,6 +641,8 @@ fn validate(
         ));
     }
     let (kind, sequences, tokens) = probe(&s.inputs, m.stem, values)?;
+    let decoder = decoder_blocks(m, values)?;
+    let decoder_tokens = decoder_probe(s, &decoder, explicit, sequences, tokens, values)?;
     let i = &s.inputs;
     let n_in = if m.stem == Stem::Embedding {
         i.vocab
@@ -582,6 +666,8 @@ fn validate(
         heads: m.heads,
         mlp_mult: m.mlp_mult,
         blocks,
+        decoder,
+        decoder_tokens,
         norm: m.norm,
         activation: m.activation,
         logit_exponent: m.logit_exponent,
@@ -610,6 +696,10 @@ fn validate(
         seed: i.seed,
         vocab: i.vocab,
         ids: i.ids.clone(),
+        decoder_tokens,
+        decoder_ids: i.decoder_ids.clone(),
+        bos_id: i.bos_id,
+        pad_id: i.pad_id,
     };
     Ok((model, inputs))
 }
@@ -624,6 +714,13 @@ fn blocks(
         pattern.push(match c {
             'A' => BlockKind::Attn,
             'M' => BlockKind::Mlp,
+            'C' => {
+                return Err(bad(
+                    "model.pattern",
+                    &Value::from(m.pattern.clone()),
+                    "C (cross-attention) reads the encoder's output and belongs in model.decoder_pattern (with model.decoder_layers ≥ 1)",
+                ));
+            }
             _ => {
                 return Err(bad(
                     "model.pattern",
@@ -670,6 +767,183 @@ fn blocks(
     }
 
     Ok(blocks)
+}
+
+/// The decoder's block list (`decoder_pattern` × `decoder_layers`) and what a decoder needs
+/// of the rest of the model. Decoder keys without a decoder are refused, not ignored.
+fn decoder_blocks(
+    m: &ModelSection,
+    values: &BTreeMap<String, Value>,
+) -> Result<Vec<DecoderBlock>, ConfigError> {
+    let pattern_value = || Value::from(m.decoder_pattern.clone());
+    let mut pattern = Vec::new();
+    for c in m.decoder_pattern.chars() {
+        pattern.push(match c {
+            'A' => DecoderBlock::Masked,
+            'C' => DecoderBlock::Cross,
+            'M' => DecoderBlock::Mlp,
+            _ => {
+                return Err(bad(
+                    "model.decoder_pattern",
+                    &pattern_value(),
+                    format!(
+                        "letter `{c}` is not a decoder block; allowed letters are A (masked self-attention), C (cross-attention) and M (MLP)"
+                    ),
+                ));
+            }
+        });
+    }
+    if pattern.is_empty() {
+        return Err(bad(
+            "model.decoder_pattern",
+            &Value::from(""),
+            "expected a non-empty string over {A, C, M}, e.g. \"ACM\" (BART's)",
+        ));
+    }
+    if m.decoder_layers == 0 {
+        return Ok(Vec::new());
+    }
+    let total = m.decoder_layers as f64 * pattern.len() as f64
+        + values
+            .get("model.layers")
+            .and_then(Value::as_integer)
+            .unwrap_or(1) as f64
+            * m.pattern.chars().count() as f64;
+    if total > MAX_BLOCKS {
+        return Err(ConfigError::Invalid(format!(
+            "model.layers × len(model.pattern) + model.decoder_layers × len(model.decoder_pattern) = {} blocks is too many (at most {MAX_BLOCKS})",
+            big(total)
+        )));
+    }
+    let why = if m.norm == Norm::Mlp {
+        Some("model.norm = \"mlp\" (the book's plain MLP) has no decoder")
+    } else if m.class_token {
+        Some("the class token is a vision encoder's; set model.class_token = false")
+    } else if m.head == HeadKind::Class {
+        Some("the class head reads the encoder's class token; use a dense, pooled or tied head")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(bad(
+            "model.decoder_layers",
+            &Value::from(m.decoder_layers as i64),
+            why,
+        ));
+    }
+    Ok((0..m.decoder_layers)
+        .flat_map(|_| pattern.iter().copied())
+        .collect())
+}
+
+/// T_dec and the rules of the decoder's probe keys; records T_dec in `values`.
+fn decoder_probe(
+    s: &Sections,
+    decoder: &[DecoderBlock],
+    explicit: &BTreeSet<String>,
+    sequences: usize,
+    tokens: usize,
+    values: &mut BTreeMap<String, Value>,
+) -> Result<usize, ConfigError> {
+    let i = &s.inputs;
+    if decoder.is_empty() {
+        // A written config.toml states every default: only a value that would change
+        // something counts.
+        let given = |k: &str| {
+            explicit.contains(k)
+                && match k {
+                    "model.decoder_pattern" => s.model.decoder_pattern != "ACM",
+                    "inputs.bos_id" => i.bos_id != 0,
+                    _ => true,
+                }
+        };
+        let keys = [
+            "model.decoder_pattern",
+            "inputs.decoder_tokens",
+            "inputs.decoder_ids",
+            "inputs.bos_id",
+            "inputs.pad_id",
+        ];
+        if let Some(k) = keys.iter().find(|k| given(k)) {
+            return Err(ConfigError::Invalid(format!(
+                "`{k}` describes the decoder, but model.decoder_layers = 0 (encoder only): set model.decoder_layers ≥ 1 or drop it"
+            )));
+        }
+        return Ok(tokens);
+    }
+    let embedding = s.model.stem == Stem::Embedding;
+    for (key, id) in [
+        ("inputs.bos_id", Some(i.bos_id)),
+        ("inputs.pad_id", i.pad_id),
+    ] {
+        if let Some(id) = id.filter(|_| embedding)
+            && id >= i.vocab
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{key} = {id} is not below inputs.vocab = {}",
+                i.vocab
+            )));
+        }
+    }
+    if !embedding
+        && let Some(k) = ["inputs.decoder_ids", "inputs.pad_id"]
+            .iter()
+            .find(|k| explicit.contains(**k))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "`{k}` is a token id, but model.stem = \"dense\" feeds the decoder vectors: it needs model.stem = \"embedding\""
+        )));
+    }
+
+    let mut t_dec = i.decoder_tokens.unwrap_or(tokens);
+    if let Some(ids) = &i.decoder_ids {
+        let t = ids.first().map_or(0, Vec::len);
+        if ids.len() != sequences || t == 0 || ids.iter().any(|r| r.len() != t) {
+            return Err(ConfigError::Invalid(format!(
+                "inputs.decoder_ids: expected {sequences} equally long sequences (one per encoder sequence), e.g. [[0, 3, 17]]"
+            )));
+        }
+        if let Some(&bad_id) = i
+            .decoder_ids
+            .iter()
+            .flatten()
+            .flatten()
+            .find(|&&id| id >= i.vocab)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "inputs.decoder_ids: token id {bad_id} is not below inputs.vocab = {}",
+                i.vocab
+            )));
+        }
+        if i.decoder_tokens.is_some_and(|d| d != t) {
+            return Err(ConfigError::Invalid(format!(
+                "inputs.decoder_tokens = {t_dec} conflicts with inputs.decoder_ids, whose sequences have {t} tokens"
+            )));
+        }
+        t_dec = t;
+    }
+    let d = (sequences as f64) * (t_dec as f64);
+    let n = s.model.width as f64;
+    for (what, x) in [
+        (
+            "inputs.sequences × inputs.decoder_tokens × model.width",
+            d * n,
+        ),
+        ("(inputs.sequences × inputs.decoder_tokens)²", d * d),
+        (
+            "inputs.sequences² × inputs.tokens × inputs.decoder_tokens",
+            d * sequences as f64 * tokens as f64,
+        ),
+    ] {
+        if x > MAX_ELEMENTS {
+            return Err(ConfigError::Invalid(format!(
+                "{what} = {} elements is too large (at most 2^48 per array)",
+                big(x)
+            )));
+        }
+    }
+    values.insert("inputs.decoder_tokens".into(), Value::from(t_dec as i64));
+    Ok(t_dec)
 }
 
 /// The probe's kind (the stem decides which fit) and its shape (token ids fix it).

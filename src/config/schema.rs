@@ -100,6 +100,11 @@ fn model_keys() -> Vec<Key> {
         key!("model.mlp_mult", Kind::Int { min: 1 }, 4),
         key!("model.pattern", Kind::Text, "AM"),
         key!("model.layers", Kind::Int { min: 1 }, 6),
+        // The encoder–decoder (§II 2 B): 0 = encoder only. Like `model.layers`, it counts
+        // repetitions of `model.decoder_pattern` (A masked self-attention, C cross-attention,
+        // M MLP; BART's decoder layer is ACM).
+        key!("model.decoder_layers", Kind::Int { min: 0 }, 0),
+        key!("model.decoder_pattern", Kind::Text, "ACM"),
         key!("model.norm", Kind::Choice(NORMS), "pre"),
         key!("model.activation", Kind::Choice(ACTIVATIONS), "gelu"),
         key!(
@@ -163,6 +168,14 @@ fn other_keys() -> Vec<Key> {
         key!("inputs.path", Kind::Text),
         key!("inputs.vocab", Kind::Int { min: 1 }, 1000),
         key!("inputs.ids", Kind::IdMatrix),
+        // The decoder's probe (encoder–decoder models): T_dec tokens per sequence (default
+        // inputs.tokens), its ids (default: the encoder's ids shifted right by one behind
+        // inputs.bos_id, as BART feeds the decoder), and the padding id whose encoder tokens
+        // cross-attention masks out (none by default).
+        key!("inputs.decoder_tokens", Kind::Int { min: 1 }),
+        key!("inputs.decoder_ids", Kind::IdMatrix),
+        key!("inputs.bos_id", Kind::Int { min: 0 }, 0),
+        key!("inputs.pad_id", Kind::Int { min: 0 }),
         key!("run.name", Kind::Text),
         key!("run.samples", Kind::Int { min: 1 }, 1000),
         key!("run.seed", Kind::Int { min: 0 }, 0),

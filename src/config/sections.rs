@@ -36,6 +36,10 @@ pub struct ModelSection {
     /// Block letters, checked by [`super::validate`].
     pub pattern: String,
     pub layers: usize,
+    /// Repetitions of `decoder_pattern` (0: no decoder).
+    pub decoder_layers: usize,
+    /// Decoder block letters (A, C, M), checked by [`super::validate`].
+    pub decoder_pattern: String,
     pub norm: Norm,
     pub activation: Activation,
     pub logit_exponent: f64,
@@ -90,6 +94,10 @@ pub struct InputsSection {
     pub path: Option<String>,
     pub vocab: usize,
     pub ids: Option<Vec<Vec<usize>>>,
+    pub decoder_tokens: Option<usize>,
+    pub decoder_ids: Option<Vec<Vec<usize>>>,
+    pub bos_id: usize,
+    pub pad_id: Option<usize>,
 }
 
 /// `[run]`: the Monte Carlo ensemble.

@@ -361,6 +361,12 @@ pub struct Probe<F = f64> {
     pub x: Option<Array2<F>>,
     /// D ids for the embedding stem.
     pub ids: Option<Vec<usize>>,
+    /// The decoder's probe of an encoder–decoder model: the same S sequences, T_dec tokens
+    /// each (its own `decoder` is `None`).
+    pub decoder: Option<Box<Probe<F>>>,
+    /// Which of the D tokens cross-attention may read (false: padding, `inputs.pad_id`);
+    /// `None`: all.
+    pub keep: Option<Vec<bool>>,
 }
 
 impl<F: Real> Probe<F> {
@@ -371,6 +377,8 @@ impl<F: Real> Probe<F> {
             tokens: self.tokens,
             x: self.x.as_ref().map(|x| x.mapv(|v| G::of(v.wide()))),
             ids: self.ids.clone(),
+            decoder: self.decoder.as_ref().map(|d| Box::new(d.cast())),
+            keep: self.keep.clone(),
         }
     }
 
@@ -395,6 +403,8 @@ impl<F: Real> Probe<F> {
             tokens: t + 1,
             x,
             ids: self.ids.clone(),
+            decoder: self.decoder.clone(),
+            keep: self.keep.clone(),
         })
     }
 

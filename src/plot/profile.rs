@@ -42,6 +42,43 @@ pub(crate) struct Profile {
     pub panels: Vec<Panel>,
     pub legend: Vec<(String, Mark)>,
     pub x_range: (f64, f64),
+    pub stacks: Stacks,
+}
+
+/// Where an encoder–decoder's stacks meet and where its cross-attention blocks sit, drawn as
+/// vertical rules so a reader sees which layers are the decoder's and which blocks read the
+/// encoder (empty for an encoder-only model).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Stacks {
+    /// The decoder's stem layer B_e + 2 (the second `stem` row's layer).
+    pub decoder: Option<f64>,
+    /// The layers produced by cross-attention blocks.
+    pub cross: Vec<f64>,
+}
+
+impl Stacks {
+    /// What the rules mean, for the subtitle.
+    fn note(&self) -> &'static str {
+        match (self.decoder.is_some(), self.cross.is_empty()) {
+            (false, true) => "",
+            (_, false) => "; dashed rules: cross-attention blocks; solid rule: the decoder starts",
+            (true, true) => "; solid rule: the decoder starts",
+        }
+    }
+
+    fn of(rows: &[Row]) -> Stacks {
+        let set = |block: &str| -> std::collections::BTreeSet<usize> {
+            rows.iter()
+                .filter(|r| r.block == block)
+                .map(|r| r.layer)
+                .collect()
+        };
+        let stems = set("stem");
+        Stacks {
+            decoder: stems.iter().nth(1).map(|&l| l as f64),
+            cross: set("cross").into_iter().map(|l| l as f64).collect(),
+        }
+    }
 }
 
 const LEGEND_W: u32 = 230;
@@ -71,7 +108,13 @@ impl Figure for Profile {
         let (cols, rows) = grid(self.panels.len());
         let cells = plots.split_evenly((rows, cols));
         for (panel, cell) in self.panels.iter().zip(cells.iter()) {
-            draw_panel(cell, panel, self.x_range, self.panels.len() > 1)?;
+            draw_panel(
+                cell,
+                panel,
+                self.x_range,
+                &self.stacks,
+                self.panels.len() > 1,
+            )?;
         }
         legend(&side, &self.legend, 40)?;
         Ok(())
@@ -88,6 +131,7 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
     x_range: (f64, f64),
+    stacks: &Stacks,
     small: bool,
 ) -> anyhow::Result<()>
 where
@@ -116,12 +160,13 @@ where
     if log {
         // Pad by the same fraction of the range in log space.
         let (lo, hi) = padded(ends.map(f64::log10));
-        let chart = b.build_cartesian_2d(x, (10f64.powf(lo)..10f64.powf(hi)).log_scale())?;
-        fill(chart, panel, x_range, small, true)
+        let (lo, hi) = (10f64.powf(lo), 10f64.powf(hi));
+        let chart = b.build_cartesian_2d(x, (lo..hi).log_scale())?;
+        fill(chart, panel, x_range, stacks, (lo, hi), small, true)
     } else {
         let (lo, hi) = padded(ends);
         let chart = b.build_cartesian_2d(x, lo..hi)?;
-        fill(chart, panel, x_range, small, false)
+        fill(chart, panel, x_range, stacks, (lo, hi), small, false)
     }
 }
 
@@ -137,6 +182,8 @@ fn fill<DB, Y>(
     mut chart: ChartContext<'_, DB, Cartesian2d<RangedCoordf64, Y>>,
     panel: &Panel,
     x_range: (f64, f64),
+    stacks: &Stacks,
+    y_range: (f64, f64),
     small: bool,
     log: bool,
 ) -> anyhow::Result<()>
@@ -171,6 +218,44 @@ where
         .light_line_style(WHITE)
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
+    // Cross-attention blocks: a dashed rule half a layer before the layer they produce;
+    // the decoder's stem: a solid rule, labelled.
+    let (y0, y1) = y_range;
+    for &l in &stacks.cross {
+        let x = l - 0.5;
+        let dashes = (0..24).map(|k| {
+            let f = |t: f64| {
+                if log {
+                    y0 * (y1 / y0).powf(t)
+                } else {
+                    y0 + (y1 - y0) * t
+                }
+            };
+            let (a, b) = (k as f64 / 24.0, (k as f64 + 0.5) / 24.0);
+            PathElement::new(
+                vec![(x, f(a)), (x, f(b))],
+                RGBColor(150, 110, 200).stroke_width(1),
+            )
+        });
+        chart.draw_series(dashes)?;
+    }
+    if let Some(d) = stacks.decoder {
+        let x = d - 0.5;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x, y0), (x, y1)],
+            RGBColor(90, 90, 90).stroke_width(2),
+        )))?;
+        let top = if log {
+            y0 * (y1 / y0).powf(0.97)
+        } else {
+            y0 + (y1 - y0) * 0.97
+        };
+        chart.draw_series(std::iter::once(Text::new(
+            "decoder →",
+            (x + 0.1, top),
+            font(tick_size),
+        )))?;
+    }
     for c in panel.curves.iter().filter(|c| c.key.theory) {
         let pts: Vec<(f64, f64)> = c.points.iter().map(|&(x, y, _)| (x, y)).collect();
         if pts.len() == 1 {
@@ -327,9 +412,10 @@ fn single_at(
     Ok(Profile {
         name: name.to_string(),
         title: what.to_string(),
-        subtitle: data.describe(rows.iter().copied()),
+        subtitle: data.describe(rows.iter().copied()) + Stacks::of(data.rows).note(),
         legend: legend_for(data, &refs),
         x_range: x_range(&rows),
+        stacks: Stacks::of(data.rows),
         panels: vec![Panel {
             caption: None,
             y_label: y_label.to_string(),
@@ -368,7 +454,7 @@ fn ntk_groups(data: &Data) -> Result<Profile, Skip> {
     Ok(Profile {
         name: name.to_string(),
         title: "per-group NTK Θ_g (raw squared-gradient sums) vs layer".into(),
-        subtitle: data.describe(rows.iter().copied()),
+        subtitle: data.describe(rows.iter().copied()) + Stacks::of(data.rows).note(),
         // Panels have their own scales, so a figure-wide "bars within the markers" would
         // mislead.
         legend: legend_for(data, &refs)
@@ -376,6 +462,7 @@ fn ntk_groups(data: &Data) -> Result<Profile, Skip> {
             .filter(|(_, m)| !matches!(m, Mark::Blank))
             .collect(),
         x_range: x_range(&rows),
+        stacks: Stacks::of(data.rows),
         panels,
     })
 }

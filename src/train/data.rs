@@ -174,6 +174,8 @@ impl Task for Digits {
                 tokens: t,
                 x: Some(x),
                 ids: None,
+                decoder: None,
+                keep: None,
             },
             targets,
         }
@@ -283,6 +285,8 @@ impl Task for CharLm {
                 tokens: t,
                 x: None,
                 ids: Some(ids),
+                decoder: None,
+                keep: None,
             },
             targets,
         }

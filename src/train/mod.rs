@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod denoise;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
@@ -523,6 +524,8 @@ fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
                         .as_ref()
                         .map(|x| x.slice(ndarray::s![d0..d1, ..]).to_owned()),
                     ids: p.ids.as_ref().map(|ids| ids[d0..d1].to_vec()),
+                    decoder: None,
+                    keep: None,
                 },
                 targets: batch.targets[a * rows_per_seq..b * rows_per_seq].to_vec(),
             }

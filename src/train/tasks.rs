@@ -117,6 +117,8 @@ fn token_batch(
             tokens,
             x: None,
             ids: Some(ids),
+            decoder: None,
+            keep: None,
         },
         targets,
     }
