@@ -37,6 +37,9 @@ use crate::model::{Params, WeightOps, linalg};
 /// Relative residual below which a row counts as linearly dependent, in f64.
 pub const RANK_TOL: f64 = <f64 as McReal>::RANK_TOL;
 
+/// An input X with its factorization (C, Q_X), X = C Q_X.
+type Factored<F> = (Array2<F>, Rc<Array2<F>>, Rc<Array2<F>>);
+
 struct State<F> {
     sd: F,
     /// Orthonormal rows spanning X (r × fan_in), shared by the weights that read X.
@@ -64,7 +67,7 @@ pub struct Conditional<F = f64> {
     single_pass: bool,
     /// The last input factorized, X = C Q_X: Q, K and V read the same LN output and
     /// share one factorization.
-    last: Option<(Array2<F>, Rc<Array2<F>>, Rc<Array2<F>>)>,
+    last: Option<Factored<F>>,
 }
 
 impl<F: McReal> Conditional<F> {

@@ -25,7 +25,7 @@ pub fn exp32(x: f32) -> f32 {
     // low mantissa bits (exact while |k| < 2²²).
     const SHIFT: f32 = 12_582_912.0;
     // ln 2 = LN2_HI + LN2_LO with LN2_HI to 9 bits, so k·LN2_HI is exact (Cephes' expf).
-    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
     let shifted = x * std::f32::consts::LOG2_E + SHIFT;
@@ -46,7 +46,7 @@ pub fn exp32(x: f32) -> f32 {
 
 /// Taylor coefficients of erf(x)/x in x²: (2/√π)·(−1)ⁿ/(n!·(2n + 1)), n = 0..9.
 const ERF_SMALL: [f32; 10] = [
-    1.128_379_2,
+    std::f32::consts::FRAC_2_SQRT_PI,
     -0.376_126_4,
     0.112_837_92,
     -0.026_866_171,
@@ -66,8 +66,8 @@ const ERFC_P: [f32; 10] = [
     0.096_784_18,
     -0.186_288_06,
     0.278_868_07,
-    -1.135_203_98,
-    1.488_515_87,
+    -1.135_204,
+    1.488_515_9,
     -0.822_152_23,
     0.170_872_77,
 ];

@@ -131,40 +131,39 @@ mod x86 {
         let n = a.len();
         let pa = a.as_ptr();
         let px = x.map(|r| r.as_ptr());
+        // s[q][r]: partial sum q of row r, as `dot512`'s s[q].
         let mut s = [[_mm512_setzero_ps(); 4]; 4];
         let mut i = 0;
         // SAFETY: every load reads 16 floats at i + 16q + 15 < n of a slice of length n.
         unsafe {
             while i + 64 <= n {
-                for q in 0..4 {
+                for (q, sq) in s.iter_mut().enumerate() {
                     let y = _mm512_loadu_ps(pa.add(i + 16 * q));
-                    for r in 0..4 {
-                        let v = _mm512_loadu_ps(px[r].add(i + 16 * q));
-                        s[r][q] = _mm512_fmadd_ps(y, v, s[r][q]);
+                    for (acc, p) in sq.iter_mut().zip(px) {
+                        *acc = _mm512_fmadd_ps(y, _mm512_loadu_ps(p.add(i + 16 * q)), *acc);
                     }
                 }
                 i += 64;
             }
             while i + 16 <= n {
                 let y = _mm512_loadu_ps(pa.add(i));
-                for r in 0..4 {
-                    let v = _mm512_loadu_ps(px[r].add(i));
-                    s[r][0] = _mm512_fmadd_ps(y, v, s[r][0]);
+                for (acc, p) in s[0].iter_mut().zip(px) {
+                    *acc = _mm512_fmadd_ps(y, _mm512_loadu_ps(p.add(i)), *acc);
                 }
                 i += 16;
             }
         }
         let mut out = [0f32; 4];
-        for r in 0..4 {
+        for (r, (o, xr)) in out.iter_mut().zip(x).enumerate() {
             let v = _mm512_add_ps(
-                _mm512_add_ps(s[r][0], s[r][1]),
-                _mm512_add_ps(s[r][2], s[r][3]),
+                _mm512_add_ps(s[0][r], s[1][r]),
+                _mm512_add_ps(s[2][r], s[3][r]),
             );
             let mut t = _mm512_reduce_add_ps(v);
-            for j in i..n {
-                t = a[j].mul_add(x[r][j], t);
+            for (&aj, &xj) in a[i..].iter().zip(&xr[i..]) {
+                t = aj.mul_add(xj, t);
             }
-            out[r] = t;
+            *o = t;
         }
         out
     }
