@@ -297,6 +297,30 @@ fn threads_shards_and_resume_reproduce_the_same_statistics() {
     assert_eq!(rows(&cfg, &ens), one, "resumed run differs");
 }
 
+/// The f32 path (the vectorized normals, GELU and skinny kernels, picked at run time) does
+/// not depend on the thread count either, on both samplers: width 128 puts every product on
+/// the skinny kernels and every hidden unit through the vectorized GELU.
+#[test]
+fn f32_statistics_do_not_depend_on_threads() {
+    for sampler in ["conditional", "dense"] {
+        let mut cfg = config(&[
+            "model.width=128",
+            "model.heads=4",
+            "model.layers=2",
+            "model.activation=gelu",
+            "inputs.tokens=8",
+            "inputs.dim=16",
+            "run.precision=f32",
+            &format!("run.sampler={sampler}"),
+        ]);
+        let p = probe(&mut cfg);
+        let one = rows(&cfg, &ensemble(&cfg, &p, 0, 37, 1));
+        let two = rows(&cfg, &ensemble(&cfg, &p, 0, 37, 2));
+        assert!(!one.is_empty());
+        assert_eq!(one, two, "{sampler}: threads 1 and 2 differ");
+    }
+}
+
 /// A no-LN ReLU stack with C_W = 3 overflows; the finite layers are kept and reported.
 #[test]
 fn divergence_keeps_the_finite_layers() {

@@ -227,7 +227,83 @@ fn torch_train(args: &BenchArgs) -> Option<(f64, f64)> {
     Some((rate("torch float32:")?, rate("torch float64:")?))
 }
 
+/// The widest SIMD level this CPU offers to the f32 kernels.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "AVX2+FMA";
+        }
+    }
+    "baseline (no AVX2)"
+}
+
+/// Single-thread f32 GFLOP/s of C = A·B (m × k times k × n) through `gemm`.
+fn gemm_rate(
+    (m, k, n): (usize, usize, usize),
+    gemm: fn(
+        f32,
+        ndarray::ArrayView2<f32>,
+        ndarray::ArrayView2<f32>,
+        f32,
+        &mut ndarray::ArrayViewMut2<f32>,
+    ),
+) -> f64 {
+    let a = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i + 3 * j) % 7) as f32 - 3.0);
+    let b = ndarray::Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((2 * i + j) % 5) as f32 - 2.0);
+    let mut c = ndarray::Array2::<f32>::zeros((m, n));
+    gemm(1.0, a.view(), b.view(), 0.0, &mut c.view_mut());
+    let flops = 2.0 * (m * k * n) as f64;
+    let reps = ((2e9 / flops) as usize).max(3);
+    let t = Instant::now();
+    for _ in 0..reps {
+        gemm(1.0, a.view(), b.view(), 0.0, &mut c.view_mut());
+    }
+    flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn matrixmultiply_f32(
+    alpha: f32,
+    a: ndarray::ArrayView2<f32>,
+    b: ndarray::ArrayView2<f32>,
+    beta: f32,
+    c: &mut ndarray::ArrayViewMut2<f32>,
+) {
+    ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
+}
+
+/// The trainer's f32 product shapes (batch rows × fan-in × fan-out, and the weight
+/// gradient's fan-out × batch × fan-in) at width n: GFLOP/s of sigprop's dispatch, of
+/// matrixmultiply and of faer, one thread.
+fn train_gemm_report(n: usize) {
+    let rows = 32 * 16;
+    println!("f32 GEMM, one thread, GFLOP/s (sigprop's dispatch / matrixmultiply / faer):");
+    for shape in [
+        (rows, n, n),
+        (rows, n, 4 * n),
+        (rows, 4 * n, n),
+        (n, rows, n),
+        (4 * n, rows, n),
+    ] {
+        println!(
+            "  {} x {} x {}: {:.0} / {:.0} / {:.0}",
+            shape.0,
+            shape.1,
+            shape.2,
+            gemm_rate(shape, sigprop::model::linalg::gemm::<f32>),
+            gemm_rate(shape, matrixmultiply_f32),
+            gemm_rate(shape, sigprop::model::linalg::faer_gemm_f32),
+        );
+    }
+}
+
 fn run_train(args: &BenchArgs) -> anyhow::Result<()> {
+    println!("simd: {}", simd_level());
+    train_gemm_report(args.train_width);
     println!(
         "trainer: copy task, width {}, 6 × (attention, MLP), batch 32 × 16 tokens, AdamW, {} threads, {} timed steps",
         args.train_width, args.threads, args.train_steps

@@ -25,6 +25,7 @@ use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::normal::FastNormals;
@@ -36,10 +37,13 @@ use crate::model::{Params, WeightOps, linalg};
 /// Relative residual below which a row counts as linearly dependent, in f64.
 pub const RANK_TOL: f64 = <f64 as McReal>::RANK_TOL;
 
+/// An input X with its factorization (C, Q_X), X = C Q_X.
+type Factored<F> = (Array2<F>, Rc<Array2<F>>, Rc<Array2<F>>);
+
 struct State<F> {
     sd: F,
-    /// Orthonormal rows spanning X (r × fan_in).
-    qx: Array2<F>,
+    /// Orthonormal rows spanning X (r × fan_in), shared by the weights that read X.
+    qx: Rc<Array2<F>>,
     /// W Q_Xᵀ / σ (fan_out × r; stored transposed, r × fan_out, in f32).
     m: Array2<F>,
     /// Orthonormal rows spanning the cotangents so far (k × fan_out).
@@ -63,7 +67,7 @@ pub struct Conditional<F = f64> {
     single_pass: bool,
     /// The last input factorized, X = C Q_X: Q, K and V read the same LN output and
     /// share one factorization.
-    last: Option<(Array2<F>, Array2<F>, Array2<F>)>,
+    last: Option<Factored<F>>,
 }
 
 impl<F: McReal> Conditional<F> {
@@ -82,14 +86,15 @@ impl<F: McReal> Conditional<F> {
     }
 
     /// (C, Q_X) with X = C Q_X, reusing the previous factorization when X is the same.
-    fn factor(&mut self, x: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
+    fn factor(&mut self, x: ArrayView2<F>) -> (Rc<Array2<F>>, Rc<Array2<F>>) {
         if let Some((x0, c, q)) = &self.last
             && x0.view() == x
         {
             return (c.clone(), q.clone());
         }
         let mut q = Array2::zeros((0, x.ncols()));
-        let c = extend_basis(&mut q, x);
+        let c = Rc::new(extend_basis(&mut q, x));
+        let q = Rc::new(q);
         self.last = Some((x.to_owned(), c.clone(), q.clone()));
         (c, q)
     }
@@ -111,13 +116,8 @@ impl<F: McReal> Conditional<F> {
             Source::Exact(rng) => Array2::from_shape_simple_fn((rows, cols), || {
                 F::of(rng.sample::<f64, _>(StandardNormal))
             }),
-            Source::Fast(g) => {
-                let mut a = Array2::zeros((rows, cols));
-                if let Some(buf) = a.as_slice_mut() {
-                    F::fill_fast(g, buf);
-                }
-                a
-            }
+            Source::Fast(g) => Array2::from_shape_vec((rows, cols), F::fast_vec(g, rows * cols))
+                .unwrap_or_else(|_| Array2::zeros((rows, cols))),
         }
     }
 }

@@ -98,6 +98,12 @@ pub trait McReal: Real {
     const FAST_NORMALS: bool;
     /// Fills `out` from the vectorized generator.
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
+    /// `count` draws of the vectorized generator in a new vector (no zeroing pass).
+    fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<Self> {
+        let mut v = vec![Self::zero(); count];
+        Self::fill_fast(g, &mut v);
+        v
+    }
     /// A network drawn in f64, in this type (parameters rounded to nearest).
     fn network(net: Network) -> Network<Self>;
     /// The conditional sampler's products C ← βC + α A·B (`linalg::gemm`).
@@ -145,6 +151,11 @@ impl McReal for f32 {
     const FAST_NORMALS: bool = true;
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [f32]) {
         g.fill_f32(out)
+    }
+    fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<f32> {
+        let mut v = Vec::new();
+        g.extend_f32(&mut v, count);
+        v
     }
     fn network(net: Network) -> Network<f32> {
         net.cast()

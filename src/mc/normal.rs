@@ -87,6 +87,23 @@ impl FastNormals {
         }
     }
 
+    /// Appends `count` i.i.d. N(0, 1) in f32 to `out`: the same draws as [`fill_f32`]
+    /// (Self::fill_f32) of a slice of that length, without zeroing the memory first.
+    pub fn extend_f32(&mut self, out: &mut Vec<f32>, count: usize) {
+        out.reserve(count);
+        let mut left = count;
+        while left > 0 {
+            if self.at32 == BLOCK {
+                refill32(&mut self.s, &mut self.buf32);
+                self.at32 = 0;
+            }
+            let take = (BLOCK - self.at32).min(left);
+            out.extend_from_slice(&self.buf32[self.at32..self.at32 + take]);
+            self.at32 += take;
+            left -= take;
+        }
+    }
+
     /// Fills `out` with i.i.d. N(0, 1) in f64.
     pub fn fill_f64(&mut self, out: &mut [f64]) {
         let mut i = 0;
@@ -369,6 +386,11 @@ mod tests {
             b.fill_f32(c);
         }
         assert_eq!(x, y);
+        let mut c = FastNormals::from_seed(7);
+        let mut v = Vec::new();
+        c.extend_f32(&mut v, 300);
+        c.extend_f32(&mut v, 700);
+        assert_eq!(x, v);
         // The portable body gives the same bits as the dispatched one.
         let mut s = FastNormals::from_seed(7).s;
         let mut buf = Box::new([0f32; BLOCK]);

@@ -125,6 +125,53 @@ fn faer_gemm(
     }
 }
 
+/// C ← βC + α A·B in f32 through faer (single-threaded): the trainer's large products,
+/// where faer's runtime AVX-512 dispatch can beat matrixmultiply's f32 kernels (`sigprop
+/// bench --train` measures both at the trainer's shapes).
+pub fn faer_gemm_f32(
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    assert!(
+        b.nrows() == k && c.dim() == (m, n),
+        "gemm shapes {:?} x {:?} -> {:?}",
+        a.dim(),
+        b.dim(),
+        c.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let accum = if beta == 0.0 {
+        Accum::Replace
+    } else {
+        if beta != 1.0 {
+            c.mapv_inplace(|x| beta * x);
+        }
+        Accum::Add
+    };
+    if k == 0 || alpha == 0.0 {
+        if beta == 0.0 {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let (sa, sb) = (a.strides(), b.strides());
+    let (sc0, sc1) = (c.strides()[0], c.strides()[1]);
+    // SAFETY: as in `faer_gemm`.
+    unsafe {
+        let fa = MatRef::<f32>::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]);
+        let fb = MatRef::<f32>::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]);
+        let fc = MatMut::<f32>::from_raw_parts_mut(c.as_mut_ptr(), m, n, sc0, sc1);
+        faer::linalg::matmul::matmul(fc, accum, fa, fb, alpha, Par::Seq);
+    }
+}
+
 /// A·B.
 pub fn mm<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));

@@ -191,13 +191,20 @@ impl ResidualBlock for BookLayer {
     }
 }
 
-/// (σ(x), σ'(x)) elementwise.
+/// (σ(x), σ'(x)) elementwise; GELU over contiguous rows through [`Real::gelu_slices`]
+/// (vectorized in f32).
 fn activate<F: Real>(
     act: crate::model::activation::Activation,
     x: ArrayView2<F>,
 ) -> (Array2<F>, Array2<F>) {
     let mut a = Array2::zeros(x.raw_dim());
     let mut da = Array2::zeros(x.raw_dim());
+    if act == crate::model::activation::Activation::Gelu
+        && let (Some(z), Some(av), Some(dv)) = (x.as_slice(), a.as_slice_mut(), da.as_slice_mut())
+    {
+        F::gelu_slices(z, av, dv);
+        return (a, da);
+    }
     Zip::from(&mut a)
         .and(&mut da)
         .and(&x)

@@ -14,6 +14,7 @@ pub mod activation;
 pub mod attention;
 pub mod block;
 pub mod cross;
+pub mod fastmath;
 pub mod group;
 pub mod head;
 pub mod hyper;

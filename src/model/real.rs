@@ -20,6 +20,14 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     fn wide(self) -> f64;
     /// The error function.
     fn erf(self) -> Self;
+    /// GELU's (σ, σ') over the common length of three slices: the scalar formula of
+    /// [`Activation::f_df`](super::activation::Activation::f_df) in f64; in f32 the
+    /// vectorized polynomial of [`fastmath`](super::fastmath).
+    fn gelu_slices(z: &[Self], a: &mut [Self], da: &mut [Self]) {
+        for ((&z, a), d) in z.iter().zip(a.iter_mut()).zip(da.iter_mut()) {
+            (*a, *d) = super::activation::Activation::Gelu.f_df(z);
+        }
+    }
     /// C ← α·A·B + β·C on the fastest backend for this type and shape.
     fn gemm_backend(
         alpha: Self,
@@ -66,9 +74,13 @@ impl Real for f32 {
     fn wide(self) -> f64 {
         self as f64
     }
+    /// The vectorizable polynomial of `fastmath` (within 2.5e-7 of libm's erf).
     #[inline]
     fn erf(self) -> f32 {
-        libm::erff(self)
+        super::fastmath::erf32(self)
+    }
+    fn gelu_slices(z: &[f32], a: &mut [f32], da: &mut [f32]) {
+        super::fastmath::gelu_slices(z, a, da)
     }
     /// Skinny products (the Monte Carlo's) on the packing-free kernels of `skinny`; the rest
     /// on matrixmultiply: the trainer's products have hundreds of rows, where it beat faer
