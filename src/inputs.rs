@@ -37,7 +37,15 @@ const INPUT_DOMAIN: u64 = 0x5150_1A7E_1DEA_0001;
 /// Builds the probe set a configuration asks for; a file fixes the config's input shape.
 /// An encoder–decoder model also gets its decoder's probe ([`decoder_probe`]).
 pub fn probe(cfg: &mut Config) -> Result<Probe, InputError> {
-    let mut p = encoder_probe(cfg)?;
+    let p = encoder_probe(cfg)?;
+    Ok(with_decoder(cfg, p))
+}
+
+/// An encoder–decoder's probe from its encoder's (as `inputs.csv` holds it): the padding
+/// mask from `inputs.pad_id` and the decoder's probe ([`decoder_probe`]), both functions of
+/// the configuration and the encoder's probe, so a run folder's probe is rebuilt exactly.
+/// Unchanged for an encoder-only model.
+pub fn with_decoder(cfg: &Config, mut p: Probe) -> Probe {
     if cfg.model.has_decoder() {
         p.keep = cfg.inputs.pad_id.and_then(|pad| {
             let ids = p.ids.as_ref()?;
@@ -45,7 +53,7 @@ pub fn probe(cfg: &mut Config) -> Result<Probe, InputError> {
         });
         p.decoder = Some(Box::new(decoder_probe(cfg, &p)));
     }
-    Ok(p)
+    p
 }
 
 /// The decoder's probe: the same S sequences, T_dec tokens each.

@@ -11,7 +11,7 @@
 
 use anyhow::bail;
 
-use crate::config::{Backward, BlockKind, Config, Norm, Sampler};
+use crate::config::{Backward, BlockKind, Config, DecoderBlock, Norm, Sampler};
 
 /// The most worker threads a command starts. More only adds stacks and scheduling:
 /// there are far fewer cores than this on any machine sigprop runs on.
@@ -146,6 +146,8 @@ struct Shapes {
     /// Probe tokens D and tokens per sequence T.
     d: f64,
     t: f64,
+    /// Rows of the positional embeddings: T, plus T_dec with a decoder.
+    pe_tokens: f64,
     sequences: f64,
     n_in: f64,
     out: f64,
@@ -156,19 +158,27 @@ impl Shapes {
     fn of(cfg: &Config) -> Shapes {
         let m = &cfg.model;
         let count = |k: BlockKind| m.blocks.iter().filter(|&&b| b == k).count() as f64;
+        // An encoder–decoder's decoder blocks count like the encoder's (a cross-attention
+        // block holds the same four n × n weights), over the larger of the two token
+        // counts: an upper bound, since the two stacks' activations are both kept for the
+        // backward pass but their attention matrices are T_dec × T at most.
+        let dec = |k: DecoderBlock| m.decoder.iter().filter(|&&b| b == k).count() as f64;
         // A probe file sets its own shape later; the configured one is what is generated.
         // The network sees the class token too: T + 1 tokens per sequence.
-        let t = (cfg.inputs.tokens + usize::from(m.class_token)) as f64;
+        let t_enc = cfg.inputs.tokens + usize::from(m.class_token);
+        let t_dec = if m.has_decoder() { m.decoder_tokens } else { 0 };
+        let t = t_enc.max(t_dec) as f64;
         let sequences = cfg.inputs.sequences as f64;
         Shapes {
             n: m.width as f64,
             m: m.mlp_mult as f64 * m.width as f64,
             heads: m.heads as f64,
-            attn: count(BlockKind::Attn),
-            mlp: count(BlockKind::Mlp),
-            blocks: m.blocks.len() as f64,
+            attn: count(BlockKind::Attn) + dec(DecoderBlock::Masked) + dec(DecoderBlock::Cross),
+            mlp: count(BlockKind::Mlp) + dec(DecoderBlock::Mlp),
+            blocks: (m.blocks.len() + m.decoder.len()) as f64,
             d: sequences * t,
             t,
+            pe_tokens: (t_enc + t_dec) as f64,
             sequences,
             n_in: m.n_in as f64,
             out: m.out_dim() as f64,
@@ -186,9 +196,9 @@ impl Shapes {
         }
     }
 
-    /// Stem, positional embedding and head (elements).
+    /// Stem, positional embeddings (the decoder's too) and head (elements).
     fn outer_weights(&self) -> f64 {
-        self.n_in * self.n + self.t * self.n + self.out * self.n
+        self.n_in * self.n + self.pe_tokens * self.n + self.out * self.n
     }
 
     /// Activations of one forward pass over `rows` tokens (elements): the residual stream,

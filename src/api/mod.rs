@@ -228,6 +228,9 @@ pub fn load_run(dir: &Path) -> anyhow::Result<(Config, crate::model::Probe)> {
         crate::inputs::read_file(&dir.join("inputs.csv"), cfg.model.stem, cfg.inputs.vocab)?;
     let dim = probe.x.as_ref().map(|x| x.ncols());
     cfg.set_input_shape(probe.sequences, probe.tokens, dim);
+    // inputs.csv holds the encoder's probe; an encoder–decoder's decoder probe and padding
+    // mask follow from it and the configuration.
+    let probe = crate::inputs::with_decoder(&cfg, probe);
     Ok((cfg, probe))
 }
 

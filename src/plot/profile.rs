@@ -265,7 +265,13 @@ where
                 c.color.stroke_width(3),
             )))?;
         } else {
-            chart.draw_series(LineSeries::new(pts, c.color.stroke_width(c.stroke)))?;
+            // The encoder's last layer and the decoder's stem are not one propagation step:
+            // the line breaks where the decoder starts.
+            let cut = stacks.decoder.unwrap_or(f64::INFINITY);
+            let (enc, dec): (Vec<_>, Vec<_>) = pts.into_iter().partition(|p| p.0 < cut);
+            for part in [enc, dec].into_iter().filter(|p| !p.is_empty()) {
+                chart.draw_series(LineSeries::new(part, c.color.stroke_width(c.stroke)))?;
+            }
         }
     }
     for c in panel.curves.iter().filter(|c| !c.key.theory) {
