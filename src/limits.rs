@@ -381,6 +381,27 @@ mod tests {
     }
 
     #[test]
+    fn a_decoder_counts_like_encoder_blocks() {
+        // 3 × AM + 3 × ACM has 15 blocks, 9 of them attention-like; the estimate of its
+        // weights and activations must exceed the encoder's alone by about that much (the
+        // running sums are per layer too).
+        let build = |dec: i64| {
+            crate::config::ConfigBuilder::new()
+                .set("model.preset=paper-bart")
+                .unwrap()
+                .set(&format!("model.decoder_layers={dec}"))
+                .unwrap()
+                .build()
+                .unwrap()
+        };
+        let (enc, both) = (build(0), build(3));
+        let (a, b) = (monte_carlo(&enc, 2).bytes(), monte_carlo(&both, 2).bytes());
+        assert!(b > 1.8 * a, "{} vs {}", human(b), human(a));
+        let (a, b) = (training(&enc, 2).bytes(), training(&both, 2).bytes());
+        assert!(b > 1.5 * a, "{} vs {}", human(b), human(a));
+    }
+
+    #[test]
     fn the_default_configuration_is_estimated_between_50_mb_and_2_gb() {
         // Peak RSS of the default simulate on 2 threads is a few hundred MB (measured).
         let cfg = crate::config::ConfigBuilder::new().build().unwrap();
