@@ -32,7 +32,7 @@ use super::normal::FastNormals;
 use super::{McReal, profile};
 use crate::model::init::Stream;
 use crate::model::linalg::GEMM_NANOS;
-use crate::model::{Params, WeightOps, linalg};
+use crate::model::{Params, WeightOps, linalg, skinny};
 
 /// Relative residual below which a row counts as linearly dependent, in f64.
 pub const RANK_TOL: f64 = <f64 as McReal>::RANK_TOL;
@@ -92,9 +92,13 @@ impl<F: McReal> Conditional<F> {
         {
             return (c.clone(), q.clone());
         }
-        let mut q = Array2::zeros((0, x.ncols()));
-        let c = Rc::new(extend_basis(&mut q, x));
-        let q = Rc::new(q);
+        let (c, q) = if F::FAST_NORMALS {
+            gram_qr(x)
+        } else {
+            let mut q = Array2::zeros((0, x.ncols()));
+            (extend_basis(&mut q, x), q)
+        };
+        let (c, q) = (Rc::new(c), Rc::new(q));
         self.last = Some((x.to_owned(), c.clone(), q.clone()));
         (c, q)
     }
@@ -193,6 +197,87 @@ fn extend<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
     coef
 }
 
+/// The pivoted Cholesky factor of the Gram matrix of `v`'s rows, accumulated in f64:
+/// L (D × r) with v vᵀ = L Lᵀ to f64 rounding, and the pivot rows p (r of them, in order),
+/// whose block L[p, ..] is lower triangular. A row whose residual after the rows chosen
+/// before it is below `RANK_TOL` of its own norm is taken to lie in their span, as in
+/// [`extend_basis`]. The f32 sampler's one-pass alternative to Gram–Schmidt: with the Gram
+/// in f64 the factor is exact to f64 rounding whatever the condition number the rank
+/// tolerance lets through (1/RANK_TOL ≈ 3e4), so one pass suffices (mixed-precision
+/// CholeskyQR; Yamazaki, Tomov & Dongarra, SIAM J. Sci. Comput. 37 (2015) C307).
+fn gram_cholesky<F: McReal>(v: ArrayView2<F>) -> (Array2<f64>, Vec<usize>, Array2<f64>) {
+    let wide = v.mapv(|x| x.wide());
+    let d = wide.nrows();
+    let g = skinny::gram_wide(wide.as_slice().expect("fresh array"), d, wide.ncols());
+    let tol2 = F::RANK_TOL * F::RANK_TOL;
+    let norm2: Vec<f64> = (0..d).map(|i| g[[i, i]]).collect();
+    // resid[i]: squared residual of row i after the pivots so far.
+    let mut resid = norm2.clone();
+    let mut l = Array2::<f64>::zeros((d, d));
+    let mut piv = Vec::with_capacity(d);
+    let mut done = vec![false; d];
+    for j in 0..d {
+        // The next pivot: the largest residual among rows not yet dependent.
+        let next = (0..d)
+            .filter(|&i| !done[i] && resid[i] > tol2 * norm2[i] && resid[i] > 0.0)
+            .max_by(|&a, &b| resid[a].total_cmp(&resid[b]));
+        let Some(p) = next else { break };
+        done[p] = true;
+        let lpp = resid[p].sqrt();
+        l[[p, j]] = lpp;
+        for i in 0..d {
+            if done[i] {
+                continue;
+            }
+            let mut s = g[[i, p]];
+            for m in 0..j {
+                s -= l[[i, m]] * l[[p, m]];
+            }
+            let lij = s / lpp;
+            l[[i, j]] = lij;
+            resid[i] -= lij * lij;
+        }
+        piv.push(p);
+    }
+    let r = piv.len();
+    (l.slice(s![.., ..r]).to_owned(), piv, wide)
+}
+
+/// X = C Q with orthonormal rows Q (r × len) and C (D × r) from the Gram matrix of X in
+/// f64 ([`gram_cholesky`]): Q = L_pp⁻¹ X_p, computed in f64 and rounded once. The same
+/// factorization as `extend_basis` on an empty basis, for the f32 sampler.
+fn gram_qr<F: McReal>(v: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
+    let (l, piv, wide) = gram_cholesky(v);
+    let r = piv.len();
+    // L_pp⁻¹ by forward substitution (r × r, lower triangular).
+    let mut inv = Array2::<f64>::zeros((r, r));
+    for c in 0..r {
+        for i in c..r {
+            let mut s = if i == c { 1.0 } else { 0.0 };
+            for m in c..i {
+                s -= l[[piv[i], m]] * inv[[m, c]];
+            }
+            inv[[i, c]] = s / l[[piv[i], i]];
+        }
+    }
+    // Q's rows as f64 combinations of X's pivot rows, rounded once.
+    let len = wide.ncols();
+    let mut q = Array2::<F>::zeros((r, len));
+    let mut acc = vec![0.0f64; len];
+    let rows = wide.as_slice().expect("fresh array");
+    for i in 0..r {
+        acc.fill(0.0);
+        for m in 0..=i {
+            let p = piv[m];
+            skinny::axpy_wide(&mut acc, inv[[i, m]], &rows[p * len..(p + 1) * len]);
+        }
+        for (o, &s) in q.row_mut(i).iter_mut().zip(&acc) {
+            *o = F::of(s);
+        }
+    }
+    (l.mapv(F::of), q)
+}
+
 /// A·B through the precision's product ([`McReal::gemm`]).
 fn mm<F: McReal>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
@@ -248,7 +333,30 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
         } else {
             st.m.view()
         };
-        let gm = mm(g, m);
+        let mut gm = mm(g, m);
+        if F::FAST_NORMALS && self.single_pass && st.qg.nrows() == 0 {
+            // One cotangent, never extended: G W_⊥ needs only some A with A Aᵀ = G Gᵀ (the
+            // Gram's Cholesky factor, no basis of G), and with N = Z (I − Q_Xᵀ Q_X)
+            // the projection folds into the product with Q_X:
+            // ∂X = σ [(G M − A Z Q_Xᵀ) Q_X + A Z].
+            let a = gram_cholesky(g).0.mapv(F::of);
+            let mut dx = Array2::zeros((g.nrows(), st.qx.ncols()));
+            if a.ncols() > 0 {
+                let z = self.normals(a.ncols(), st.qx.ncols());
+                let zq = mm(z.view(), st.qx.t());
+                F::gemm(-F::one(), a.view(), zq.view(), F::one(), &mut gm.view_mut());
+                F::gemm(F::one(), a.view(), z.view(), F::zero(), &mut dx.view_mut());
+            }
+            F::gemm(
+                F::one(),
+                gm.view(),
+                st.qx.view(),
+                F::one(),
+                &mut dx.view_mut(),
+            );
+            dx *= st.sd;
+            return dx;
+        }
         let mut dx = mm(gm.view(), st.qx.view());
         // The fresh part: σ A N with G = A Q_G.
         let k_old = st.qg.nrows();
@@ -306,5 +414,34 @@ mod tests {
             .iter()
             .fold(0.0f64, |m, x| m.max(x.abs()));
         assert!(off < 1e-14, "basis not orthonormal: {off}");
+    }
+    #[test]
+    fn gram_qr_reconstructs_rank_deficient_rows_in_f32() {
+        let mut rng = crate::model::init::stream(1, 3);
+        let mut v = Array2::from_shape_simple_fn((6, 300), || rng.sample::<f64, _>(StandardNormal));
+        // Row 3 repeats row 1; row 4 is a combination of rows 0 and 2; row 5 is zero; row 2
+        // is nearly row 0 (correlation 1 − 5e-7, condition number ~1e3).
+        let r1 = v.row(1).to_owned();
+        v.row_mut(3).assign(&r1);
+        let near = &v.row(0) + &(&v.row(2) * 1e-3);
+        v.row_mut(2).assign(&near);
+        let comb = &v.row(0) * 2.0 - v.row(2);
+        v.row_mut(4).assign(&comb);
+        v.row_mut(5).fill(0.0);
+        let v32 = v.mapv(|x| x as f32);
+        let (c, q) = gram_qr(v32.view());
+        assert_eq!(q.nrows(), 3);
+        let back = linalg::mm(c.view(), q.view()).mapv(f64::from);
+        let scale = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = (&back - &v32.mapv(f64::from))
+            .iter()
+            .fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(err < 1e-5 * scale, "reconstruction error {err}");
+        let gram = linalg::gram(q.mapv(f64::from).view());
+        let off = (&gram - &Array2::<f64>::eye(3))
+            .iter()
+            .fold(0.0f64, |m, x| m.max(x.abs()));
+        // f32 rounding of Q only: the Gram in f64 keeps the near-dependent direction.
+        assert!(off < 1e-6, "basis not orthonormal: {off}");
     }
 }
