@@ -59,15 +59,9 @@ impl Transfer {
             }
             _ => (0.0, 1.0),
         };
-        let drifts: Vec<String> = families
-            .iter()
-            .map(|(f, _, o)| match drift(o) {
-                Some((d, _)) => format!("{f} {d:+}"),
-                None => format!("{f} –"),
-            })
-            .collect();
+        // Each panel's title gives its family's drift.
         let subtitle = format!(
-            "{title_dir} · AdamW · n = {} · {} steps · {} · optimum drift n={}→{} in grid steps: {}",
+            "{title_dir} · AdamW · n = {} · {} steps · {}",
             widths
                 .iter()
                 .map(|w| w.to_string())
@@ -79,9 +73,6 @@ impl Transfer {
             } else {
                 "one seed".to_string()
             },
-            widths.first().copied().unwrap_or(0),
-            widths.last().copied().unwrap_or(0),
-            drifts.join(", ")
         );
         Transfer {
             rows,
