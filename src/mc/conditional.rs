@@ -19,6 +19,15 @@
 //! The error this makes in Y is below RANK_TOL relative: 1e-10 in f64 (≈ 450 ulp), 3e-5 in
 //! f32 (≈ 250 ulp; MGS-twice leaves residuals of a few ulp on exactly dependent rows).
 //!
+//! In f32 the factorizations of an input or a first cotangent (an empty basis) are one
+//! pass from the Gram matrix accumulated in f64: a pivoted Cholesky factor L with the same
+//! rank rule, Q = L⁻¹X computed in f64 and rounded once ([`gram_qr`]). Exact to f64 rounding
+//! in the Gram, it needs no re-orthogonalization for the condition numbers the rank
+//! tolerance lets through. In `trace` mode (one cotangent per weight) the backward needs no
+//! basis of G at all: G W_⊥ = σ A Z (I − Q_Xᵀ Q_X) for any A with A Aᵀ = G Gᵀ, and the
+//! projection folds into the product with Q_X. Extensions of a non-empty basis (`pairs`
+//! mode) and every f64 factorization keep block Gram–Schmidt, twice.
+//!
 //! Tied embeddings are used twice forward and are materialized (the dense path) instead.
 
 use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
@@ -93,7 +102,7 @@ impl<F: McReal> Conditional<F> {
             return (c.clone(), q.clone());
         }
         let (c, q) = if F::FAST_NORMALS {
-            gram_qr(x)
+            basis_time(|| gram_qr(x))
         } else {
             let mut q = Array2::zeros((0, x.ncols()));
             (extend_basis(&mut q, x), q)
@@ -130,18 +139,24 @@ impl<F: McReal> Conditional<F> {
 /// the coefficients C (D × k') with v = C · basis' (block classical Gram–Schmidt with
 /// re-orthogonalization, then modified Gram–Schmidt within the block).
 pub fn extend_basis<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
+    basis_time(|| extend(basis, v))
+}
+
+/// Runs a basis computation, adding its own time (not its GEMMs') to the profile's basis
+/// share when `sigprop bench` profiles.
+fn basis_time<T>(f: impl FnOnce() -> T) -> T {
     if profile::on() {
         let (t, g) = (
             std::time::Instant::now(),
             GEMM_NANOS.load(Ordering::Relaxed),
         );
-        let c = extend(basis, v);
+        let out = f();
         let own =
             (t.elapsed().as_nanos() as u64).saturating_sub(GEMM_NANOS.load(Ordering::Relaxed) - g);
         profile::BASIS_NANOS.fetch_add(own, Ordering::Relaxed);
-        return c;
+        return out;
     }
-    extend(basis, v)
+    f()
 }
 
 fn extend<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
@@ -339,7 +354,7 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
             // Gram's Cholesky factor, no basis of G), and with N = Z (I − Q_Xᵀ Q_X)
             // the projection folds into the product with Q_X:
             // ∂X = σ [(G M − A Z Q_Xᵀ) Q_X + A Z].
-            let a = gram_cholesky(g).0.mapv(F::of);
+            let a = basis_time(|| gram_cholesky(g).0.mapv(F::of));
             let mut dx = Array2::zeros((g.nrows(), st.qx.ncols()));
             if a.ncols() > 0 {
                 let z = self.normals(a.ncols(), st.qx.ncols());
