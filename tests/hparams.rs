@@ -374,6 +374,49 @@ fn csv_has_one_row_per_group_and_width() {
     assert!(t.lines().any(|l| l.contains(",x,C_X M^-1 n^-1,")));
 }
 
+/// The measurement on an encoder–decoder (paper-bart: tied word embedding, cross-attention's
+/// Q, K, V, U in the q, k, v, u groups, the decoder's PE in `pe`): every group's raw Θ_g sums
+/// its encoder and decoder layers and scales as the SGD rule says. Widths 64–256, 2 + 3
+/// layers, 200 networks per width (a few seconds); the 0.1 tolerance is the one above, and
+/// the slopes' errors (≤ 0.03) resolve it.
+#[test]
+fn measured_sgd_exponents_agree_on_an_encoder_decoder() {
+    let base = || -> anyhow::Result<ConfigBuilder> {
+        Ok(ConfigBuilder::new().value("model.preset", toml::Value::from("paper-bart"))?)
+    };
+    let opts = MeasureOpts {
+        widths: vec![64, 128, 256],
+        samples: 200,
+        threads: 2,
+        ..MeasureOpts::default()
+    };
+    let m = measure::measure(&base, NT, true, &opts).unwrap();
+    for g in [Group::Q, Group::K, Group::V, Group::U, Group::W, Group::X] {
+        let r = m.iter().find(|x| x.group == g).unwrap();
+        assert_eq!(r.expected, 1.0);
+        assert!(
+            (r.exponent - r.expected).abs() < 0.1 && r.stderr < 0.05,
+            "{}: {} ± {} vs {}",
+            g.name(),
+            r.exponent,
+            r.stderr,
+            r.expected
+        );
+    }
+    // The word embedding (three uses) and the two PEs are width-independent.
+    for g in [Group::Stem, Group::Pe] {
+        let r = m.iter().find(|x| x.group == g).unwrap();
+        assert!(
+            (r.exponent - r.expected).abs() < 0.1,
+            "{}: {} ± {} vs {}",
+            g.name(),
+            r.exponent,
+            r.stderr,
+            r.expected
+        );
+    }
+}
+
 /// Issue 7 part 4: the raw Θ_g of a neural-tangent model scales like n^{−e_g} with e_g the
 /// SGD exponent, so that λ_g·Θ_g = O(1). Widths 128–1024, short model, fast path.
 #[test]

@@ -83,9 +83,6 @@ pub fn run(a: &HparamsOptions) -> anyhow::Result<()> {
         Ok(b)
     };
     let cfg = builder()?.build()?;
-    if a.measure {
-        cfg.model.encoder_only("hparams --measure")?;
-    }
     // The paper tuned only AdamW (§II); for SGD the default is η = 1 (the factors already
     // carry the width dependence, so η is an O(1) number) and no weight decay.
     let (lr0, wd0) = match optimizer {

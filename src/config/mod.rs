@@ -254,17 +254,6 @@ impl ModelSpec {
             self.blocks.len() + 2
         }
     }
-    /// Refuses an encoder–decoder where `what` covers encoder-only models so far (one line,
-    /// instead of a number for the wrong model).
-    pub fn encoder_only(&self, what: &str) -> Result<(), ConfigError> {
-        if self.has_decoder() {
-            return Err(ConfigError::Invalid(format!(
-                "{what} does not cover encoder–decoder models yet ({} decoder blocks); `sigprop simulate` does",
-                self.decoder.len()
-            )));
-        }
-        Ok(())
-    }
     /// The decoder's stem layer B_e + 2 (embedding + decoder PE + its LN).
     pub fn decoder_stem_layer(&self) -> usize {
         self.blocks.len() + 2
