@@ -172,6 +172,25 @@ fn tiny_transfer_grid_writes_complete_csvs_and_a_second_call_reruns_nothing() {
     // The figure reads the CSV alone.
     let files = sigprop::plot::transfer_figure(&out.join("transfer.csv"), &out).unwrap();
     assert!(files.iter().all(|f| f.is_file()));
+    // Narrowing the grid in the same folder trains nothing and keeps the CSV, but drift.md
+    // and the grid's points are the narrower grid's only (width 32 was dropped: it must not
+    // appear as a stray optimum).
+    let narrow = Grid {
+        widths: vec![16],
+        ..grid.clone()
+    };
+    let s = transfer::run(&tiny_builder, &narrow, &|_, _, _| {
+        panic!("a finished point was re-run")
+    })
+    .unwrap();
+    assert_eq!((s.ran, s.skipped, s.points.len()), (0, 2, 2));
+    assert!(s.points.iter().all(|p| p.width == 16));
+    let drift = std::fs::read_to_string(out.join("drift.csv")).unwrap();
+    assert_eq!(drift.lines().count(), 2, "{drift}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("transfer.csv")).unwrap(),
+        csv
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

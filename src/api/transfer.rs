@@ -107,7 +107,7 @@ pub fn run_grid(cfg: &ConfigSource, grid: &Grid) -> anyhow::Result<transfer::Sum
         ))
         .into());
     }
-    crate::plot::transfer_figure(&grid.out.join("transfer.csv"), &grid.out)?;
+    crate::plot::transfer_figure_of(s.points.clone(), &grid.out)?;
     Ok(s)
 }
 

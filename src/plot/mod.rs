@@ -16,7 +16,7 @@ mod orders;
 mod profile;
 mod transfer;
 
-pub use transfer::transfer_figure;
+pub use transfer::{transfer_figure, transfer_figure_of};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -218,10 +218,18 @@ impl Figure for Transfer {
 
 /// Draws `out/transfer.png` and `out/transfer.svg` from a transfer.csv.
 pub fn transfer_figure(csv: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    super::register_font()?;
     let rows = read_csv(csv)?;
     if rows.is_empty() {
         anyhow::bail!("{}: no rows to plot", csv.display());
+    }
+    transfer_figure_of(rows, out)
+}
+
+/// The transfer figure of these points (a grid's, [`crate::train::transfer::Summary`]).
+pub fn transfer_figure_of(rows: Vec<Point>, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    super::register_font()?;
+    if rows.is_empty() {
+        anyhow::bail!("{}: no points of the grid to plot", out.display());
     }
     let name = out
         .file_name()

@@ -352,6 +352,9 @@ pub struct Summary {
     pub skipped: usize,
     pub interrupted: bool,
     pub seconds: f64,
+    /// The grid's points in transfer.csv (what drift.md and the figure are made of): a
+    /// folder that once held a wider grid keeps its other points in the CSV, outside both.
+    pub points: Vec<Point>,
 }
 
 /// Runs every point of the grid that `DIR/transfer.csv` does not hold yet, then writes
@@ -408,6 +411,7 @@ pub fn run(
     // Largest widths first: they take longest, and starting them early keeps both threads
     // busy to the end.
     let mut todo = Vec::new();
+    let mut keys = BTreeSet::new();
     for &w in grid.widths.iter().rev() {
         for f in &grid.families {
             for &lr in &grid.lrs {
@@ -416,6 +420,7 @@ pub fn run(
                     if !have.contains(&key) {
                         todo.push((*f, w, lr, seed));
                     }
+                    keys.insert(key);
                 }
             }
         }
@@ -459,8 +464,13 @@ pub fn run(
         .map_err(|_| anyhow::anyhow!("a run panicked"))?;
     write_csv(&csv, &rows)?;
     let interrupted = crate::mc::INTERRUPTED.load(Ordering::SeqCst);
-    write_drift(&grid.out, &read_csv(&csv)?)?;
+    let points: Vec<Point> = read_csv(&csv)?
+        .into_iter()
+        .filter(|p| keys.contains(&p.key()))
+        .collect();
+    write_drift(&grid.out, &points)?;
     Ok(Summary {
+        points,
         ran,
         skipped,
         interrupted,
