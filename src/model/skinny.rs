@@ -397,6 +397,12 @@ fn rank_rows<const R: usize, const W: usize>(
     }
 }
 
+/// Rows j … j + 3 of `x` as slices, if they are contiguous.
+fn four_rows(x: ArrayView2<'_, f32>, j: usize) -> Option<[&[f32]; 4]> {
+    let r = move |q: usize| x.index_axis_move(ndarray::Axis(0), j + q).to_slice();
+    Some([r(0)?, r(1)?, r(2)?, r(3)?])
+}
+
 /// C ← βC + α A·Xᵀ with A (m × k) and X (n × k) with contiguous rows, four columns of C at
 /// a time ([`dot4`]). A Gram matrix (X the same view as A, β = 0) computes the upper
 /// triangle and mirrors it: `dot` is symmetric in its arguments bit for bit.
@@ -425,16 +431,10 @@ fn dots_body(
             };
             let mut j = 0;
             while j + 4 <= n {
-                let rows = [x.row(j), x.row(j + 1), x.row(j + 2), x.row(j + 3)];
-                let (Some(x0), Some(x1), Some(x2), Some(x3)) = (
-                    rows[0].to_slice(),
-                    rows[1].to_slice(),
-                    rows[2].to_slice(),
-                    rows[3].to_slice(),
-                ) else {
+                let Some(xs) = four_rows(x, j) else {
                     break;
                 };
-                let v = dot2x4(a0, a1, [x0, x1, x2, x3]);
+                let v = dot2x4(a0, a1, xs);
                 for (r, vr) in v.iter().enumerate() {
                     for (q, &vq) in vr.iter().enumerate() {
                         store(&mut c[[i0 + r, j + q]], vq);
@@ -458,16 +458,10 @@ fn dots_body(
         };
         let mut j = if gram { i } else { 0 };
         while j + 4 <= n {
-            let rows = [x.row(j), x.row(j + 1), x.row(j + 2), x.row(j + 3)];
-            let (Some(x0), Some(x1), Some(x2), Some(x3)) = (
-                rows[0].to_slice(),
-                rows[1].to_slice(),
-                rows[2].to_slice(),
-                rows[3].to_slice(),
-            ) else {
+            let Some(xs) = four_rows(x, j) else {
                 break;
             };
-            for (q, v) in dot4(ai, [x0, x1, x2, x3]).into_iter().enumerate() {
+            for (q, v) in dot4(ai, xs).into_iter().enumerate() {
                 store(&mut c[[i, j + q]], v);
             }
             j += 4;
