@@ -296,7 +296,7 @@ fn train_gemm_report(n: usize) {
             shape.2,
             gemm_rate(shape, sigprop::model::linalg::gemm::<f32>),
             gemm_rate(shape, matrixmultiply_f32),
-            gemm_rate(shape, sigprop::model::linalg::faer_gemm_f32),
+            gemm_rate(shape, sigprop::model::linalg::faer_gemm::<f32>),
         );
     }
 }

@@ -355,13 +355,14 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
             // the projection folds into the product with Q_X:
             // ∂X = σ [(G M − A Z Q_Xᵀ) Q_X + A Z].
             let a = basis_time(|| gram_cholesky(g).0.mapv(F::of));
-            let mut dx = Array2::zeros((g.nrows(), st.qx.ncols()));
-            if a.ncols() > 0 {
+            let mut dx = if a.ncols() > 0 {
                 let z = self.normals(a.ncols(), st.qx.ncols());
                 let zq = mm(z.view(), st.qx.t());
                 F::gemm(-F::one(), a.view(), zq.view(), F::one(), &mut gm.view_mut());
-                F::gemm(F::one(), a.view(), z.view(), F::zero(), &mut dx.view_mut());
-            }
+                mm(a.view(), z.view())
+            } else {
+                Array2::zeros((g.nrows(), st.qx.ncols()))
+            };
             F::gemm(
                 F::one(),
                 gm.view(),

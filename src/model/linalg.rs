@@ -85,13 +85,12 @@ pub fn gemm_reference(
     general_mat_mul(alpha, &a, &b, beta, c);
 }
 
-fn faer_gemm(
-    alpha: f64,
-    a: ArrayView2<f64>,
-    b: ArrayView2<f64>,
-    beta: f64,
-    c: &mut ArrayViewMut2<f64>,
-) {
+/// C ← βC + α A·B through faer (single-threaded), in f64 (the dispatch's large skinny
+/// products) or f32 (`sigprop bench --train` measures it at the trainer's shapes).
+pub fn faer_gemm<F>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, c: &mut ArrayViewMut2<F>)
+where
+    F: Real + faer::traits::ComplexField + faer::traits::Conjugate<Canonical = F>,
+{
     let (m, k) = a.dim();
     let n = b.ncols();
     assert!(
@@ -104,12 +103,12 @@ fn faer_gemm(
     if m == 0 || n == 0 {
         return;
     }
-    if beta == 0.0 {
-        c.fill(0.0);
-    } else if beta != 1.0 {
+    if beta == F::zero() {
+        c.fill(F::zero());
+    } else if beta != F::one() {
         c.mapv_inplace(|x| beta * x);
     }
-    if k == 0 || alpha == 0.0 {
+    if k == 0 || alpha == F::zero() {
         return;
     }
     let (sa, sb) = (a.strides(), b.strides());
@@ -118,57 +117,10 @@ fn faer_gemm(
     // output does not alias the inputs (it is borrowed mutably), and the views outlive the
     // call.
     unsafe {
-        let fa = MatRef::<f64>::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]);
-        let fb = MatRef::<f64>::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]);
-        let fc = MatMut::<f64>::from_raw_parts_mut(c.as_mut_ptr(), m, n, sc0, sc1);
+        let fa = MatRef::<F>::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]);
+        let fb = MatRef::<F>::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]);
+        let fc = MatMut::<F>::from_raw_parts_mut(c.as_mut_ptr(), m, n, sc0, sc1);
         faer::linalg::matmul::matmul(fc, Accum::Add, fa, fb, alpha, Par::Seq);
-    }
-}
-
-/// C ← βC + α A·B in f32 through faer (single-threaded): the trainer's large products,
-/// where faer's runtime AVX-512 dispatch can beat matrixmultiply's f32 kernels (`sigprop
-/// bench --train` measures both at the trainer's shapes).
-pub fn faer_gemm_f32(
-    alpha: f32,
-    a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
-    beta: f32,
-    c: &mut ArrayViewMut2<f32>,
-) {
-    let (m, k) = a.dim();
-    let n = b.ncols();
-    assert!(
-        b.nrows() == k && c.dim() == (m, n),
-        "gemm shapes {:?} x {:?} -> {:?}",
-        a.dim(),
-        b.dim(),
-        c.dim()
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let accum = if beta == 0.0 {
-        Accum::Replace
-    } else {
-        if beta != 1.0 {
-            c.mapv_inplace(|x| beta * x);
-        }
-        Accum::Add
-    };
-    if k == 0 || alpha == 0.0 {
-        if beta == 0.0 {
-            c.fill(0.0);
-        }
-        return;
-    }
-    let (sa, sb) = (a.strides(), b.strides());
-    let (sc0, sc1) = (c.strides()[0], c.strides()[1]);
-    // SAFETY: as in `faer_gemm`.
-    unsafe {
-        let fa = MatRef::<f32>::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]);
-        let fb = MatRef::<f32>::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]);
-        let fc = MatMut::<f32>::from_raw_parts_mut(c.as_mut_ptr(), m, n, sc0, sc1);
-        faer::linalg::matmul::matmul(fc, accum, fa, fb, alpha, Par::Seq);
     }
 }
 
