@@ -2,10 +2,12 @@
 //!
 //! Box–Muller on eight interleaved Xoshiro256++ lanes. Each lane update is the same integer
 //! arithmetic on eight independent states, and the transform uses polynomial `ln`, `sin` and
-//! `cos` with no table and no branch, so the whole block compiles to straight-line SIMD. The
-//! AVX2/AVX-512 paths run the same source as the portable one with wider registers and no
-//! contraction into FMA, so every machine gives the same bits (the polynomials are written
-//! with separate multiplies and adds, which the compiler may not fuse).
+//! `cos` with no table and no branch (the quadrant comes from the mantissa bits of 4t + 2²³,
+//! not from a float-to-int conversion), so a block is straight-line SIMD. In f32 an explicit
+//! AVX2 body does eight lanes per instruction; the portable body and the f64 refill are
+//! compiled for AVX-512, AVX2 or the baseline. Every path runs the same IEEE operations in
+//! the same order with no contraction into FMA, so every machine gives the same bits (the
+//! polynomials are written with separate multiplies and adds, which the compiler may not fuse).
 //!
 //! Seeding: eight lane states from SplitMix64 of one word of the sample's stream, so the draws
 //! depend only on (seed, sample) and never on the thread that runs the sample.
@@ -140,8 +142,21 @@ fn step(s: &mut [[u64; LANES]; 4]) -> [u64; LANES] {
     out
 }
 
+/// The f32 refill: explicit AVX2 on x86-64 machines that have it (LLVM left the portable body
+/// half scalar: 4-wide, with the quadrant's float-to-int conversions one lane at a time), the
+/// portable body elsewhere. Both are the same IEEE operations in the same order with no
+/// contraction into FMA, so every machine gives the same bits (tested below).
+fn refill32(s: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+        return unsafe { x86::refill32(s, buf) };
+    }
+    refill32_body(s, buf)
+}
+
 /// Multiversioned: the same body compiled for AVX-512, AVX2 and the baseline, picked at run
-/// time. No FMA is enabled, so all three give the same bits.
+/// time (the f64 refill). No FMA is enabled, so all three give the same bits.
 macro_rules! dispatch {
     ($name:ident, $body:ident, $buf:ty) => {
         fn $name(s: &mut [[u64; LANES]; 4], buf: &mut $buf) {
@@ -172,8 +187,13 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(refill32, refill32_body, [f32; BLOCK]);
 dispatch!(refill64, refill64_body, [f64; BLOCK]);
+
+/// 2²³: adding it to a float in [0, 2²²) rounds that float to an integer, which the low
+/// mantissa bits then hold (the quadrant without a float-to-int conversion).
+const ROUND32: f32 = 8_388_608.0;
+/// 2⁵², the same for f64.
+const ROUND64: f64 = 4_503_599_627_370_496.0;
 
 #[inline(always)]
 fn refill32_body(s: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
@@ -271,8 +291,10 @@ pub fn ln64(x: f64) -> f64 {
 /// polynomials of sin and cos on |x| ≤ π/4 (truncation < 4e-9 at x⁹ and x¹⁰).
 #[inline(always)]
 pub fn sincos_turn32(t: f32) -> (f32, f32) {
-    let q = (t * 4.0 + 0.5) as i32; // t > 0: truncation is floor
-    let x = (t - q as f32 * 0.25) * std::f32::consts::TAU;
+    // q = round(4t) ∈ 0..=4 (ties to even; either neighbour leaves |x| ≤ π/4).
+    let big = t * 4.0 + ROUND32;
+    let q = big.to_bits();
+    let x = (t - (big - ROUND32) * 0.25) * std::f32::consts::TAU;
     let x2 = x * x;
     let s = x2 * (1.0 / 362_880.0) - 1.0 / 5040.0;
     let s = s * x2 + 1.0 / 120.0;
@@ -284,8 +306,8 @@ pub fn sincos_turn32(t: f32) -> (f32, f32) {
     let c = c * x2 - 0.5;
     let c = c * x2 + 1.0;
     let (a, b) = if q & 1 != 0 { (c, s) } else { (s, c) };
-    let sa = ((q & 2) as u32) << 30;
-    let sb = (((q + 1) & 2) as u32) << 30;
+    let sa = (q & 2) << 30;
+    let sb = ((q + 1) & 2) << 30;
     (
         f32::from_bits(a.to_bits() ^ sa),
         f32::from_bits(b.to_bits() ^ sb),
@@ -295,8 +317,9 @@ pub fn sincos_turn32(t: f32) -> (f32, f32) {
 /// (sin 2πt, cos 2πt) in f64, Taylor to x¹⁷ and x¹⁸ (truncation < 1e-17).
 #[inline(always)]
 pub fn sincos_turn64(t: f64) -> (f64, f64) {
-    let q = (t * 4.0 + 0.5) as i64;
-    let x = (t - q as f64 * 0.25) * std::f64::consts::TAU;
+    let big = t * 4.0 + ROUND64;
+    let q = big.to_bits();
+    let x = (t - (big - ROUND64) * 0.25) * std::f64::consts::TAU;
     let x2 = x * x;
     // sin: Σ (−1)^k x^{2k+1}/(2k+1)!, k = 0..8; cos: k = 0..9.
     let mut s = 0.0;
@@ -309,8 +332,8 @@ pub fn sincos_turn64(t: f64) -> (f64, f64) {
     }
     let s = s * x;
     let (a, b) = if q & 1 != 0 { (c, s) } else { (s, c) };
-    let sa = ((q & 2) as u64) << 62;
-    let sb = (((q + 1) & 2) as u64) << 62;
+    let sa = (q & 2) << 62;
+    let sb = ((q + 1) & 2) << 62;
     (
         f64::from_bits(a.to_bits() ^ sa),
         f64::from_bits(b.to_bits() ^ sb),
@@ -340,6 +363,116 @@ const COS_COEF: [f64; 10] = [
     1.0 / 20_922_789_888_000.0,
     -1.0 / 6_402_373_705_728_000.0,
 ];
+
+/// The AVX2 refill: [`refill32_body`] eight lanes at a time, operation for operation.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BLOCK, LANES, ROUND32, STEPS};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn rotl<const L: i32, const R: i32>(x: __m256i) -> __m256i {
+        _mm256_or_si256(_mm256_slli_epi64::<L>(x), _mm256_srli_epi64::<R>(x))
+    }
+
+    /// One Xoshiro256++ step on four lanes (`s` = words 0..3 of those lanes).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn step(s: &mut [__m256i; 4]) -> __m256i {
+        let out = _mm256_add_epi64(rotl::<23, 41>(_mm256_add_epi64(s[0], s[3])), s[0]);
+        let t = _mm256_slli_epi64::<17>(s[1]);
+        s[2] = _mm256_xor_si256(s[2], s[0]);
+        s[3] = _mm256_xor_si256(s[3], s[1]);
+        s[1] = _mm256_xor_si256(s[1], s[2]);
+        s[0] = _mm256_xor_si256(s[0], s[3]);
+        s[2] = _mm256_xor_si256(s[2], t);
+        s[3] = rotl::<45, 19>(s[3]);
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn refill32(st: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
+        // SAFETY: each word holds 8 lanes; 4 are read from 0 or 4.
+        let load = |w: usize, h: usize| unsafe { _mm256_loadu_si256(st[w][4 * h..].as_ptr().cast()) };
+        let mut a = [load(0, 0), load(1, 0), load(2, 0), load(3, 0)];
+        let mut b = [load(0, 1), load(1, 1), load(2, 1), load(3, 1)];
+        let c = |x: f32| _mm256_set1_ps(x);
+        let ci = |x: u32| _mm256_set1_epi32(x as i32);
+        for k in 0..STEPS {
+            let (wa, wb) = (step(&mut a), step(&mut b));
+            // The high and the low 32-bit halves of the eight words, in lane order.
+            let pick = |hi: bool| {
+                let (fa, fb) = (_mm256_castsi256_ps(wa), _mm256_castsi256_ps(wb));
+                let v = if hi {
+                    _mm256_shuffle_ps::<0xDD>(fa, fb)
+                } else {
+                    _mm256_shuffle_ps::<0x88>(fa, fb)
+                };
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_castps_si256(v))
+            };
+            let (hi, lo) = (pick(true), pick(false));
+            let u = _mm256_mul_ps(
+                _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32::<1>(hi)), c(0.5)),
+                c(1.0 / 2_147_483_648.0),
+            );
+            let t = _mm256_sub_ps(
+                _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32::<9>(lo), ci(0x3F80_0000))),
+                c(1.0 - 1.0 / 16_777_216.0),
+            );
+            // ln u (super::ln32).
+            let bits = _mm256_castps_si256(u);
+            let e = _mm256_srai_epi32::<23>(_mm256_sub_epi32(bits, ci(0x3F35_04F3)));
+            let m = _mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32::<23>(e)));
+            let f = _mm256_div_ps(_mm256_sub_ps(m, c(1.0)), _mm256_add_ps(m, c(1.0)));
+            let f2 = _mm256_mul_ps(f, f);
+            let mut p = c(2.0 / 9.0);
+            for k in [2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0] {
+                p = _mm256_add_ps(_mm256_mul_ps(p, f2), c(k));
+            }
+            let ln = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(e), c(std::f32::consts::LN_2)),
+                _mm256_mul_ps(p, f),
+            );
+            let r = _mm256_sqrt_ps(_mm256_mul_ps(c(-2.0), ln));
+            // sin and cos of the turn t (super::sincos_turn32).
+            let big = _mm256_add_ps(_mm256_mul_ps(t, c(4.0)), c(ROUND32));
+            let q = _mm256_castps_si256(big);
+            let x = _mm256_mul_ps(
+                _mm256_sub_ps(t, _mm256_mul_ps(_mm256_sub_ps(big, c(ROUND32)), c(0.25))),
+                c(std::f32::consts::TAU),
+            );
+            let x2 = _mm256_mul_ps(x, x);
+            let mut s = _mm256_sub_ps(_mm256_mul_ps(x2, c(1.0 / 362_880.0)), c(1.0 / 5040.0));
+            s = _mm256_add_ps(_mm256_mul_ps(s, x2), c(1.0 / 120.0));
+            s = _mm256_sub_ps(_mm256_mul_ps(s, x2), c(1.0 / 6.0));
+            s = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(s, x2), x), x);
+            let mut co = _mm256_add_ps(_mm256_mul_ps(x2, c(-1.0 / 3_628_800.0)), c(1.0 / 40320.0));
+            co = _mm256_sub_ps(_mm256_mul_ps(co, x2), c(1.0 / 720.0));
+            co = _mm256_add_ps(_mm256_mul_ps(co, x2), c(1.0 / 24.0));
+            co = _mm256_sub_ps(_mm256_mul_ps(co, x2), c(0.5));
+            co = _mm256_add_ps(_mm256_mul_ps(co, x2), c(1.0));
+            let odd = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(q, ci(1)), ci(1)));
+            let sa = _mm256_slli_epi32::<30>(_mm256_and_si256(q, ci(2)));
+            let sb = _mm256_slli_epi32::<30>(_mm256_and_si256(_mm256_add_epi32(q, ci(1)), ci(2)));
+            let sn = _mm256_xor_ps(_mm256_blendv_ps(s, co, odd), _mm256_castsi256_ps(sa));
+            let cs = _mm256_xor_ps(_mm256_blendv_ps(co, s, odd), _mm256_castsi256_ps(sb));
+            let o = k * 2 * LANES;
+            // SAFETY: o + 2 LANES <= BLOCK.
+            unsafe {
+                _mm256_storeu_ps(buf[o..].as_mut_ptr(), _mm256_mul_ps(r, cs));
+                _mm256_storeu_ps(buf[o + LANES..].as_mut_ptr(), _mm256_mul_ps(r, sn));
+            }
+        }
+        for (w, (va, vb)) in a.iter().zip(&b).enumerate() {
+            // SAFETY: each word holds 8 lanes.
+            unsafe {
+                _mm256_storeu_si256(st[w][..4].as_mut_ptr().cast(), *va);
+                _mm256_storeu_si256(st[w][4..].as_mut_ptr().cast(), *vb);
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
