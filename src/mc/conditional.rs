@@ -277,19 +277,15 @@ fn gram_qr<F: McReal>(v: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
     }
     // Q's rows as f64 combinations of X's pivot rows, rounded once.
     let len = wide.ncols();
-    let mut q = Array2::<F>::zeros((r, len));
-    let mut acc = vec![0.0f64; len];
-    let rows = wide.as_slice().expect("fresh array");
-    for i in 0..r {
-        acc.fill(0.0);
-        for m in 0..=i {
-            let p = piv[m];
-            skinny::axpy_wide(&mut acc, inv[[i, m]], &rows[p * len..(p + 1) * len]);
-        }
-        for (o, &s) in q.row_mut(i).iter_mut().zip(&acc) {
-            *o = F::of(s);
-        }
-    }
+    let xp = wide.select(Axis(0), &piv);
+    let q = skinny::combine_wide(
+        inv.as_slice().expect("fresh array"),
+        r,
+        xp.as_slice().expect("fresh array"),
+        len,
+    );
+    let q = Array2::from_shape_vec((r, len), q.into_iter().map(F::of).collect())
+        .expect("r rows of len");
     (l.mapv(F::of), q)
 }
 

@@ -394,7 +394,8 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn refill32(st: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
         // SAFETY: each word holds 8 lanes; 4 are read from 0 or 4.
-        let load = |w: usize, h: usize| unsafe { _mm256_loadu_si256(st[w][4 * h..].as_ptr().cast()) };
+        let load =
+            |w: usize, h: usize| unsafe { _mm256_loadu_si256(st[w][4 * h..].as_ptr().cast()) };
         let mut a = [load(0, 0), load(1, 0), load(2, 0), load(3, 0)];
         let mut b = [load(0, 1), load(1, 1), load(2, 1), load(3, 1)];
         let c = |x: f32| _mm256_set1_ps(x);

@@ -164,40 +164,92 @@ mod x86 {
     pub unsafe fn gram_wide(x: &[f64], d: usize, len: usize, g: &mut ndarray::Array2<f64>) {
         assert!(x.len() >= d * len);
         let body = len / 4 * 4;
-        for i in 0..d {
-            let a = &x[i * len..(i + 1) * len];
+        let row = |i: usize| &x[i * len..(i + 1) * len];
+        // Two rows against four at a time (6 loads per 8 FMAs); a lone last row reads itself
+        // twice and writes once. Entry (i, j) is the same dot whichever side computes it.
+        let mut i = 0;
+        while i < d {
+            let two = (d - i).min(2);
+            let a = [row(i), row(i + two - 1)];
             let mut j = i;
             while j < d {
                 let m = (d - j).min(4);
-                let rows: [&[f64]; 4] = std::array::from_fn(|q| {
-                    &x[(j + q.min(m - 1)) * len..(j + q.min(m - 1) + 1) * len]
-                });
-                let mut acc = [_mm256_setzero_pd(); 4];
+                let rows: [&[f64]; 4] = std::array::from_fn(|q| row(j + q.min(m - 1)));
+                let mut acc = [[_mm256_setzero_pd(); 4]; 2];
                 let mut c = 0;
                 // SAFETY: every load reads 4 doubles at c + 3 < body <= len.
                 unsafe {
                     while c < body {
-                        let va = _mm256_loadu_pd(a.as_ptr().add(c));
+                        let va = _mm256_loadu_pd(a[0].as_ptr().add(c));
+                        let vb = _mm256_loadu_pd(a[1].as_ptr().add(c));
                         for q in 0..4 {
-                            let vb = _mm256_loadu_pd(rows[q].as_ptr().add(c));
-                            acc[q] = _mm256_fmadd_pd(va, vb, acc[q]);
+                            let w = _mm256_loadu_pd(rows[q].as_ptr().add(c));
+                            acc[0][q] = _mm256_fmadd_pd(va, w, acc[0][q]);
+                            acc[1][q] = _mm256_fmadd_pd(vb, w, acc[1][q]);
                         }
                         c += 4;
                     }
                 }
-                for q in 0..m {
-                    let mut lanes = [0.0f64; 4];
-                    // SAFETY: lanes holds 4 doubles.
-                    unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), acc[q]) };
-                    let mut s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-                    for cc in body..len {
-                        s = a[cc].mul_add(rows[q][cc], s);
+                for (p, ap) in a.iter().enumerate().take(two) {
+                    for q in 0..m {
+                        let mut lanes = [0.0f64; 4];
+                        // SAFETY: lanes holds 4 doubles.
+                        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), acc[p][q]) };
+                        let mut s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+                        for cc in body..len {
+                            s = ap[cc].mul_add(rows[q][cc], s);
+                        }
+                        g[[i + p, j + q]] = s;
+                        g[[j + q, i + p]] = s;
                     }
-                    g[[i, j + q]] = s;
-                    g[[j + q, i]] = s;
                 }
                 j += 4;
             }
+            i += 2;
+        }
+    }
+
+    /// Requires AVX2 and FMA. out (r × len) ← T · x for T (r × r, row-major) and x (r rows
+    /// of len): four output rows × eight columns in registers, T's entries broadcast.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn combine_wide(t: &[f64], r: usize, x: &[f64], len: usize, out: &mut [f64]) {
+        assert!(t.len() >= r * r && x.len() >= r * len && out.len() >= r * len);
+        let body = len / 8 * 8;
+        let mut i0 = 0;
+        while i0 < r {
+            let m = (r - i0).min(4);
+            let ti = |k: usize| i0 + k.min(m - 1);
+            let mut c = 0;
+            // SAFETY: loads and stores touch 8 doubles at c + 7 < body <= len of rows < r.
+            unsafe {
+                while c < body {
+                    let mut acc = [[_mm256_setzero_pd(); 2]; 4];
+                    for p in 0..r {
+                        let x0 = _mm256_loadu_pd(x.as_ptr().add(p * len + c));
+                        let x1 = _mm256_loadu_pd(x.as_ptr().add(p * len + c + 4));
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let b = _mm256_set1_pd(t[ti(k) * r + p]);
+                            a[0] = _mm256_fmadd_pd(b, x0, a[0]);
+                            a[1] = _mm256_fmadd_pd(b, x1, a[1]);
+                        }
+                    }
+                    for (k, a) in acc.iter().enumerate().take(m) {
+                        _mm256_storeu_pd(out.as_mut_ptr().add((i0 + k) * len + c), a[0]);
+                        _mm256_storeu_pd(out.as_mut_ptr().add((i0 + k) * len + c + 4), a[1]);
+                    }
+                    c += 8;
+                }
+            }
+            for k in 0..m {
+                for cc in body..len {
+                    let mut s = 0.0f64;
+                    for p in 0..r {
+                        s = t[(i0 + k) * r + p].mul_add(x[p * len + cc], s);
+                    }
+                    out[(i0 + k) * len + cc] = s;
+                }
+            }
+            i0 += 4;
         }
     }
 
@@ -519,15 +571,6 @@ pub fn try_gemm(
     None
 }
 
-multiversion!(pub fn axpy_wide(y: &mut [f64], alpha: f64, x: &[f64]), axpy_wide_body);
-
-#[inline(always)]
-fn axpy_wide_body(y: &mut [f64], alpha: f64, x: &[f64]) {
-    for (s, &v) in y.iter_mut().zip(x) {
-        *s += alpha * v;
-    }
-}
-
 /// The Gram matrix X Xᵀ of the rows of `x` (D rows of `len`, row-major), in f64: the f32
 /// sampler's factorizations accumulate it in f64 ([`crate::mc::conditional`]).
 pub fn gram_wide(x: &[f64], d: usize, len: usize) -> ndarray::Array2<f64> {
@@ -551,10 +594,73 @@ pub fn gram_wide(x: &[f64], d: usize, len: usize) -> ndarray::Array2<f64> {
     g
 }
 
+/// out (r × len) ← T · x in f64, for T (r × r, row-major) and x (r rows of len, row-major):
+/// the f32 sampler forms its orthonormal rows Q = L⁻¹ X this way ([`crate::mc::conditional`]).
+pub fn combine_wide(t: &[f64], r: usize, x: &[f64], len: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; r * len];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; the shapes are checked inside.
+            unsafe { x86::combine_wide(t, r, x, len, &mut out) };
+            return out;
+        }
+    }
+    for i in 0..r {
+        for p in 0..r {
+            let a = t[i * r + p];
+            for (o, &v) in out[i * len..(i + 1) * len]
+                .iter_mut()
+                .zip(&x[p * len..(p + 1) * len])
+            {
+                *o = a.mul_add(v, *o);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    /// The f64 kernels against plain loops: `combine_wide` bit for bit (both sum T[i, p] x_p
+    /// in p order with fused multiply-adds), `gram_wide` to rounding and exactly symmetric,
+    /// on shapes with ragged row blocks and column tails.
+    #[test]
+    fn wide_kernels_match_plain_loops() {
+        for (r, len) in [(1usize, 3usize), (5, 13), (16, 512), (7, 2051)] {
+            let x: Vec<f64> = (0..r * len)
+                .map(|k| ((k * 37 % 101) as f64 - 50.0) / 7.0)
+                .collect();
+            let t: Vec<f64> = (0..r * r)
+                .map(|k| ((k * 13 % 17) as f64 - 8.0) / 3.0)
+                .collect();
+            let got = combine_wide(&t, r, &x, len);
+            for i in 0..r {
+                for c in 0..len {
+                    let mut s = 0.0f64;
+                    for p in 0..r {
+                        s = t[i * r + p].mul_add(x[p * len + c], s);
+                    }
+                    assert_eq!(got[i * len + c], s, "combine r {r} len {len} ({i}, {c})");
+                }
+            }
+            let g = gram_wide(&x, r, len);
+            for i in 0..r {
+                for j in 0..r {
+                    let s: f64 = (0..len).map(|c| x[i * len + c] * x[j * len + c]).sum();
+                    assert!(
+                        (g[[i, j]] - s).abs() <= 1e-12 * s.abs().max(1.0),
+                        "gram ({i}, {j})"
+                    );
+                    assert_eq!(g[[i, j]], g[[j, i]]);
+                }
+            }
+        }
+    }
 
     /// The Gram path of the dots kernel (its upper triangle, mirrored) gives exactly `dot` of
     /// each pair of rows, so a Gram matrix is symmetric and its entries do not depend on the
