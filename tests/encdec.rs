@@ -75,7 +75,7 @@ fn check(sets: &[&str]) {
         // The [pad] column of the word embedding is zero and not a parameter (footnote 48):
         // no gradient, though central differences see its use, so it is left out of the
         // comparison.
-        if let (Some(pad), "stem.w") = (cfg.model.pad_id, param.name.as_str()) {
+        if let (Some(pad), "stem.w") = (cfg.inputs.pad_id, param.name.as_str()) {
             assert!(
                 param.value.column(pad).iter().all(|&x| x == 0.0),
                 "{sets:?}: the pad column is not zero"
