@@ -1,7 +1,8 @@
 //! The stem block ℓ = 1 (§I 0 A): patchify z = W x + b_PE (1.7), or word embedding
 //! z = W_WE[:, id] + b_PE (1.9), Var W = C_patch/n_in (1.25), Var W_WE = C_WE not divided
 //! by the vocabulary (1.42), Var b_PE = C_PE per (token, channel) (1.37).
-//! In `mlp` mode it is the book's first layer z¹ = b + W x.
+//! In `mlp` mode it is the book's first layer z¹ = b + W x. With a [pad] token
+//! (`ModelSpec::pad_id`, footnote 48) the column W_WE[:, pad] is zero and not a parameter.
 //!
 //! Theory: G¹ = C_patch G⁰ + C_PE δ_{t1 t2} (1.41), or C_WE G⁰ + C_PE δ (1.45).
 
