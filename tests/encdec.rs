@@ -72,6 +72,20 @@ fn check(sets: &[&str]) {
             fd.as_slice_mut().unwrap()[idx] =
                 (objective(&plus, &probe, &u) - objective(&minus, &probe, &u)) / (2.0 * h);
         }
+        // The [pad] column of the word embedding is zero and not a parameter (footnote 48):
+        // no gradient, though central differences see its use, so it is left out of the
+        // comparison.
+        if let (Some(pad), "stem.w") = (cfg.inputs.pad_id, param.name.as_str()) {
+            assert!(
+                param.value.column(pad).iter().all(|&x| x == 0.0),
+                "{sets:?}: the pad column is not zero"
+            );
+            assert!(
+                an.column(pad).iter().all(|&x| x == 0.0),
+                "{sets:?}: the pad column gets gradient"
+            );
+            fd.column_mut(pad).fill(0.0);
+        }
         let scale = an.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         // A key bias shifts a query's logits uniformly: the softmax ignores it exactly.
         if param.layer <= encoder_layers && param.var > 0.0 && !param.name.ends_with(".bk") {
@@ -117,6 +131,18 @@ fn gradients_encdec_tied_head_padding_biases_every_norm() {
             "model.variances.bias=0.2",
         ]);
     }
+}
+
+/// The frozen [pad] column (footnote 48) with a dense head: only the two stem uses see it.
+#[test]
+fn gradients_encdec_padding_dense_head() {
+    check(&[
+        "model.stem=embedding",
+        "inputs.kind=tokens",
+        "inputs.ids=[[1, 6, 6], [2, 3, 6]]",
+        "inputs.pad_id=6",
+        "inputs.bos_id=5",
+    ]);
 }
 
 #[test]

@@ -45,13 +45,14 @@ fn theory(cfg: &Config, probe: &Probe) -> Vec<Row> {
 }
 
 fn monte_carlo(cfg: &Config, probe: &Probe, samples: u64, seed: u64) -> Vec<Row> {
+    let f32 = cfg.get("run.precision").and_then(|v| v.as_str()) == Some("f32");
     let job = mc::Job {
         spec: &cfg.model,
         probe,
         backward: Backward::Trace,
         seed,
         sampler: mc::resolve_sampler(cfg, probe).unwrap(),
-        probe_f32: None,
+        probe_f32: f32.then(|| probe.cast()),
     };
     let mut ens = job.start(0, samples);
     job.run(&mut ens, 2, |_| Ok(())).unwrap();
@@ -227,6 +228,147 @@ fn shared_embedding_and_padding_agree_with_monte_carlo() {
         .find(|r| r.layer == 6 && r.observable == "attn_entropy" && r.i == 3)
         .unwrap();
     assert!(ent.value < 3f64.ln() + 1e-12, "{}", ent.value);
+}
+
+/// The row (layer, site `resid`, `kernel`, i, j) of `rows`.
+fn entry(rows: &[Row], layer: usize, i: i64, j: i64) -> &Row {
+    rows.iter()
+        .find(|r| {
+            r.layer == layer
+                && r.site == "resid"
+                && r.observable == "kernel"
+                && r.i == i
+                && r.j == j
+        })
+        .unwrap_or_else(|| panic!("no kernel row ({i}, {j}) at layer {layer}"))
+}
+
+/// The [pad] token's word-embedding column is zero (footnote 48), so a pad token's stem
+/// output is its positional embedding alone, LN(b^PE_t): against two pads at different
+/// positions the stem kernel is 0 (independent PE rows), against an unpadded token at the
+/// same position C_PE/sqrt(C_PE (C_WE + C_PE)) (ε aside), in the encoder's stem (layer 1)
+/// and the decoder's (layer B_e + 2 = 4). Pads in both probes, a dense head, every summary
+/// including ntk_stem (the frozen column adds nothing to it), every stem-kernel entry and
+/// the cross block's logits; the dense and the conditional sampler, and the latter in f32.
+#[test]
+fn pad_embedding_is_zero_in_both_stems() {
+    for (sampler, precision) in [
+        ("dense", "f64"),
+        ("conditional", "f64"),
+        ("conditional", "f32"),
+    ] {
+        let sets = [
+            "model.preset=paper-vit",
+            "model.stem=embedding",
+            "model.variances.pe=0.25",
+            "model.width=256",
+            "model.heads=2",
+            "model.layers=1",
+            "model.decoder_layers=1",
+            "model.n_out=16",
+            "inputs.kind=tokens",
+            "inputs.vocab=12",
+            // Encoder pads at δ = 1, 3 (sequence 0) and 4 (sequence 1, t = 0); decoder pads
+            // at δ = 0, 2 (sequence 0) and 4 (sequence 1, t = 1).
+            "inputs.ids=[[1, 0, 5, 0], [0, 3, 1, 2]]",
+            "inputs.decoder_ids=[[0, 1, 0], [4, 0, 3]]",
+            "inputs.pad_id=0",
+        ];
+        let sets: Vec<String> = sets
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                format!("run.sampler={sampler}"),
+                format!("run.precision={precision}"),
+            ])
+            .collect();
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let what = format!("pad embedding, {sampler} {precision}");
+        let (cfg, th, mc) = agree(&sets, 600, &what, |r| {
+            (r.layer == 1 || r.layer == 4) && r.site == "resid" && r.observable == "kernel"
+                || r.layer == 6 && r.site == "logits"
+        });
+        let m = &cfg.model;
+        let (c_we, c_pe, eps) = (m.var.stem, m.var.pe, m.ln_eps);
+        let beside = c_pe / ((c_pe + eps) * (c_we + c_pe + eps)).sqrt();
+        // (layer, i, j, value): pad–pad at different positions, pad–token at one position.
+        for (layer, i, j, want) in [
+            (1, 1, 3, 0.0),
+            (1, 1, 4, 0.0),
+            (1, 1, 5, beside),
+            (1, 0, 4, beside),
+            (4, 0, 2, 0.0),
+            (4, 0, 4, 0.0),
+            (4, 1, 4, beside),
+            (4, 2, 5, beside),
+        ] {
+            let (t, r) = (entry(&th, layer, i, j), entry(&mc, layer, i, j));
+            assert!(
+                (t.value - want).abs() < 1e-9,
+                "{what}: theory ({i}, {j}) at layer {layer} = {} against {want}",
+                t.value
+            );
+            let z = (r.value - want) / r.stderr;
+            eprintln!(
+                "{what}: mc ({i}, {j}) at layer {layer} = {:.4} ± {:.4}, z = {z:.2}",
+                r.value, r.stderr
+            );
+            assert!(
+                z.abs() < 5.0,
+                "{what}: mc ({i}, {j}) at layer {layer}: z = {z:.2}"
+            );
+        }
+    }
+}
+
+/// A tied head on an encoder–decoder with a [pad] token: output i = pad is identically zero
+/// (W_WE[:, pad] = 0), so the head kernel, a mean over the n_out outputs, keeps
+/// (n_out − 1)/n_out of (1.84), and the tied contact term vanishes at the decoder's pad
+/// positions (their s holds no column of W_WE): there G^L = (n_out − 1)/n_out · C_WE n^{-s}
+/// F, F = G/(G + ε) ≈ 1. Every head-kernel entry agrees with the Monte Carlo.
+#[test]
+fn pad_output_of_a_tied_head_is_zero() {
+    let (cfg, th, mc) = agree(
+        &[
+            "model.preset=paper-lm",
+            // A pad token's stem vector is b^PE alone, G = C_PE: with paper-lm's C_PE = 0.02²
+            // = 40 ε the stem LN's finite-n Jensen term (≈ 3ε/(nG) ≈ 1.5e-4 on the diagonal,
+            // beyond the 4ε/n allowed above) shows at z ≈ −4 in 600 samples. A louder b^PE
+            // and paper-vit's ε keep it below 1e-7 and this test about the head.
+            "model.variances.pe=0.25",
+            "model.ln_eps=1e-6",
+            "model.width=512",
+            "model.heads=2",
+            "model.layers=1",
+            "model.decoder_layers=1",
+            "inputs.vocab=12",
+            "inputs.ids=[[1, 5, 0, 2], [5, 3, 1, 0]]",
+            "inputs.decoder_ids=[[3, 0, 5], [0, 4, 3]]",
+            "inputs.pad_id=0",
+        ],
+        600,
+        "tied head, padding",
+        |r| r.layer == 8 && r.site == "resid" && r.observable == "kernel",
+    );
+    let m = &cfg.model;
+    assert_eq!(m.head_layer(), 8);
+    let n_out = m.out_dim() as f64;
+    let want = sigprop::model::head::hyper(m).c_eff * (n_out - 1.0) / n_out;
+    // Decoder pads at δ = 1 and 3.
+    for d in [1, 3] {
+        let (t, r) = (entry(&th, 8, d, d), entry(&mc, 8, d, d));
+        assert!(
+            (t.value - want).abs() < 1e-4 * want,
+            "theory G^L({d}, {d}) = {} against {want}",
+            t.value
+        );
+        let z = (r.value - want) / r.stderr;
+        eprintln!(
+            "tied head, padding: mc G^L({d}, {d}) = {:.4} ± {:.4} against {want:.4}, z = {z:.2}",
+            r.value, r.stderr
+        );
+        assert!(z.abs() < 5.0, "mc G^L({d}, {d}): z = {z:.2}");
+    }
 }
 
 /// A tied head on an encoder–decoder: the forward (with the tied head's contact term, from

@@ -104,11 +104,20 @@ impl Fingerprint {
     }
 
     fn config_pairs(cfg: &Config, purpose: Purpose) -> Vec<(String, String)> {
-        cfg.flat()
+        let mut pairs: Vec<(String, String)> = cfg
+            .flat()
             .iter()
             .filter(|(k, v)| !purpose.ignores(k) && !at_late_default(k, v))
             .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect()
+            .collect();
+        if cfg.model.pad_id.is_some() {
+            // The [pad] column of W_WE became zero and frozen (footnote 48) after runs with
+            // `inputs.pad_id` existed (and a training run's `inputs.*` keys are not in its
+            // pairs): such a run's results are of another model, so they do not resume.
+            pairs.push(("model.pad_embedding".into(), "\"zero\"".into()));
+            pairs.sort();
+        }
+        pairs
     }
 
     fn from_pairs(pairs: Vec<(String, String)>, purpose: Purpose) -> Fingerprint {

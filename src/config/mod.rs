@@ -195,6 +195,10 @@ pub struct ModelSpec {
     pub n_in: usize,
     /// Tokens per sequence T (the positional embedding has one row per token).
     pub tokens: usize,
+    /// The [pad] token's id (`inputs.pad_id`; an encoder–decoder with the word embedding
+    /// only): its column W_WE[:, pad] is zero at initialization and is not a parameter (no
+    /// gradient), as BART's (the paper's footnote 48; PyTorch's `padding_idx`).
+    pub pad_id: Option<usize>,
 }
 
 impl ModelSpec {
@@ -660,6 +664,9 @@ fn validate(
         n_out = i.vocab;
         values.insert("model.n_out".into(), Value::from(n_out as i64));
     }
+    let pad_id = i
+        .pad_id
+        .filter(|_| m.stem == Stem::Embedding && !decoder.is_empty());
     let model = ModelSpec {
         stem: m.stem,
         width: m.width,
@@ -686,6 +693,7 @@ fn validate(
         var: m.variances,
         n_in,
         tokens,
+        pad_id,
     };
     let inputs = InputSpec {
         kind,

@@ -113,11 +113,19 @@ impl Head {
         let d_in = match spec.head {
             HeadKind::Tied => {
                 let rho = F::of(spec.tied_rescale());
+                // The [pad] column of W_WE is not a parameter (footnote 48, `stem::zero_pad`):
+                // its output's cotangent does not reach the gradient. It is zero, so ∂s below
+                // is the same either way.
+                let masked = spec.pad_id.map(|pad| {
+                    let mut m = g.to_owned();
+                    m.column_mut(pad).fill(F::zero());
+                    m
+                });
                 sink.term(
                     self.w,
                     GradTerm::LinearT {
                         input: cache.input.view(),
-                        grad: g,
+                        grad: masked.as_ref().map_or(g, |m| m.view()),
                         scale: rho,
                     },
                 );

@@ -1,7 +1,8 @@
 //! The stem block ℓ = 1 (§I 0 A): patchify z = W x + b_PE (1.7), or word embedding
 //! z = W_WE[:, id] + b_PE (1.9), Var W = C_patch/n_in (1.25), Var W_WE = C_WE not divided
 //! by the vocabulary (1.42), Var b_PE = C_PE per (token, channel) (1.37).
-//! In `mlp` mode it is the book's first layer z¹ = b + W x.
+//! In `mlp` mode it is the book's first layer z¹ = b + W x. With a [pad] token
+//! (`ModelSpec::pad_id`, footnote 48) the column W_WE[:, pad] is zero and not a parameter.
 //!
 //! Theory: G¹ = C_patch G⁰ + C_PE δ_{t1 t2} (1.41), or C_WE G⁰ + C_PE δ (1.45).
 
@@ -62,6 +63,8 @@ impl Stem {
             StemKind::Dense => params.linear(Group::Stem, 1, "stem.w".into(), h.w, spec, rng),
             StemKind::Embedding => params.table(Group::Stem, 1, "stem.w".into(), h.w, spec, rng),
         };
+        // The [pad] column is drawn with the others (the stream is unchanged), then zeroed.
+        zero_pad(spec, w, params);
         let pe = h.pe.map(|var| {
             // One row per token the network sees: the class token has its own b^PE_0 (1.8).
             let table = Weight::lookup(var, spec.seq_len(), spec.width);
@@ -178,13 +181,7 @@ impl Stem {
             }
             StemKind::Embedding => {
                 let ids = stacked_ids(probe, dec);
-                sink.term(
-                    self.w,
-                    GradTerm::Embedding {
-                        grad: g.view(),
-                        ids: &ids,
-                    },
-                );
+                lookup_term(spec, self.w, g.view(), &ids, sink);
             }
         }
         for (pe, grad, tokens) in [(self.pe, ge, probe.tokens), (dec_pe, gd, dec.tokens)] {
@@ -208,7 +205,7 @@ impl Stem {
             }
             StemKind::Embedding => {
                 let ids = probe.ids.as_ref().expect("embedding stem needs ids");
-                sink.term(self.w, GradTerm::Embedding { grad: g, ids });
+                lookup_term(spec, self.w, g, ids, sink);
             }
         }
         if let Some(pe) = self.pe {
@@ -227,6 +224,43 @@ impl Stem {
         if let Some(c) = self.cls {
             let rows = g.slice_move(ndarray::s![..;probe.tokens, ..]);
             sink.term(c, GradTerm::Bias { grad: rows });
+        }
+    }
+}
+
+/// Zeroes the [pad] token's column W_WE[:, pad] of the word embedding `w` when the model
+/// has one (`ModelSpec::pad_id`, the paper's footnote 48: BART zero-initializes it, as
+/// PyTorch's `padding_idx`). It is not a parameter: [`lookup_term`] and the tied head give
+/// it no gradient, so it stays zero under training.
+pub fn zero_pad<F: Real>(spec: &ModelSpec, w: usize, params: &mut Params<F>) {
+    if let (StemKind::Embedding, Some(pad)) = (spec.stem, spec.pad_id) {
+        params.list[w].value.column_mut(pad).fill(F::zero());
+    }
+}
+
+/// The lookup's gradient term, ∂W[:, id_δ] += G_δ, without the rows that read the frozen
+/// [pad] column (footnote 48): it is not a parameter, so it gets no gradient and adds
+/// nothing to ntk_stem.
+fn lookup_term<F: Real>(
+    spec: &ModelSpec,
+    w: usize,
+    grad: ArrayView2<F>,
+    ids: &[usize],
+    sink: &mut impl GradSink<F>,
+) {
+    match spec.pad_id.filter(|p| ids.contains(p)) {
+        None => sink.term(w, GradTerm::Embedding { grad, ids }),
+        Some(pad) => {
+            let rows: Vec<usize> = (0..ids.len()).filter(|&d| ids[d] != pad).collect();
+            let kept = grad.select(Axis(0), &rows);
+            let kept_ids: Vec<usize> = rows.iter().map(|&d| ids[d]).collect();
+            sink.term(
+                w,
+                GradTerm::Embedding {
+                    grad: kept.view(),
+                    ids: &kept_ids,
+                },
+            );
         }
     }
 }

@@ -52,7 +52,7 @@ use ndarray::{Array2, s};
 
 use super::ln::inv_root;
 use super::state::{Carried, Ctx, KernelState, State, What};
-use crate::config::HeadKind;
+use crate::config::{HeadKind, ModelSpec};
 use crate::model::Group;
 
 /// The head on states: `z` is the stream z^B (before the final LN), `input` the head's input
@@ -86,7 +86,10 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
 
 /// The head's NTK transport (1.182) of every carried kernel, then the head's own groups.
 fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carried> {
-    let (spec, c_head) = (ctx.spec, ctx.hyper.head.c_eff);
+    // A tied head's [pad] output has no gradient but its bias's (`live_outputs`); the tied
+    // backward on an encoder–decoder, the only model with a [pad], writes no rows
+    // (`ntk::unsupported`), so this factor is not checked against the Monte Carlo.
+    let (spec, c_head) = (ctx.spec, ctx.hyper.head.c_eff * live_outputs(ctx.spec));
     let n = spec.width as f64;
     let d = input.k.len();
     let (seqs, t) = (input.k.sequences, input.k.tokens);
@@ -127,7 +130,10 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
         // The head use of W_WE, one parameter with the stem's lookup, so in the stem group:
         // ∂z^L_{δ;i}/∂W_WE[j, i] = N s_{δ;j}, Σ_j → N² n F. Its cross term with the stem use
         // is N²/n_out Σ_δ ∂(|s_δ|²/2)/∂z¹ · w_id = O(ε): the LN output's norm is fixed.
-        let head_use = input.k.g.mapv(|x| spec.tied_rescale().powi(2) * n * x);
+        let head_use = input
+            .k
+            .g
+            .mapv(|x| spec.tied_rescale().powi(2) * n * x * live_outputs(spec));
         let stem = carried
             .iter_mut()
             .find(|i| i.what == What::Group(Group::Stem))
@@ -152,7 +158,7 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
 /// ([`super::plain`]).
 fn kernel(ctx: &Ctx, input: &KernelState) -> KernelState {
     let (spec, h) = (ctx.spec, &ctx.hyper.head);
-    let (c_head, c_b) = (h.c_eff, h.bias.unwrap_or(0.0));
+    let (c_head, c_b) = (h.c_eff * live_outputs(spec), h.bias.unwrap_or(0.0));
     let dense = input.g.mapv(|f| c_head * f);
     let g = if spec.head == HeadKind::Pooled {
         // (1.81): G̃_{α1α2} = (1/T²) Σ_{t1,t2} G_{(α1;t1)(α2;t2)}; the bias adds C_b once.
@@ -195,6 +201,19 @@ fn tied_contact(ctx: &Ctx, g0: &KernelState, coef: &[f64], out: &mut KernelState
         for b in 0..out.len() {
             out.g[[a, b]] += g0.g[[a, b]] * amp * amp * coef[a] * coef[b] / n_out;
         }
+    }
+}
+
+/// The share of the outputs W_WE reaches: (n_out − 1)/n_out for a tied head with a [pad]
+/// token, whose column W_WE[:, pad] is zero and frozen (footnote 48), so that output is its
+/// bias alone and adds nothing to a mean over outputs but C_b; 1 otherwise.
+fn live_outputs(spec: &ModelSpec) -> f64 {
+    match (spec.head, spec.pad_id) {
+        (HeadKind::Tied, Some(_)) => {
+            let n_out = spec.out_dim() as f64;
+            (n_out - 1.0) / n_out
+        }
+        _ => 1.0,
     }
 }
 

@@ -4,6 +4,8 @@
 //! - Kernel: G¹ = C_stem G⁰ + C_PE δ_{t1 t2} (no δ_{α1 α2}: the PE is shared), plus C_cls
 //!   δ_{t1 0} δ_{t2 0} with the class token (1.8), whose slot has G⁰ = 0; in `mlp` mode
 //!   the book's first layer K¹ = C_b + C_W G⁰ (no positional embedding).
+//! - The [pad] token (`inputs.pad_id`, footnote 48): its column of W_WE is zero and frozen,
+//!   so G⁰ = [id₁ = id₂ ≠ pad] carries it into the kernel and into raw_stem alike.
 //! - NTK: raw_stem = n_in G⁰ (dense) or G⁰ (embedding), raw_pe = δ_{t1t2}, raw_cls =
 //!   δ_{t1 0} δ_{t2 0}; in `mlp` mode
 //!   raw_W = n_in G⁰ and raw_b = 1 (the book's frozen NTK, PDLT §8).
@@ -16,7 +18,9 @@ use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::config::{ModelSpec, Norm, Stem};
 use crate::model::{Group, Probe};
 
-/// Input kernel G⁰: x·x/n_in (1.40) for the dense stem, [id₁ = id₂] for the embedding (1.44).
+/// Input kernel G⁰: x·x/n_in (1.40) for the dense stem, [id₁ = id₂] for the embedding (1.44),
+/// [id₁ = id₂ ≠ pad] when the model has a [pad] token, whose column W_WE[:, pad] is zero
+/// (footnote 48): a pad token's z¹ is its positional embedding alone.
 pub fn input_kernel(spec: &ModelSpec, probe: &Probe) -> Result<KernelState, TheoryError> {
     let d = probe.len();
     let g = match spec.stem {
@@ -26,7 +30,10 @@ pub fn input_kernel(spec: &ModelSpec, probe: &Probe) -> Result<KernelState, Theo
         }
         Stem::Embedding => {
             let ids = probe.ids.as_ref().ok_or_else(|| bad_input("token ids"))?;
-            Array2::from_shape_fn((d, d), |(a, b)| f64::from(u8::from(ids[a] == ids[b])))
+            let live = |id: usize| spec.pad_id != Some(id);
+            Array2::from_shape_fn((d, d), |(a, b)| {
+                f64::from(u8::from(ids[a] == ids[b] && live(ids[a])))
+            })
         }
     };
     Ok(KernelState::new(g, probe.sequences, probe.tokens))

@@ -176,6 +176,9 @@ impl Task for Denoise {
     fn tokens(&self) -> usize {
         self.text.tokens
     }
+    fn pad(&self) -> Option<usize> {
+        Some(self.specials.pad)
+    }
     fn outputs(&self) -> Outputs {
         Outputs::PerToken
     }

@@ -25,7 +25,7 @@ use toml::Value;
 
 use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind};
 use crate::hparams::HparamTable;
-use crate::model::{Group, Network, ParamGrads, Probe, Real, init};
+use crate::model::{Group, Network, ParamGrads, Probe, Real, init, stem};
 use optim::{Adam, Kind, Optimizer};
 use tasks::{Batch, Outputs, Split, Task};
 
@@ -102,8 +102,8 @@ impl TrainSpec {
 
 /// Fits the model and probe keys to the task. `first` is the user's configuration built
 /// once (to read `[train]`); `b` is a fresh builder of the same inputs that receives the
-/// task's shape. The task owns the vocabulary, T, the batch size and n_out (so they are set
-/// whatever the file says); causal masking and a positional embedding are only defaults:
+/// task's shape. The task owns the vocabulary, T, the batch size, n_out and a padding
+/// task's [pad] id (`inputs.pad_id`) (so they are set whatever the file says); causal masking and a positional embedding are only defaults:
 /// copy and recall are positional lookups, hopeless without b_PE, so a config without one
 /// gets C_PE = C_WE (positions as loud as token identity).
 pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainError> {
@@ -138,6 +138,11 @@ pub fn configure(first: &Config, mut b: ConfigBuilder) -> Result<Config, TrainEr
     // symmetric shape) unless the file chose its depth, and the decoder's T.
     if let Some(t_dec) = task.decoder_tokens() {
         b = b.value("inputs.decoder_tokens", int(t_dec))?;
+        // The task's pad token is the model's [pad]: its embedding column is zero and
+        // frozen, as fairseq's BART (`padding_idx`, the paper's footnote 48).
+        if let Some(pad) = task.pad() {
+            b = b.value("inputs.pad_id", int(pad))?;
+        }
         if !first.is_explicit("model.decoder_layers") {
             let layers = first.get("model.layers").cloned().unwrap_or(Value::from(1));
             b = b.value("model.decoder_layers", layers)?;
@@ -280,6 +285,8 @@ impl<F: Real> Trainer<F> {
                 }
             }
         }
+        // A re-drawn word embedding gets its [pad] column zeroed again (footnote 48).
+        stem::zero_pad(&model, net.stem.w, &mut net.params);
         let net: Network<F> = net.cast();
         let (mut lr, mut wd) = (Vec::new(), Vec::new());
         // A table without a global lr (a hand-written file may leave it out, and it reads as

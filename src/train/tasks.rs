@@ -49,6 +49,11 @@ pub trait Task: Send + Sync {
     fn decoder_tokens(&self) -> Option<usize> {
         None
     }
+    /// The [pad] token's id, when the task pads its sequences: the model's
+    /// `inputs.pad_id`, so its word-embedding column is zero and frozen (footnote 48).
+    fn pad(&self) -> Option<usize> {
+        None
+    }
     /// Whether the task is posed with causal attention (a left-to-right reader).
     fn causal(&self) -> bool;
     /// The loss of a guess that knows only which symbols can be answers.
