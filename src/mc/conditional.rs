@@ -30,7 +30,7 @@
 //!
 //! Tied embeddings are used twice forward and are materialized (the dense path) instead.
 
-use ndarray::{Array2, ArrayView2, Axis, concatenate, s};
+use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2, concatenate, s};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
@@ -220,10 +220,16 @@ fn extend<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
 /// in f64 the factor is exact to f64 rounding whatever the condition number the rank
 /// tolerance lets through (1/RANK_TOL ≈ 3e4), so one pass suffices (mixed-precision
 /// CholeskyQR; Yamazaki, Tomov & Dongarra, SIAM J. Sci. Comput. 37 (2015) C307).
-fn gram_cholesky<F: McReal>(v: ArrayView2<F>) -> (Array2<f64>, Vec<usize>, Array2<f64>) {
-    let wide = v.mapv(|x| x.wide());
-    let d = wide.nrows();
-    let g = skinny::gram_wide(wide.as_slice().expect("fresh array"), d, wide.ncols());
+fn gram_cholesky<F: McReal>(
+    v: ArrayView2<'_, F>,
+) -> (Array2<f64>, Vec<usize>, CowArray<'_, f32, Ix2>) {
+    let narrow = F::narrow(v);
+    let d = narrow.nrows();
+    let g = skinny::gram_wide(
+        narrow.as_slice().expect("standard layout"),
+        d,
+        narrow.ncols(),
+    );
     let tol2 = F::RANK_TOL * F::RANK_TOL;
     let norm2: Vec<f64> = (0..d).map(|i| g[[i, i]]).collect();
     // resid[i]: squared residual of row i after the pivots so far.
@@ -255,14 +261,14 @@ fn gram_cholesky<F: McReal>(v: ArrayView2<F>) -> (Array2<f64>, Vec<usize>, Array
         piv.push(p);
     }
     let r = piv.len();
-    (l.slice(s![.., ..r]).to_owned(), piv, wide)
+    (l.slice(s![.., ..r]).to_owned(), piv, narrow)
 }
 
 /// X = C Q with orthonormal rows Q (r × len) and C (D × r) from the Gram matrix of X in
 /// f64 ([`gram_cholesky`]): Q = L_pp⁻¹ X_p, computed in f64 and rounded once. The same
 /// factorization as `extend_basis` on an empty basis, for the f32 sampler.
 fn gram_qr<F: McReal>(v: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
-    let (l, piv, wide) = gram_cholesky(v);
+    let (l, piv, narrow) = gram_cholesky(v);
     let r = piv.len();
     // L_pp⁻¹ by forward substitution (r × r, lower triangular).
     let mut inv = Array2::<f64>::zeros((r, r));
@@ -276,12 +282,11 @@ fn gram_qr<F: McReal>(v: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
         }
     }
     // Q's rows as f64 combinations of X's pivot rows, rounded once.
-    let len = wide.ncols();
-    let xp = wide.select(Axis(0), &piv);
+    let len = narrow.ncols();
     let q = skinny::combine_wide(
         inv.as_slice().expect("fresh array"),
-        r,
-        xp.as_slice().expect("fresh array"),
+        narrow.as_slice().expect("standard layout"),
+        &piv,
         len,
     );
     let q = Array2::from_shape_vec((r, len), q.into_iter().map(F::of).collect())

@@ -43,7 +43,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, CowArray, Ix2};
 use rayon::prelude::*;
 
 use crate::config::{Backward, Config, ModelSpec, Sampler};
@@ -116,6 +116,9 @@ pub trait McReal: Real {
     );
     /// Σ a_i b_i of two rows.
     fn dot(a: ArrayView1<Self>, b: ArrayView1<Self>) -> Self;
+    /// The rows in f32, standard layout (borrowed when they are): the f32 sampler's
+    /// Gram-based factorizations read them ([`conditional`]; f64 never takes that path).
+    fn narrow(v: ArrayView2<'_, Self>) -> CowArray<'_, f32, Ix2>;
     /// y ← y + α x on rows.
     fn axpy(y: ArrayViewMut1<Self>, alpha: Self, x: ArrayView1<Self>);
 }
@@ -137,6 +140,9 @@ impl McReal for f64 {
         c: &mut ArrayViewMut2<f64>,
     ) {
         crate::model::linalg::gemm(alpha, a, b, beta, c)
+    }
+    fn narrow(v: ArrayView2<'_, f64>) -> CowArray<'_, f32, Ix2> {
+        CowArray::from(v.mapv(|x| x as f32))
     }
     fn dot(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
         a.dot(&b)
@@ -168,6 +174,13 @@ impl McReal for f32 {
         c: &mut ArrayViewMut2<f32>,
     ) {
         crate::model::linalg::gemm(alpha, a, b, beta, c)
+    }
+    fn narrow(v: ArrayView2<'_, f32>) -> CowArray<'_, f32, Ix2> {
+        if v.is_standard_layout() {
+            CowArray::from(v)
+        } else {
+            CowArray::from(v.as_standard_layout().into_owned())
+        }
     }
     fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
         match (a.as_slice(), b.as_slice()) {

@@ -161,12 +161,13 @@ mod x86 {
     /// Requires AVX2 and FMA; `x` holds `d` rows of `len`. One row against four at a time,
     /// four f64 lanes each, then a scalar tail.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gram_wide(x: &[f64], d: usize, len: usize, g: &mut ndarray::Array2<f64>) {
+    pub unsafe fn gram_wide(x: &[f32], d: usize, len: usize, g: &mut ndarray::Array2<f64>) {
         assert!(x.len() >= d * len);
         let body = len / 4 * 4;
         let row = |i: usize| &x[i * len..(i + 1) * len];
-        // Two rows against four at a time (6 loads per 8 FMAs); a lone last row reads itself
-        // twice and writes once. Entry (i, j) is the same dot whichever side computes it.
+        // Two rows against four at a time (6 loads, widened to f64, per 8 FMAs); a lone last
+        // row reads itself twice and writes once. Entry (i, j) is the same dot whichever side
+        // computes it.
         let mut i = 0;
         while i < d {
             let two = (d - i).min(2);
@@ -174,16 +175,16 @@ mod x86 {
             let mut j = i;
             while j < d {
                 let m = (d - j).min(4);
-                let rows: [&[f64]; 4] = std::array::from_fn(|q| row(j + q.min(m - 1)));
+                let rows: [&[f32]; 4] = std::array::from_fn(|q| row(j + q.min(m - 1)));
                 let mut acc = [[_mm256_setzero_pd(); 4]; 2];
                 let mut c = 0;
-                // SAFETY: every load reads 4 doubles at c + 3 < body <= len.
+                // SAFETY: every load reads 4 floats at c + 3 < body <= len.
                 unsafe {
                     while c < body {
-                        let va = _mm256_loadu_pd(a[0].as_ptr().add(c));
-                        let vb = _mm256_loadu_pd(a[1].as_ptr().add(c));
+                        let va = _mm256_cvtps_pd(_mm_loadu_ps(a[0].as_ptr().add(c)));
+                        let vb = _mm256_cvtps_pd(_mm_loadu_ps(a[1].as_ptr().add(c)));
                         for q in 0..4 {
-                            let w = _mm256_loadu_pd(rows[q].as_ptr().add(c));
+                            let w = _mm256_cvtps_pd(_mm_loadu_ps(rows[q].as_ptr().add(c)));
                             acc[0][q] = _mm256_fmadd_pd(va, w, acc[0][q]);
                             acc[1][q] = _mm256_fmadd_pd(vb, w, acc[1][q]);
                         }
@@ -197,7 +198,7 @@ mod x86 {
                         unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), acc[p][q]) };
                         let mut s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
                         for cc in body..len {
-                            s = ap[cc].mul_add(rows[q][cc], s);
+                            s = f64::from(ap[cc]).mul_add(f64::from(rows[q][cc]), s);
                         }
                         g[[i + p, j + q]] = s;
                         g[[j + q, i + p]] = s;
@@ -209,11 +210,13 @@ mod x86 {
         }
     }
 
-    /// Requires AVX2 and FMA. out (r × len) ← T · x for T (r × r, row-major) and x (r rows
-    /// of len): four output rows × eight columns in registers, T's entries broadcast.
+    /// Requires AVX2 and FMA. out (r × len) ← T · x_rows for T (r × r, row-major) and the
+    /// rows `rows` of x: four output rows × eight columns in registers, T's entries broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn combine_wide(t: &[f64], r: usize, x: &[f64], len: usize, out: &mut [f64]) {
-        assert!(t.len() >= r * r && x.len() >= r * len && out.len() >= r * len);
+    pub unsafe fn combine_wide(t: &[f64], x: &[f32], rows: &[usize], len: usize, out: &mut [f64]) {
+        let r = rows.len();
+        assert!(t.len() >= r * r && out.len() >= r * len);
+        assert!(rows.iter().all(|&p| (p + 1) * len <= x.len()));
         let body = len / 8 * 8;
         let mut i0 = 0;
         while i0 < r {
@@ -224,9 +227,10 @@ mod x86 {
             unsafe {
                 while c < body {
                     let mut acc = [[_mm256_setzero_pd(); 2]; 4];
-                    for p in 0..r {
-                        let x0 = _mm256_loadu_pd(x.as_ptr().add(p * len + c));
-                        let x1 = _mm256_loadu_pd(x.as_ptr().add(p * len + c + 4));
+                    for (p, &row) in rows.iter().enumerate() {
+                        let at = x.as_ptr().add(row * len + c);
+                        let x0 = _mm256_cvtps_pd(_mm_loadu_ps(at));
+                        let x1 = _mm256_cvtps_pd(_mm_loadu_ps(at.add(4)));
                         for (k, a) in acc.iter_mut().enumerate() {
                             let b = _mm256_set1_pd(t[ti(k) * r + p]);
                             a[0] = _mm256_fmadd_pd(b, x0, a[0]);
@@ -243,8 +247,8 @@ mod x86 {
             for k in 0..m {
                 for cc in body..len {
                     let mut s = 0.0f64;
-                    for p in 0..r {
-                        s = t[(i0 + k) * r + p].mul_add(x[p * len + cc], s);
+                    for (p, &row) in rows.iter().enumerate() {
+                        s = t[(i0 + k) * r + p].mul_add(f64::from(x[row * len + cc]), s);
                     }
                     out[(i0 + k) * len + cc] = s;
                 }
@@ -571,9 +575,10 @@ pub fn try_gemm(
     None
 }
 
-/// The Gram matrix X Xᵀ of the rows of `x` (D rows of `len`, row-major), in f64: the f32
-/// sampler's factorizations accumulate it in f64 ([`crate::mc::conditional`]).
-pub fn gram_wide(x: &[f64], d: usize, len: usize) -> ndarray::Array2<f64> {
+/// The Gram matrix X Xᵀ of the rows of `x` (D rows of `len`, row-major, f32), in f64: the
+/// f32 sampler's factorizations accumulate it in f64 ([`crate::mc::conditional`]); products
+/// of f32 numbers are exact in f64.
+pub fn gram_wide(x: &[f32], d: usize, len: usize) -> ndarray::Array2<f64> {
     let mut g = ndarray::Array2::<f64>::zeros((d, d));
     #[cfg(target_arch = "x86_64")]
     {
@@ -586,7 +591,9 @@ pub fn gram_wide(x: &[f64], d: usize, len: usize) -> ndarray::Array2<f64> {
     }
     for i in 0..d {
         for j in i..d {
-            let s: f64 = (0..len).map(|c| x[i * len + c] * x[j * len + c]).sum();
+            let s: f64 = (0..len)
+                .map(|c| f64::from(x[i * len + c]) * f64::from(x[j * len + c]))
+                .sum();
             g[[i, j]] = s;
             g[[j, i]] = s;
         }
@@ -594,27 +601,27 @@ pub fn gram_wide(x: &[f64], d: usize, len: usize) -> ndarray::Array2<f64> {
     g
 }
 
-/// out (r × len) ← T · x in f64, for T (r × r, row-major) and x (r rows of len, row-major):
-/// the f32 sampler forms its orthonormal rows Q = L⁻¹ X this way ([`crate::mc::conditional`]).
-pub fn combine_wide(t: &[f64], r: usize, x: &[f64], len: usize) -> Vec<f64> {
+/// out (r × len) ← T · X_p in f64, for T (r × r, row-major) and the rows p = `rows` of x
+/// (f32, rows of len): the f32 sampler forms its orthonormal rows Q = L_pp⁻¹ X_p this way
+/// ([`crate::mc::conditional`]).
+pub fn combine_wide(t: &[f64], x: &[f32], rows: &[usize], len: usize) -> Vec<f64> {
+    let r = rows.len();
     let mut out = vec![0.0f64; r * len];
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA; the shapes are checked inside.
-            unsafe { x86::combine_wide(t, r, x, len, &mut out) };
+            unsafe { x86::combine_wide(t, x, rows, len, &mut out) };
             return out;
         }
     }
     for i in 0..r {
-        for p in 0..r {
+        for (p, &row) in rows.iter().enumerate() {
             let a = t[i * r + p];
-            for (o, &v) in out[i * len..(i + 1) * len]
-                .iter_mut()
-                .zip(&x[p * len..(p + 1) * len])
-            {
-                *o = a.mul_add(v, *o);
+            let xp = &x[row * len..(row + 1) * len];
+            for (o, &v) in out[i * len..(i + 1) * len].iter_mut().zip(xp) {
+                *o = a.mul_add(f64::from(v), *o);
             }
         }
     }
@@ -632,18 +639,20 @@ mod tests {
     #[test]
     fn wide_kernels_match_plain_loops() {
         for (r, len) in [(1usize, 3usize), (5, 13), (16, 512), (7, 2051)] {
-            let x: Vec<f64> = (0..r * len)
-                .map(|k| ((k * 37 % 101) as f64 - 50.0) / 7.0)
+            let x: Vec<f32> = (0..r * len)
+                .map(|k| ((k * 37 % 101) as f32 - 50.0) / 7.0)
                 .collect();
             let t: Vec<f64> = (0..r * r)
                 .map(|k| ((k * 13 % 17) as f64 - 8.0) / 3.0)
                 .collect();
-            let got = combine_wide(&t, r, &x, len);
+            // The rows in another order (the pivots).
+            let rows: Vec<usize> = (0..r).map(|p| (p * 3 + 1) % r).collect();
+            let got = combine_wide(&t, &x, &rows, len);
             for i in 0..r {
                 for c in 0..len {
                     let mut s = 0.0f64;
-                    for p in 0..r {
-                        s = t[i * r + p].mul_add(x[p * len + c], s);
+                    for (p, &row) in rows.iter().enumerate() {
+                        s = t[i * r + p].mul_add(f64::from(x[row * len + c]), s);
                     }
                     assert_eq!(got[i * len + c], s, "combine r {r} len {len} ({i}, {c})");
                 }
@@ -651,7 +660,9 @@ mod tests {
             let g = gram_wide(&x, r, len);
             for i in 0..r {
                 for j in 0..r {
-                    let s: f64 = (0..len).map(|c| x[i * len + c] * x[j * len + c]).sum();
+                    let s: f64 = (0..len)
+                        .map(|c| f64::from(x[i * len + c]) * f64::from(x[j * len + c]))
+                        .sum();
                     assert!(
                         (g[[i, j]] - s).abs() <= 1e-12 * s.abs().max(1.0),
                         "gram ({i}, {j})"
