@@ -4,7 +4,7 @@
 //!
 //! Families: ViT (`ViTConfig`), GPT-2 (`GPT2Config`), BERT (`BertConfig`) and BART
 //! (`BartConfig`, encoder and decoder: `model.decoder_layers`, pattern ACM, the decoder's
-//! start token as `inputs.bos_id`). What is mapped: width, heads, layers,
+//! start token as `inputs.bos_id`, its [pad] as `inputs.pad_id`). What is mapped: width, heads, layers,
 //! the MLP width (as `model.mlp_mult`) and activation, the LayerNorm ε and placement, the
 //! causal mask, positional embeddings, the head (tied to the embedding, or a classifier with
 //! its number of labels) and the vocabulary. `initializer_range` (`init_std` for BART) is the
@@ -583,6 +583,11 @@ fn bart_decoder(f: &mut Fields, vocab: u64) -> Result<(), ConfigError> {
     // fairseq's and Hugging Face's decoder input starts with this id (shift_tokens_right).
     if let Some(start) = f.count("decoder_start_token_id")?.filter(|&s| s < vocab) {
         f.set("inputs.bos_id", start as i64);
+    }
+    // BART's [pad]: its embedding row is zero and frozen (`padding_idx`, the paper's footnote
+    // 48) and padded source tokens are masked out of cross-attention.
+    if let Some(pad) = f.count("pad_token_id")?.filter(|&p| p < vocab) {
+        f.set("inputs.pad_id", pad as i64);
     }
     Ok(())
 }

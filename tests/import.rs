@@ -188,7 +188,10 @@ fn bart_maps_the_encoder_and_the_decoder() {
     assert_eq!(int(&imp, "model.decoder_layers"), 12);
     assert_eq!(text(&imp, "model.decoder_pattern"), "ACM");
     assert_eq!(int(&imp, "inputs.bos_id"), 2);
+    // Its [pad] (id 1): the zero, frozen embedding row (footnote 48) and the source mask.
+    assert_eq!(int(&imp, "inputs.pad_id"), 1);
     for f in [
+        "pad_token_id",
         "decoder_layers",
         "decoder_attention_heads",
         "decoder_ffn_dim",
@@ -274,6 +277,7 @@ fn no_field_is_dropped_silently() {
                 "decoder_attention_heads",
                 "decoder_ffn_dim",
                 "decoder_start_token_id",
+                "pad_token_id",
                 "is_encoder_decoder",
             ],
         ),
