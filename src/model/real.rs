@@ -28,6 +28,17 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
             (*a, *d) = super::activation::Activation::Gelu.f_df(z);
         }
     }
+    /// One AdamW update over contiguous slices ([`crate::train::optim::adamw_body`]);
+    /// f32 and f64 compile it for the CPU's widest vectors.
+    fn adamw_slices(
+        th: &mut [Self],
+        g: &[Self],
+        m: &mut [Self],
+        v: &mut [Self],
+        k: &crate::train::optim::AdamStep<Self>,
+    ) -> bool {
+        crate::train::optim::adamw_body(th, g, m, v, k)
+    }
     /// C ← α·A·B + β·C on the fastest backend for this type and shape.
     fn gemm_backend(
         alpha: Self,
@@ -51,6 +62,15 @@ impl Real for f64 {
     #[inline]
     fn erf(self) -> f64 {
         libm::erf(self)
+    }
+    fn adamw_slices(
+        th: &mut [f64],
+        g: &[f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        k: &crate::train::optim::AdamStep<f64>,
+    ) -> bool {
+        crate::train::optim::adamw_f64(th, g, m, v, k)
     }
     #[inline]
     fn gemm_backend(
@@ -81,6 +101,15 @@ impl Real for f32 {
     }
     fn gelu_slices(z: &[f32], a: &mut [f32], da: &mut [f32]) {
         super::fastmath::gelu_slices(z, a, da)
+    }
+    fn adamw_slices(
+        th: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        k: &crate::train::optim::AdamStep<f32>,
+    ) -> bool {
+        crate::train::optim::adamw_f32(th, g, m, v, k)
     }
     /// Skinny products (the Monte Carlo's) on the packing-free kernels of `skinny`; the rest
     /// on matrixmultiply: the trainer's products have hundreds of rows, where it beat faer

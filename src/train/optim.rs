@@ -105,6 +105,68 @@ impl<F: Real> Optimizer<F> {
     }
 }
 
+/// One AdamW update of one parameter: the constants of [`Consts`] with its lr and decay.
+#[derive(Clone, Copy)]
+pub struct AdamStep<F> {
+    c1: F,
+    c2: F,
+    beta1: F,
+    beta2: F,
+    eps: F,
+    scale: F,
+    lr: F,
+    decay: F,
+}
+
+/// The AdamW update over contiguous slices, the same arithmetic in the same order as the
+/// strided fallback in [`Consts::apply`] (so the same bits): written over slices so that it
+/// vectorizes (over ndarray's `Zip` of four arrays the compiler left the divisions and the
+/// square root scalar, 9% of a training step). False if an entry's square overflows.
+#[inline(always)]
+pub fn adamw_body<F: Real>(
+    th: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+    k: &AdamStep<F>,
+) -> bool {
+    let one = F::one();
+    let mut finite = true;
+    for (((th, &g), m), v) in th.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * k.scale;
+        *m = k.beta1 * *m + (one - k.beta1) * g;
+        *v = k.beta2 * *v + (one - k.beta2) * g * g;
+        *th = *th * k.decay - k.lr * (*m / k.c1) / ((*v / k.c2).sqrt() + k.eps);
+        finite &= (*th * *th).is_finite();
+    }
+    finite
+}
+
+#[inline(always)]
+fn adamw_body_f32(
+    th: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: &AdamStep<f32>,
+) -> bool {
+    adamw_body(th, g, m, v, k)
+}
+
+#[inline(always)]
+fn adamw_body_f64(
+    th: &mut [f64],
+    g: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    k: &AdamStep<f64>,
+) -> bool {
+    adamw_body(th, g, m, v, k)
+}
+
+crate::model::skinny::multiversion!(pub fn adamw_f32(th: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamStep<f32>) -> bool, adamw_body_f32);
+crate::model::skinny::multiversion!(pub fn adamw_f64(th: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], k: &AdamStep<f64>) -> bool, adamw_body_f64);
+
 /// What one update shares across parameters.
 #[derive(Clone, Copy)]
 struct Consts<F> {
@@ -140,6 +202,25 @@ impl<F: Real> Consts<F> {
         let mut finite = true;
         match (self.kind, mv) {
             (Kind::AdamW, Some((m, v))) => {
+                let step = AdamStep {
+                    c1,
+                    c2,
+                    beta1,
+                    beta2,
+                    eps,
+                    scale,
+                    lr,
+                    decay,
+                };
+                if let (Some(th), Some(gs), Some(ms), Some(vs)) = (
+                    p.value.as_slice_mut(),
+                    g.as_slice(),
+                    m.as_slice_mut(),
+                    v.as_slice_mut(),
+                ) {
+                    // Contiguous (every parameter the trainer makes): the vectorized loop.
+                    return F::adamw_slices(th, gs, ms, vs, &step);
+                }
                 Zip::from(&mut p.value)
                     .and(g)
                     .and(m)
