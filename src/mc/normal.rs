@@ -4,10 +4,11 @@
 //! arithmetic on eight independent states, and the transform uses polynomial `ln`, `sin` and
 //! `cos` with no table and no branch (the quadrant comes from the mantissa bits of 4t + 2²³,
 //! not from a float-to-int conversion), so a block is straight-line SIMD. In f32 an explicit
-//! AVX2 body does eight lanes per instruction; the portable body and the f64 refill are
-//! compiled for AVX-512, AVX2 or the baseline. Every path runs the same IEEE operations in
-//! the same order with no contraction into FMA, so every machine gives the same bits (the
-//! polynomials are written with separate multiplies and adds, which the compiler may not fuse).
+//! AVX2+FMA body does eight lanes per instruction, its polynomials as fused multiply-adds,
+//! which the portable body spells `mul_add` (correctly rounded everywhere, in software on a
+//! CPU without FMA); the f64 refill is compiled for AVX-512, AVX2 or the baseline with
+//! separate multiplies and adds, which the compiler may not fuse. Every path runs the same
+//! IEEE operations in the same order, so every machine gives the same bits.
 //!
 //! Seeding: eight lane states from SplitMix64 of one word of the sample's stream, so the draws
 //! depend only on (seed, sample) and never on the thread that runs the sample.
@@ -144,12 +145,13 @@ fn step(s: &mut [[u64; LANES]; 4]) -> [u64; LANES] {
 
 /// The f32 refill: explicit AVX2 on x86-64 machines that have it (LLVM left the portable body
 /// half scalar: 4-wide, with the quadrant's float-to-int conversions one lane at a time), the
-/// portable body elsewhere. Both are the same IEEE operations in the same order with no
-/// contraction into FMA, so every machine gives the same bits (tested below).
+/// portable body elsewhere. Both are the same IEEE operations in the same order, the
+/// polynomials' steps as fused multiply-adds (`mul_add`, a correctly rounded libm call on a
+/// CPU without FMA), so every machine gives the same bits (tested below).
 fn refill32(s: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
         return unsafe { x86::refill32(s, buf) };
     }
     refill32_body(s, buf)
@@ -259,12 +261,12 @@ pub fn ln32(x: f32) -> f32 {
     let m = f32::from_bits(bits.wrapping_sub((e as u32) << 23));
     let f = (m - 1.0) / (m + 1.0);
     let f2 = f * f;
-    let p = 2.0 / 9.0;
-    let p = p * f2 + 2.0 / 7.0;
-    let p = p * f2 + 2.0 / 5.0;
-    let p = p * f2 + 2.0 / 3.0;
-    let p = p * f2 + 2.0;
-    e as f32 * std::f32::consts::LN_2 + p * f
+    let p: f32 = 2.0 / 9.0;
+    let p = p.mul_add(f2, 2.0 / 7.0);
+    let p = p.mul_add(f2, 2.0 / 5.0);
+    let p = p.mul_add(f2, 2.0 / 3.0);
+    let p = p.mul_add(f2, 2.0);
+    p.mul_add(f, e as f32 * std::f32::consts::LN_2)
 }
 
 /// ln x in f64, as [`ln32`] with the series to f²¹ (truncation < 1e-17 relative).
@@ -296,15 +298,15 @@ pub fn sincos_turn32(t: f32) -> (f32, f32) {
     let q = big.to_bits();
     let x = (t - (big - ROUND32) * 0.25) * std::f32::consts::TAU;
     let x2 = x * x;
-    let s = x2 * (1.0 / 362_880.0) - 1.0 / 5040.0;
-    let s = s * x2 + 1.0 / 120.0;
-    let s = s * x2 - 1.0 / 6.0;
-    let s = (s * x2) * x + x;
-    let c = x2 * (-1.0 / 3_628_800.0) + 1.0 / 40320.0;
-    let c = c * x2 - 1.0 / 720.0;
-    let c = c * x2 + 1.0 / 24.0;
-    let c = c * x2 - 0.5;
-    let c = c * x2 + 1.0;
+    let s = x2.mul_add(1.0 / 362_880.0, -1.0 / 5040.0);
+    let s = s.mul_add(x2, 1.0 / 120.0);
+    let s = s.mul_add(x2, -1.0 / 6.0);
+    let s = (s * x2).mul_add(x, x);
+    let c = x2.mul_add(-1.0 / 3_628_800.0, 1.0 / 40320.0);
+    let c = c.mul_add(x2, -1.0 / 720.0);
+    let c = c.mul_add(x2, 1.0 / 24.0);
+    let c = c.mul_add(x2, -0.5);
+    let c = c.mul_add(x2, 1.0);
     let (a, b) = if q & 1 != 0 { (c, s) } else { (s, c) };
     let sa = (q & 2) << 30;
     let sb = ((q + 1) & 2) << 30;
@@ -391,7 +393,7 @@ mod x86 {
         out
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn refill32(st: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
         // SAFETY: each word holds 8 lanes; 4 are read from 0 or 4.
         let load =
@@ -429,11 +431,12 @@ mod x86 {
             let f2 = _mm256_mul_ps(f, f);
             let mut p = c(2.0 / 9.0);
             for k in [2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0] {
-                p = _mm256_add_ps(_mm256_mul_ps(p, f2), c(k));
+                p = _mm256_fmadd_ps(p, f2, c(k));
             }
-            let ln = _mm256_add_ps(
+            let ln = _mm256_fmadd_ps(
+                p,
+                f,
                 _mm256_mul_ps(_mm256_cvtepi32_ps(e), c(std::f32::consts::LN_2)),
-                _mm256_mul_ps(p, f),
             );
             let r = _mm256_sqrt_ps(_mm256_mul_ps(c(-2.0), ln));
             // sin and cos of the turn t (super::sincos_turn32).
@@ -444,15 +447,15 @@ mod x86 {
                 c(std::f32::consts::TAU),
             );
             let x2 = _mm256_mul_ps(x, x);
-            let mut s = _mm256_sub_ps(_mm256_mul_ps(x2, c(1.0 / 362_880.0)), c(1.0 / 5040.0));
-            s = _mm256_add_ps(_mm256_mul_ps(s, x2), c(1.0 / 120.0));
-            s = _mm256_sub_ps(_mm256_mul_ps(s, x2), c(1.0 / 6.0));
-            s = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(s, x2), x), x);
-            let mut co = _mm256_add_ps(_mm256_mul_ps(x2, c(-1.0 / 3_628_800.0)), c(1.0 / 40320.0));
-            co = _mm256_sub_ps(_mm256_mul_ps(co, x2), c(1.0 / 720.0));
-            co = _mm256_add_ps(_mm256_mul_ps(co, x2), c(1.0 / 24.0));
-            co = _mm256_sub_ps(_mm256_mul_ps(co, x2), c(0.5));
-            co = _mm256_add_ps(_mm256_mul_ps(co, x2), c(1.0));
+            let mut s = _mm256_fmadd_ps(x2, c(1.0 / 362_880.0), c(-1.0 / 5040.0));
+            s = _mm256_fmadd_ps(s, x2, c(1.0 / 120.0));
+            s = _mm256_fmadd_ps(s, x2, c(-1.0 / 6.0));
+            s = _mm256_fmadd_ps(_mm256_mul_ps(s, x2), x, x);
+            let mut co = _mm256_fmadd_ps(x2, c(-1.0 / 3_628_800.0), c(1.0 / 40320.0));
+            co = _mm256_fmadd_ps(co, x2, c(-1.0 / 720.0));
+            co = _mm256_fmadd_ps(co, x2, c(1.0 / 24.0));
+            co = _mm256_fmadd_ps(co, x2, c(-0.5));
+            co = _mm256_fmadd_ps(co, x2, c(1.0));
             let odd = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(q, ci(1)), ci(1)));
             let sa = _mm256_slli_epi32::<30>(_mm256_and_si256(q, ci(2)));
             let sb = _mm256_slli_epi32::<30>(_mm256_and_si256(_mm256_add_epi32(q, ci(1)), ci(2)));
