@@ -105,23 +105,41 @@ impl<F: Real> Optimizer<F> {
     }
 }
 
-/// One AdamW update of one parameter: the constants of [`Consts`] with its lr and decay.
+/// One AdamW update of one parameter: the shared [`Consts`] with its lr and decay.
 #[derive(Clone, Copy)]
 pub struct AdamStep<F> {
-    c1: F,
-    c2: F,
-    beta1: F,
-    beta2: F,
-    eps: F,
-    scale: F,
+    c: Consts<F>,
     lr: F,
     decay: F,
 }
 
-/// The AdamW update over contiguous slices, the same arithmetic in the same order as the
-/// strided fallback in [`Consts::apply`] (so the same bits): written over slices so that it
-/// vectorizes (over ndarray's `Zip` of four arrays the compiler left the divisions and the
-/// square root scalar, 9% of a training step). False if an entry's square overflows.
+impl<F: Real> AdamStep<F> {
+    /// One entry (PyTorch's AdamW, module doc); false if θ² overflows. The only place the
+    /// formula is written: the slice loop and the strided fallback both call it.
+    #[inline(always)]
+    fn entry(&self, th: &mut F, g: F, m: &mut F, v: &mut F) -> bool {
+        let Consts {
+            c1,
+            c2,
+            beta1,
+            beta2,
+            eps,
+            scale,
+            ..
+        } = self.c;
+        let one = F::one();
+        let g = g * scale;
+        *m = beta1 * *m + (one - beta1) * g;
+        *v = beta2 * *v + (one - beta2) * g * g;
+        *th = *th * self.decay - self.lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+        (*th * *th).is_finite()
+    }
+}
+
+/// The AdamW update over contiguous slices ([`AdamStep::entry`] on each entry): written over
+/// slices so that it vectorizes (over ndarray's `Zip` of four arrays the compiler left the
+/// divisions and the square root scalar, 9% of a training step). False if an entry's square
+/// overflows.
 #[inline(always)]
 pub fn adamw_body<F: Real>(
     th: &mut [F],
@@ -130,14 +148,9 @@ pub fn adamw_body<F: Real>(
     v: &mut [F],
     k: &AdamStep<F>,
 ) -> bool {
-    let one = F::one();
     let mut finite = true;
     for (((th, &g), m), v) in th.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g * k.scale;
-        *m = k.beta1 * *m + (one - k.beta1) * g;
-        *v = k.beta2 * *v + (one - k.beta2) * g * g;
-        *th = *th * k.decay - k.lr * (*m / k.c1) / ((*v / k.c2).sqrt() + k.eps);
-        finite &= (*th * *th).is_finite();
+        finite &= k.entry(th, g, m, v);
     }
     finite
 }
@@ -189,26 +202,11 @@ impl<F: Real> Consts<F> {
         lr: F,
         decay: F,
     ) -> bool {
-        let Consts {
-            c1,
-            c2,
-            beta1,
-            beta2,
-            eps,
-            scale,
-            ..
-        } = *self;
-        let one = F::one();
         let mut finite = true;
         match (self.kind, mv) {
             (Kind::AdamW, Some((m, v))) => {
                 let step = AdamStep {
-                    c1,
-                    c2,
-                    beta1,
-                    beta2,
-                    eps,
-                    scale,
+                    c: *self,
                     lr,
                     decay,
                 };
@@ -225,16 +223,10 @@ impl<F: Real> Consts<F> {
                     .and(g)
                     .and(m)
                     .and(v)
-                    .for_each(|th, &g, m, v| {
-                        let g = g * scale;
-                        *m = beta1 * *m + (one - beta1) * g;
-                        *v = beta2 * *v + (one - beta2) * g * g;
-                        *th = *th * decay - lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-                        finite &= (*th * *th).is_finite();
-                    })
+                    .for_each(|th, &g, m, v| finite &= step.entry(th, g, m, v))
             }
             _ => Zip::from(&mut p.value).and(g).for_each(|th, &g| {
-                *th = *th * decay - lr * (g * scale);
+                *th = *th * decay - lr * (g * self.scale);
                 finite &= (*th * *th).is_finite();
             }),
         }
