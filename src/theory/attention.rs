@@ -21,8 +21,8 @@
 //!   layer, as the Monte Carlo sums it): b_U 1, b_V C_U E[Ω1Ωᵀ], b_Q C_U E[S_K], b_K 0 (the
 //!   softmax ignores a shift shared by a query's keys, Σ_u' J_{δ;t'u'} = 0). (1 is the
 //!   all-ones kernel.)
-//! - Tied head: the block adds its logit contact to every carried kernel
-//!   (`Block::tied_contact`; the derivation is in [`super::head`]).
+//! - Tied head: the block records its draws and logit-gradient kernels for the contact
+//!   ([`super::contact`], `Block::logits`).
 //!
 //! - Order 1 (`theory.order = 1`, docs/finite-width.md): each logit draw first draws its own
 //!   input kernel F̂ at width n ([`InputLaw`], Wishart), then q and k at head width C given
@@ -39,6 +39,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::TheoryError;
+use super::contact::{Lam, Logits, Step, Term};
 use super::finite::Finite;
 use super::linalg::cholesky_psd;
 use super::state::{Carried, Ctx, KernelState, State, What};
@@ -472,12 +473,12 @@ fn draw(
 }
 
 /// The MHSA branch on a state: the increment's state (kernel and NTK transport, from the
-/// same logit draws) and the block's attention statistics. `b` is the block's index.
+/// same logit draws) and the block's attention statistics. `stream` is the block's input
+/// stream z (its LN output is `input` in `pre` mode).
 pub(crate) fn branch(
     ctx: &Ctx,
     input: &State,
     stream: &State,
-    b: usize,
     layer: usize,
 ) -> Result<(State, AttnStats), TheoryError> {
     let (delta, stats, draws, hats, fluct) =
@@ -491,8 +492,13 @@ pub(crate) fn branch(
                 draws: &draws,
                 hats: &hats,
                 scale: logit_scale(ctx.spec)?,
+                tokens: input.k.tokens,
             };
-            Some(blk.transport(bars, b, layer))
+            ctx.record(|| Step::Attn {
+                lam: Lam::of(&stream.k, &input.k, ctx.spec.ln_eps),
+                logits: blk.logits(bars),
+            });
+            Some(blk.transport(bars, layer))
         }
         None => None,
     };
@@ -643,11 +649,13 @@ struct Block<'a> {
     /// Order 1: the draws' Q̂, K̂ (empty otherwise).
     hats: &'a Hats,
     scale: f64,
+    /// Tokens per sequence.
+    tokens: usize,
 }
 
 impl Block<'_> {
     /// Every carried Θ̄ through the value and logit paths, then the block's own groups.
-    fn transport(&self, bars: &[Carried], b: usize, layer: usize) -> Vec<Carried> {
+    fn transport(&self, bars: &[Carried], layer: usize) -> Vec<Carried> {
         let (spec, c) = (self.ctx.spec, C::of(self.ctx));
         let (f, qk, scale) = (self.f, &self.qkv.q, self.scale);
         let n = spec.width as f64;
@@ -694,11 +702,6 @@ impl Block<'_> {
                 th.with(v)
             })
             .collect();
-        let raw_contact = if spec.head == crate::config::HeadKind::Tied {
-            self.tied_contact(bars, b, &mut out)
-        } else {
-            Vec::new()
-        };
         let mut raw = vec![
             (Group::Q, f_s_k.mapv(|x| n * c.u * scale * x)),
             (Group::K, q_s(0).mapv(|x| n * c.u * scale * x)),
@@ -711,49 +714,45 @@ impl Block<'_> {
             bias.scaled_add(c.u * scale, s_k);
             raw.push((Group::Bias, bias));
         }
-        for (g, r) in raw {
-            let mut new = Carried::new(layer, What::Group(g), r);
-            if let Some((_, v)) = raw_contact.iter().find(|(cg, _)| *cg == g) {
-                new.contact.clone_from(v);
-            }
-            out.push(new);
-        }
+        out.extend(
+            raw.into_iter()
+                .map(|(g, r)| Carried::new(layer, What::Group(g), r)),
+        );
         out
     }
 
-    /// The tied head's logit contact of this block (module doc of [`super::head`]): added to
-    /// every carried kernel in `out`, and returned for the block's own groups Q, K, b_Q.
-    fn tied_contact(
-        &self,
-        bars: &[Carried],
-        b: usize,
-        out: &mut [Carried],
-    ) -> Vec<(Group, Vec<f64>)> {
+    /// What the tied head's contact reads of this block ([`super::contact`]): its draws, its
+    /// value kernel and the logit-gradient kernel of every carried Θ̄ and of its own Q, K, b_Q
+    /// (indexed as in the carried list the transport returns).
+    fn logits(&self, bars: &[Carried]) -> Logits {
         let (spec, c) = (self.ctx.spec, C::of(self.ctx));
-        let (f, qk, scale) = (self.f, &self.qkv.q, self.scale);
+        let (f, qk, kk, scale) = (self.f, &self.qkv.q, &self.qkv.k, self.scale);
         let n = spec.width as f64;
         let d = f.nrows();
-        // ρ⁴ C_U² with ρ = γ ξ^(blocks after): the block's output in z^B.
-        let rho = spec.gamma_res * spec.xi.powi((spec.blocks.len() - b - 1) as i32);
-        let w = rho.powi(4) * c.u * c.u / spec.heads as f64;
-        let mut ys = vec![self.qkv.k.clone(), f.clone()];
-        ys.extend(bars.iter().map(|th| th.theta.clone()));
-        let e = tied_logit_contact(self.draws, &self.qkv.v, &ys);
-        let (e_k, e_f) = (&e[0], &e[1]);
-        for (k, (th, o)) in bars.iter().zip(out.iter_mut()).enumerate() {
-            for a in 0..d {
-                o.contact[a] +=
-                    w * scale * (c.q * th.theta[[a, a]] * e_k[a] + c.k * qk[[a, a]] * e[k + 2][a]);
-            }
+        let term = |index: usize, coef: f64, query: &Array2<f64>, key: &Array2<f64>| Term {
+            index,
+            coef,
+            query: query.clone(),
+            key: key.clone(),
+        };
+        let mut terms = Vec::new();
+        for (i, th) in bars.iter().enumerate() {
+            terms.push(term(i, scale * c.q, &th.theta, kk));
+            terms.push(term(i, scale * c.k, qk, &th.theta));
         }
-        let per = |v: &dyn Fn(usize) -> f64| (0..d).map(|a| w * v(a)).collect();
-        vec![
-            (Group::Q, per(&|a| n * scale * f[[a, a]] * e_k[a])),
-            (Group::K, per(&|a| n * scale * qk[[a, a]] * e_f[a])),
-            // b_Q: ∂logit/∂b_Q sums to K (as C_U E[S_K] in the bias group). V and U have no
-            // logit path, so no contact.
-            (Group::Bias, per(&|a| scale * e_k[a])),
-        ]
+        let own = bars.len();
+        terms.push(term(own, n * scale, f, kk));
+        terms.push(term(own + 1, n * scale, qk, f));
+        if self.ctx.hyper.attention.bias.is_some() {
+            terms.push(term(own + 4, scale, &Array2::ones((d, d)), kk));
+        }
+        Logits::new(
+            (spec.heads, c.u, c.v),
+            &self.qkv.v,
+            self.draws,
+            terms,
+            (self.tokens, self.tokens),
+        )
     }
 }
 
@@ -830,39 +829,6 @@ fn finite_moments(ctx: &Ctx, draws: &Draws, hats: &[Hat], bars: &[Carried]) -> F
         for (k, (ax, s)) in axa.iter().zip(&sx).enumerate() {
             out.axa[k] += ax;
             out.q_s[k] += &(&hat.q * s);
-        }
-    }
-    out
-}
-
-/// E[γ_aᵀ X γ_a] per probe point a for every X in `xs`, over the attention draws, with
-/// β_a = V ω_a (V the value kernel, ω_a = row a of Ω) and γ_a = J_a β_a = ω_a ⊙ (β_a − ω_a·β_a).
-///
-/// Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'} is the part of ∂z_a/∂θ · (U V Ω s)_a that is coherent over the
-/// n channels ((U a)·(U b) → C_U a·b): with X the logit-gradient covariance
-/// Σ_θ ∂logit_{au'} ∂logit_{au''}, Σ_θ (Σ_{t'} ∂Ω_{at'}/∂θ β_{a;t'})² = γ_aᵀ X γ_a.
-fn tied_logit_contact(
-    draws: &[(f64, Array2<f64>)],
-    vk: &Array2<f64>,
-    xs: &[Array2<f64>],
-) -> Vec<Vec<f64>> {
-    let d = vk.nrows();
-    let mut out = vec![vec![0.0; d]; xs.len()];
-    for (w, a) in draws {
-        // Row a of A V is β_aᵀ (V symmetric).
-        let beta = a.dot(vk);
-        let mut gamma = Array2::<f64>::zeros((d, d));
-        for r in 0..d {
-            let wb: f64 = (0..d).map(|u| a[[r, u]] * beta[[r, u]]).sum();
-            for u in 0..d {
-                gamma[[r, u]] = a[[r, u]] * (beta[[r, u]] - wb);
-            }
-        }
-        for (x, o) in xs.iter().zip(out.iter_mut()) {
-            let gx = gamma.dot(x);
-            for (r, v) in o.iter_mut().enumerate() {
-                *v += w * (0..d).map(|u| gx[[r, u]] * gamma[[r, u]]).sum::<f64>();
-            }
         }
     }
     out

@@ -42,8 +42,8 @@
 //!   contain an odd power of a fresh U, V, Q or K (value path against the skip or query
 //!   path), or, key path against query path, Σ_i (Kᵀq)_i (Qᵀk)_i = O(1/n) relative. So the
 //!   shared embedding's enc × dec cross term in Θ_WE vanishes at leading order, and Θ_WE is
-//!   the sum of its encoder-stem and decoder-stem uses (the tied head, its third use, is not
-//!   derived on an encoder–decoder: [`super::ntk::unsupported`]).
+//!   the sum of its encoder-stem and decoder-stem uses, plus a tied head's use (its cross
+//!   terms with the stem uses are O(ε), [`super::head`]).
 //! - As for self-attention, the query–key cross term of the logit gradient,
 //!   E[(dq·k)(q'·dk')], is dropped (the paper's (1.161)–(1.163) have none).
 
@@ -53,6 +53,7 @@ use rand_distr::StandardNormal;
 
 use super::TheoryError;
 use super::attention::{AttnStats, THEORY_DOMAIN, logit_scale};
+use super::contact::{Logits, Step, Term};
 use super::linalg::cholesky_psd;
 use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::model::{Group, init};
@@ -217,20 +218,19 @@ pub(crate) fn branch(
         sampled,
     };
     let ntk = input.ntk.as_ref().map(|bars| {
-        transport(
-            ctx,
-            &Inputs {
-                f: &f.g,
-                mem,
-                qk: &qk,
-                kk: &kk,
-                vk: &vk,
-                draws: &draws,
-                scale,
-            },
-            bars,
-            layer,
-        )
+        let x = Inputs {
+            f: &f.g,
+            mem,
+            qk: &qk,
+            kk: &kk,
+            vk: &vk,
+            draws: &draws,
+            scale,
+        };
+        ctx.record(|| Step::Cross {
+            logits: logits(ctx, &x, bars, (t_dec, t_enc)),
+        });
+        transport(ctx, &x, bars, layer)
     });
     Ok((State::branch(delta, ntk), stats))
 }
@@ -295,6 +295,40 @@ fn transport(ctx: &Ctx, x: &Inputs, bars: &[Carried], layer: usize) -> Vec<Carri
             .map(|(g, r)| Carried::new(layer, What::Group(g), r)),
     );
     out
+}
+
+/// What the tied head's contact reads of this block ([`super::contact`]): its draws, the
+/// memory's value kernel, and the logit-gradient kernel of every carried kernel (the
+/// decoder's Θ̄ on the query side, the memory's Θ̃ on the key side) and of its own Q, K, b_Q
+/// (indexed as in the carried list [`transport`] returns).
+fn logits(ctx: &Ctx, x: &Inputs, bars: &[Carried], (tq, tk): (usize, usize)) -> Logits {
+    let (spec, c) = (ctx.spec, C::of(ctx));
+    let n = spec.width as f64;
+    let (d, de) = (x.f.nrows(), x.mem.f.len());
+    let zero = Array2::<f64>::zeros((de, de));
+    let term = |index: usize, coef: f64, query: &Array2<f64>, key: &Array2<f64>| Term {
+        index,
+        coef,
+        query: query.clone(),
+        key: key.clone(),
+    };
+    let mut terms = Vec::new();
+    for (i, th) in bars.iter().enumerate() {
+        terms.push(term(i, x.scale * c.q, &th.theta, x.kk));
+        terms.push(term(
+            i,
+            x.scale * c.k,
+            x.qk,
+            x.mem.bars.get(i).unwrap_or(&zero),
+        ));
+    }
+    let own = bars.len();
+    terms.push(term(own, n * x.scale, x.f, x.kk));
+    terms.push(term(own + 1, n * x.scale, x.qk, &x.mem.f.g));
+    if ctx.hyper.attention.bias.is_some() {
+        terms.push(term(own + 4, x.scale, &Array2::ones((d, d)), x.kk));
+    }
+    Logits::new((spec.heads, c.u, c.v), x.vk, x.draws, terms, (tq, tk))
 }
 
 /// E[Ω X Ωᵀ] (D_dec × D_dec) and E[S_X] for every X (D_enc × D_enc) in `xs`, over the draws,
@@ -427,7 +461,7 @@ mod reduces {
         };
         let layer = 2;
         let (cross, cs) = branch(&ctx, &input, &mem, layer).unwrap();
-        let (selfa, ss) = attention::branch(&ctx, &input, &z, 0, layer).unwrap();
+        let (selfa, ss) = attention::branch(&ctx, &input, &z, layer).unwrap();
         let close = |a: &Array2<f64>, b: &Array2<f64>, what: &str| {
             let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
             let err = (a - b).iter().fold(0.0f64, |m, x| m.max(x.abs()));

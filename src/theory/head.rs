@@ -36,9 +36,10 @@
 //!   L = scale (C_Q Θ̄_δδ K + C_K Q_δδ Θ̄) for a carried kernel (as in [`super::attention`]'s transport),
 //!   n scale F_δδ K for Q, n scale Q_δδ F for K, scale K for b_Q (per head; heads have their
 //!   own Q, K, U, V so cross-head terms vanish, hence 1/H). Relative to Θ it is O(n/n_out): the
-//!   logits are T-dimensional, so the coherent part does not spread over the channels. The
-//!   same overlap through the value path or the MLP is spread over n (resp. Mn) directions
-//!   and only O(1/n_out) × (the branch's share of the stream); it is neglected.
+//!   logits are T-dimensional, so the coherent part does not spread over the channels. This
+//!   is the one-block form; [`super::contact`] carries the overlap through every later block
+//!   (a later value path moves an earlier block's overlap between positions) and through
+//!   an encoder–decoder's cross-attention, and gives S_coh/n = n con/σ² per carried kernel.
 //!
 //! The generic outputs' own projection, −c_head S_coh/(n² σ²) (the contact × n_out/(n c² C)),
 //! is what (1.139) omits for the dense head too; it is omitted here as well (the dense
@@ -66,7 +67,7 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
     let ntk = input
         .ntk
         .as_ref()
-        .map(|bars| transport(ctx, z, input, bars));
+        .map(|bars| transport(ctx, z, input, bars, g0));
     // Order 1: a dense head is a readout of its input; pooled and tied heads are not derived.
     let nlo = match spec.head {
         HeadKind::Dense => input
@@ -85,10 +86,14 @@ pub(crate) fn forward(ctx: &Ctx, z: &State, input: &State, g0: &KernelState) -> 
 }
 
 /// The head's NTK transport (1.182) of every carried kernel, then the head's own groups.
-fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carried> {
-    // A tied head's [pad] output has no gradient but its bias's (`live_outputs`); the tied
-    // backward on an encoder–decoder, the only model with a [pad], writes no rows
-    // (`ntk::unsupported`), so this factor is not checked against the Monte Carlo.
+fn transport(
+    ctx: &Ctx,
+    z: &State,
+    input: &State,
+    bars: &[Carried],
+    g0: &KernelState,
+) -> Vec<Carried> {
+    // A tied head's [pad] output has no gradient but its bias's (`live_outputs`).
     let (spec, c_head) = (ctx.spec, ctx.hyper.head.c_eff * live_outputs(ctx.spec));
     let n = spec.width as f64;
     let d = input.k.len();
@@ -102,24 +107,30 @@ fn transport(ctx: &Ctx, z: &State, input: &State, bars: &[Carried]) -> Vec<Carri
     // The final LN's factor (1.139); the tied head is derived in `pre` mode only.
     let ln = inv_root(&z.k, spec.ln_eps);
     let pre = z.ntk.as_deref().unwrap_or(&[]);
+    // con_a = Σ_θ k̂_aa² per carried kernel, from the whole walk ([`super::contact`]).
+    let contacts = match ctx.tape {
+        Some(tape) if tied => tape.borrow().contacts(ctx, t, d, bars.len()),
+        _ => Vec::new(),
+    };
     let mut carried: Vec<Carried> = bars
         .iter()
         .enumerate()
         .map(|(i, bar)| {
             let mut th = bar.theta.mapv(|x| c_head * x);
-            if tied {
+            if let Some(con) = contacts.get(i) {
                 // The head's own column w = W_WE[:, id_a] (module doc): the final LN removes
-                // its component along s_a, c_a² C_WE of it (the deficit), and the logit
-                // gradient's coherent overlap with the attention output in s_a comes back
-                // through it (the contact). c_a = ξ^B/σ_a is the stem's coefficient in s_a.
+                // its component along s_a, c_a² C_WE of it (the deficit), and the gradient's
+                // coherent overlap with s_a comes back through it (the contact). c_a is the
+                // stem's coefficient in s_a; a [pad] token's column is zero (G⁰_aa = 0), so
+                // its output has neither, and the pad output itself is dead for every a.
                 let n_out = spec.out_dim() as f64;
                 let c_we = ctx.hyper.stem.w.c_eff();
                 for a in 0..d {
                     let is2 = ln[a] * ln[a];
-                    let frac = (spec.xi.powi(spec.blocks.len() as i32) * ln[a]).powi(2) * c_we;
-                    let con = bar.contact[a];
-                    th[[a, a]] +=
-                        c_head * frac / n_out * is2 * (n * is2 * con - pre[i].theta[[a, a]]);
+                    let frac = input.stem_coef[a].powi(2) * c_we * g0.g[[a, a]];
+                    th[[a, a]] += ctx.hyper.head.c_eff * frac / n_out
+                        * is2
+                        * (n * is2 * con[a] - pre[i].theta[[a, a]]);
                 }
             }
             bar.with(out(th))

@@ -15,6 +15,7 @@
 
 use ndarray::Array2;
 
+use super::contact::{Lam, Step};
 use super::gauss::{Cov2, dsigma_dsigma, dsigma2, sigma_sigma, sigma2};
 use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::config::ModelSpec;
@@ -36,8 +37,14 @@ pub(crate) fn sigma_sigma_all(spec: &ModelSpec, k: &KernelState) -> Array2<f64> 
     out
 }
 
-/// The MLP branch on a state: the increment's state and the `hidden` site's kernel.
-pub(crate) fn branch(ctx: &Ctx, input: &State, layer: usize) -> (State, KernelState) {
+/// The MLP branch on a state: the increment's state and the `hidden` site's kernel. `stream`
+/// is the block's input stream z (for the tied head's contact, [`super::contact`]).
+pub(crate) fn branch(
+    ctx: &Ctx,
+    input: &State,
+    stream: &KernelState,
+    layer: usize,
+) -> (State, KernelState) {
     let (spec, h) = (ctx.spec, &ctx.hyper.mlp);
     // The effective constants of the tensors the sampler draws; X's fan-in is M·n there.
     let (c_w, c_x, c_b) = (h.w.c_eff(), h.x.c_eff(), h.bias.unwrap_or(0.0));
@@ -50,6 +57,10 @@ pub(crate) fn branch(ctx: &Ctx, input: &State, layer: usize) -> (State, KernelSt
         let n = h.w.fan_in() as f64;
         let m = h.x.fan_in() as f64;
         let dd = dsigma_dsigma_all(spec, &hidden);
+        ctx.record(|| Step::Mlp {
+            lam: Lam::of(stream, &input.k, spec.ln_eps),
+            coef: dd.mapv(|x| c_x * c_w * x),
+        });
         let mut out: Vec<Carried> = bars
             .iter()
             .map(|th| th.with(&th.theta * &dd * (c_x * c_w)))

@@ -25,6 +25,7 @@
 //!   susceptibilities χ∥ and χ⊥, criticality, the four-point vertex and the frozen NTK.
 pub mod attention;
 pub mod book;
+pub(crate) mod contact;
 pub mod cross;
 pub mod finite;
 pub mod gauss;

@@ -20,47 +20,23 @@
 //! theory and writes the carried kernels as rows.
 //!
 //! Not covered (no rows): the tied head without pre-LN (post-LN puts an LN with its own
-//! projection and contact after every block; without any LN the cross term survives) and
-//! with more than one attention block (a later block's value path carries an earlier block's
-//! coherent overlap to other positions, since ∂s_{t'}·s_{u'} is coherent for t' ≠ u'). MLP
-//! blocks carry none: their input is an LN output at the same position, ∂s·s = 0, so the
-//! hidden units' (W ∂s)_j is uncorrelated with h_j.
+//! projection and contact after every block; without any LN the cross term survives). With
+//! pre-LN the tied head's contact is carried through any stack of blocks, an
+//! encoder–decoder's included, by [`super::contact`].
 
 use super::rows::PRow;
 use super::state::{Carried, What};
-use crate::config::{BlockKind, HeadKind, ModelSpec, Norm};
+use crate::config::{HeadKind, ModelSpec, Norm};
 use crate::stats::observable::{NtkLayout, NtkPart};
 use crate::stats::{Observable, Site};
 
 /// Why a configuration has no backward theory here, if it has none.
 pub fn unsupported(spec: &ModelSpec) -> Option<&'static str> {
-    if spec.head != HeadKind::Tied {
-        return None;
-    }
-    if spec.has_decoder() {
-        // W_WE's head use against its two stem uses, through cross-attention: not derived.
-        return Some(
-            "tied head on an encoder–decoder (the word embedding's head use against its encoder and decoder stem uses)",
-        );
-    }
-    let attn = spec
-        .blocks
-        .iter()
-        .filter(|b| **b == BlockKind::Attn)
-        .count();
-    if spec.norm != Norm::Pre {
-        // Post-LN puts a LayerNorm after every block on the skip path of W_WE[:, id] (each
-        // with its own projection and logit contact), and without any LN the head-use ×
-        // stem-use cross term survives: neither is derived here.
-        Some("tied head without pre-LN (only the pre-LN tied backward is derived)")
-    } else if attn > 1 {
-        // Blocks have their own Q and K, so the direct cross-block logit terms vanish, but a
-        // later block's value path carries an earlier block's coherent overlap to other
-        // positions ((∂s_t'·s_u') is coherent for t' ≠ u'): not derived here.
-        Some("tied head with more than one attention block (cross-block logit contact)")
-    } else {
-        None
-    }
+    // Post-LN puts a LayerNorm after every block on the skip path of W_WE[:, id] (each with
+    // its own projection and logit contact), and without any LN the head-use × stem-use
+    // cross term survives: neither is derived here.
+    (spec.head == HeadKind::Tied && spec.norm != Norm::Pre)
+        .then_some("tied head without pre-LN (only the pre-LN tied backward is derived)")
 }
 
 /// The backward rows (`grad2`, `ntk_<group>`, `ntk`, `ntk_total`) in the Monte Carlo's

@@ -20,10 +20,13 @@
 //! A block reads the state of its input and returns the state of its output; a branch's
 //! output state (an increment) is combined with the skip path's by [`super::residual::add`].
 
+use std::cell::RefCell;
+
 use ndarray::Array2;
 
 use super::TheoryError;
 use super::attention::{LogitSampler, logit_scale};
+use super::contact::{Step, Tape};
 use super::finite::Finite;
 use crate::config::{ModelSpec, Norm};
 use crate::model::{Group, hyper};
@@ -79,29 +82,18 @@ pub struct Carried {
     pub layer: usize,
     pub what: What,
     pub theta: Array2<f64>,
-    /// The tied head's logit contact per probe point, in units of c_head c² C_WE n /
-    /// (n_out σ⁴) ([`super::head`]). It accumulates rather than transports: an attention
-    /// block adds to it, every other map passes it on unchanged. Zero without a tied head.
-    pub contact: Vec<f64>,
 }
 
 impl Carried {
     pub(crate) fn new(layer: usize, what: What, theta: Array2<f64>) -> Self {
-        let d = theta.nrows();
-        Carried {
-            layer,
-            what,
-            theta,
-            contact: vec![0.0; d],
-        }
+        Carried { layer, what, theta }
     }
-    /// The same kernel (layer, group, contact) with a transported Θ.
+    /// The same kernel (layer, group) with a transported Θ.
     pub(crate) fn with(&self, theta: Array2<f64>) -> Self {
         Carried {
             layer: self.layer,
             what: self.what,
             theta,
-            contact: self.contact.clone(),
         }
     }
 }
@@ -164,6 +156,8 @@ pub struct Ctx<'a> {
     pub backward: bool,
     /// `theory.order`: 0 (infinite width) or 1 (with the O(1/n) corrections).
     pub order: u8,
+    /// The tied head's record of the walk ([`super::contact`]), with a tied head's backward.
+    pub(crate) tape: Option<&'a RefCell<Tape>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -184,11 +178,19 @@ impl<'a> Ctx<'a> {
             sampler,
             backward,
             order: 0,
+            tape: None,
         })
     }
 
     /// The same context at `theory.order` = `order`.
     pub fn with_order(self, order: u8) -> Self {
         Ctx { order, ..self }
+    }
+
+    /// Records a block for the tied head's contact (no-op without a tape).
+    pub(crate) fn record(&self, step: impl FnOnce() -> Step) {
+        if let Some(t) = self.tape {
+            t.borrow_mut().push(step());
+        }
     }
 }

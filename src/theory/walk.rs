@@ -17,14 +17,17 @@
 //! Every kernel carried out of the encoder enters the decoder with Θ = 0 on the decoder's
 //! tokens and its Θ̃ at s̃ in the [`Memory`], which the cross blocks read.
 
+use std::cell::RefCell;
+
 use ndarray::Array2;
 
 use super::TheoryError;
 use super::attention::{self, AttnStats};
+use super::contact::{Lam, Step, Tape};
 use super::cross::{self, Memory};
 use super::state::{Carried, Ctx, KernelState, State, What};
 use super::{head, ln, mlp, plain, residual, stem};
-use crate::config::{BlockKind, DecoderBlock, ModelSpec, Norm};
+use crate::config::{BlockKind, DecoderBlock, HeadKind, ModelSpec, Norm};
 use crate::model::Group;
 
 /// What the theory predicts at one layer ℓ.
@@ -146,12 +149,12 @@ fn block(
     let input = pre_ln.as_ref().unwrap_or(&z);
     let branch = match kind {
         BlockKind::Mlp => {
-            let (branch, hidden) = mlp::branch(ctx, input, l);
+            let (branch, hidden) = mlp::branch(ctx, input, &z.k, l);
             rec.hidden = Some(hidden);
             branch
         }
         BlockKind::Attn => {
-            let (branch, stats) = attention::branch(ctx, input, &z, b, l)?;
+            let (branch, stats) = attention::branch(ctx, input, &z, l)?;
             rec.attn = Some(stats);
             branch
         }
@@ -177,6 +180,13 @@ pub fn walk_with(
     g0: &KernelState,
     decoder: Option<(&KernelState, Option<&[bool]>)>,
 ) -> Result<Walked, TheoryError> {
+    // A tied head's backward records the walk for its contact ([`super::contact`]).
+    let tape = RefCell::new(Tape::default());
+    let tied = ctx.backward && ctx.spec.head == HeadKind::Tied;
+    let ctx = &Ctx {
+        tape: tied.then_some(&tape),
+        ..*ctx
+    };
     let spec = ctx.spec;
     let mut out = Vec::with_capacity(spec.head_layer());
     let mut z = stem::forward(ctx, g0);
@@ -213,6 +223,11 @@ pub fn walk_with(
         let (g0_dec, keep) = decoder.ok_or_else(|| {
             TheoryError::Unsupported("the encoder–decoder's probe has no decoder tokens".into())
         })?;
+        if let Some(s) = &final_ln {
+            ctx.record(|| Step::Memory {
+                lam: Lam::of(&z.k, &s.k, spec.ln_eps),
+            });
+        }
         let memory = final_ln.unwrap_or(z);
         return decode(ctx, memory, g0_dec, keep, out);
     }
@@ -303,14 +318,12 @@ fn decode(
         let (mut hidden, mut attn, mut cross_tokens) = (None, None, None);
         let branch = match kind {
             DecoderBlock::Mlp => {
-                let (branch, h) = mlp::branch(ctx, input, l);
+                let (branch, h) = mlp::branch(ctx, input, &z.k, l);
                 hidden = Some(h);
                 branch
             }
             DecoderBlock::Masked => {
-                // The block index only places the tied head's contact, which an
-                // encoder–decoder does not carry (`ntk::unsupported`).
-                let (branch, stats) = attention::branch(&masked, input, &z, be + j, l)?;
+                let (branch, stats) = attention::branch(&masked, input, &z, l)?;
                 attn = Some(stats);
                 branch
             }
