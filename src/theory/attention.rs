@@ -39,7 +39,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::TheoryError;
-use super::contact::{Lam, Logits, Step, Term};
+use super::contact::{self, Lam, Logits, Step};
 use super::finite::Finite;
 use super::linalg::cholesky_psd;
 use super::state::{Carried, Ctx, KernelState, State, What};
@@ -727,25 +727,14 @@ impl Block<'_> {
     fn logits(&self, bars: &[Carried]) -> Logits {
         let (spec, c) = (self.ctx.spec, C::of(self.ctx));
         let (f, qk, kk, scale) = (self.f, &self.qkv.q, &self.qkv.k, self.scale);
-        let n = spec.width as f64;
-        let d = f.nrows();
-        let term = |index: usize, coef: f64, query: &Array2<f64>, key: &Array2<f64>| Term {
-            index,
-            coef,
-            query: query.clone(),
-            key: key.clone(),
-        };
-        let mut terms = Vec::new();
-        for (i, th) in bars.iter().enumerate() {
-            terms.push(term(i, scale * c.q, &th.theta, kk));
-            terms.push(term(i, scale * c.k, qk, &th.theta));
-        }
-        let own = bars.len();
-        terms.push(term(own, n * scale, f, kk));
-        terms.push(term(own + 1, n * scale, qk, f));
-        if self.ctx.hyper.attention.bias.is_some() {
-            terms.push(term(own + 4, scale, &Array2::ones((d, d)), kk));
-        }
+        let carried: Vec<_> = bars.iter().map(|th| (&th.theta, &th.theta)).collect();
+        let terms = contact::terms(
+            &carried,
+            (c.q, c.k, scale, spec.width as f64),
+            (f, qk),
+            (f, kk),
+            self.ctx.hyper.attention.bias.is_some(),
+        );
         Logits::new(
             (spec.heads, c.u, c.v),
             &self.qkv.v,

@@ -94,6 +94,39 @@ pub(crate) struct Term {
     pub key: Array2<f64>,
 }
 
+/// The logit-gradient kernels of one attention block (module doc): for carried kernel i its
+/// query part scale C_Q Θ̄_i ⊗ K and its key part scale C_K Q ⊗ Θ̃_i (`carried[i]` = (Θ̄_i,
+/// Θ̃_i): Θ̃ = Θ̄ for self-attention, the memory's for cross-attention), then the block's own
+/// Q (n scale F ⊗ K), K (n scale Q ⊗ F̃) and, with biases, b_Q (scale 1 ⊗ K), indexed as the
+/// transport appends them (Q, K, V, U, bias after the carried kernels). (F, Q) are over the
+/// queries, (F̃, K) over the keys.
+pub(crate) fn terms(
+    carried: &[(&Array2<f64>, &Array2<f64>)],
+    (cq, ck, scale, n): (f64, f64, f64, f64),
+    (f, q): (&Array2<f64>, &Array2<f64>),
+    (f_key, k): (&Array2<f64>, &Array2<f64>),
+    bias: bool,
+) -> Vec<Term> {
+    let term = |index: usize, coef: f64, query: &Array2<f64>, key: &Array2<f64>| Term {
+        index,
+        coef,
+        query: query.clone(),
+        key: key.clone(),
+    };
+    let mut out = Vec::with_capacity(2 * carried.len() + 3);
+    for (i, (th, th_key)) in carried.iter().enumerate() {
+        out.push(term(i, scale * cq, th, k));
+        out.push(term(i, scale * ck, q, th_key));
+    }
+    let own = carried.len();
+    out.push(term(own, n * scale, f, k));
+    out.push(term(own + 1, n * scale, q, f_key));
+    if bias {
+        out.push(term(own + 4, scale, &Array2::ones(f.raw_dim()), k));
+    }
+    out
+}
+
 /// What one attention block (self or cross) adds and passes on: its heads' draws, its value
 /// kernel over the keys, and every carried kernel's logit-gradient kernels.
 #[derive(Clone, Debug)]

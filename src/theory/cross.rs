@@ -53,7 +53,7 @@ use rand_distr::StandardNormal;
 
 use super::TheoryError;
 use super::attention::{AttnStats, THEORY_DOMAIN, logit_scale};
-use super::contact::{Logits, Step, Term};
+use super::contact::{self, Logits, Step};
 use super::linalg::cholesky_psd;
 use super::state::{Carried, Ctx, KernelState, State, What};
 use crate::model::{Group, init};
@@ -303,31 +303,20 @@ fn transport(ctx: &Ctx, x: &Inputs, bars: &[Carried], layer: usize) -> Vec<Carri
 /// (indexed as in the carried list [`transport`] returns).
 fn logits(ctx: &Ctx, x: &Inputs, bars: &[Carried], (tq, tk): (usize, usize)) -> Logits {
     let (spec, c) = (ctx.spec, C::of(ctx));
-    let n = spec.width as f64;
-    let (d, de) = (x.f.nrows(), x.mem.f.len());
+    let de = x.mem.f.len();
     let zero = Array2::<f64>::zeros((de, de));
-    let term = |index: usize, coef: f64, query: &Array2<f64>, key: &Array2<f64>| Term {
-        index,
-        coef,
-        query: query.clone(),
-        key: key.clone(),
-    };
-    let mut terms = Vec::new();
-    for (i, th) in bars.iter().enumerate() {
-        terms.push(term(i, x.scale * c.q, &th.theta, x.kk));
-        terms.push(term(
-            i,
-            x.scale * c.k,
-            x.qk,
-            x.mem.bars.get(i).unwrap_or(&zero),
-        ));
-    }
-    let own = bars.len();
-    terms.push(term(own, n * x.scale, x.f, x.kk));
-    terms.push(term(own + 1, n * x.scale, x.qk, &x.mem.f.g));
-    if ctx.hyper.attention.bias.is_some() {
-        terms.push(term(own + 4, x.scale, &Array2::ones((d, d)), x.kk));
-    }
+    let carried: Vec<_> = bars
+        .iter()
+        .enumerate()
+        .map(|(i, th)| (&th.theta, x.mem.bars.get(i).unwrap_or(&zero)))
+        .collect();
+    let terms = contact::terms(
+        &carried,
+        (c.q, c.k, x.scale, spec.width as f64),
+        (x.f, x.qk),
+        (&x.mem.f.g, x.kk),
+        ctx.hyper.attention.bias.is_some(),
+    );
     Logits::new((spec.heads, c.u, c.v), x.vk, x.draws, terms, (tq, tk))
 }
 
