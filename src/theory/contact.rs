@@ -8,7 +8,8 @@
 //! sits on a). Generic gradients make it O(n^{-1/2}); what survives at infinite width is its
 //! *coherent* part, which only an attention block's logit path creates: the block's output
 //! o_a = Σ_h U_h V_h Σ_v Ω^h_{av} s_v and its logit derivative U_h V_h Σ_v ∂Ω^h_{av} s_v share
-//! U_h and V_h, so (U V a)·(U V b) → (C_U/H) n a·b/n makes
+//! U_h and V_h, whose products average over the channels, (U_h V_h s_v)·(U_h V_h s_w)/n →
+//! (C_U/H) 𝒱_{vw}, which makes
 //!
 //!   k̂_{ac} += γ² (C_U/H) Σ_h Σ_q ∂Ω̃^h_{aq} (J^h_a β^h_c)_q,   β^h_c = 𝒱 ω^h_c,
 //!
