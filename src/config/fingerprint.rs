@@ -10,7 +10,7 @@
 use crate::model::Probe;
 use crate::stats::binfile::Fnv;
 
-use super::Config;
+use super::{Config, HeadKind};
 
 /// What the results are: the keys that matter differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +115,14 @@ impl Fingerprint {
             // `inputs.pad_id` existed (and a training run's `inputs.*` keys are not in its
             // pairs): such a run's results are of another model, so they do not resume.
             pairs.push(("model.pad_embedding".into(), "\"zero\"".into()));
+            pairs.sort();
+        }
+        if purpose == Purpose::Theory && cfg.model.head == HeadKind::Tied {
+            // The tied head's backward theory changed after such results existed: its contact
+            // is carried through every block (`theory::contact`), and encoder–decoders and
+            // stacks of attention blocks gained their backward rows. Theory saved before is
+            // of another theory, so it is not reused.
+            pairs.push(("theory.tied_contact".into(), "\"carried\"".into()));
             pairs.sort();
         }
         pairs
@@ -223,4 +231,32 @@ fn probe_hash(p: &Probe) -> u64 {
         h.bytes(b"decoder").u64(probe_hash(dec));
     }
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigBuilder;
+
+    fn fingerprint(sets: &[&str], purpose: Purpose) -> Fingerprint {
+        let mut b = ConfigBuilder::new();
+        for s in sets {
+            b = b.set(s).unwrap();
+        }
+        let mut cfg = b.build().unwrap();
+        let probe = crate::inputs::probe(&mut cfg).unwrap();
+        Fingerprint::of(&cfg, &probe, purpose)
+    }
+
+    /// Theory of a tied head saved before its contact was carried through every block is not
+    /// reused; its Monte Carlo (unchanged) and any other head's theory keep their fingerprints.
+    #[test]
+    fn a_tied_heads_theory_is_marked_with_its_contact() {
+        let marked = |f: &Fingerprint| f.pairs.iter().any(|(k, _)| k == "theory.tied_contact");
+        let tied = ["model.preset=paper-lm", "model.width=64"];
+        assert!(marked(&fingerprint(&tied, Purpose::Theory)));
+        assert!(!marked(&fingerprint(&tied, Purpose::MonteCarlo)));
+        assert!(!marked(&fingerprint(&tied, Purpose::Compare)));
+        assert!(!marked(&fingerprint(&["model.width=64"], Purpose::Theory)));
+    }
 }
