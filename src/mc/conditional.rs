@@ -289,15 +289,19 @@ fn gram_qr<F: McReal>(v: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
         &piv,
         len,
     );
-    let q = Array2::from_shape_vec((r, len), q.into_iter().map(F::of).collect())
-        .expect("r rows of len");
+    let q = F::of_f32(Array2::from_shape_vec((r, len), q).expect("r rows of len"));
     (l.mapv(F::of), q)
 }
 
 /// A·B through the precision's product ([`McReal::gemm`]).
 fn mm<F: McReal>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    scaled_mm(F::one(), a, b)
+}
+
+/// α A·B: a weight's σ goes into the product, not into a pass of its own over the result.
+fn scaled_mm<F: McReal>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    F::gemm(F::one(), a, b, F::zero(), &mut c.view_mut());
+    F::gemm(alpha, a, b, F::zero(), &mut c.view_mut());
     c
 }
 
@@ -323,8 +327,7 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
             self.normals(fan_out, qx.nrows())
         };
         let mt = if F::FAST_NORMALS { m.view() } else { m.t() };
-        let mut y = mm(c.view(), mt);
-        y *= sd;
+        let y = scaled_mm(sd, c.view(), mt);
         self.state[id] = Some(State {
             sd,
             qx,
@@ -360,18 +363,11 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
                 let z = self.normals(a.ncols(), st.qx.ncols());
                 let zq = mm(z.view(), st.qx.t());
                 F::gemm(-F::one(), a.view(), zq.view(), F::one(), &mut gm.view_mut());
-                mm(a.view(), z.view())
+                scaled_mm(st.sd, a.view(), z.view())
             } else {
                 Array2::zeros((g.nrows(), st.qx.ncols()))
             };
-            F::gemm(
-                F::one(),
-                gm.view(),
-                st.qx.view(),
-                F::one(),
-                &mut dx.view_mut(),
-            );
-            dx *= st.sd;
+            F::gemm(st.sd, gm.view(), st.qx.view(), F::one(), &mut dx.view_mut());
             return dx;
         }
         let mut dx = mm(gm.view(), st.qx.view());

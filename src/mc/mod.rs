@@ -43,7 +43,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, CowArray, Ix2};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, CowArray, Ix2};
 use rayon::prelude::*;
 
 use crate::config::{Backward, Config, ModelSpec, Sampler};
@@ -119,6 +119,8 @@ pub trait McReal: Real {
     /// The rows in f32, standard layout (borrowed when they are): the f32 sampler's
     /// Gram-based factorizations read them ([`conditional`]; f64 never takes that path).
     fn narrow(v: ArrayView2<'_, Self>) -> CowArray<'_, f32, Ix2>;
+    /// An f32 array in this type (moved, not copied, in f32).
+    fn of_f32(v: Array2<f32>) -> Array2<Self>;
     /// y ← y + α x on rows.
     fn axpy(y: ArrayViewMut1<Self>, alpha: Self, x: ArrayView1<Self>);
 }
@@ -143,6 +145,9 @@ impl McReal for f64 {
     }
     fn narrow(v: ArrayView2<'_, f64>) -> CowArray<'_, f32, Ix2> {
         CowArray::from(v.mapv(|x| x as f32))
+    }
+    fn of_f32(v: Array2<f32>) -> Array2<f64> {
+        v.mapv(f64::from)
     }
     fn dot(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
         a.dot(&b)
@@ -181,6 +186,9 @@ impl McReal for f32 {
         } else {
             CowArray::from(v.as_standard_layout().into_owned())
         }
+    }
+    fn of_f32(v: Array2<f32>) -> Array2<f32> {
+        v
     }
     fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
         match (a.as_slice(), b.as_slice()) {

@@ -24,6 +24,8 @@
 //! (u = (k + ½)·2⁻⁵²), an f64 polynomial `ln` and `sincos` (≈1e-15), and truncates at
 //! √(2·53·ln 2) = 8.57.
 
+use std::mem::MaybeUninit;
+
 use rand::RngCore;
 
 use crate::model::init::Stream;
@@ -77,33 +79,50 @@ impl FastNormals {
 
     /// Fills `out` with i.i.d. N(0, 1) in f32.
     pub fn fill_f32(&mut self, out: &mut [f32]) {
-        let mut i = 0;
-        while i < out.len() {
-            if self.at32 == BLOCK {
-                refill32(&mut self.s, &mut self.buf32);
-                self.at32 = 0;
-            }
-            let take = (BLOCK - self.at32).min(out.len() - i);
-            out[i..i + take].copy_from_slice(&self.buf32[self.at32..self.at32 + take]);
-            self.at32 += take;
-            i += take;
-        }
+        // SAFETY: an initialized slice is a valid uninitialized one, and `fill` only writes.
+        self.fill(unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) });
     }
 
     /// Appends `count` i.i.d. N(0, 1) in f32 to `out`: the same draws as [`fill_f32`]
     /// (Self::fill_f32) of a slice of that length, without zeroing the memory first.
     pub fn extend_f32(&mut self, out: &mut Vec<f32>, count: usize) {
         out.reserve(count);
-        let mut left = count;
-        while left > 0 {
+        let len = out.len();
+        self.fill(&mut out.spare_capacity_mut()[..count]);
+        // SAFETY: `fill` wrote all `count` elements after `len`.
+        unsafe { out.set_len(len + count) };
+    }
+
+    /// Writes every element of `out`: the buffer's ready draws first, then whole blocks
+    /// generated in place (no copy), then a refilled buffer for the tail. The order of the
+    /// draws is the buffer's whatever the split.
+    fn fill(&mut self, out: &mut [MaybeUninit<f32>]) {
+        let mut i = 0;
+        while i < out.len() {
             if self.at32 == BLOCK {
-                refill32(&mut self.s, &mut self.buf32);
+                if out.len() - i >= BLOCK {
+                    let dst: &mut [MaybeUninit<f32>; BLOCK] =
+                        (&mut out[i..i + BLOCK]).try_into().expect("BLOCK elements");
+                    refill32(&mut self.s, dst);
+                    i += BLOCK;
+                    continue;
+                }
+                // SAFETY: an initialized array is a valid uninitialized one.
+                refill32(&mut self.s, unsafe {
+                    &mut *(self.buf32.as_mut() as *mut [f32; BLOCK]
+                        as *mut [MaybeUninit<f32>; BLOCK])
+                });
                 self.at32 = 0;
             }
-            let take = (BLOCK - self.at32).min(left);
-            out.extend_from_slice(&self.buf32[self.at32..self.at32 + take]);
+            let take = (BLOCK - self.at32).min(out.len() - i);
+            for (o, &v) in out[i..i + take]
+                .iter_mut()
+                .zip(&self.buf32[self.at32..self.at32 + take])
+            {
+                o.write(v);
+            }
             self.at32 += take;
-            left -= take;
+            i += take;
         }
     }
 
@@ -143,18 +162,31 @@ fn step(s: &mut [[u64; LANES]; 4]) -> [u64; LANES] {
     out
 }
 
-/// The f32 refill: explicit AVX2 on x86-64 machines that have it (LLVM left the portable body
-/// half scalar: 4-wide, with the quadrant's float-to-int conversions one lane at a time), the
-/// portable body elsewhere. Both are the same IEEE operations in the same order, the
-/// polynomials' steps as fused multiply-adds (`mul_add`, a correctly rounded libm call on a
-/// CPU without FMA), so every machine gives the same bits (tested below).
-fn refill32(s: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
+/// The f32 refill: explicit AVX-512 or AVX2 on x86-64 machines that have them (LLVM left the
+/// portable body half scalar: 4-wide, with the quadrant's float-to-int conversions one lane
+/// at a time), the portable body elsewhere. All are the same IEEE operations in the same
+/// order, the polynomials' steps as fused multiply-adds (`mul_add`, a correctly rounded libm
+/// call on a CPU without FMA), so every machine gives the same bits (tested below). AVX-512
+/// transforms two steps' pairs in one 16-lane pass.
+fn refill32(s: &mut [[u64; LANES]; 4], out: &mut [MaybeUninit<f32>; BLOCK]) {
+    let ptr = out.as_mut_ptr().cast::<f32>();
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
-        return unsafe { x86::refill32(s, buf) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; `ptr` is BLOCK writable floats.
+            return unsafe { x86::refill32_512(s, ptr) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; `ptr` is BLOCK writable floats.
+            return unsafe { x86::refill32(s, ptr) };
+        }
     }
-    refill32_body(s, buf)
+    let mut buf = [0f32; BLOCK];
+    refill32_body(s, &mut buf);
+    for (o, v) in out.iter_mut().zip(buf) {
+        o.write(v);
+    }
 }
 
 /// Multiversioned: the same body compiled for AVX-512, AVX2 and the baseline, picked at run
@@ -369,7 +401,7 @@ const COS_COEF: [f64; 10] = [
 /// The AVX2 refill: [`refill32_body`] eight lanes at a time, operation for operation.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK, LANES, ROUND32, STEPS};
+    use super::{LANES, ROUND32, STEPS};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2")]
@@ -394,7 +426,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn refill32(st: &mut [[u64; LANES]; 4], buf: &mut [f32; BLOCK]) {
+    pub unsafe fn refill32(st: &mut [[u64; LANES]; 4], buf: *mut f32) {
         // SAFETY: each word holds 8 lanes; 4 are read from 0 or 4.
         let load =
             |w: usize, h: usize| unsafe { _mm256_loadu_si256(st[w][4 * h..].as_ptr().cast()) };
@@ -462,10 +494,10 @@ mod x86 {
             let sn = _mm256_xor_ps(_mm256_blendv_ps(s, co, odd), _mm256_castsi256_ps(sa));
             let cs = _mm256_xor_ps(_mm256_blendv_ps(co, s, odd), _mm256_castsi256_ps(sb));
             let o = k * 2 * LANES;
-            // SAFETY: o + 2 LANES <= BLOCK.
+            // SAFETY: o + 2 LANES <= BLOCK floats at `buf`.
             unsafe {
-                _mm256_storeu_ps(buf[o..].as_mut_ptr(), _mm256_mul_ps(r, cs));
-                _mm256_storeu_ps(buf[o + LANES..].as_mut_ptr(), _mm256_mul_ps(r, sn));
+                _mm256_storeu_ps(buf.add(o), _mm256_mul_ps(r, cs));
+                _mm256_storeu_ps(buf.add(o + LANES), _mm256_mul_ps(r, sn));
             }
         }
         for (w, (va, vb)) in a.iter().zip(&b).enumerate() {
@@ -474,6 +506,104 @@ mod x86 {
                 _mm256_storeu_si256(st[w][..4].as_mut_ptr().cast(), *va);
                 _mm256_storeu_si256(st[w][4..].as_mut_ptr().cast(), *vb);
             }
+        }
+    }
+
+    /// One Xoshiro256++ step on all eight lanes (`s` = words 0..3).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn step512(s: &mut [__m512i; 4]) -> __m512i {
+        let out = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(s[0], s[3])), s[0]);
+        let t = _mm512_slli_epi64::<17>(s[1]);
+        s[2] = _mm512_xor_si512(s[2], s[0]);
+        s[3] = _mm512_xor_si512(s[3], s[1]);
+        s[1] = _mm512_xor_si512(s[1], s[2]);
+        s[0] = _mm512_xor_si512(s[0], s[3]);
+        s[2] = _mm512_xor_si512(s[2], t);
+        s[3] = _mm512_rol_epi64::<45>(s[3]);
+        out
+    }
+
+    /// [`refill32`] on AVX-512: the same operations on the same values, two steps' eight
+    /// pairs in one 16-lane pass (lanes 0..8 step k, 8..16 step k + 1), stored in
+    /// [`refill32`]'s order. `buf` is BLOCK writable floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn refill32_512(st: &mut [[u64; LANES]; 4], buf: *mut f32) {
+        // SAFETY: each word holds 8 lanes of u64, one 512-bit vector.
+        let mut s: [__m512i; 4] =
+            std::array::from_fn(|w| unsafe { _mm512_loadu_si512(st[w].as_ptr().cast()) });
+        let c = |x: f32| _mm512_set1_ps(x);
+        let ci = |x: u32| _mm512_set1_epi32(x as i32);
+        let cat = |a: __m256i, b: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+        for k in (0..STEPS).step_by(2) {
+            let (w0, w1) = (step512(&mut s), step512(&mut s));
+            // The high and the low 32-bit halves of the words, in lane order, step by step.
+            let hi = cat(
+                _mm512_cvtepi64_epi32(_mm512_srli_epi64::<32>(w0)),
+                _mm512_cvtepi64_epi32(_mm512_srli_epi64::<32>(w1)),
+            );
+            let lo = cat(_mm512_cvtepi64_epi32(w0), _mm512_cvtepi64_epi32(w1));
+            let u = _mm512_mul_ps(
+                _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32::<1>(hi)), c(0.5)),
+                c(1.0 / 2_147_483_648.0),
+            );
+            let t = _mm512_sub_ps(
+                _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32::<9>(lo), ci(0x3F80_0000))),
+                c(1.0 - 1.0 / 16_777_216.0),
+            );
+            // ln u (super::ln32).
+            let bits = _mm512_castps_si512(u);
+            let e = _mm512_srai_epi32::<23>(_mm512_sub_epi32(bits, ci(0x3F35_04F3)));
+            let m = _mm512_castsi512_ps(_mm512_sub_epi32(bits, _mm512_slli_epi32::<23>(e)));
+            let f = _mm512_div_ps(_mm512_sub_ps(m, c(1.0)), _mm512_add_ps(m, c(1.0)));
+            let f2 = _mm512_mul_ps(f, f);
+            let mut p = c(2.0 / 9.0);
+            for k in [2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0] {
+                p = _mm512_fmadd_ps(p, f2, c(k));
+            }
+            let ln = _mm512_fmadd_ps(
+                p,
+                f,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(e), c(std::f32::consts::LN_2)),
+            );
+            let r = _mm512_sqrt_ps(_mm512_mul_ps(c(-2.0), ln));
+            // sin and cos of the turn t (super::sincos_turn32).
+            let big = _mm512_add_ps(_mm512_mul_ps(t, c(4.0)), c(ROUND32));
+            let q = _mm512_castps_si512(big);
+            let x = _mm512_mul_ps(
+                _mm512_sub_ps(t, _mm512_mul_ps(_mm512_sub_ps(big, c(ROUND32)), c(0.25))),
+                c(std::f32::consts::TAU),
+            );
+            let x2 = _mm512_mul_ps(x, x);
+            let mut sv = _mm512_fmadd_ps(x2, c(1.0 / 362_880.0), c(-1.0 / 5040.0));
+            sv = _mm512_fmadd_ps(sv, x2, c(1.0 / 120.0));
+            sv = _mm512_fmadd_ps(sv, x2, c(-1.0 / 6.0));
+            sv = _mm512_fmadd_ps(_mm512_mul_ps(sv, x2), x, x);
+            let mut co = _mm512_fmadd_ps(x2, c(-1.0 / 3_628_800.0), c(1.0 / 40320.0));
+            co = _mm512_fmadd_ps(co, x2, c(-1.0 / 720.0));
+            co = _mm512_fmadd_ps(co, x2, c(1.0 / 24.0));
+            co = _mm512_fmadd_ps(co, x2, c(-0.5));
+            co = _mm512_fmadd_ps(co, x2, c(1.0));
+            let odd = _mm512_cmpeq_epi32_mask(_mm512_and_si512(q, ci(1)), ci(1));
+            let sa = _mm512_slli_epi32::<30>(_mm512_and_si512(q, ci(2)));
+            let sb = _mm512_slli_epi32::<30>(_mm512_and_si512(_mm512_add_epi32(q, ci(1)), ci(2)));
+            let flip = |v: __m512, sign: __m512i| {
+                _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign))
+            };
+            let sn = flip(_mm512_mask_blend_ps(odd, sv, co), sa);
+            let cs = flip(_mm512_mask_blend_ps(odd, co, sv), sb);
+            let (zc, zs) = (_mm512_mul_ps(r, cs), _mm512_mul_ps(r, sn));
+            let o = k * 2 * LANES;
+            // SAFETY: o + 4 LANES <= BLOCK floats at `buf`. Step k's cos and sin halves,
+            // then step k + 1's.
+            unsafe {
+                _mm512_storeu_ps(buf.add(o), _mm512_shuffle_f32x4::<0x44>(zc, zs));
+                _mm512_storeu_ps(buf.add(o + 2 * LANES), _mm512_shuffle_f32x4::<0xEE>(zc, zs));
+            }
+        }
+        for (w, v) in s.iter().enumerate() {
+            // SAFETY: each word holds 8 lanes.
+            unsafe { _mm512_storeu_si512(st[w].as_mut_ptr().cast(), *v) };
         }
     }
 }
@@ -528,6 +658,16 @@ mod tests {
         c.extend_f32(&mut v, 300);
         c.extend_f32(&mut v, 700);
         assert_eq!(x, v);
+        // The explicit AVX2 kernel gives the same bits as the dispatched one (AVX-512 here).
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let mut s = FastNormals::from_seed(7).s;
+            let mut buf = Box::new([0f32; BLOCK]);
+            // SAFETY: the CPU has AVX2 and FMA; buf holds BLOCK floats.
+            unsafe { x86::refill32(&mut s, buf.as_mut_ptr()) };
+            assert_eq!(&x[..BLOCK], &buf[..]);
+        }
         // The portable body gives the same bits as the dispatched one.
         let mut s = FastNormals::from_seed(7).s;
         let mut buf = Box::new([0f32; BLOCK]);

@@ -210,13 +210,12 @@ mod x86 {
         }
     }
 
-    /// Requires AVX2 and FMA. out (r × len) ← T · x_rows for T (r × r, row-major) and the
-    /// rows `rows` of x: four output rows × eight columns in registers, T's entries broadcast.
+    /// Requires AVX2 and FMA; `out` is r × len writable floats. out ← T · x_rows (rounded to
+    /// f32) for T (r × r, row-major) and the rows `rows` of x: four output rows × eight
+    /// columns in registers, T's entries broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn combine_wide(t: &[f64], x: &[f32], rows: &[usize], len: usize, out: &mut [f64]) {
+    pub unsafe fn combine_wide(t: &[f64], x: &[f32], rows: &[usize], len: usize, out: *mut f32) {
         let r = rows.len();
-        assert!(t.len() >= r * r && out.len() >= r * len);
-        assert!(rows.iter().all(|&p| (p + 1) * len <= x.len()));
         let body = len / 8 * 8;
         let mut i0 = 0;
         while i0 < r {
@@ -238,8 +237,8 @@ mod x86 {
                         }
                     }
                     for (k, a) in acc.iter().enumerate().take(m) {
-                        _mm256_storeu_pd(out.as_mut_ptr().add((i0 + k) * len + c), a[0]);
-                        _mm256_storeu_pd(out.as_mut_ptr().add((i0 + k) * len + c + 4), a[1]);
+                        let v = _mm256_set_m128(_mm256_cvtpd_ps(a[1]), _mm256_cvtpd_ps(a[0]));
+                        _mm256_storeu_ps(out.add((i0 + k) * len + c), v);
                     }
                     c += 8;
                 }
@@ -250,10 +249,112 @@ mod x86 {
                     for (p, &row) in rows.iter().enumerate() {
                         s = t[(i0 + k) * r + p].mul_add(f64::from(x[row * len + cc]), s);
                     }
-                    out[(i0 + k) * len + cc] = s;
+                    // SAFETY: (i0 + k) * len + cc < r * len.
+                    unsafe { out.add((i0 + k) * len + cc).write(s as f32) };
                 }
             }
             i0 += 4;
+        }
+    }
+
+    /// Requires AVX-512F; `x` holds `d` rows of `len`. The upper triangle by 4 × 4 blocks of
+    /// rows, eight f64 lanes per product, each row widened once per block; the diagonal
+    /// blocks' lower halves are mirrored, so the matrix is exactly symmetric.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gram512(x: &[f32], d: usize, len: usize, g: &mut ndarray::Array2<f64>) {
+        assert!(x.len() >= d * len);
+        let body = len / 8 * 8;
+        let row = |i: usize| &x[i * len..(i + 1) * len];
+        let mut i0 = 0;
+        while i0 < d {
+            let mi = (d - i0).min(4);
+            let a: [&[f32]; 4] = std::array::from_fn(|p| row(i0 + p.min(mi - 1)));
+            let mut j0 = i0;
+            while j0 < d {
+                let mj = (d - j0).min(4);
+                let b: [&[f32]; 4] = std::array::from_fn(|q| row(j0 + q.min(mj - 1)));
+                let mut acc = [[_mm512_setzero_pd(); 4]; 4];
+                let mut c = 0;
+                // SAFETY: every load reads 8 floats at c + 7 < body <= len.
+                unsafe {
+                    while c < body {
+                        let va: [__m512d; 4] = std::array::from_fn(|p| {
+                            _mm512_cvtps_pd(_mm256_loadu_ps(a[p].as_ptr().add(c)))
+                        });
+                        for q in 0..4 {
+                            let w = _mm512_cvtps_pd(_mm256_loadu_ps(b[q].as_ptr().add(c)));
+                            for p in 0..4 {
+                                acc[p][q] = _mm512_fmadd_pd(va[p], w, acc[p][q]);
+                            }
+                        }
+                        c += 8;
+                    }
+                }
+                for p in 0..mi {
+                    for q in 0..mj {
+                        let (i, j) = (i0 + p, j0 + q);
+                        if j < i {
+                            continue;
+                        }
+                        let mut s = _mm512_reduce_add_pd(acc[p][q]);
+                        for cc in body..len {
+                            s = f64::from(a[p][cc]).mul_add(f64::from(b[q][cc]), s);
+                        }
+                        g[[i, j]] = s;
+                        g[[j, i]] = s;
+                    }
+                }
+                j0 += 4;
+            }
+            i0 += 4;
+        }
+    }
+
+    /// Requires AVX-512F; `out` is r × len writable floats. [`combine_wide`] with eight
+    /// output rows × sixteen columns in registers (two f64 vectors per row).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn combine512(t: &[f64], x: &[f32], rows: &[usize], len: usize, out: *mut f32) {
+        let r = rows.len();
+        let body = len / 16 * 16;
+        let mut i0 = 0;
+        while i0 < r {
+            let m = (r - i0).min(8);
+            let ti = |k: usize| i0 + k.min(m - 1);
+            let mut c = 0;
+            // SAFETY: loads read 16 floats at c + 15 < body <= len of rows of x; stores write
+            // 16 floats of rows i0 + k < r.
+            unsafe {
+                while c < body {
+                    let mut acc = [[_mm512_setzero_pd(); 2]; 8];
+                    for (p, &row) in rows.iter().enumerate() {
+                        let at = x.as_ptr().add(row * len + c);
+                        let x0 = _mm512_cvtps_pd(_mm256_loadu_ps(at));
+                        let x1 = _mm512_cvtps_pd(_mm256_loadu_ps(at.add(8)));
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let b = _mm512_set1_pd(t[ti(k) * r + p]);
+                            a[0] = _mm512_fmadd_pd(b, x0, a[0]);
+                            a[1] = _mm512_fmadd_pd(b, x1, a[1]);
+                        }
+                    }
+                    for (k, a) in acc.iter().enumerate().take(m) {
+                        let o = out.add((i0 + k) * len + c);
+                        _mm256_storeu_ps(o, _mm512_cvtpd_ps(a[0]));
+                        _mm256_storeu_ps(o.add(8), _mm512_cvtpd_ps(a[1]));
+                    }
+                    c += 16;
+                }
+            }
+            for k in 0..m {
+                for cc in body..len {
+                    let mut s = 0.0f64;
+                    for (p, &row) in rows.iter().enumerate() {
+                        s = t[(i0 + k) * r + p].mul_add(f64::from(x[row * len + cc]), s);
+                    }
+                    // SAFETY: (i0 + k) * len + cc < r * len.
+                    unsafe { out.add((i0 + k) * len + cc).write(s as f32) };
+                }
+            }
+            i0 += 8;
         }
     }
 
@@ -582,6 +683,11 @@ pub fn gram_wide(x: &[f32], d: usize, len: usize) -> ndarray::Array2<f64> {
     let mut g = ndarray::Array2::<f64>::zeros((d, d));
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; x holds d rows of len.
+            unsafe { x86::gram512(x, d, len, &mut g) };
+            return g;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA; x holds d rows of len.
@@ -601,28 +707,43 @@ pub fn gram_wide(x: &[f32], d: usize, len: usize) -> ndarray::Array2<f64> {
     g
 }
 
-/// out (r × len) ← T · X_p in f64, for T (r × r, row-major) and the rows p = `rows` of x
-/// (f32, rows of len): the f32 sampler forms its orthonormal rows Q = L_pp⁻¹ X_p this way
-/// ([`crate::mc::conditional`]).
-pub fn combine_wide(t: &[f64], x: &[f32], rows: &[usize], len: usize) -> Vec<f64> {
+/// out (r × len) ← T · X_p, summed in f64 and rounded once to f32, for T (r × r,
+/// row-major) and the rows p = `rows` of x (f32, rows of len): the f32 sampler forms its
+/// orthonormal rows Q = L_pp⁻¹ X_p this way ([`crate::mc::conditional`]). Each entry is
+/// Σ_p T[i, p] x_p in p order with fused multiply-adds on every path.
+pub fn combine_wide(t: &[f64], x: &[f32], rows: &[usize], len: usize) -> Vec<f32> {
     let r = rows.len();
-    let mut out = vec![0.0f64; r * len];
+    assert!(t.len() >= r * r);
+    assert!(rows.iter().all(|&p| (p + 1) * len <= x.len()));
+    let mut out = Vec::with_capacity(r * len);
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<f32>();
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the kernel writes all r × len floats of `dst`.
+            unsafe {
+                x86::combine512(t, x, rows, len, dst);
+                out.set_len(r * len);
+            }
+            return out;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            // SAFETY: the CPU has AVX2 and FMA; the shapes are checked inside.
-            unsafe { x86::combine_wide(t, x, rows, len, &mut out) };
+            // SAFETY: the CPU has AVX2 and FMA; the kernel writes all r × len floats.
+            unsafe {
+                x86::combine_wide(t, x, rows, len, dst);
+                out.set_len(r * len);
+            }
             return out;
         }
     }
     for i in 0..r {
-        for (p, &row) in rows.iter().enumerate() {
-            let a = t[i * r + p];
-            let xp = &x[row * len..(row + 1) * len];
-            for (o, &v) in out[i * len..(i + 1) * len].iter_mut().zip(xp) {
-                *o = a.mul_add(f64::from(v), *o);
+        for c in 0..len {
+            let mut s = 0.0f64;
+            for (p, &row) in rows.iter().enumerate() {
+                s = t[i * r + p].mul_add(f64::from(x[row * len + c]), s);
             }
+            out.push(s as f32);
         }
     }
     out
@@ -634,7 +755,8 @@ mod tests {
     use ndarray::Array2;
 
     /// The f64 kernels against plain loops: `combine_wide` bit for bit (both sum T[i, p] x_p
-    /// in p order with fused multiply-adds), `gram_wide` to rounding and exactly symmetric,
+    /// in p order with fused multiply-adds and round once), `gram_wide` to rounding and
+    /// exactly symmetric,
     /// on shapes with ragged row blocks and column tails.
     #[test]
     fn wide_kernels_match_plain_loops() {
@@ -654,10 +776,31 @@ mod tests {
                     for (p, &row) in rows.iter().enumerate() {
                         s = t[i * r + p].mul_add(f64::from(x[row * len + c]), s);
                     }
-                    assert_eq!(got[i * len + c], s, "combine r {r} len {len} ({i}, {c})");
+                    assert_eq!(
+                        got[i * len + c].to_bits(),
+                        (s as f32).to_bits(),
+                        "combine r {r} len {len} ({i}, {c})"
+                    );
                 }
             }
             let g = gram_wide(&x, r, len);
+            // The AVX2 kernels, which the dispatch passes over on an AVX-512 machine.
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut c2 = vec![f32::NAN; r * len];
+                let mut g2 = Array2::<f64>::zeros((r, r));
+                // SAFETY: the CPU has AVX2 and FMA; c2 holds r × len floats.
+                unsafe {
+                    x86::combine_wide(&t, &x, &rows, len, c2.as_mut_ptr());
+                    x86::gram_wide(&x, r, len, &mut g2);
+                }
+                assert_eq!(c2, got, "AVX2 combine r {r} len {len}");
+                for (a, b) in g2.iter().zip(&g) {
+                    assert!((a - b).abs() <= 1e-12 * a.abs().max(1.0), "AVX2 gram r {r}");
+                }
+            }
             for i in 0..r {
                 for j in 0..r {
                     let s: f64 = (0..len)
