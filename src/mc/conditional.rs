@@ -300,9 +300,7 @@ fn mm<F: McReal>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
 
 /// α A·B: a weight's σ goes into the product, not into a pass of its own over the result.
 fn scaled_mm<F: McReal>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
-    let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    F::gemm(alpha, a, b, F::zero(), &mut c.view_mut());
-    c
+    linalg::product(alpha, a, b)
 }
 
 impl<F: McReal> WeightOps<F> for Conditional<F> {

@@ -18,6 +18,8 @@
 //!   1e-6 + 3e-7·x² relative in the lower tail: rounding x = z/√2, x² and P − x² in f32
 //!   moves the exponent by up to ≈ 2.3e-7·x² (measured), the rest is `erfcc` and `exp32`.
 
+use std::mem::MaybeUninit;
+
 /// e^x in f32 (see the module doc for the accuracy and the clamped range). NaN stays NaN.
 #[inline(always)]
 pub fn exp32(x: f32) -> f32 {
@@ -120,13 +122,16 @@ pub fn gelu32(z: f32) -> (f32, f32) {
     (z * cdf, cdf + z * pdf)
 }
 
-super::skinny::multiversion!(pub fn gelu_slices(z: &[f32], a: &mut [f32], da: &mut [f32]), gelu_body);
+super::skinny::multiversion!(pub fn gelu_slices(z: &[f32], a: &mut [MaybeUninit<f32>], da: &mut [MaybeUninit<f32>]), gelu_body);
 
-/// a ← GELU(z), da ← GELU'(z) over the common length.
+/// a ← GELU(z), da ← GELU'(z) over the common length; the outputs may be uninitialized
+/// (written, never read).
 #[inline(always)]
-fn gelu_body(z: &[f32], a: &mut [f32], da: &mut [f32]) {
+fn gelu_body(z: &[f32], a: &mut [MaybeUninit<f32>], da: &mut [MaybeUninit<f32>]) {
     for ((&z, a), d) in z.iter().zip(a.iter_mut()).zip(da.iter_mut()) {
-        (*a, *d) = gelu32(z);
+        let (f, df) = gelu32(z);
+        a.write(f);
+        d.write(df);
     }
 }
 
@@ -207,8 +212,18 @@ mod tests {
     #[test]
     fn slices_match_the_scalar_functions() {
         let z: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.013).collect();
-        let (mut a, mut d) = (vec![0f32; 1000], vec![0f32; 1000]);
+        let (mut a, mut d) = (
+            vec![MaybeUninit::new(0f32); 1000],
+            vec![MaybeUninit::new(0f32); 1000],
+        );
         gelu_slices(&z, &mut a, &mut d);
+        // SAFETY: initialized above (and written by gelu_slices).
+        let (a, d): (Vec<f32>, Vec<f32>) = unsafe {
+            (
+                a.iter().map(|v| v.assume_init()).collect(),
+                d.iter().map(|v| v.assume_init()).collect(),
+            )
+        };
         let mut e = z.clone();
         erf_slice(&mut e);
         for i in 0..1000 {

@@ -124,11 +124,24 @@ where
     }
 }
 
+/// α A·B in new memory.
+pub fn product<F: Real>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    if PROFILE.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let c = F::product_backend(alpha, a, b);
+        GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        GEMM_FLOPS.fetch_add(
+            2 * (a.nrows() * a.ncols() * b.ncols()) as u64,
+            Ordering::Relaxed,
+        );
+        return c;
+    }
+    F::product_backend(alpha, a, b)
+}
+
 /// A·B.
 pub fn mm<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
-    let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    gemm(F::one(), a, b, F::zero(), &mut c.view_mut());
-    c
+    product(F::one(), a, b)
 }
 
 /// A·Bᵀ: a layer's forward pass Y = X Wᵀ with W stored (fan_out × fan_in).

@@ -8,8 +8,9 @@
 //! serves both: every block is generic over `Real`.
 
 use std::iter::Sum;
+use std::mem::MaybeUninit;
 
-use ndarray::{ArrayView2, ArrayViewMut2, NdFloat};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, NdFloat};
 
 pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     /// The name in configs and logs: "f32" or "f64".
@@ -23,9 +24,12 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     /// GELU's (σ, σ') over the common length of three slices: the scalar formula of
     /// [`Activation::f_df`](super::activation::Activation::f_df) in f64; in f32 the
     /// vectorized polynomial of [`fastmath`](super::fastmath).
-    fn gelu_slices(z: &[Self], a: &mut [Self], da: &mut [Self]) {
+    /// The outputs may be uninitialized: every element is written, none read.
+    fn gelu_slices(z: &[Self], a: &mut [MaybeUninit<Self>], da: &mut [MaybeUninit<Self>]) {
         for ((&z, a), d) in z.iter().zip(a.iter_mut()).zip(da.iter_mut()) {
-            (*a, *d) = super::activation::Activation::Gelu.f_df(z);
+            let (f, df) = super::activation::Activation::Gelu.f_df(z);
+            a.write(f);
+            d.write(df);
         }
     }
     /// One AdamW update over contiguous slices ([`crate::train::optim::adamw_body`]);
@@ -47,6 +51,12 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
         beta: Self,
         c: &mut ArrayViewMut2<Self>,
     );
+    /// α A·B in new memory (`linalg::product`).
+    fn product_backend(alpha: Self, a: ArrayView2<Self>, b: ArrayView2<Self>) -> Array2<Self> {
+        let mut c = Array2::zeros((a.nrows(), b.ncols()));
+        Self::gemm_backend(alpha, a, b, Self::zero(), &mut c.view_mut());
+        c
+    }
 }
 
 impl Real for f64 {
@@ -99,7 +109,7 @@ impl Real for f32 {
     fn erf(self) -> f32 {
         super::fastmath::erf32(self)
     }
-    fn gelu_slices(z: &[f32], a: &mut [f32], da: &mut [f32]) {
+    fn gelu_slices(z: &[f32], a: &mut [MaybeUninit<f32>], da: &mut [MaybeUninit<f32>]) {
         super::fastmath::gelu_slices(z, a, da)
     }
     fn adamw_slices(
@@ -125,5 +135,13 @@ impl Real for f32 {
         if super::skinny::try_gemm(alpha, a, b, beta, c).is_none() {
             ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
         }
+    }
+    /// Rank-update shapes are written once into new memory; the rest as `gemm_backend`.
+    fn product_backend(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
+        super::skinny::try_product(alpha, a, b).unwrap_or_else(|| {
+            let mut c = Array2::zeros((a.nrows(), b.ncols()));
+            Self::gemm_backend(alpha, a, b, 0.0, &mut c.view_mut());
+            c
+        })
     }
 }

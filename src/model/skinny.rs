@@ -10,7 +10,9 @@
 //!
 //! Each kernel has an AVX-512, an AVX2+FMA and a baseline version, picked at run time.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use std::mem::MaybeUninit;
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// Compiles `$body` three times and dispatches on the CPU's features.
 macro_rules! multiversion {
@@ -47,7 +49,52 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 multiversion!(pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]), axpy_body);
-multiversion!(fn rank_update(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: &mut [f32], n: usize), rank_body);
+multiversion!(fn rank_update(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: Out, n: usize), rank_body);
+
+/// Where the rank update writes C (m × n, row-major): initialized memory, which β ≠ 0 reads,
+/// or new memory (β = 0), which is only written, so a fresh product needs no zeroing pass.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+    readable: bool,
+}
+
+impl Out {
+    fn init(c: &mut [f32]) -> Out {
+        Out {
+            ptr: c.as_mut_ptr(),
+            len: c.len(),
+            readable: true,
+        }
+    }
+
+    fn fresh(c: &mut [MaybeUninit<f32>]) -> Out {
+        Out {
+            ptr: c.as_mut_ptr().cast(),
+            len: c.len(),
+            readable: false,
+        }
+    }
+
+    /// C[at .. at + W] ← α v + β C (β = 0: C is not read).
+    #[inline(always)]
+    fn store<const W: usize>(self, at: usize, alpha: f32, beta: f32, v: &[f32; W]) {
+        assert!(at + W <= self.len && (self.readable || beta == 0.0));
+        // SAFETY: in bounds (checked); C is read only when initialized (checked).
+        let c = unsafe { self.ptr.add(at) };
+        for (l, &x) in v.iter().enumerate() {
+            // SAFETY: as above.
+            unsafe {
+                *c.add(l) = if beta == 0.0 {
+                    alpha * x
+                } else {
+                    alpha.mul_add(x, beta * *c.add(l))
+                };
+            }
+        }
+    }
+}
 multiversion!(fn dots(alpha: f32, a: ArrayView2<f32>, x: ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>), dots_body);
 
 /// Σ a_i b_i over the common length: four vector partial sums over blocks of 4 vectors,
@@ -586,7 +633,7 @@ fn axpy_body(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// C (m × n, row-major `c`) ← βC + α A·B, B (k × n) row-major `b`: R rows × 64 columns of C
 /// at a time in registers (R·4 vectors of 16), the remainder columns one at a time.
 #[inline(always)]
-fn rank_body(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: &mut [f32], n: usize) {
+fn rank_body(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: Out, n: usize) {
     let m = a.nrows();
     let mut i = 0;
     if x86_avx2_only() {
@@ -614,17 +661,10 @@ fn rank_rows<const R: usize, const W: usize>(
     i0: usize,
     b: &[f32],
     beta: f32,
-    c: &mut [f32],
+    c: Out,
     n: usize,
 ) {
     let k = a.ncols();
-    let store = |x: &mut f32, v: f32| {
-        *x = if beta == 0.0 {
-            alpha * v
-        } else {
-            alpha.mul_add(v, beta * *x)
-        }
-    };
     let mut j0 = 0;
     while j0 + W <= n {
         let mut acc = [[0f32; W]; R];
@@ -640,10 +680,7 @@ fn rank_rows<const R: usize, const W: usize>(
             }
         }
         for (r, accr) in acc.iter().enumerate() {
-            let row = (i0 + r) * n + j0;
-            for (x, &v) in c[row..row + W].iter_mut().zip(accr) {
-                store(x, v);
-            }
+            c.store((i0 + r) * n + j0, alpha, beta, accr);
         }
         j0 += W;
     }
@@ -653,7 +690,7 @@ fn rank_rows<const R: usize, const W: usize>(
             for p in 0..k {
                 v = a[[i0 + r, p]].mul_add(b[p * n + j], v);
             }
-            store(&mut c[(i0 + r) * n + j], v);
+            c.store((i0 + r) * n + j, alpha, beta, &[v]);
         }
     }
 }
@@ -786,7 +823,7 @@ pub fn try_gemm(
         && c.is_standard_layout()
         && let (Some(bs), Some(cs)) = (b.as_slice(), c.as_slice_mut())
     {
-        rank_update(alpha, a, bs, beta, cs, n);
+        rank_update(alpha, a, bs, beta, Out::init(cs), n);
         return Some(());
     }
     let bt = b.t();
@@ -795,6 +832,30 @@ pub fn try_gemm(
         return Some(());
     }
     None
+}
+
+/// α A·B in new memory, written once with no zeroing pass, when the product takes the
+/// rank-update kernel (the conditional sampler's Y = σ C M and ∂X = σ A Z); `None`
+/// otherwise.
+pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option<Array2<f32>> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if b.nrows() != k || m == 0 || n < 64 || m > SKINNY || k > SKINNY {
+        return None;
+    }
+    let bs = b.as_slice()?;
+    let mut c = Vec::with_capacity(m * n);
+    rank_update(
+        alpha,
+        a,
+        bs,
+        0.0,
+        Out::fresh(&mut c.spare_capacity_mut()[..m * n]),
+        n,
+    );
+    // SAFETY: the rank update wrote all m × n entries.
+    unsafe { c.set_len(m * n) };
+    Array2::from_shape_vec((m, n), c).ok()
 }
 
 /// The Gram matrix X Xᵀ of the rows of `x` (D rows of `len`, row-major, f32), in f64: the
