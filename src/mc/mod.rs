@@ -325,22 +325,37 @@ impl<'a> Job<'a> {
                 .map(|a| (a, (a + CHUNK).min(stop)))
                 .collect();
             let slots = ens.acc.slots;
-            let parts: Vec<Accumulator> = pool.install(|| {
-                chunks
-                    .par_iter()
-                    .map(|&(a, b)| {
-                        let mut acc = Accumulator::new(slots);
-                        for k in a..b {
-                            let rec = self.sample(k, false);
-                            acc.add(k, &rec.values, rec.diverged_at);
-                        }
-                        acc
-                    })
-                    .collect()
+            // Chunks are merged into the ensemble in chunk order (so the sums do not depend on
+            // the thread count), by whichever worker finds the next one ready: the merging
+            // overlaps the other workers' samples instead of running after the wave.
+            let merged = std::sync::Mutex::new((0usize, &mut ens.acc));
+            let ready = std::sync::Mutex::new(std::collections::BTreeMap::new());
+            let drain = |merged: &mut (usize, &mut Accumulator)| loop {
+                let next = ready
+                    .lock()
+                    .expect("no panics while held")
+                    .remove(&merged.0);
+                let Some(part) = next else { break };
+                merged.1.merge(&part);
+                merged.0 += 1;
+            };
+            pool.install(|| {
+                chunks.par_iter().enumerate().for_each(|(i, &(a, b))| {
+                    let mut acc = Accumulator::new(slots);
+                    for k in a..b {
+                        let rec = self.sample(k, false);
+                        acc.add(k, &rec.values, rec.diverged_at);
+                    }
+                    ready.lock().expect("no panics while held").insert(i, acc);
+                    // One merger at a time; a chunk a busy merger missed is drained below.
+                    if let Ok(mut m) = merged.try_lock() {
+                        drain(&mut m);
+                    }
+                })
             });
-            for p in &parts {
-                ens.acc.merge(p);
-            }
+            let mut m = merged.into_inner().expect("no panics while held");
+            drain(&mut m);
+            assert_eq!(m.0, chunks.len(), "every chunk of the wave merged");
             ens.next = stop;
             after_wave(ens)?;
         }
