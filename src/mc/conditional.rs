@@ -46,9 +46,6 @@ use crate::model::{Params, WeightOps, linalg, skinny};
 /// Relative residual below which a row counts as linearly dependent, in f64.
 pub const RANK_TOL: f64 = <f64 as McReal>::RANK_TOL;
 
-/// An input X with its factorization (C, Q_X), X = C Q_X.
-type Factored<F> = (Array2<F>, Rc<Array2<F>>, Rc<Array2<F>>);
-
 struct State<F> {
     sd: F,
     /// Orthonormal rows spanning X (r × fan_in), shared by the weights that read X.
@@ -74,9 +71,6 @@ pub struct Conditional<F = f64> {
     state: Vec<Option<State<F>>>,
     /// With one backward pass a weight's state is dropped once used (memory O(B n D)).
     single_pass: bool,
-    /// The last input factorized, X = C Q_X: Q, K and V read the same LN output and
-    /// share one factorization.
-    last: Option<Factored<F>>,
 }
 
 impl<F: McReal> Conditional<F> {
@@ -90,26 +84,19 @@ impl<F: McReal> Conditional<F> {
             rng,
             state: (0..params.list.len()).map(|_| None).collect(),
             single_pass,
-            last: None,
         }
     }
 
-    /// (C, Q_X) with X = C Q_X, reusing the previous factorization when X is the same.
+    /// (C, Q_X) with X = C Q_X, shared by the weights that read X
+    /// ([`WeightOps::fwd_shared`]).
     fn factor(&mut self, x: ArrayView2<F>) -> (Rc<Array2<F>>, Rc<Array2<F>>) {
-        if let Some((x0, c, q)) = &self.last
-            && x0.view() == x
-        {
-            return (c.clone(), q.clone());
-        }
         let (c, q) = if F::FAST_NORMALS {
             basis_time(|| gram_qr(x))
         } else {
             let mut q = Array2::zeros((0, x.ncols()));
             (extend_basis(&mut q, x), q)
         };
-        let (c, q) = (Rc::new(c), Rc::new(q));
-        self.last = Some((x.to_owned(), c.clone(), q.clone()));
-        (c, q)
+        (Rc::new(c), Rc::new(q))
     }
 
     /// A (rows × cols) array of i.i.d. N(0, 1), filled in row-major order.
@@ -232,9 +219,11 @@ fn gram_cholesky<F: McReal>(
     );
     let tol2 = F::RANK_TOL * F::RANK_TOL;
     let norm2: Vec<f64> = (0..d).map(|i| g[[i, i]]).collect();
-    // resid[i]: squared residual of row i after the pivots so far.
+    // resid[i]: squared residual of row i after the pivots so far. L is kept row-major in a
+    // flat vector (row i's first j entries are a slice; this loop ran on bounds-checked 2-D
+    // indexing at 2-3% of an f32 sample).
     let mut resid = norm2.clone();
-    let mut l = Array2::<f64>::zeros((d, d));
+    let mut l = vec![0.0f64; d * d];
     let mut piv = Vec::with_capacity(d);
     let mut done = vec![false; d];
     for j in 0..d {
@@ -245,22 +234,24 @@ fn gram_cholesky<F: McReal>(
         let Some(p) = next else { break };
         done[p] = true;
         let lpp = resid[p].sqrt();
-        l[[p, j]] = lpp;
+        l[p * d + j] = lpp;
         for i in 0..d {
             if done[i] {
                 continue;
             }
+            let (li, lp) = (&l[i * d..i * d + j], &l[p * d..p * d + j]);
             let mut s = g[[i, p]];
-            for m in 0..j {
-                s -= l[[i, m]] * l[[p, m]];
+            for (a, b) in li.iter().zip(lp) {
+                s -= a * b;
             }
             let lij = s / lpp;
-            l[[i, j]] = lij;
+            l[i * d + j] = lij;
             resid[i] -= lij * lij;
         }
         piv.push(p);
     }
     let r = piv.len();
+    let l = Array2::from_shape_vec((d, d), l).expect("d × d");
     (l.slice(s![.., ..r]).to_owned(), piv, narrow)
 }
 
@@ -305,35 +296,48 @@ fn scaled_mm<F: McReal>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<
 
 impl<F: McReal> WeightOps<F> for Conditional<F> {
     fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F> {
-        let param = &p.list[id];
-        if param.is_materialized() {
-            return linalg::mm_t(x, param.value.view());
+        let mut y = self.fwd_shared(p, &[id], x);
+        y.pop().expect("one output")
+    }
+
+    fn fwd_shared(&mut self, p: &Params<F>, ids: &[usize], x: ArrayView2<F>) -> Vec<Array2<F>> {
+        let mut factored: Option<(Rc<Array2<F>>, Rc<Array2<F>>)> = None;
+        let mut ys = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let param = &p.list[id];
+            if param.is_materialized() {
+                ys.push(linalg::mm_t(x, param.value.view()));
+                continue;
+            }
+            assert!(
+                self.state[id].is_none(),
+                "weight {} used twice forward; the conditional sampler needs one use",
+                param.name
+            );
+            let (fan_out, fan_in) = param.shape;
+            let sd = F::of(param.var.sqrt());
+            let (c, qx) = match &factored {
+                Some(f) => f.clone(),
+                None => factored.insert(self.factor(x)).clone(),
+            };
+            // The f32 path keeps M transposed (r × fan_out, i.i.d. so the layout is free):
+            // both of its products then read rows.
+            let m = if F::FAST_NORMALS {
+                self.normals(qx.nrows(), fan_out)
+            } else {
+                self.normals(fan_out, qx.nrows())
+            };
+            let mt = if F::FAST_NORMALS { m.view() } else { m.t() };
+            ys.push(scaled_mm(sd, c.view(), mt));
+            self.state[id] = Some(State {
+                sd,
+                qx,
+                m,
+                qg: Array2::zeros((0, fan_out)),
+                n_perp: Array2::zeros((0, fan_in)),
+            });
         }
-        assert!(
-            self.state[id].is_none(),
-            "weight {} used twice forward; the conditional sampler needs one use",
-            param.name
-        );
-        let (fan_out, fan_in) = param.shape;
-        let sd = F::of(param.var.sqrt());
-        let (c, qx) = self.factor(x);
-        // The f32 path keeps M transposed (r × fan_out, i.i.d. so the layout is free): both
-        // of its products then read rows.
-        let m = if F::FAST_NORMALS {
-            self.normals(qx.nrows(), fan_out)
-        } else {
-            self.normals(fan_out, qx.nrows())
-        };
-        let mt = if F::FAST_NORMALS { m.view() } else { m.t() };
-        let y = scaled_mm(sd, c.view(), mt);
-        self.state[id] = Some(State {
-            sd,
-            qx,
-            m,
-            qg: Array2::zeros((0, fan_out)),
-            n_perp: Array2::zeros((0, fan_in)),
-        });
-        y
+        ys
     }
 
     fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F> {

@@ -107,9 +107,7 @@ impl ResidualBlock for Attention {
         let (seqs, t) = (cx.probe.sequences, cx.probe.tokens);
         let (h_count, c) = (spec.heads, spec.channels());
         let b = |i: usize| self.bias.map(|b| b[i]);
-        let q = cx.affine(self.q, b(0), s);
-        let k = cx.affine(self.k, b(1), s);
-        let v = cx.affine(self.v, b(2), s);
+        let [q, k, v] = cx.affine_shared([(self.q, b(0)), (self.k, b(1)), (self.v, b(2))], s);
         let scale = F::of((c as f64).powf(-spec.logit_exponent));
         let mut logits = Array3::zeros((seqs * h_count, t, t));
         let mut attn = Array3::zeros((seqs * h_count, t, t));

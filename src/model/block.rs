@@ -60,6 +60,26 @@ impl<'a, F: Real> Ctx<'a, F> {
         affine(self.params, self.ops, w, b, x)
     }
 
+    /// [`affine`](Self::affine) for weights that read the same X, in order
+    /// ([`WeightOps::fwd_shared`](super::WeightOps::fwd_shared)).
+    pub fn affine_shared<const K: usize>(
+        &mut self,
+        ws: [(usize, Option<usize>); K],
+        x: ArrayView2<F>,
+    ) -> [Array2<F>; K] {
+        let mut ys = self
+            .ops
+            .fwd_shared(self.params, &ws.map(|(w, _)| w), x)
+            .into_iter();
+        ws.map(|(_, b)| {
+            let mut y = ys.next().expect("one output per weight");
+            if let Some(b) = b {
+                y += &self.params.get(b).row(0);
+            }
+            y
+        })
+    }
+
     /// Y = X Wᵀ for weight `w`.
     pub fn fwd(&mut self, w: usize, x: ArrayView2<F>) -> Array2<F> {
         self.ops.fwd(self.params, w, x)

@@ -88,8 +88,7 @@ impl ResidualBlock for CrossAttention {
         let (h_count, c) = (spec.heads, spec.channels());
         let b = |i: usize| self.bias.map(|b| b[i]);
         let q = cx.affine(self.q, b(0), s);
-        let k = cx.affine(self.k, b(1), mem);
-        let v = cx.affine(self.v, b(2), mem);
+        let [k, v] = cx.affine_shared([(self.k, b(1)), (self.v, b(2))], mem);
         let scale = F::of((c as f64).powf(-spec.logit_exponent));
         let mut logits = Array3::zeros((seqs * h_count, t, tm));
         let mut attn = Array3::zeros((seqs * h_count, t, tm));

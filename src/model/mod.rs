@@ -222,6 +222,11 @@ pub trait WeightOps<F = f64> {
     fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F>;
     /// ∂X = G W for weight `id`, G (D × fan_out).
     fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F>;
+    /// Y_k = X W_kᵀ for weights that read the same X (Q, K and V; cross-attention's K and
+    /// V): the conditional sampler factors X once for all of them.
+    fn fwd_shared(&mut self, p: &Params<F>, ids: &[usize], x: ArrayView2<F>) -> Vec<Array2<F>> {
+        ids.iter().map(|&id| self.fwd(p, id, x)).collect()
+    }
 }
 
 /// Y = X Wᵀ + b: a linear use of weight `w` with an optional bias (1 × fan_out).
