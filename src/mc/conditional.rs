@@ -46,6 +46,9 @@ use crate::model::{Params, WeightOps, linalg, skinny};
 /// Relative residual below which a row counts as linearly dependent, in f64.
 pub const RANK_TOL: f64 = <f64 as McReal>::RANK_TOL;
 
+/// (C, Q_X) of an input X = C Q_X, shared by the weights that read X.
+type Factors<F> = (Rc<Array2<F>>, Rc<Array2<F>>);
+
 struct State<F> {
     sd: F,
     /// Orthonormal rows spanning X (r × fan_in), shared by the weights that read X.
@@ -89,7 +92,7 @@ impl<F: McReal> Conditional<F> {
 
     /// (C, Q_X) with X = C Q_X, shared by the weights that read X
     /// ([`WeightOps::fwd_shared`]).
-    fn factor(&mut self, x: ArrayView2<F>) -> (Rc<Array2<F>>, Rc<Array2<F>>) {
+    fn factor(&mut self, x: ArrayView2<F>) -> Factors<F> {
         let (c, q) = if F::FAST_NORMALS {
             basis_time(|| gram_qr(x))
         } else {
@@ -301,7 +304,7 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
     }
 
     fn fwd_shared(&mut self, p: &Params<F>, ids: &[usize], x: ArrayView2<F>) -> Vec<Array2<F>> {
-        let mut factored: Option<(Rc<Array2<F>>, Rc<Array2<F>>)> = None;
+        let mut factored: Option<Factors<F>> = None;
         let mut ys = Vec::with_capacity(ids.len());
         for &id in ids {
             let param = &p.list[id];
