@@ -257,6 +257,32 @@ mod x86 {
         }
     }
 
+    /// Columns `from..len` of the output rows `range` of [`combine_wide`] in scalar
+    /// arithmetic (the vector kernels' last columns): Σ_p T[i, p] x_p in p order with fused
+    /// multiply-adds, as the vector bodies sum. `out` holds r × len floats; range.end <= r.
+    #[inline(always)]
+    unsafe fn combine_cols(
+        t: &[f64],
+        x: &[f32],
+        rows: &[usize],
+        len: usize,
+        range: std::ops::Range<usize>,
+        from: usize,
+        out: *mut f32,
+    ) {
+        let r = rows.len();
+        for i in range {
+            for cc in from..len {
+                let mut s = 0.0f64;
+                for (p, &row) in rows.iter().enumerate() {
+                    s = t[i * r + p].mul_add(f64::from(x[row * len + cc]), s);
+                }
+                // SAFETY: i * len + cc < r * len (the caller's contract).
+                unsafe { out.add(i * len + cc).write(s as f32) };
+            }
+        }
+    }
+
     /// Requires AVX2 and FMA; `out` is r × len writable floats. out ← T · x_rows (rounded to
     /// f32) for T (r × r, row-major) and the rows `rows` of x: four output rows × eight
     /// columns in registers, T's entries broadcast.
@@ -290,16 +316,8 @@ mod x86 {
                     c += 8;
                 }
             }
-            for k in 0..m {
-                for cc in body..len {
-                    let mut s = 0.0f64;
-                    for (p, &row) in rows.iter().enumerate() {
-                        s = t[(i0 + k) * r + p].mul_add(f64::from(x[row * len + cc]), s);
-                    }
-                    // SAFETY: (i0 + k) * len + cc < r * len.
-                    unsafe { out.add((i0 + k) * len + cc).write(s as f32) };
-                }
-            }
+            // SAFETY: rows i0..i0 + m < r of `out`, which holds r × len floats.
+            unsafe { combine_cols(t, x, rows, len, i0..i0 + m, body, out) };
             i0 += 4;
         }
     }
@@ -495,16 +513,8 @@ mod x86 {
                     c += 16;
                 }
             }
-            for k in 0..m {
-                for cc in body..len {
-                    let mut s = 0.0f64;
-                    for (p, &row) in rows.iter().enumerate() {
-                        s = t[(i0 + k) * r + p].mul_add(f64::from(x[row * len + cc]), s);
-                    }
-                    // SAFETY: (i0 + k) * len + cc < r * len.
-                    unsafe { out.add((i0 + k) * len + cc).write(s as f32) };
-                }
-            }
+            // SAFETY: rows i0..i0 + m < r of `out`, which holds r × len floats.
+            unsafe { combine_cols(t, x, rows, len, i0..i0 + m, body, out) };
             i0 += 8;
         }
     }
