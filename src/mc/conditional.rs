@@ -156,7 +156,7 @@ fn extend<F: McReal>(basis: &mut Array2<F>, v: ArrayView2<F>) -> Array2<F> {
     let mut coef_old = Array2::zeros((d, k));
     if k > 0 {
         for _ in 0..2 {
-            let c = mm(resid.view(), basis.t());
+            let c = linalg::mm(resid.view(), basis.t());
             F::gemm(
                 -F::one(),
                 c.view(),
@@ -287,16 +287,6 @@ fn gram_qr<F: McReal>(v: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
     (l.mapv(F::of), q)
 }
 
-/// A·B through the precision's product ([`McReal::gemm`]).
-fn mm<F: McReal>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
-    scaled_mm(F::one(), a, b)
-}
-
-/// α A·B: a weight's σ goes into the product, not into a pass of its own over the result.
-fn scaled_mm<F: McReal>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
-    linalg::product(alpha, a, b)
-}
-
 impl<F: McReal> WeightOps<F> for Conditional<F> {
     fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F> {
         let mut y = self.fwd_shared(p, &[id], x);
@@ -331,7 +321,7 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
                 self.normals(fan_out, qx.nrows())
             };
             let mt = if F::FAST_NORMALS { m.view() } else { m.t() };
-            ys.push(scaled_mm(sd, c.view(), mt));
+            ys.push(linalg::product(sd, c.view(), mt));
             self.state[id] = Some(State {
                 sd,
                 qx,
@@ -357,7 +347,7 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
         } else {
             st.m.view()
         };
-        let mut gm = mm(g, m);
+        let mut gm = linalg::mm(g, m);
         if F::FAST_NORMALS && self.single_pass && st.qg.nrows() == 0 {
             // One cotangent, never extended: G W_⊥ needs only some A with A Aᵀ = G Gᵀ (the
             // Gram's Cholesky factor, no basis of G), and with N = Z (I − Q_Xᵀ Q_X)
@@ -366,23 +356,23 @@ impl<F: McReal> WeightOps<F> for Conditional<F> {
             let a = basis_time(|| gram_cholesky(g).0.mapv(F::of));
             let mut dx = if a.ncols() > 0 {
                 let z = self.normals(a.ncols(), st.qx.ncols());
-                let zq = mm(z.view(), st.qx.t());
+                let zq = linalg::mm(z.view(), st.qx.t());
                 F::gemm(-F::one(), a.view(), zq.view(), F::one(), &mut gm.view_mut());
-                scaled_mm(st.sd, a.view(), z.view())
+                linalg::product(st.sd, a.view(), z.view())
             } else {
                 Array2::zeros((g.nrows(), st.qx.ncols()))
             };
             F::gemm(st.sd, gm.view(), st.qx.view(), F::one(), &mut dx.view_mut());
             return dx;
         }
-        let mut dx = mm(gm.view(), st.qx.view());
+        let mut dx = linalg::mm(gm.view(), st.qx.view());
         // The fresh part: σ A N with G = A Q_G.
         let k_old = st.qg.nrows();
         let a = extend_basis(&mut st.qg, g);
         let added = st.qg.nrows() - k_old;
         if added > 0 {
             let mut fresh = self.normals(added, st.qx.ncols());
-            let proj = mm(fresh.view(), st.qx.t());
+            let proj = linalg::mm(fresh.view(), st.qx.t());
             F::gemm(
                 -F::one(),
                 proj.view(),

@@ -20,6 +20,20 @@ pub static PROFILE: AtomicBool = AtomicBool::new(false);
 pub static GEMM_FLOPS: AtomicU64 = AtomicU64::new(0);
 pub static GEMM_NANOS: AtomicU64 = AtomicU64::new(0);
 
+/// Runs a product of `macs` multiply-adds, adding its flops and time to the counters when
+/// the `bench` command profiles.
+#[inline]
+fn counted<T>(macs: usize, f: impl FnOnce() -> T) -> T {
+    if !PROFILE.load(Ordering::Relaxed) {
+        return f();
+    }
+    let t = Instant::now();
+    let out = f();
+    GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    GEMM_FLOPS.fetch_add(2 * macs as u64, Ordering::Relaxed);
+    out
+}
+
 /// C ← α·A·B + β·C.
 #[inline]
 pub fn gemm<F: Real>(
@@ -29,17 +43,9 @@ pub fn gemm<F: Real>(
     beta: F,
     c: &mut ArrayViewMut2<F>,
 ) {
-    if PROFILE.load(Ordering::Relaxed) {
-        let t = Instant::now();
-        F::gemm_backend(alpha, a, b, beta, c);
-        GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        GEMM_FLOPS.fetch_add(
-            2 * (a.nrows() * a.ncols() * b.ncols()) as u64,
-            Ordering::Relaxed,
-        );
-    } else {
-        F::gemm_backend(alpha, a, b, beta, c);
-    }
+    counted(a.nrows() * a.ncols() * b.ncols(), || {
+        F::gemm_backend(alpha, a, b, beta, c)
+    })
 }
 
 /// Products with an inner dimension of at least `FAER_MIN_K` and at least `FAER_MIN_MACS`
@@ -126,17 +132,9 @@ where
 
 /// α A·B in new memory.
 pub fn product<F: Real>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
-    if PROFILE.load(Ordering::Relaxed) {
-        let t = Instant::now();
-        let c = F::product_backend(alpha, a, b);
-        GEMM_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        GEMM_FLOPS.fetch_add(
-            2 * (a.nrows() * a.ncols() * b.ncols()) as u64,
-            Ordering::Relaxed,
-        );
-        return c;
-    }
-    F::product_backend(alpha, a, b)
+    counted(a.nrows() * a.ncols() * b.ncols(), || {
+        F::product_backend(alpha, a, b)
+    })
 }
 
 /// A·B.
