@@ -43,6 +43,11 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     ) -> bool {
         crate::train::optim::adamw_body(th, g, m, v, k)
     }
+    /// Σ x² in f64 over a slice ([`crate::train::optim::sum_squares_body`]); f32 and f64
+    /// compile it for the CPU's widest vectors.
+    fn sum_squares(x: &[Self]) -> f64 {
+        crate::train::optim::sum_squares_body(x)
+    }
     /// C ← α·A·B + β·C on the fastest backend for this type and shape.
     fn gemm_backend(
         alpha: Self,
@@ -82,6 +87,9 @@ impl Real for f64 {
     ) -> bool {
         crate::train::optim::adamw_f64(th, g, m, v, k)
     }
+    fn sum_squares(x: &[f64]) -> f64 {
+        crate::train::optim::sum_squares_f64(x)
+    }
     #[inline]
     fn gemm_backend(
         alpha: f64,
@@ -91,6 +99,9 @@ impl Real for f64 {
         c: &mut ArrayViewMut2<f64>,
     ) {
         super::linalg::backend_f64(alpha, a, b, beta, c)
+    }
+    fn product_backend(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
+        super::linalg::product_f64(alpha, a, b)
     }
 }
 
@@ -121,6 +132,9 @@ impl Real for f32 {
     ) -> bool {
         crate::train::optim::adamw_f32(th, g, m, v, k)
     }
+    fn sum_squares(x: &[f32]) -> f64 {
+        crate::train::optim::sum_squares_f32(x)
+    }
     /// Skinny products (the Monte Carlo's) on the packing-free kernels of `skinny`; the rest
     /// on matrixmultiply: the trainer's products have hundreds of rows, where it beat faer
     /// in f64 (see `linalg`).
@@ -136,12 +150,18 @@ impl Real for f32 {
             ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
         }
     }
-    /// Rank-update shapes are written once into new memory; the rest as `gemm_backend`.
+    /// Rank-update shapes and matrixmultiply's products are written once into new memory;
+    /// small outputs as `gemm_backend`.
     fn product_backend(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
-        super::skinny::try_product(alpha, a, b).unwrap_or_else(|| {
+        if let Some(c) = super::skinny::try_product(alpha, a, b) {
+            return c;
+        }
+        if a.nrows() <= super::skinny::SKINNY && b.ncols() <= super::skinny::SKINNY {
+            // A small output, which `gemm_backend` may give to the dots kernel.
             let mut c = Array2::zeros((a.nrows(), b.ncols()));
             Self::gemm_backend(alpha, a, b, 0.0, &mut c.view_mut());
-            c
-        })
+            return c;
+        }
+        super::linalg::product_f32(alpha, a, b)
     }
 }

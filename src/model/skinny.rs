@@ -810,7 +810,7 @@ fn dots_body(
 /// The most rows (and inner length, for the rank update) a product may have to take a
 /// packing-free kernel: beyond it the packed GEMM's cache blocking wins (the trainer's
 /// 512-row batches).
-const SKINNY: usize = 64;
+pub const SKINNY: usize = 64;
 
 /// C ← βC + α A·B in f32 on a packing-free kernel when the product is skinny and the rows
 /// it reads are contiguous; `None` (nothing done) otherwise.

@@ -420,7 +420,10 @@ impl<F: Real> Trainer<F> {
     pub fn step(&mut self) -> Result<StepLog, TrainError> {
         let batch = self.batch_at(self.step);
         let (loss, grads) = self.loss_and_grads(&batch);
-        let norm2 = |g: &Array2<F>| g.iter().map(|x| x.wide() * x.wide()).sum::<f64>();
+        let norm2 = |g: &Array2<F>| match g.as_slice_memory_order() {
+            Some(s) => F::sum_squares(s),
+            None => g.iter().map(|x| x.wide() * x.wide()).sum::<f64>(),
+        };
         // A single thread runs inline, for the reason given at `run_parts`.
         let per_param: Vec<f64> = if self.parts > 1 {
             self.pool.install(|| grads.par_iter().map(norm2).collect())

@@ -180,6 +180,47 @@ fn adamw_body_f64(
 crate::model::skinny::multiversion!(pub fn adamw_f32(th: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamStep<f32>) -> bool, adamw_body_f32);
 crate::model::skinny::multiversion!(pub fn adamw_f64(th: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], k: &AdamStep<f64>) -> bool, adamw_body_f64);
 
+/// Σ g² in f64 (the gradient norm that clipping reads), in 16 interleaved partial sums so
+/// that the loop vectorizes; the order is fixed by the slice alone, so the result does not
+/// depend on threads. A plain left-to-right sum was 5% of an f32 training step.
+#[inline(always)]
+pub fn sum_squares_body<F: Real>(x: &[F]) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0f64; L];
+    let chunks = x.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v.wide() * v.wide();
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += v.wide() * v.wide();
+    }
+    // A fixed pairwise tree over the lanes.
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0]
+}
+
+#[inline(always)]
+fn sum_squares_body_f32(x: &[f32]) -> f64 {
+    sum_squares_body(x)
+}
+
+#[inline(always)]
+fn sum_squares_body_f64(x: &[f64]) -> f64 {
+    sum_squares_body(x)
+}
+
+crate::model::skinny::multiversion!(pub fn sum_squares_f32(x: &[f32]) -> f64, sum_squares_body_f32);
+crate::model::skinny::multiversion!(pub fn sum_squares_f64(x: &[f64]) -> f64, sum_squares_body_f64);
+
 /// What one update shares across parameters.
 #[derive(Clone, Copy)]
 struct Consts<F> {
@@ -231,5 +272,38 @@ impl<F: Real> Consts<F> {
             }),
         }
         finite
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clipping norm's Σ g²: every length's tail, against an exact reference (integers
+    /// scaled by a power of two, so the f64 sum has no rounding), and the dispatched f32 and
+    /// f64 versions give the generic body's bits.
+    #[test]
+    fn sum_squares_is_exact_on_exact_data_and_the_same_on_every_path() {
+        for len in [0, 1, 15, 16, 17, 100, 1031] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                .collect();
+            let exact: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            assert_eq!(sum_squares_f32(&x), exact, "len {len}");
+            assert_eq!(
+                sum_squares_f32(&x).to_bits(),
+                sum_squares_body(&x).to_bits()
+            );
+            let y: Vec<f64> = x.iter().map(|&v| v as f64 * 1.1).collect();
+            let naive: f64 = y.iter().map(|v| v * v).sum();
+            assert!(
+                (sum_squares_f64(&y) - naive).abs() <= 1e-13 * naive.max(1.0),
+                "len {len}"
+            );
+            assert_eq!(
+                sum_squares_f64(&y).to_bits(),
+                sum_squares_body(&y).to_bits()
+            );
+        }
     }
 }
