@@ -102,6 +102,7 @@ fn cross_attention_gradients_match_central_differences() {
         let (_, cache) = block.forward(&mut cx, s.view());
         let mut grads = ParamGrads::new(&params);
         let ds = block.backward(&mut cx, s.view(), &cache, u.view(), &mut grads);
+        let grads = grads.into_list();
         let dmem = cx.memory_grad.take().expect("the block fills memory_grad");
 
         // Padded memory tokens receive exactly nothing.
@@ -132,7 +133,7 @@ fn cross_attention_gradients_match_central_differences() {
                     objective(&spec, &block, &q, &s, &mem, &u)
                 });
             }
-            note(p.name.clone(), &grads.list[pi], &num);
+            note(p.name.clone(), &grads[pi], &num);
         }
         let mut num = Array2::zeros(s.raw_dim());
         for idx in 0..s.len() {

@@ -56,13 +56,14 @@ fn check(sets: &[&str]) {
         Array2::from_shape_simple_fn(trace.out.raw_dim(), || rng.sample::<f64, _>(StandardNormal));
     let mut grads = ParamGrads::new(&net.params);
     let dz = net.backward(&trace, &probe, u.view(), &mut grads);
+    let grads = grads.into_list();
     assert_eq!(dz.len(), cfg.model.head_layer() - 1, "{sets:?}");
 
     let h = 1e-5;
     let mut worst = (0.0f64, String::new());
     let encoder_layers = cfg.model.num_blocks() + 1;
     for (pi, param) in net.params.list.iter().enumerate() {
-        let an = &grads.list[pi];
+        let an = &grads[pi];
         let mut fd = Array2::<f64>::zeros(an.raw_dim());
         for idx in 0..an.len() {
             let mut plus = net.clone();

@@ -48,12 +48,13 @@ fn check(sets: &[&str]) {
         Array2::from_shape_simple_fn(trace.out.raw_dim(), || rng.sample::<f64, _>(StandardNormal));
     let mut grads = ParamGrads::new(&net.params);
     let dz = net.backward(&trace, &probe, u.view(), &mut grads);
+    let grads = grads.into_list();
     assert_eq!(dz.len(), cfg.model.num_blocks() + 1);
 
     let h = 1e-5;
     let mut worst = (0.0f64, String::new());
     for (pi, param) in net.params.list.iter().enumerate() {
-        let an = &grads.list[pi];
+        let an = &grads[pi];
         let mut fd = Array2::<f64>::zeros(an.raw_dim());
         for idx in 0..an.len() {
             let mut plus = net.clone();
@@ -202,7 +203,7 @@ fn stream_gradients_match_directional_derivatives() {
             let mut e = expect.row_mut(d % cfg.model.tokens);
             e += &row;
         }
-        let got = &grads.list[pe_idx];
+        let got = &grads.into_list()[pe_idx];
         let diff = (&expect - got).iter().fold(0.0f64, |m, x| m.max(x.abs()));
         assert!(
             diff < 1e-12,

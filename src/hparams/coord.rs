@@ -161,7 +161,7 @@ pub fn coord_check(
                     let tr = moved.forward(&probe);
                     let mut pg = ParamGrads::new(&moved.params);
                     moved.backward(&tr, &probe, u.view(), &mut pg);
-                    for (p, g) in moved.params.list.iter_mut().zip(&pg.list) {
+                    for (p, g) in moved.params.list.iter_mut().zip(&pg.into_list()) {
                         if upd.is_some_and(|x| x != p.group) || !p.is_materialized() {
                             continue;
                         }

@@ -298,6 +298,26 @@ impl<'a, F: Real> GradTerm<'a, F> {
         }
     }
 
+    /// This term's ∂f/∂θ alone, in new memory shaped `shape` (the parameter's): the bits of
+    /// `accumulate` into zeros, without the zeroing pass for the weights' products.
+    pub fn first(&self, shape: (usize, usize)) -> Array2<F> {
+        let g = match self {
+            GradTerm::Linear { input, grad, scale } => linalg::product(*scale, grad.t(), *input),
+            GradTerm::LinearT { input, grad, scale } => linalg::product(*scale, input.t(), *grad),
+            _ => {
+                let mut acc = Array2::zeros(shape);
+                self.accumulate(&mut acc);
+                acc
+            }
+        };
+        assert_eq!(
+            g.dim(),
+            shape,
+            "a gradient term shaped unlike its parameter"
+        );
+        g
+    }
+
     /// Adds this term's ∂f/∂θ into `acc` (shaped like the parameter).
     pub fn accumulate(&self, acc: &mut Array2<F>) {
         match self {
@@ -332,21 +352,39 @@ pub trait GradSink<F = f64> {
 }
 
 /// Materializes ∂f/∂θ for every parameter.
+///
+/// A parameter's first weight term is written into new memory (`GradTerm::first`), later
+/// terms are added to it; parameters no term reached are zeros. Zeroing every gradient
+/// first, then adding, was 3% of an f32 training step (19 MB per thread at width 256).
 pub struct ParamGrads<F = f64> {
-    pub list: Vec<Array2<F>>,
+    slots: Vec<Option<Array2<F>>>,
+    shapes: Vec<(usize, usize)>,
 }
 
 impl<F: Real> ParamGrads<F> {
     pub fn new(params: &Params<F>) -> Self {
         ParamGrads {
-            list: params.zeros_like(),
+            slots: params.list.iter().map(|_| None).collect(),
+            shapes: params.list.iter().map(|p| p.shape).collect(),
         }
+    }
+
+    /// ∂f/∂θ of every parameter, in `Params` order.
+    pub fn into_list(self) -> Vec<Array2<F>> {
+        self.slots
+            .into_iter()
+            .zip(self.shapes)
+            .map(|(g, shape)| g.unwrap_or_else(|| Array2::zeros(shape)))
+            .collect()
     }
 }
 
 impl<F: Real> GradSink<F> for ParamGrads<F> {
     fn term(&mut self, param: usize, term: GradTerm<'_, F>) {
-        term.accumulate(&mut self.list[param]);
+        match &mut self.slots[param] {
+            Some(acc) => term.accumulate(acc),
+            slot => *slot = Some(term.first(self.shapes[param])),
+        }
     }
 }
 

@@ -368,7 +368,7 @@ impl<F: Real> Trainer<F> {
             dout /= F::of(total);
             let mut g = ParamGrads::new(&net.params);
             net.backward(&trace, &probe, dout.view(), &mut g);
-            (sum, g.list)
+            (sum, g.into_list())
         };
         let results: Vec<(f64, Vec<Array2<F>>)> = self.run_parts(&parts, one);
         // Summed in part order, so the result does not depend on which thread ran what.
