@@ -15,6 +15,20 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (its mimalloc.h; libmimalloc-sys
+/// 0.1.49 builds mimalloc 3 and names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory stays with the process instead of going back to the OS 10 ms later
+/// (mimalloc's default). A sample's or a step's buffers are freed and allocated again moments
+/// later, and each return cost a page fault and a zeroed page on reuse, which two threads
+/// also contend for. With two threads the conditional sampler at n = 512 ran 2-4% faster
+/// (minor faults 4,700 → 390 per run). The peak, which `--max-memory` bounds, is unchanged.
+fn keep_freed_memory() {
+    // SAFETY: sets one integer option; mimalloc reads it whenever it decides to purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sigprop",
@@ -55,6 +69,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
