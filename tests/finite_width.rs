@@ -278,7 +278,9 @@ fn book_mlp_gelu_with_bias_three_inputs() {
     two_widths(
         "GELU MLP",
         &sets,
-        [(32, 50_000), (64, 30_000)],
+        // At n = 64, 30,000 samples resolved the shift at order-0 |z| 9.4-13.8 over seven
+        // seeds and two normal streams.
+        [(32, 50_000), (64, 60_000)],
         &["resid"],
         &["kernel", "fluct", "kurtosis"],
     );
@@ -314,7 +316,9 @@ fn residual_relu_stack_without_ln() {
     two_widths(
         "residual ReLU, no LN",
         &sets,
-        [(24, 80_000), (48, 80_000)],
+        // At n = 48, 80,000 samples resolved the shift at order-0 |z| 8.4-11.8 over seven
+        // seeds and two normal streams, too close to the bar of 10.
+        [(24, 80_000), (48, 160_000)],
         &["resid", "hidden"],
         &["kernel", "fluct"],
     );

@@ -93,9 +93,9 @@ impl Ensemble {
 pub trait McReal: Real {
     /// The conditional sampler's relative rank tolerance (see `conditional`).
     const RANK_TOL: f64;
-    /// Whether the conditional sampler draws from the vectorized generator
-    /// ([`normal::FastNormals`]) rather than the sample's stream through rand_distr.
-    const FAST_NORMALS: bool;
+    /// Whether the conditional sampler factors an input from its Gram matrix accumulated in
+    /// f64 (f32: exact products of f32 numbers) rather than by Gram–Schmidt (f64).
+    const GRAM_FACTORS: bool;
     /// Fills `out` from the vectorized generator.
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
     /// `count` draws of the vectorized generator in a new vector (no zeroing pass).
@@ -139,7 +139,7 @@ pub trait McReal: Real {
 
 impl McReal for f64 {
     const RANK_TOL: f64 = 1e-10;
-    const FAST_NORMALS: bool = false;
+    const GRAM_FACTORS: bool = false;
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [f64]) {
         g.fill_f64(out)
     }
@@ -172,44 +172,51 @@ impl McReal for f64 {
     }
 }
 
-/// ndarray's `dot` on slices (`numeric_util::unrolled_dot`), operation for operation: eight
-/// partial sums, combined as (p0 + p4) + (p1 + p5) + …, then the tail. Compiled for wider
-/// vectors it gives the same bits, since nothing is reassociated or fused.
+/// Σ x_i y_i in 32 interleaved partial sums (four 8-lane chains, so the loop is not bound by
+/// the add's latency), then 8, then a scalar tail, combined by a fixed tree: the order
+/// depends only on the length.
 #[inline(always)]
-fn unrolled_dot(xs: &[f64], ys: &[f64]) -> f64 {
+fn dot_f64(xs: &[f64], ys: &[f64]) -> f64 {
     let n = xs.len().min(ys.len());
-    let (mut xs, mut ys) = (&xs[..n], &ys[..n]);
-    let mut p = [0.0f64; 8];
-    while xs.len() >= 8 {
-        for l in 0..8 {
-            p[l] += xs[l] * ys[l];
+    let (xs, ys) = (&xs[..n], &ys[..n]);
+    let mut p = [0.0f64; 32];
+    let (mut cx, mut cy) = (xs.chunks_exact(32), ys.chunks_exact(32));
+    for (x, y) in (&mut cx).zip(&mut cy) {
+        for l in 0..32 {
+            p[l] = x[l].mul_add(y[l], p[l]);
         }
-        xs = &xs[8..];
-        ys = &ys[8..];
     }
-    let mut sum = 0.0;
-    for l in 0..4 {
-        sum += p[l] + p[l + 4];
+    let (xs, ys) = (cx.remainder(), cy.remainder());
+    let (mut cx, mut cy) = (xs.chunks_exact(8), ys.chunks_exact(8));
+    for (x, y) in (&mut cx).zip(&mut cy) {
+        for l in 0..8 {
+            p[l] = x[l].mul_add(y[l], p[l]);
+        }
     }
-    for (&x, &y) in xs.iter().zip(ys) {
-        sum += x * y;
+    for (l, (&x, &y)) in cx.remainder().iter().zip(cy.remainder()).enumerate() {
+        p[l] = x.mul_add(y, p[l]);
     }
-    sum
+    let mut w = 32;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            p[l] += p[l + w];
+        }
+    }
+    p[0]
 }
 
-/// `McReal::project_twice` in f64 with the operations of ndarray's `dot` and `scaled_add`
-/// (y + α·x, unfused), so the bits equal the row-by-row loop's; as a whole loop over
-/// slices it compiles for AVX-512 or AVX2. The loop on ndarray rows, at baseline SSE2, was
-/// a quarter of an f64 conditional sample at n = 512.
+/// `McReal::project_twice` in f64 over slices, compiled for AVX-512 or AVX2 ([`dot_f64`]
+/// and an axpy). The loop on ndarray rows at baseline SSE2 was a quarter of an f64
+/// conditional sample at n = 512; one 8-lane chain per dot, a sixth.
 #[inline(always)]
 fn project_twice_body(q: &[f64], r: &mut [f64], coef: &mut [f64]) {
     let len = r.len();
     for _ in 0..2 {
         for (qj, c) in q.chunks_exact(len.max(1)).zip(coef.iter_mut()) {
-            let dot = unrolled_dot(qj, r);
-            let alpha = -dot;
+            let dot = dot_f64(qj, r);
             for (y, &x) in r.iter_mut().zip(qj) {
-                *y += alpha * x;
+                *y = (-dot).mul_add(x, *y);
             }
             *c += dot;
         }
@@ -220,7 +227,7 @@ crate::model::skinny::multiversion!(fn project_twice_f64(q: &[f64], r: &mut [f64
 
 impl McReal for f32 {
     const RANK_TOL: f64 = 3e-5;
-    const FAST_NORMALS: bool = true;
+    const GRAM_FACTORS: bool = true;
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [f32]) {
         g.fill_f32(out)
     }

@@ -1,4 +1,4 @@
-//! A fast standard-normal generator for the Monte Carlo's f32 path (and f64 on request).
+//! The conditional sampler's fast standard-normal generator, in f32 and f64.
 //!
 //! Box–Muller on eight interleaved Xoshiro256++ lanes. Each lane update is the same integer
 //! arithmetic on eight independent states, and the transform uses polynomial `ln`, `sin` and
