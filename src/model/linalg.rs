@@ -83,6 +83,9 @@ pub(super) fn backend_f64(
 /// The f64 dispatch of `product` (`Real::product_backend` for f64): as `backend_f64`, with
 /// matrixmultiply's share written once into new memory.
 pub(super) fn product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
+    if let Some(c) = super::skinny::try_product_f64(alpha, a, b) {
+        return c;
+    }
     if a.nrows() <= FAER_MAX_M
         && a.ncols() >= FAER_MIN_K
         && a.nrows() * a.ncols() * b.ncols() >= FAER_MIN_MACS

@@ -426,6 +426,67 @@ mod x86 {
         }
     }
 
+    /// [`dots512`] in f64, written into new memory (β = 0): C = α A·Xᵀ in 4 × 4 blocks with
+    /// one 8-lane accumulator per entry over the whole length, each reduced on its own.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots512_f64(
+        alpha: f64,
+        a: &[&[f64]],
+        x: &[&[f64]],
+        c: &mut [std::mem::MaybeUninit<f64>],
+    ) {
+        let (m, n) = (a.len(), x.len());
+        let k = a.first().map_or(0, |r| r.len());
+        assert!(a.iter().chain(x).all(|r| r.len() == k) && c.len() == m * n);
+        let body = k / 8 * 8;
+        let tail: __mmask8 = ((1u32 << (k - body)) - 1) as __mmask8;
+        let mut i0 = 0;
+        while i0 < m {
+            let mi = (m - i0).min(4);
+            let pa: [*const f64; 4] = std::array::from_fn(|p| a[i0 + p.min(mi - 1)].as_ptr());
+            let mut j0 = 0;
+            while j0 < n {
+                let mj = (n - j0).min(4);
+                let px: [*const f64; 4] = std::array::from_fn(|q| x[j0 + q.min(mj - 1)].as_ptr());
+                let mut acc = [_mm512_setzero_pd(); 16];
+                let mut at = 0;
+                // SAFETY: full loads read 8 doubles at at + 7 < body <= k; the masked load
+                // reads only the k - body doubles left.
+                unsafe {
+                    while at < body {
+                        let va: [__m512d; 4] =
+                            std::array::from_fn(|p| _mm512_loadu_pd(pa[p].add(at)));
+                        for q in 0..4 {
+                            let w = _mm512_loadu_pd(px[q].add(at));
+                            for p in 0..4 {
+                                acc[4 * p + q] = _mm512_fmadd_pd(va[p], w, acc[4 * p + q]);
+                            }
+                        }
+                        at += 8;
+                    }
+                    if tail != 0 {
+                        let va: [__m512d; 4] =
+                            std::array::from_fn(|p| _mm512_maskz_loadu_pd(tail, pa[p].add(at)));
+                        for q in 0..4 {
+                            let w = _mm512_maskz_loadu_pd(tail, px[q].add(at));
+                            for p in 0..4 {
+                                acc[4 * p + q] = _mm512_fmadd_pd(va[p], w, acc[4 * p + q]);
+                            }
+                        }
+                    }
+                }
+                for p in 0..mi {
+                    for q in 0..mj {
+                        c[(i0 + p) * n + j0 + q]
+                            .write(alpha * _mm512_reduce_add_pd(acc[4 * p + q]));
+                    }
+                }
+                j0 += 4;
+            }
+            i0 += 4;
+        }
+    }
+
     /// Requires AVX-512F; `x` holds `d` rows of `len`. The upper triangle by 4 × 4 blocks of
     /// rows, eight f64 lanes per product, each row widened once per block; the diagonal
     /// blocks' lower halves are mirrored, so the matrix is exactly symmetric.
@@ -705,6 +766,13 @@ fn rank_rows<const R: usize, const W: usize>(
     }
 }
 
+/// Every row of `x` as a slice, if each is contiguous (f64).
+fn row_slices_f64(x: ArrayView2<'_, f64>) -> Option<Vec<&[f64]>> {
+    (0..x.nrows())
+        .map(|i| x.index_axis_move(ndarray::Axis(0), i).to_slice())
+        .collect()
+}
+
 /// Every row of `x` as a slice, if each is contiguous.
 fn row_slices(x: ArrayView2<'_, f32>) -> Option<Vec<&[f32]>> {
     (0..x.nrows())
@@ -866,6 +934,35 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
     // SAFETY: the rank update wrote all m × n entries.
     unsafe { c.set_len(m * n) };
     Array2::from_shape_vec((m, n), c).ok()
+}
+
+/// α A·B in new memory, written once, for f64 products with outputs of at most [`SKINNY`] ×
+/// [`SKINNY`], k ≥ 16 and contiguous rows of A and Bᵀ (Grams, G·M, Z·Q_Xᵀ of the sampler):
+/// the AVX-512 dots kernel (`x86::dots512_f64`). `None` for other shapes or CPUs.
+/// matrixmultiply packed both operands of every such product, as long as it then took to
+/// multiply (f64 conditional sampler at n = 512).
+pub fn try_product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Option<Array2<f64>> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if b.nrows() != k || m == 0 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m <= SKINNY
+        && n <= SKINNY
+        && n > 0
+        && k >= 16
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && let (Some(ar), Some(xr)) = (row_slices_f64(a), row_slices_f64(b.t()))
+    {
+        let mut c = Vec::with_capacity(m * n);
+        // SAFETY: the CPU has AVX-512F; the rows have one length k.
+        unsafe { x86::dots512_f64(alpha, &ar, &xr, &mut c.spare_capacity_mut()[..m * n]) };
+        // SAFETY: the kernel wrote all m × n entries.
+        unsafe { c.set_len(m * n) };
+        return Array2::from_shape_vec((m, n), c).ok();
+    }
+    None
 }
 
 /// The Gram matrix X Xᵀ of the rows of `x` (D rows of `len`, row-major, f32), in f64: the
@@ -1097,5 +1194,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The f64 dots kernel against matrixmultiply, to rounding: partial blocks (m, n not
+    /// multiples of 4), a masked tail (k not a multiple of 8), a transposed B, and shapes it
+    /// declines.
+    #[test]
+    fn f64_dots_agree_with_matrixmultiply() {
+        for (m, k, n) in [(16, 512, 16), (5, 29, 7), (64, 16, 3), (1, 2049, 1)] {
+            let a = ndarray::Array2::from_shape_fn((m, k), |(i, j)| {
+                ((i * 7 + j * 3) % 11) as f64 - 5.3
+            });
+            let bt =
+                ndarray::Array2::from_shape_fn((n, k), |(i, j)| ((i * 5 + j) % 13) as f64 * 0.31);
+            let mut want = ndarray::Array2::zeros((m, n));
+            ndarray::linalg::general_mat_mul(0.7, &a, &bt.t(), 0.0, &mut want);
+            let Some(got) = try_product_f64(0.7, a.view(), bt.t()) else {
+                assert!(!std::arch::is_x86_feature_detected!("avx512f"));
+                continue;
+            };
+            let scale = want.iter().fold(1.0f64, |s, x| s.max(x.abs()));
+            let err = (&got - &want).iter().fold(0.0f64, |s, x| s.max(x.abs()));
+            assert!(
+                err < 1e-14 * scale * (k as f64).sqrt(),
+                "{m}x{k}x{n}: {err:e}"
+            );
+        }
+        let wide = ndarray::Array2::<f64>::zeros((65, 20));
+        assert!(try_product_f64(1.0, wide.view(), wide.t()).is_none());
+        assert!(
+            try_product_f64(
+                1.0,
+                wide.t().slice(ndarray::s![..3, ..8]),
+                wide.slice(ndarray::s![..8, ..3])
+            )
+            .is_none()
+        );
     }
 }
