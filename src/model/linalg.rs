@@ -80,7 +80,8 @@ pub(super) fn backend_f64(
     }
 }
 
-/// The f64 dispatch of `product` (`Real::product_backend` for f64): as `backend_f64`, with
+/// The f64 dispatch of `product` (`Real::product_backend` for f64): small outputs on the
+/// skinny dots kernel (`skinny::try_product_f64`), the rest as `backend_f64`, with
 /// matrixmultiply's share written once into new memory.
 pub(super) fn product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
     if let Some(c) = super::skinny::try_product_f64(alpha, a, b) {
@@ -94,71 +95,62 @@ pub(super) fn product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) ->
         faer_gemm(alpha, a, b, 0.0, &mut c.view_mut());
         return c;
     }
-    fresh(a, b, |m, k, n, c| {
-        let (sa, sb) = (a.strides(), b.strides());
-        // SAFETY: as in `fresh`; the views are valid for their shapes and strides.
-        unsafe {
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                alpha,
-                a.as_ptr(),
-                sa[0],
-                sa[1],
-                b.as_ptr(),
-                sb[0],
-                sb[1],
-                0.0,
-                c,
-                n as isize,
-                1,
-            )
-        }
-    })
+    fresh(alpha, a, b, matrixmultiply::dgemm)
 }
 
 /// α A·B in new memory through matrixmultiply (f32's products beyond the skinny kernels).
 pub(super) fn product_f32(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
-    fresh(a, b, |m, k, n, c| {
-        let (sa, sb) = (a.strides(), b.strides());
-        // SAFETY: as in `fresh`; the views are valid for their shapes and strides.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                alpha,
-                a.as_ptr(),
-                sa[0],
-                sa[1],
-                b.as_ptr(),
-                sb[0],
-                sb[1],
-                0.0,
-                c,
-                n as isize,
-                1,
-            )
-        }
-    })
+    fresh(alpha, a, b, matrixmultiply::sgemm)
 }
 
-/// A·B's (m × n) output in new, row-major memory that `write(m, k, n, c)` fills without
-/// reading: matrixmultiply with β = 0 ("If β is zero, then C does not need to be
-/// initialized", its documentation; with k = 0 it writes zeros). Zeroing first was 3-4% of
-/// an f32 training step, its page faults included.
-fn fresh<F: Real>(
-    a: ArrayView2<F>,
-    b: ArrayView2<F>,
-    write: impl FnOnce(usize, usize, usize, *mut F),
-) -> Array2<F> {
+/// matrixmultiply's `sgemm` / `dgemm`: C ← α A·B + β C on raw pointers and strides.
+type RawGemm<F> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    F,
+    *const F,
+    isize,
+    isize,
+    *const F,
+    isize,
+    isize,
+    F,
+    *mut F,
+    isize,
+    isize,
+);
+
+/// α A·B in new, row-major memory that `gemm` fills without reading: matrixmultiply with
+/// β = 0 ("If β is zero, then C does not need to be initialized", its documentation; with
+/// k = 0 it writes zeros). Zeroing first was 3-4% of an f32 training step, its page faults
+/// included.
+fn fresh<F: Real>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, gemm: RawGemm<F>) -> Array2<F> {
     let ((m, k), n) = (a.dim(), b.ncols());
     assert_eq!(b.nrows(), k, "product shapes {:?} x {:?}", a.dim(), b.dim());
+    let (sa, sb) = (a.strides(), b.strides());
     let mut v = Vec::<F>::with_capacity(m * n);
-    write(m, k, n, v.as_mut_ptr());
-    // SAFETY: `write` initialized all m·n entries (the capacity allocated above).
-    unsafe { v.set_len(m * n) };
+    // SAFETY: the views are valid for their shapes and strides (ndarray guarantees it); C is
+    // the m·n entries allocated above, row-major, which β = 0 writes without reading.
+    unsafe {
+        gemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            sa[0],
+            sa[1],
+            b.as_ptr(),
+            sb[0],
+            sb[1],
+            F::zero(),
+            v.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+        v.set_len(m * n);
+    }
     Array2::from_shape_vec((m, n), v).expect("m·n entries")
 }
 
