@@ -230,8 +230,7 @@ fn cotangent_factor<F: McReal>(g: ArrayView2<F>) -> Array2<F> {
     if F::GRAM_FACTORS {
         return gram_cholesky(g).0.mapv(F::of);
     }
-    let wide = g.mapv(F::wide);
-    pivoted_cholesky(&linalg::gram(wide.view()), GRAM_TOL)
+    pivoted_cholesky(&linalg::gram(g).mapv(F::wide), GRAM_TOL)
         .0
         .mapv(F::of)
 }

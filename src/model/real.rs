@@ -45,9 +45,7 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     }
     /// Σ x² in f64 over a slice ([`crate::train::optim::sum_squares_body`]); f32 and f64
     /// compile it for the CPU's widest vectors.
-    fn sum_squares(x: &[Self]) -> f64 {
-        crate::train::optim::sum_squares_body(x)
-    }
+    fn sum_squares(x: &[Self]) -> f64;
     /// C ← α·A·B + β·C on the fastest backend for this type and shape.
     fn gemm_backend(
         alpha: Self,
@@ -57,11 +55,7 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
         c: &mut ArrayViewMut2<Self>,
     );
     /// α A·B in new memory (`linalg::product`).
-    fn product_backend(alpha: Self, a: ArrayView2<Self>, b: ArrayView2<Self>) -> Array2<Self> {
-        let mut c = Array2::zeros((a.nrows(), b.ncols()));
-        Self::gemm_backend(alpha, a, b, Self::zero(), &mut c.view_mut());
-        c
-    }
+    fn product_backend(alpha: Self, a: ArrayView2<Self>, b: ArrayView2<Self>) -> Array2<Self>;
 }
 
 impl Real for f64 {

@@ -766,15 +766,8 @@ fn rank_rows<const R: usize, const W: usize>(
     }
 }
 
-/// Every row of `x` as a slice, if each is contiguous (f64).
-fn row_slices_f64(x: ArrayView2<'_, f64>) -> Option<Vec<&[f64]>> {
-    (0..x.nrows())
-        .map(|i| x.index_axis_move(ndarray::Axis(0), i).to_slice())
-        .collect()
-}
-
 /// Every row of `x` as a slice, if each is contiguous.
-fn row_slices(x: ArrayView2<'_, f32>) -> Option<Vec<&[f32]>> {
+fn row_slices<T>(x: ArrayView2<'_, T>) -> Option<Vec<&[T]>> {
     (0..x.nrows())
         .map(|i| x.index_axis_move(ndarray::Axis(0), i).to_slice())
         .collect()
@@ -953,7 +946,7 @@ pub fn try_product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Op
         && n > 0
         && k >= 16
         && std::arch::is_x86_feature_detected!("avx512f")
-        && let (Some(ar), Some(xr)) = (row_slices_f64(a), row_slices_f64(b.t()))
+        && let (Some(ar), Some(xr)) = (row_slices(a), row_slices(b.t()))
     {
         let mut c = Vec::with_capacity(m * n);
         // SAFETY: the CPU has AVX-512F; the rows have one length k.
