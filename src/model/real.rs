@@ -46,6 +46,9 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     /// Σ x² in f64 over a slice ([`crate::train::optim::sum_squares_body`]); f32 and f64
     /// compile it for the CPU's widest vectors.
     fn sum_squares(x: &[Self]) -> f64;
+    /// a ← a + b over the common length, returning Σ a² of the result with the bits of
+    /// `sum_squares` ([`crate::train::optim::add_sum_squares_body`]).
+    fn add_sum_squares(a: &mut [Self], b: &[Self]) -> f64;
     /// C ← α·A·B + β·C on the fastest backend for this type and shape.
     fn gemm_backend(
         alpha: Self,
@@ -83,6 +86,9 @@ impl Real for f64 {
     }
     fn sum_squares(x: &[f64]) -> f64 {
         crate::train::optim::sum_squares_f64(x)
+    }
+    fn add_sum_squares(a: &mut [f64], b: &[f64]) -> f64 {
+        crate::train::optim::add_sum_squares_f64(a, b)
     }
     #[inline]
     fn gemm_backend(
@@ -128,6 +134,9 @@ impl Real for f32 {
     }
     fn sum_squares(x: &[f32]) -> f64 {
         crate::train::optim::sum_squares_f32(x)
+    }
+    fn add_sum_squares(a: &mut [f32], b: &[f32]) -> f64 {
+        crate::train::optim::add_sum_squares_f32(a, b)
     }
     /// Skinny products (the Monte Carlo's) on the packing-free kernels of `skinny`; the rest
     /// on matrixmultiply: the trainer's products have hundreds of rows, where it beat faer

@@ -358,6 +358,14 @@ impl<F: Real> Trainer<F> {
 
     /// Mean cross-entropy of `batch` and its gradient for every parameter.
     pub fn loss_and_grads(&self, batch: &Batch) -> (f64, Vec<Array2<F>>) {
+        let (loss, grads, _) = self.loss_grads_norms(batch);
+        (loss, grads)
+    }
+
+    /// As `loss_and_grads`, with every gradient's Σg² (in f64, [`Real::sum_squares`]'s
+    /// bits). With several parts the last part's sum computes it in the same pass
+    /// ([`Real::add_sum_squares`]): the gradients are read once instead of twice.
+    fn loss_grads_norms(&self, batch: &Batch) -> (f64, Vec<Array2<F>>, Vec<f64>) {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
@@ -376,16 +384,27 @@ impl<F: Real> Trainer<F> {
         let mut lists = results.into_iter().map(|r| r.1);
         let mut grads = lists.next().unwrap_or_default();
         let rest: Vec<Vec<Array2<F>>> = lists.collect();
-        if !rest.is_empty() {
-            let add = |(i, a): (usize, &mut Array2<F>)| {
-                for part in &rest {
-                    *a += &part[i];
-                }
+        let sum_of = |(i, a): (usize, &mut Array2<F>)| -> f64 {
+            let Some((last, before)) = rest.split_last() else {
+                return squares(a);
             };
+            for part in before {
+                *a += &part[i];
+            }
+            if let (Some(x), Some(y)) = (a.as_slice_mut(), last[i].as_slice()) {
+                return F::add_sum_squares(x, y);
+            }
+            *a += &last[i];
+            squares(a)
+        };
+        // A single thread runs inline, for the reason given at `run_parts`.
+        let norms = if self.parts > 1 {
             self.pool
-                .install(|| grads.par_iter_mut().enumerate().for_each(add));
-        }
-        (sum / total, grads)
+                .install(|| grads.par_iter_mut().enumerate().map(sum_of).collect())
+        } else {
+            grads.iter_mut().enumerate().map(sum_of).collect()
+        };
+        (sum / total, grads, norms)
     }
 
     /// `f` over the parts, in part order. A single part runs on the calling thread: entering
@@ -419,17 +438,7 @@ impl<F: Real> Trainer<F> {
     /// before touching the parameters.
     pub fn step(&mut self) -> Result<StepLog, TrainError> {
         let batch = self.batch_at(self.step);
-        let (loss, grads) = self.loss_and_grads(&batch);
-        let norm2 = |g: &Array2<F>| match g.as_slice_memory_order() {
-            Some(s) => F::sum_squares(s),
-            None => g.iter().map(|x| x.wide() * x.wide()).sum::<f64>(),
-        };
-        // A single thread runs inline, for the reason given at `run_parts`.
-        let per_param: Vec<f64> = if self.parts > 1 {
-            self.pool.install(|| grads.par_iter().map(norm2).collect())
-        } else {
-            grads.iter().map(norm2).collect()
-        };
+        let (loss, grads, per_param) = self.loss_grads_norms(&batch);
         let mut sq = vec![0.0; Group::ALL.len()];
         for (p, s) in self.net.params.list.iter().zip(&per_param) {
             sq[p.group as usize] += s;
@@ -545,6 +554,14 @@ impl<F: Real> Trainer<F> {
 }
 
 /// Splits a batch into at most `parts` batches of whole sequences.
+/// Σ g² of one gradient in f64 ([`Real::sum_squares`] over its memory).
+fn squares<F: Real>(g: &Array2<F>) -> f64 {
+    match g.as_slice_memory_order() {
+        Some(s) => F::sum_squares(s),
+        None => g.iter().map(|x| x.wide() * x.wide()).sum::<f64>(),
+    }
+}
+
 fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
     let s = batch.probe.sequences;
     let per = s.div_ceil(parts.max(1)).max(1);

@@ -185,9 +185,8 @@ crate::model::skinny::multiversion!(pub fn adamw_f64(th: &mut [f64], g: &[f64], 
 /// depend on threads. A plain left-to-right sum was 5% of an f32 training step.
 #[inline(always)]
 pub fn sum_squares_body<F: Real>(x: &[F]) -> f64 {
-    const L: usize = 16;
-    let mut acc = [0f64; L];
-    let chunks = x.chunks_exact(L);
+    let mut acc = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
@@ -197,8 +196,42 @@ pub fn sum_squares_body<F: Real>(x: &[F]) -> f64 {
     for (a, &v) in acc.iter_mut().zip(tail) {
         *a += v.wide() * v.wide();
     }
-    // A fixed pairwise tree over the lanes.
-    let mut w = L;
+    lanes_total(acc)
+}
+
+/// a ← a + b, and Σ a² of the result with the bits of [`sum_squares_body`] (the same lanes
+/// in the same order): the trainer's last sum over batch parts and the clipping norm in one
+/// pass over the gradient instead of two.
+#[inline(always)]
+pub fn add_sum_squares_body<F: Real>(a: &mut [F], b: &[F]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let n = a.len().min(b.len());
+    let (a, b) = (&mut a[..n], &b[..n]);
+    let split = n - n % LANES;
+    let (a_body, a_tail) = a.split_at_mut(split);
+    let (b_body, b_tail) = b.split_at(split);
+    for (ca, cb) in a_body
+        .chunks_exact_mut(LANES)
+        .zip(b_body.chunks_exact(LANES))
+    {
+        for ((s, x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *x += y;
+            *s += x.wide() * x.wide();
+        }
+    }
+    for ((s, x), &y) in acc.iter_mut().zip(a_tail).zip(b_tail) {
+        *x += y;
+        *s += x.wide() * x.wide();
+    }
+    lanes_total(acc)
+}
+
+const LANES: usize = 16;
+
+/// The lanes' total by a fixed pairwise tree.
+#[inline(always)]
+fn lanes_total(mut acc: [f64; LANES]) -> f64 {
+    let mut w = LANES;
     while w > 1 {
         w /= 2;
         for i in 0..w {
@@ -218,8 +251,20 @@ fn sum_squares_body_f64(x: &[f64]) -> f64 {
     sum_squares_body(x)
 }
 
+#[inline(always)]
+fn add_sum_squares_body_f32(a: &mut [f32], b: &[f32]) -> f64 {
+    add_sum_squares_body(a, b)
+}
+
+#[inline(always)]
+fn add_sum_squares_body_f64(a: &mut [f64], b: &[f64]) -> f64 {
+    add_sum_squares_body(a, b)
+}
+
 crate::model::skinny::multiversion!(pub fn sum_squares_f32(x: &[f32]) -> f64, sum_squares_body_f32);
 crate::model::skinny::multiversion!(pub fn sum_squares_f64(x: &[f64]) -> f64, sum_squares_body_f64);
+crate::model::skinny::multiversion!(pub fn add_sum_squares_f32(a: &mut [f32], b: &[f32]) -> f64, add_sum_squares_body_f32);
+crate::model::skinny::multiversion!(pub fn add_sum_squares_f64(a: &mut [f64], b: &[f64]) -> f64, add_sum_squares_body_f64);
 
 /// What one update shares across parameters.
 #[derive(Clone, Copy)]
@@ -304,6 +349,34 @@ mod tests {
                 sum_squares_f64(&y).to_bits(),
                 sum_squares_body(&y).to_bits()
             );
+        }
+    }
+
+    /// The fused sum and norm: a + b entry by entry, and Σ (a + b)² with the bits of
+    /// `sum_squares` on the sum, so fusing the trainer's passes changes no number.
+    #[test]
+    fn add_sum_squares_is_the_sum_then_sum_squares() {
+        for len in [0, 1, 15, 16, 17, 100, 1031] {
+            let a: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..len)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+                .collect();
+            let sum: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            let mut fused = a.clone();
+            let s = add_sum_squares_f32(&mut fused, &b);
+            assert_eq!(fused, sum, "len {len}");
+            assert_eq!(s.to_bits(), sum_squares_f32(&sum).to_bits(), "len {len}");
+            let (a, b): (Vec<f64>, Vec<f64>) = (
+                a.iter().map(|&v| v as f64 * 1.1).collect(),
+                b.iter().map(|&v| v as f64 / 1.3).collect(),
+            );
+            let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            let mut fused = a.clone();
+            let s = add_sum_squares_f64(&mut fused, &b);
+            assert_eq!(fused, sum, "len {len}");
+            assert_eq!(s.to_bits(), sum_squares_f64(&sum).to_bits(), "len {len}");
         }
     }
 }
