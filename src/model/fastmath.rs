@@ -1,4 +1,5 @@
-//! Vectorizable f32 `exp`, `erf` and GELU (σ, σ') for the f32 Monte Carlo and the f32 trainer.
+//! Vectorizable f32 `exp`, `erf` and GELU (σ, σ') for the f32 Monte Carlo and the f32 trainer,
+//! and the GELU in f64 (`gelu64`, to 4e-16 of libm's: accuracy at its definition).
 //!
 //! libm's `erff` branches on the argument's range and runs one element at a time; in the f32
 //! conditional sampler the MLP's GELU (σ and σ' of every hidden unit) took a fifth of the
@@ -165,6 +166,126 @@ fn gelu_body(z: &[f32], a: &mut [MaybeUninit<f32>], da: &mut [MaybeUninit<f32>])
     }
 }
 
+/// erfcx(x)/t for x ≥ 0 as a Chebyshev series in u = 2t − 1, t = 1/(1 + x/2) ∈ (0, 1]: the
+/// interpolant of degree 26 at Chebyshev nodes, computed with mpmath at 40 digits (relative
+/// error 1.4e-17 over a dense grid, below f64 rounding). The f64 twin of [`ERFCX_T`].
+const ERFCX_CHEB: [f64; 27] = [
+    0.5770337386164697,
+    0.3554369212704985,
+    0.06509515882878653,
+    0.003671142395836639,
+    -0.0011128447433526325,
+    -0.0001607582991537808,
+    3.278031574173137e-05,
+    5.442441645505016e-06,
+    -1.5154665553171482e-06,
+    -1.4297608181169865e-07,
+    8.234608827419493e-08,
+    -1.2962846852306563e-09,
+    -4.154721631015198e-09,
+    6.347058278362807e-10,
+    1.4320822712256186e-10,
+    -6.160390105204003e-11,
+    2.061213855454474e-12,
+    3.571493148853462e-12,
+    -8.586422841639744e-13,
+    -6.145600278608936e-14,
+    7.418725813999685e-14,
+    -1.289503818578191e-14,
+    -2.358749974817618e-15,
+    1.5729694020928286e-15,
+    -2.2768935232161333e-16,
+    -6.401363903646336e-17,
+    3.7449217643130414e-17,
+];
+
+/// e^y for y ≤ 0 in f64, vectorizable: k = round(y·log₂e) (in the low mantissa bits of
+/// y·log₂e + 1.5·2⁵²), r = y − k·ln2 in two fused steps (|r| ≤ ln2/2), Taylor to r¹³
+/// (truncation < 1e-17 relative) and 2^k from k's bits. y is clamped at −708, so e^y never
+/// goes subnormal (e^−708 ≈ 3e-308 stands in for smaller values, which every caller
+/// multiplies by something bounded).
+#[inline(always)]
+fn exp64_nonpositive(y: f64) -> f64 {
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    // ln 2 = LN2_HI + LN2_LO (fdlibm's split).
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const INV_FACT: [f64; 14] = [
+        1.0,
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5_040.0,
+        1.0 / 40_320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 6_227_020_800.0,
+    ];
+    let y = y.max(-708.0);
+    let shifted = y.mul_add(std::f64::consts::LOG2_E, SHIFT);
+    let k = shifted - SHIFT;
+    let r = k.mul_add(-LN2_HI, y);
+    let r = k.mul_add(-LN2_LO, r);
+    let mut p = INV_FACT[13];
+    for &c in INV_FACT[..13].iter().rev() {
+        p = p.mul_add(r, c);
+    }
+    // The biased exponent k + 1023 ∈ [1, 1023] from the low bits of `shifted` (its mantissa
+    // holds 2⁵¹ + k, whose low 12 bits are k mod 4096).
+    let scale = f64::from_bits(shifted.to_bits().wrapping_add(1023) << 52);
+    p * scale
+}
+
+/// The exact GELU's (z·Φ(z), Φ(z) + z·φ(z)) in f64, vectorizable: as [`gelu32`], with
+/// erfc(x) = t·R(t)·e^(−x²) from [`ERFCX_CHEB`] (Clenshaw's recurrence) and φ from the same
+/// e^(−x²). Against libm's `erf` (the scalar [`Activation::f_df`]): Φ within 4e-16 absolute
+/// and σ' within 4e-16·(1 + |z|) (tested), where libm's erf and exp took 12% of an f64
+/// sample one entry at a time.
+///
+/// [`Activation::f_df`]: super::activation::Activation::f_df
+#[inline(always)]
+pub fn gelu64(z: f64) -> (f64, f64) {
+    let x = z * std::f64::consts::FRAC_1_SQRT_2;
+    let x2 = x * x;
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    let u = 2.0 * t - 1.0;
+    let (mut b1, mut b2) = (0.0f64, 0.0f64);
+    for &c in ERFCX_CHEB[1..].iter().rev() {
+        let b0 = (2.0 * u).mul_add(b1, c - b2);
+        b2 = b1;
+        b1 = b0;
+    }
+    let r = u.mul_add(b1, ERFCX_CHEB[0] - b2);
+    let e = exp64_nonpositive(-x2);
+    let erfc = t * r * e;
+    let cdf = if z > 0.0 {
+        1.0 - 0.5 * erfc
+    } else {
+        0.5 * erfc
+    };
+    // 1/√(2π)
+    let pdf = e * 0.398_942_280_401_432_7;
+    (z * cdf, cdf + z * pdf)
+}
+
+super::skinny::multiversion!(pub fn gelu_slices_f64(z: &[f64], a: &mut [MaybeUninit<f64>], da: &mut [MaybeUninit<f64>]), gelu64_body);
+
+/// a ← GELU(z), da ← GELU'(z) in f64 over the common length; the outputs may be
+/// uninitialized (written, never read).
+#[inline(always)]
+fn gelu64_body(z: &[f64], a: &mut [MaybeUninit<f64>], da: &mut [MaybeUninit<f64>]) {
+    for ((&z, a), d) in z.iter().zip(a.iter_mut()).zip(da.iter_mut()) {
+        let (f, df) = gelu64(z);
+        a.write(f);
+        d.write(df);
+    }
+}
+
 super::skinny::multiversion!(pub fn erf_slice(x: &mut [f32]), erf_body);
 
 /// x ← erf(x).
@@ -236,6 +357,37 @@ mod tests {
         assert!(worst_erf < 2.5e-7, "erf absolute error {worst_erf:e}");
         assert!(worst_d < 2.5e-7, "GELU' error {worst_d:e}");
         let (f, df) = gelu32(f32::NAN);
+        assert!(f.is_nan() && df.is_nan());
+    }
+
+    /// The f64 GELU against libm's (`Activation::f_df`, the definition the theory integrates)
+    /// over z ∈ [−40, 40]: Φ within 4e-16 absolute, σ' within 4e-16·(1 + |z|); and the
+    /// exponential alone within 2 ulp-scale relative error down to e^−700.
+    #[test]
+    fn gelu64_matches_libm() {
+        use crate::model::activation::Activation;
+        let (mut worst_phi, mut worst_d) = (0f64, 0f64);
+        let n = 2_000_000;
+        for i in 0..=n {
+            let z = -40.0 + 80.0 * i as f64 / n as f64;
+            let (f, df) = gelu64(z);
+            let (rf, rdf) = Activation::Gelu.f_df(z);
+            if z.abs() > 1e-3 {
+                worst_phi = worst_phi.max((f / z - rf / z).abs());
+            }
+            worst_d = worst_d.max((df - rdf).abs() / (1.0 + z.abs()));
+        }
+        eprintln!("f64 GELU: Φ {worst_phi:e}, σ' {worst_d:e}");
+        assert!(worst_phi < 4e-16, "Φ absolute error {worst_phi:e}");
+        assert!(worst_d < 4e-16, "σ' error {worst_d:e}");
+        let mut worst_exp = 0f64;
+        for i in 0..=700_000 {
+            let y = -(i as f64) / 1000.0;
+            worst_exp = worst_exp.max((exp64_nonpositive(y) / y.exp() - 1.0).abs());
+        }
+        eprintln!("exp64: {worst_exp:e}");
+        assert!(worst_exp < 4.5e-16, "exp64 relative error {worst_exp:e}");
+        let (f, df) = gelu64(f64::NAN);
         assert!(f.is_nan() && df.is_nan());
     }
 
