@@ -99,11 +99,7 @@ pub trait McReal: Real {
     /// Fills `out` from the vectorized generator.
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
     /// `count` draws of the vectorized generator in a new vector (no zeroing pass).
-    fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<Self> {
-        let mut v = vec![Self::zero(); count];
-        Self::fill_fast(g, &mut v);
-        v
-    }
+    fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<Self>;
     /// A network drawn in f64, in this type (parameters rounded to nearest).
     fn network(net: Network) -> Network<Self>;
     /// The conditional sampler's products C ← βC + α A·B (`linalg::gemm`).
@@ -142,6 +138,11 @@ impl McReal for f64 {
     const GRAM_FACTORS: bool = false;
     fn fill_fast(g: &mut normal::FastNormals, out: &mut [f64]) {
         g.fill_f64(out)
+    }
+    fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<f64> {
+        let mut v = Vec::new();
+        g.extend_f64(&mut v, count);
+        v
     }
     fn network(net: Network) -> Network {
         net
