@@ -48,7 +48,7 @@ use rayon::prelude::*;
 
 use crate::config::{Backward, Config, ModelSpec, Sampler};
 use crate::model::{Materialized, Network, Probe, Real, init};
-use crate::stats::{Accumulator, Recipe, Recorder, RowKey};
+use crate::stats::{Accumulator, Chunk, Recipe, Recorder, RowKey};
 use conditional::Conditional;
 
 /// Samples per unit of parallel work; results are merged in chunk order.
@@ -405,17 +405,17 @@ impl<'a> Job<'a> {
                     .expect("no panics while held")
                     .remove(&merged.0);
                 let Some(part) = next else { break };
-                merged.1.merge(&part);
+                merged.1.merge_chunk(&part);
                 merged.0 += 1;
             };
             pool.install(|| {
                 chunks.par_iter().enumerate().for_each(|(i, &(a, b))| {
-                    let mut acc = Accumulator::new(slots);
+                    let mut chunk = Chunk::new(slots);
                     for k in a..b {
                         let rec = self.sample(k, false);
-                        acc.add(k, &rec.values, rec.diverged_at);
+                        chunk.add(k, rec.values, rec.diverged_at);
                     }
-                    ready.lock().expect("no panics while held").insert(i, acc);
+                    ready.lock().expect("no panics while held").insert(i, chunk);
                     // One merger at a time; a chunk a busy merger missed is drained below.
                     if let Ok(mut m) = merged.try_lock() {
                         drain(&mut m);

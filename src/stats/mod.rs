@@ -9,7 +9,7 @@ pub mod observable;
 pub mod recorder;
 pub mod table;
 
-pub use accumulate::Accumulator;
+pub use accumulate::{Accumulator, Chunk};
 pub use csv::Row;
 pub use observable::{Observable, Site};
 pub use recorder::{Recipe, Recorder, RowKey};
