@@ -52,6 +52,41 @@ fn splitmix(z: &mut u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Writes every element of `out`: the buffer's ready draws first (from `at` on), then whole
+/// blocks generated in place by `refill` (no copy), then a refilled buffer for the tail. The
+/// order of the draws is the buffer's whatever the split, in either precision.
+fn fill_blocks<T: Copy>(
+    out: &mut [MaybeUninit<T>],
+    s: &mut [[u64; LANES]; 4],
+    buf: &mut [T; BLOCK],
+    at: &mut usize,
+    refill: fn(&mut [[u64; LANES]; 4], &mut [MaybeUninit<T>; BLOCK]),
+) {
+    let mut i = 0;
+    while i < out.len() {
+        if *at == BLOCK {
+            if out.len() - i >= BLOCK {
+                let dst: &mut [MaybeUninit<T>; BLOCK] =
+                    (&mut out[i..i + BLOCK]).try_into().expect("BLOCK elements");
+                refill(s, dst);
+                i += BLOCK;
+                continue;
+            }
+            // SAFETY: an initialized array is a valid uninitialized one.
+            refill(s, unsafe {
+                &mut *(buf as *mut [T; BLOCK] as *mut [MaybeUninit<T>; BLOCK])
+            });
+            *at = 0;
+        }
+        let take = (BLOCK - *at).min(out.len() - i);
+        for (o, &v) in out[i..i + take].iter_mut().zip(&buf[*at..*at + take]) {
+            o.write(v);
+        }
+        *at += take;
+        i += take;
+    }
+}
+
 impl FastNormals {
     /// A generator seeded from one word of `rng`.
     pub fn new(rng: &mut Stream) -> Self {
@@ -93,37 +128,9 @@ impl FastNormals {
         unsafe { out.set_len(len + count) };
     }
 
-    /// Writes every element of `out`: the buffer's ready draws first, then whole blocks
-    /// generated in place (no copy), then a refilled buffer for the tail. The order of the
-    /// draws is the buffer's whatever the split.
+    /// Writes every element of `out` in f32 ([`fill_blocks`]).
     fn fill(&mut self, out: &mut [MaybeUninit<f32>]) {
-        let mut i = 0;
-        while i < out.len() {
-            if self.at32 == BLOCK {
-                if out.len() - i >= BLOCK {
-                    let dst: &mut [MaybeUninit<f32>; BLOCK] =
-                        (&mut out[i..i + BLOCK]).try_into().expect("BLOCK elements");
-                    refill32(&mut self.s, dst);
-                    i += BLOCK;
-                    continue;
-                }
-                // SAFETY: an initialized array is a valid uninitialized one.
-                refill32(&mut self.s, unsafe {
-                    &mut *(self.buf32.as_mut() as *mut [f32; BLOCK]
-                        as *mut [MaybeUninit<f32>; BLOCK])
-                });
-                self.at32 = 0;
-            }
-            let take = (BLOCK - self.at32).min(out.len() - i);
-            for (o, &v) in out[i..i + take]
-                .iter_mut()
-                .zip(&self.buf32[self.at32..self.at32 + take])
-            {
-                o.write(v);
-            }
-            self.at32 += take;
-            i += take;
-        }
+        fill_blocks(out, &mut self.s, &mut self.buf32, &mut self.at32, refill32);
     }
 
     /// Fills `out` with i.i.d. N(0, 1) in f64.
@@ -142,37 +149,10 @@ impl FastNormals {
         unsafe { out.set_len(len + count) };
     }
 
-    /// As [`fill`](Self::fill) in f64: whole blocks straight into `out`, the buffer for
-    /// the ends (zeroing the f64 sample's normals first and copying them out of the buffer
-    /// was 3% of its time).
+    /// Writes every element of `out` in f64 ([`fill_blocks`]; zeroing the f64 sample's
+    /// normals first and copying each out of the buffer was 3% of its time).
     fn fill64(&mut self, out: &mut [MaybeUninit<f64>]) {
-        let mut i = 0;
-        while i < out.len() {
-            if self.at64 == BLOCK {
-                if out.len() - i >= BLOCK {
-                    let dst: &mut [MaybeUninit<f64>; BLOCK] =
-                        (&mut out[i..i + BLOCK]).try_into().expect("BLOCK elements");
-                    refill64(&mut self.s, dst);
-                    i += BLOCK;
-                    continue;
-                }
-                // SAFETY: an initialized array is a valid uninitialized one.
-                refill64(&mut self.s, unsafe {
-                    &mut *(self.buf64.as_mut() as *mut [f64; BLOCK]
-                        as *mut [MaybeUninit<f64>; BLOCK])
-                });
-                self.at64 = 0;
-            }
-            let take = (BLOCK - self.at64).min(out.len() - i);
-            for (o, &v) in out[i..i + take]
-                .iter_mut()
-                .zip(&self.buf64[self.at64..self.at64 + take])
-            {
-                o.write(v);
-            }
-            self.at64 += take;
-            i += take;
-        }
+        fill_blocks(out, &mut self.s, &mut self.buf64, &mut self.at64, refill64);
     }
 }
 
