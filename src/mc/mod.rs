@@ -96,8 +96,6 @@ pub trait McReal: Real {
     /// Whether the conditional sampler factors an input from its Gram matrix accumulated in
     /// f64 (f32: exact products of f32 numbers) rather than by Gram–Schmidt (f64).
     const GRAM_FACTORS: bool;
-    /// Fills `out` from the vectorized generator.
-    fn fill_fast(g: &mut normal::FastNormals, out: &mut [Self]);
     /// `count` draws of the vectorized generator in a new vector (no zeroing pass).
     fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<Self>;
     /// A network drawn in f64, in this type (parameters rounded to nearest).
@@ -136,9 +134,6 @@ pub trait McReal: Real {
 impl McReal for f64 {
     const RANK_TOL: f64 = 1e-10;
     const GRAM_FACTORS: bool = false;
-    fn fill_fast(g: &mut normal::FastNormals, out: &mut [f64]) {
-        g.fill_f64(out)
-    }
     fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<f64> {
         let mut v = Vec::new();
         g.extend_f64(&mut v, count);
@@ -229,9 +224,6 @@ crate::model::skinny::multiversion!(fn project_twice_f64(q: &[f64], r: &mut [f64
 impl McReal for f32 {
     const RANK_TOL: f64 = 3e-5;
     const GRAM_FACTORS: bool = true;
-    fn fill_fast(g: &mut normal::FastNormals, out: &mut [f32]) {
-        g.fill_f32(out)
-    }
     fn fast_vec(g: &mut normal::FastNormals, count: usize) -> Vec<f32> {
         let mut v = Vec::new();
         g.extend_f32(&mut v, count);

@@ -52,6 +52,16 @@ fn splitmix(z: &mut u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Appends `count` elements to `out`, written by `fill` straight into its spare capacity
+/// (no zeroing pass). `fill` must write every element it is given (both fills do).
+fn append<T>(out: &mut Vec<T>, count: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) {
+    out.reserve(count);
+    let len = out.len();
+    fill(&mut out.spare_capacity_mut()[..count]);
+    // SAFETY: `fill` wrote all `count` elements after `len`.
+    unsafe { out.set_len(len + count) };
+}
+
 /// Writes every element of `out`: the buffer's ready draws first (from `at` on), then whole
 /// blocks generated in place by `refill` (no copy), then a refilled buffer for the tail. The
 /// order of the draws is the buffer's whatever the split, in either precision.
@@ -121,11 +131,7 @@ impl FastNormals {
     /// Appends `count` i.i.d. N(0, 1) in f32 to `out`: the same draws as [`fill_f32`]
     /// (Self::fill_f32) of a slice of that length, without zeroing the memory first.
     pub fn extend_f32(&mut self, out: &mut Vec<f32>, count: usize) {
-        out.reserve(count);
-        let len = out.len();
-        self.fill(&mut out.spare_capacity_mut()[..count]);
-        // SAFETY: `fill` wrote all `count` elements after `len`.
-        unsafe { out.set_len(len + count) };
+        append(out, count, |o| self.fill(o));
     }
 
     /// Writes every element of `out` in f32 ([`fill_blocks`]).
@@ -142,11 +148,7 @@ impl FastNormals {
     /// Appends `count` i.i.d. N(0, 1) in f64 to `out`: the same draws as [`fill_f64`]
     /// (Self::fill_f64) of a slice of that length, without zeroing the memory first.
     pub fn extend_f64(&mut self, out: &mut Vec<f64>, count: usize) {
-        out.reserve(count);
-        let len = out.len();
-        self.fill64(&mut out.spare_capacity_mut()[..count]);
-        // SAFETY: `fill64` wrote all `count` elements after `len`.
-        unsafe { out.set_len(len + count) };
+        append(out, count, |o| self.fill64(o));
     }
 
     /// Writes every element of `out` in f64 ([`fill_blocks`]; zeroing the f64 sample's
