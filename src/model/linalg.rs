@@ -211,6 +211,14 @@ pub fn product<F: Real>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<
     })
 }
 
+/// A·B with B packed beforehand (a weight, once per step: `prepacked`); `None` when the
+/// kernel does not take the product.
+pub fn product_packed<F: Real>(a: ArrayView2<F>, b: &super::panel::Packed) -> Option<Array2<F>> {
+    counted(a.nrows() * a.ncols() * b.dim().1, || {
+        F::product_packed(F::one(), a, b)
+    })
+}
+
 /// A·B.
 pub fn mm<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     product(F::one(), a, b)

@@ -22,6 +22,8 @@ pub mod init;
 pub mod linalg;
 pub mod ln;
 pub mod mlp;
+pub mod panel;
+pub mod prepacked;
 pub mod real;
 pub mod residual;
 pub mod skinny;

@@ -53,6 +53,24 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     );
     /// α A·B in new memory (`linalg::product`).
     fn product_backend(alpha: Self, a: ArrayView2<Self>, b: ArrayView2<Self>) -> Array2<Self>;
+    /// B packed for [`panel`](super::panel)'s kernel, where this type and CPU have one and
+    /// the shape suits it.
+    fn pack(_b: ArrayView2<Self>) -> Option<super::panel::Packed> {
+        None
+    }
+    /// Refills `packed` with B; false (left as it was) where [`Real::pack`] gives `None`.
+    fn repack(_packed: &mut super::panel::Packed, _b: ArrayView2<Self>) -> bool {
+        false
+    }
+    /// α A·B in new memory from a B packed by [`Real::pack`]; `None` when the kernel does
+    /// not take the product.
+    fn product_packed(
+        _alpha: Self,
+        _a: ArrayView2<Self>,
+        _b: &super::panel::Packed,
+    ) -> Option<Array2<Self>> {
+        None
+    }
 }
 
 impl Real for f64 {
@@ -146,7 +164,9 @@ impl Real for f32 {
         beta: f32,
         c: &mut ArrayViewMut2<f32>,
     ) {
-        if super::skinny::try_gemm(alpha, a, b, beta, c).is_none() {
+        if super::skinny::try_gemm(alpha, a, b, beta, c).is_none()
+            && super::panel::try_gemm(alpha, a, b, beta, c).is_none()
+        {
             ndarray::linalg::general_mat_mul(alpha, &a, &b, beta, c)
         }
     }
@@ -162,6 +182,22 @@ impl Real for f32 {
             Self::gemm_backend(alpha, a, b, 0.0, &mut c.view_mut());
             return c;
         }
+        if let Some(c) = super::panel::try_product(alpha, a, b) {
+            return c;
+        }
         super::linalg::product_f32(alpha, a, b)
+    }
+    fn pack(b: ArrayView2<f32>) -> Option<super::panel::Packed> {
+        super::panel::available().then(|| super::panel::Packed::new(b))?
+    }
+    fn repack(packed: &mut super::panel::Packed, b: ArrayView2<f32>) -> bool {
+        super::panel::available() && packed.fill(b)
+    }
+    fn product_packed(
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: &super::panel::Packed,
+    ) -> Option<Array2<f32>> {
+        super::panel::product_packed(alpha, a, b)
     }
 }

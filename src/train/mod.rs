@@ -18,6 +18,8 @@ pub mod schedule;
 pub mod tasks;
 pub mod transfer;
 
+use std::sync::Mutex;
+
 use ndarray::Array2;
 use rayon::prelude::*;
 use thiserror::Error;
@@ -25,6 +27,7 @@ use toml::Value;
 
 use crate::config::{Config, ConfigBuilder, ConfigError, HeadKind};
 use crate::hparams::HparamTable;
+use crate::model::prepacked::{Prepacked, WeightPacks};
 use crate::model::{Group, Network, ParamGrads, Probe, Real, init, stem};
 use optim::{Adam, Kind, Optimizer};
 use tasks::{Batch, Outputs, Split, Task};
@@ -229,6 +232,9 @@ pub struct Trainer<F: Real = f32> {
     eval: Vec<Batch>,
     parts: usize,
     pool: rayon::ThreadPool,
+    /// The weights packed for the f32 kernel, refreshed from `net.params` at the start of
+    /// every gradient computation and shared by its threads (`model::prepacked`).
+    packs: Mutex<WeightPacks>,
 }
 
 impl<F: Real> Trainer<F> {
@@ -339,6 +345,7 @@ impl<F: Real> Trainer<F> {
             fingerprint: 0,
             eval,
             pool,
+            packs: Mutex::default(),
         })
     }
 
@@ -369,13 +376,19 @@ impl<F: Real> Trainer<F> {
         let total = batch.targets.iter().filter(|t| t.is_some()).count().max(1) as f64;
         let parts = split(batch, self.parts);
         let net = &self.net;
+        // A poisoned lock only means another computation panicked mid-refresh; the refresh
+        // below rewrites every pack anyway.
+        let mut packs = self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        packs.refresh(&net.params, (self.parts > 1).then_some(&self.pool));
+        let packs = &*packs;
         let one = |b: &Batch| {
             let probe = b.probe.cast::<F>();
-            let trace = net.forward(&probe);
+            let mut ops = Prepacked { packs };
+            let trace = net.forward_with(&probe, &mut ops);
             let (sum, _, mut dout) = loss::cross_entropy_sum(trace.out.view(), &b.targets);
             dout /= F::of(total);
             let mut g = ParamGrads::new(&net.params);
-            net.backward(&trace, &probe, dout.view(), &mut g);
+            net.backward_with(&trace, &probe, dout.view(), &mut g, &mut ops);
             (sum, g.into_list())
         };
         let results: Vec<(f64, Vec<Array2<F>>)> = self.run_parts(&parts, one);
