@@ -69,8 +69,14 @@ impl Packed {
                 }
             }
         } else if rs == 1 {
-            // Columns contiguous (Wᵀ in the forward pass): each column scattered down its panel.
+            // Columns contiguous (Wᵀ in the forward pass): W's 32 rows of the panel
+            // transposed in 16 × 16 blocks, or each column scattered down its panel.
+            let w = b.t();
             for (jj, panel) in panels.enumerate() {
+                if super::skinny::transpose(w.slice(ndarray::s![jj * NR..(jj + 1) * NR, ..]), panel)
+                {
+                    continue;
+                }
                 for j in 0..NR {
                     let col = b.column(jj * NR + j);
                     let src = col.to_slice().expect("unit row stride");
