@@ -589,7 +589,6 @@ mod x86 {
     /// AVX-512F present; A valid for m × k at (rsa, csa), B for k rows of n at stride ldb,
     /// C for m rows of n at stride ldc, C not overlapping A or B; 0 < n ≤ 64.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn small512(
         alpha: f32,
         (a, rsa, csa): (*const f32, isize, isize),
@@ -599,53 +598,26 @@ mod x86 {
         (c, ldc): (*mut f32, usize),
     ) {
         let vectors = n.div_ceil(16);
-        let mask = (u32::MAX >> (32 - (n - 16 * (vectors - 1)))) as u16;
+        let last = (u32::MAX >> (32 - (n - 16 * (vectors - 1)))) as u16;
+        let s = Small {
+            alpha,
+            a: (a, rsa, csa),
+            k,
+            b: (b, ldb),
+            last,
+            beta,
+            c: (c, ldc),
+        };
         let mut i = 0;
         // SAFETY: rows i.. of A and C lie inside the operands the caller vouched for.
         unsafe {
             macro_rules! rows {
                 ($r:literal) => {
                     match vectors {
-                        1 => small_rows::<$r, 1>(
-                            alpha,
-                            (a, rsa, csa),
-                            i,
-                            k,
-                            (b, ldb),
-                            mask,
-                            beta,
-                            (c, ldc),
-                        ),
-                        2 => small_rows::<$r, 2>(
-                            alpha,
-                            (a, rsa, csa),
-                            i,
-                            k,
-                            (b, ldb),
-                            mask,
-                            beta,
-                            (c, ldc),
-                        ),
-                        3 => small_rows::<$r, 3>(
-                            alpha,
-                            (a, rsa, csa),
-                            i,
-                            k,
-                            (b, ldb),
-                            mask,
-                            beta,
-                            (c, ldc),
-                        ),
-                        _ => small_rows::<$r, 4>(
-                            alpha,
-                            (a, rsa, csa),
-                            i,
-                            k,
-                            (b, ldb),
-                            mask,
-                            beta,
-                            (c, ldc),
-                        ),
+                        1 => small_rows::<$r, 1>(&s, i),
+                        2 => small_rows::<$r, 2>(&s, i),
+                        3 => small_rows::<$r, 3>(&s, i),
+                        _ => small_rows::<$r, 4>(&s, i),
                     }
                 };
             }
@@ -658,6 +630,18 @@ mod x86 {
                 i += 1;
             }
         }
+    }
+
+    /// [`small512`]'s operands: A with its strides, B's and C's row strides, the lanes of
+    /// the last vector of a row.
+    struct Small {
+        alpha: f32,
+        a: (*const f32, isize, isize),
+        k: usize,
+        b: (*const f32, usize),
+        last: u16,
+        beta: f32,
+        c: (*mut f32, usize),
     }
 
     /// out (k × n, rows n apart) ← Xᵀ for X (n × k, rows `ldx` apart), in 16 × 16 blocks:
@@ -720,19 +704,18 @@ mod x86 {
         }
     }
 
-    /// Rows i..i + R of [`small512`]'s C, in V vectors (the last under `mask`).
+    /// Rows i..i + R of [`small512`]'s C, in V vectors (the last under `last`).
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn small_rows<const R: usize, const V: usize>(
-        alpha: f32,
-        (a, rsa, csa): (*const f32, isize, isize),
-        i: usize,
-        k: usize,
-        (b, ldb): (*const f32, usize),
-        mask: u16,
-        beta: f32,
-        (c, ldc): (*mut f32, usize),
-    ) {
+    unsafe fn small_rows<const R: usize, const V: usize>(s: &Small, i: usize) {
+        let Small {
+            alpha,
+            a: (a, rsa, csa),
+            k,
+            b: (b, ldb),
+            last: mask,
+            beta,
+            c: (c, ldc),
+        } = *s;
         let lanes = |v: usize| if v + 1 == V { mask } else { u16::MAX };
         // SAFETY: the caller's bounds: rows i..i + R of A and C, k rows of B.
         unsafe {
