@@ -65,7 +65,9 @@ impl Packed {
                 let cols = b.slice(ndarray::s![.., jj * NR..(jj + 1) * NR]);
                 for (dst, src) in panel.chunks_exact_mut(NR).zip(cols.rows()) {
                     let src = src.to_slice().expect("unit column stride");
-                    dst.copy_from_slice(src);
+                    // As arrays, so the copy is two vector moves, not a call to memmove.
+                    let dst: &mut [f32; NR] = dst.try_into().expect("a panel row");
+                    *dst = src.try_into().expect("a panel row");
                 }
             }
         } else if rs == 1 {
@@ -158,7 +160,13 @@ fn pack_columns<T>(a: Lhs, m: usize, k: usize, f: impl FnOnce(Lhs) -> T) -> T {
             let col = unsafe { std::slice::from_raw_parts(a.ptr.add(p * a.ld), m) };
             for (bi, src) in col.chunks(MR).enumerate() {
                 let at = bi * k * MR + p * MR;
-                buf[at..at + src.len()].copy_from_slice(src);
+                match <&[f32; MR]>::try_from(src) {
+                    // A whole block's column as an array: vector moves, not memmove.
+                    Ok(src) => {
+                        *<&mut [f32; MR]>::try_from(&mut buf[at..at + MR]).expect("MR") = *src
+                    }
+                    Err(_) => buf[at..at + src.len()].copy_from_slice(src),
+                }
             }
         }
         f(Lhs {
