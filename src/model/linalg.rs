@@ -70,6 +70,9 @@ pub(super) fn backend_f64(
     beta: f64,
     c: &mut ArrayViewMut2<f64>,
 ) {
+    if super::skinny::try_gemm_f64(alpha, a, b, beta, c).is_some() {
+        return;
+    }
     if a.nrows() <= FAER_MAX_M
         && a.ncols() >= FAER_MIN_K
         && a.nrows() * a.ncols() * b.ncols() >= FAER_MIN_MACS

@@ -644,6 +644,114 @@ mod x86 {
         c: (*mut f32, usize),
     }
 
+    /// [`small512`] in f64: C ← βC + α A·B for m, k, n ≤ 64 with B's and C's rows
+    /// contiguous, four rows of C at a time over columns in chunks of 32 (four vectors of 8,
+    /// the last masked).
+    ///
+    /// # Safety
+    /// As [`small512`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn small512_f64(
+        alpha: f64,
+        (a, rsa, csa): (*const f64, isize, isize),
+        (m, k, n): (usize, usize, usize),
+        (b, ldb): (*const f64, usize),
+        beta: f64,
+        (c, ldc): (*mut f64, usize),
+    ) {
+        for j0 in (0..n).step_by(32) {
+            let width = (n - j0).min(32);
+            let vectors = width.div_ceil(8);
+            let last = (u32::MAX >> (32 - (width - 8 * (vectors - 1)))) as u8;
+            let s = Small64 {
+                alpha,
+                a: (a, rsa, csa),
+                k,
+                // SAFETY: column j0 < n of B and C.
+                b: (unsafe { b.add(j0) }, ldb),
+                last,
+                beta,
+                c: (unsafe { c.add(j0) }, ldc),
+            };
+            let mut i = 0;
+            // SAFETY: rows i.. of A and C lie inside the operands the caller vouched for.
+            unsafe {
+                macro_rules! rows {
+                    ($r:literal) => {
+                        match vectors {
+                            1 => small_rows_f64::<$r, 1>(&s, i),
+                            2 => small_rows_f64::<$r, 2>(&s, i),
+                            3 => small_rows_f64::<$r, 3>(&s, i),
+                            _ => small_rows_f64::<$r, 4>(&s, i),
+                        }
+                    };
+                }
+                while i + 4 <= m {
+                    rows!(4);
+                    i += 4;
+                }
+                while i < m {
+                    rows!(1);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// [`small512_f64`]'s operands for one chunk of columns.
+    struct Small64 {
+        alpha: f64,
+        a: (*const f64, isize, isize),
+        k: usize,
+        b: (*const f64, usize),
+        last: u8,
+        beta: f64,
+        c: (*mut f64, usize),
+    }
+
+    /// Rows i..i + R of [`small512_f64`]'s chunk, in V vectors (the last under `last`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn small_rows_f64<const R: usize, const V: usize>(s: &Small64, i: usize) {
+        let Small64 {
+            alpha,
+            a: (a, rsa, csa),
+            k,
+            b: (b, ldb),
+            last,
+            beta,
+            c: (c, ldc),
+        } = *s;
+        let lanes = |v: usize| if v + 1 == V { last } else { u8::MAX };
+        // SAFETY: the caller's bounds: rows i..i + R of A and C, k rows of B.
+        unsafe {
+            let mut acc = [[_mm512_setzero_pd(); V]; R];
+            for p in 0..k {
+                let bp = b.add(p * ldb);
+                let bv: [__m512d; V] =
+                    std::array::from_fn(|v| _mm512_maskz_loadu_pd(lanes(v), bp.add(8 * v)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let at = (i + r) as isize * rsa + p as isize * csa;
+                    let x = _mm512_set1_pd(*a.offset(at));
+                    for (s, bv) in row.iter_mut().zip(&bv) {
+                        *s = _mm512_fmadd_pd(x, *bv, *s);
+                    }
+                }
+            }
+            let (al, be) = (_mm512_set1_pd(alpha), _mm512_set1_pd(beta));
+            for (r, row) in acc.iter().enumerate() {
+                let cp = c.add((i + r) * ldc);
+                for (v, s) in row.iter().enumerate() {
+                    let mut y = _mm512_mul_pd(al, *s);
+                    if beta != 0.0 {
+                        let old = _mm512_maskz_loadu_pd(lanes(v), cp.add(8 * v));
+                        y = _mm512_fmadd_pd(be, old, y);
+                    }
+                    _mm512_mask_storeu_pd(cp.add(8 * v), lanes(v), y);
+                }
+            }
+        }
+    }
+
     /// out (k × n, rows n apart) ← Xᵀ for X (n × k, rows `ldx` apart), in 16 × 16 blocks:
     /// two unpack stages and two 128-bit lane shuffles (64 shuffles per block), masked at
     /// the edges.
@@ -1157,6 +1265,62 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
     Array2::from_shape_vec((m, n), c).ok()
 }
 
+/// C ← βC + α A·B in f64 for small products (m, k, n ≤ [`SKINNY`], the per-head attention
+/// products) on AVX-512: B's rows contiguous on [`x86::small512_f64`], or (β = 0, C
+/// contiguous) A's and Bᵀ's rows contiguous on the dots kernel. matrixmultiply packed both
+/// operands of each; `None` (nothing done) for other shapes, layouts or CPUs.
+pub fn try_gemm_f64(
+    alpha: f64,
+    a: ArrayView2<f64>,
+    b: ArrayView2<f64>,
+    beta: f64,
+    c: &mut ArrayViewMut2<f64>,
+) -> Option<()> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if b.nrows() != k || c.dim() != (m, n) || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    if m > SKINNY || k > SKINNY || n > SKINNY {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let rows = |s: &[isize]| s[1] == 1 && s[0] >= 0;
+        if rows(b.strides()) && rows(c.strides()) {
+            let (sa, ldb, ldc) = (a.strides(), b.strides()[0], c.strides()[0]);
+            // SAFETY: the CPU has AVX-512F; the views hold m × k, k × n and m × n entries
+            // at their strides, and C (borrowed mutably) overlaps neither input.
+            unsafe {
+                x86::small512_f64(
+                    alpha,
+                    (a.as_ptr(), sa[0], sa[1]),
+                    (m, k, n),
+                    (b.as_ptr(), ldb as usize),
+                    beta,
+                    (c.as_mut_ptr(), ldc as usize),
+                )
+            };
+            return Some(());
+        }
+        if beta == 0.0
+            && k >= 8
+            && let (Some(ar), Some(xr)) = (row_slices(a), row_slices(b.t()))
+            && let Some(cs) = c.as_slice_mut()
+        {
+            // SAFETY: f64 and MaybeUninit<f64> share their layout; the kernel writes every
+            // entry, so C stays initialized.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(cs.as_mut_ptr().cast::<MaybeUninit<f64>>(), cs.len())
+            };
+            // SAFETY: the CPU has AVX-512F; the rows have one length k.
+            unsafe { x86::dots512_f64(alpha, &ar, &xr, out) };
+            return Some(());
+        }
+    }
+    None
+}
+
 /// α A·B in new memory, written once, for f64 products with outputs of at most [`SKINNY`] ×
 /// [`SKINNY`], k ≥ 16 and contiguous rows of A and Bᵀ (Grams, G·M, Z·Q_Xᵀ of the sampler):
 /// the AVX-512 dots kernel (`x86::dots512_f64`). `None` for other shapes or CPUs.
@@ -1437,6 +1601,50 @@ mod tests {
                             (*x as f64 - e).abs() <= bound,
                             "{name} {m}x{k}x{n} α {alpha} β {beta}: {x} vs {e}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The f64 small-product kernels against a plain triple loop, within (k + 2)·ε·Σ|a||b|:
+    /// B with contiguous rows (n past one chunk of 32 and masked edges), B with contiguous
+    /// columns (the dots kernel, β = 0), and β ≠ 0, which that layout declines.
+    #[test]
+    fn f64_small_products_match_a_plain_loop() {
+        if !avx512() {
+            return;
+        }
+        for (m, k, n) in [
+            (16, 64, 16),
+            (16, 16, 64),
+            (5, 9, 37),
+            (1, 1, 1),
+            (64, 64, 64),
+        ] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) % 23) as f64 - 11.0);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 7 + j * 5) % 19) as f64 * 0.25);
+            let bt = Array2::from_shape_fn((n, k), |(j, p)| b[[p, j]]);
+            for (alpha, beta) in [(1.0, 0.0), (-0.5, 1.0)] {
+                let c0 = Array2::from_shape_fn((m, n), |(i, j)| (i + 2 * j) as f64);
+                for (name, bv) in [("rows", b.view()), ("columns", bt.t())] {
+                    let mut c = c0.clone();
+                    let taken = try_gemm_f64(alpha, a.view(), bv, beta, &mut c.view_mut());
+                    if taken.is_none() {
+                        assert!(
+                            name == "columns" && (beta != 0.0 || k < 8),
+                            "{name} declined"
+                        );
+                        continue;
+                    }
+                    for i in 0..m {
+                        for j in 0..n {
+                            let terms = (0..k).map(|p| alpha * a[[i, p]] * b[[p, j]]);
+                            let want = terms.clone().sum::<f64>() + beta * c0[[i, j]];
+                            let size = terms.map(f64::abs).sum::<f64>() + (beta * c0[[i, j]]).abs();
+                            let bound = (k as f64 + 2.0) * f64::EPSILON * size;
+                            assert!((c[[i, j]] - want).abs() <= bound, "{name} {m}x{k}x{n}");
+                        }
                     }
                 }
             }
