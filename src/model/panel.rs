@@ -227,10 +227,10 @@ pub fn try_gemm(
 
 /// B packed into this thread's buffer for one call. (Read in place, a row-major B's rows
 /// 1–4 KB apart fall into a few L1 sets; it measured 2–3% slower in a training step.)
-fn with_rhs<T>(b: ArrayView2<f32>, f: impl FnOnce(Rhs) -> T) -> T {
+fn with_rhs<T>(b: ArrayView2<f32>, f: impl FnOnce(&Packed) -> T) -> T {
     SCRATCH.with_borrow_mut(|packed| {
         packed.fill(b);
-        f(Rhs::packed(packed))
+        f(packed)
     })
 }
 
@@ -246,7 +246,7 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
 }
 
 /// α A·B into new row-major memory, every entry written once (β = 0 reads nothing).
-fn fresh(alpha: f32, a: Lhs, m: usize, b: Rhs) -> Array2<f32> {
+fn fresh(alpha: f32, a: Lhs, m: usize, b: &Packed) -> Array2<f32> {
     let n = b.n;
     let mut c = Vec::<f32>::with_capacity(m * n);
     // SAFETY: the callers checked the shapes and that the kernel is available; with β = 0
@@ -265,40 +265,16 @@ pub fn product_packed(alpha: f32, a: ArrayView2<f32>, b: &Packed) -> Option<Arra
     if b.k != k || !takes(m, k, b.n) {
         return None;
     }
-    Some(fresh(alpha, Lhs::of(&a)?, m, Rhs::packed(b)))
-}
-
-/// B as the tiles read it: panel jj (columns 32·jj..) starts `panel`·jj entries from `ptr`,
-/// its row p `ld`·p entries further. A [`Packed`] B has ld = 32 and panels k·32 apart; a
-/// row-major B read in place has ld = its row stride and panels 32 apart.
-#[derive(Clone, Copy)]
-struct Rhs {
-    ptr: *const f32,
-    k: usize,
-    n: usize,
-    ld: usize,
-    panel: usize,
-}
-
-impl Rhs {
-    fn packed(b: &Packed) -> Rhs {
-        Rhs {
-            ptr: b.data.as_ptr(),
-            k: b.k,
-            n: b.n,
-            ld: NR,
-            panel: b.k * NR,
-        }
-    }
+    Some(fresh(alpha, Lhs::of(&a)?, m, b))
 }
 
 /// The loop over tiles: panel by panel (its k × 32 floats stay in cache while every row
 /// block of A passes), 12 rows at a time.
 ///
 /// # Safety
-/// AVX-512F present; `a` valid for m × k at its layout, `b` for k × n at its, `c` for m
+/// AVX-512F present; `a` valid for m × k at its layout, `c` for m
 /// rows of n at stride `ldc`, not overlapping A or B.
-unsafe fn run(alpha: f32, a: Lhs, m: usize, b: Rhs, beta: f32, c: *mut f32, ldc: usize) {
+unsafe fn run(alpha: f32, a: Lhs, m: usize, b: &Packed, beta: f32, c: *mut f32, ldc: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: passed on from the caller.
     unsafe {
@@ -319,44 +295,38 @@ unsafe fn run(alpha: f32, a: Lhs, m: usize, b: Rhs, beta: f32, c: *mut f32, ldc:
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Lhs, MR, NR, Rhs};
+    use super::{Lhs, MR, NR, Packed};
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn run(
         alpha: f32,
         a: Lhs,
         m: usize,
-        b: Rhs,
+        b: &Packed,
         beta: f32,
         c: *mut f32,
         ldc: usize,
     ) {
         let k = b.k;
-        // The next panel's cache lines (two per row), fetched into L2 a share before each
+        // The next panel's cache lines (two per row, 16 floats each), fetched into L2 a share before each
         // tile of this one: a weight packed at the start of the step is no longer in
         // cache, and the tiles' arithmetic hides the fetch.
         let lines = 2 * k;
         let share = lines.div_ceil(m.div_ceil(MR));
-        let panels = b.n / NR;
-        for jj in 0..panels {
-            // SAFETY (the pointers): panels jj and jj + 1 < n / 32 lie inside B.
-            let bp = unsafe { b.ptr.add(jj * b.panel) };
-            let next = (jj + 1 < panels).then(|| unsafe { b.ptr.add((jj + 1) * b.panel) });
+        for (jj, panel) in b.data.chunks_exact(k * NR).enumerate() {
+            let next = b.data.get((jj + 1) * k * NR..(jj + 2) * k * NR);
             let mut fetched = 0;
             let mut prefetch = || {
                 if let Some(next) = next {
                     let end = (fetched + share).min(lines);
                     for line in fetched..end {
-                        // SAFETY: row line / 2 of the next panel, its first or second half.
-                        unsafe {
-                            let at = next.add(line / 2 * b.ld + line % 2 * 16);
-                            _mm_prefetch::<_MM_HINT_T1>(at.cast())
-                        };
+                        // SAFETY: a prefetch of an address inside `next`.
+                        unsafe { _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(line * 16).cast()) };
                     }
                     fetched = end;
                 }
             };
-            let bq = (bp, b.ld);
+            let bq = (panel.as_ptr(), NR);
             let mut i = 0;
             // SAFETY (the tiles): rows i..i + R of A and C and columns jj·NR.. of C lie
             // inside the operands the caller vouched for.
