@@ -580,177 +580,153 @@ mod x86 {
         }
     }
 
-    /// C ← βC + α A·B for a small product (n ≤ 64) with B's and C's rows contiguous: the
-    /// per-head attention products Ω v, Ωᵀ ∂o, ∂Ω̃ k and ∂Ω̃ᵀ q, which matrixmultiply packed
-    /// at 30 GFLOP/s. Four rows of C at a time in ⌈n/16⌉ vectors each (the last masked);
-    /// each step broadcasts A[i, p] against B's row p, read from L1. A may have any strides.
-    ///
-    /// # Safety
-    /// AVX-512F present; A valid for m × k at (rsa, csa), B for k rows of n at stride ldb,
-    /// C for m rows of n at stride ldc, C not overlapping A or B; 0 < n ≤ 64.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn small512(
-        alpha: f32,
-        (a, rsa, csa): (*const f32, isize, isize),
-        (m, k, n): (usize, usize, usize),
-        (b, ldb): (*const f32, usize),
-        beta: f32,
-        (c, ldc): (*mut f32, usize),
-    ) {
-        let vectors = n.div_ceil(16);
-        let last = (u32::MAX >> (32 - (n - 16 * (vectors - 1)))) as u16;
-        let s = Small {
-            alpha,
-            a: (a, rsa, csa),
-            k,
-            b: (b, ldb),
-            last,
-            beta,
-            c: (c, ldc),
-        };
-        let mut i = 0;
-        // SAFETY: rows i.. of A and C lie inside the operands the caller vouched for.
-        unsafe {
-            macro_rules! rows {
-                ($r:literal) => {
-                    match vectors {
-                        1 => small_rows::<$r, 1>(&s, i),
-                        2 => small_rows::<$r, 2>(&s, i),
-                        3 => small_rows::<$r, 3>(&s, i),
-                        _ => small_rows::<$r, 4>(&s, i),
-                    }
-                };
-            }
-            while i + 4 <= m {
-                rows!(4);
-                i += 4;
-            }
-            while i < m {
-                rows!(1);
-                i += 1;
-            }
-        }
-    }
-
-    /// [`small512`]'s operands: A with its strides, B's and C's row strides, the lanes of
-    /// the last vector of a row.
-    struct Small {
-        alpha: f32,
-        a: (*const f32, isize, isize),
-        k: usize,
-        b: (*const f32, usize),
-        last: u16,
-        beta: f32,
-        c: (*mut f32, usize),
-    }
-
-    /// [`small512`] in f64: C ← βC + α A·B for m, k, n ≤ 64 with B's and C's rows
-    /// contiguous, four rows of C at a time over columns in chunks of 32 (four vectors of 8,
-    /// the last masked).
-    ///
-    /// # Safety
-    /// As [`small512`].
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn small512_f64(
-        alpha: f64,
-        (a, rsa, csa): (*const f64, isize, isize),
-        (m, k, n): (usize, usize, usize),
-        (b, ldb): (*const f64, usize),
-        beta: f64,
-        (c, ldc): (*mut f64, usize),
-    ) {
-        for j0 in (0..n).step_by(32) {
-            let width = (n - j0).min(32);
-            let vectors = width.div_ceil(8);
-            let last = (u32::MAX >> (32 - (width - 8 * (vectors - 1)))) as u8;
-            let s = Small64 {
-                alpha,
-                a: (a, rsa, csa),
-                k,
-                // SAFETY: column j0 < n of B and C.
-                b: (unsafe { b.add(j0) }, ldb),
-                last,
-                beta,
-                c: (unsafe { c.add(j0) }, ldc),
-            };
-            let mut i = 0;
-            // SAFETY: rows i.. of A and C lie inside the operands the caller vouched for.
-            unsafe {
-                macro_rules! rows {
-                    ($r:literal) => {
-                        match vectors {
-                            1 => small_rows_f64::<$r, 1>(&s, i),
-                            2 => small_rows_f64::<$r, 2>(&s, i),
-                            3 => small_rows_f64::<$r, 3>(&s, i),
-                            _ => small_rows_f64::<$r, 4>(&s, i),
-                        }
+    /// Writes one small-product kernel (f32 and f64 share the code): C ← βC + α A·B for
+    /// m, k, n ≤ 64 with B's and C's rows contiguous and A at any strides, over columns in
+    /// chunks of four vectors, four rows of C at a time, each step broadcasting A[i, p]
+    /// against B's row p (read from L1), the chunk's last vector masked.
+    macro_rules! small_kernel {
+        ($name:ident, $rows:ident, $ops:ident, $t:ty, $v:ty, $lanes:literal, $mask:ty,
+         $zero:ident, $set1:ident, $load:ident, $fmadd:ident, $mul:ident, $store:ident) => {
+            /// # Safety
+            /// AVX-512F present; A valid for m × k at (rsa, csa), B for k rows of n at
+            /// stride ldb, C for m rows of n at stride ldc, C not overlapping A or B.
+            #[target_feature(enable = "avx512f")]
+            pub unsafe fn $name(
+                alpha: $t,
+                (a, rsa, csa): (*const $t, isize, isize),
+                (m, k, n): (usize, usize, usize),
+                (b, ldb): (*const $t, usize),
+                beta: $t,
+                (c, ldc): (*mut $t, usize),
+            ) {
+                for j0 in (0..n).step_by(4 * $lanes) {
+                    let width = (n - j0).min(4 * $lanes);
+                    let vectors = width.div_ceil($lanes);
+                    let last = (u32::MAX >> (32 - (width - $lanes * (vectors - 1)))) as $mask;
+                    let s = $ops {
+                        alpha,
+                        a: (a, rsa, csa),
+                        k,
+                        // SAFETY: column j0 < n of B and C.
+                        b: (unsafe { b.add(j0) }, ldb),
+                        last,
+                        beta,
+                        c: (unsafe { c.add(j0) }, ldc),
                     };
-                }
-                while i + 4 <= m {
-                    rows!(4);
-                    i += 4;
-                }
-                while i < m {
-                    rows!(1);
-                    i += 1;
-                }
-            }
-        }
-    }
-
-    /// [`small512_f64`]'s operands for one chunk of columns.
-    struct Small64 {
-        alpha: f64,
-        a: (*const f64, isize, isize),
-        k: usize,
-        b: (*const f64, usize),
-        last: u8,
-        beta: f64,
-        c: (*mut f64, usize),
-    }
-
-    /// Rows i..i + R of [`small512_f64`]'s chunk, in V vectors (the last under `last`).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn small_rows_f64<const R: usize, const V: usize>(s: &Small64, i: usize) {
-        let Small64 {
-            alpha,
-            a: (a, rsa, csa),
-            k,
-            b: (b, ldb),
-            last,
-            beta,
-            c: (c, ldc),
-        } = *s;
-        let lanes = |v: usize| if v + 1 == V { last } else { u8::MAX };
-        // SAFETY: the caller's bounds: rows i..i + R of A and C, k rows of B.
-        unsafe {
-            let mut acc = [[_mm512_setzero_pd(); V]; R];
-            for p in 0..k {
-                let bp = b.add(p * ldb);
-                let bv: [__m512d; V] =
-                    std::array::from_fn(|v| _mm512_maskz_loadu_pd(lanes(v), bp.add(8 * v)));
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let at = (i + r) as isize * rsa + p as isize * csa;
-                    let x = _mm512_set1_pd(*a.offset(at));
-                    for (s, bv) in row.iter_mut().zip(&bv) {
-                        *s = _mm512_fmadd_pd(x, *bv, *s);
+                    let mut i = 0;
+                    // SAFETY: rows i.. of A and C lie inside the operands the caller
+                    // vouched for.
+                    unsafe {
+                        macro_rules! rows {
+                            ($r:literal) => {
+                                match vectors {
+                                    1 => $rows::<$r, 1>(&s, i),
+                                    2 => $rows::<$r, 2>(&s, i),
+                                    3 => $rows::<$r, 3>(&s, i),
+                                    _ => $rows::<$r, 4>(&s, i),
+                                }
+                            };
+                        }
+                        while i + 4 <= m {
+                            rows!(4);
+                            i += 4;
+                        }
+                        while i < m {
+                            rows!(1);
+                            i += 1;
+                        }
                     }
                 }
             }
-            let (al, be) = (_mm512_set1_pd(alpha), _mm512_set1_pd(beta));
-            for (r, row) in acc.iter().enumerate() {
-                let cp = c.add((i + r) * ldc);
-                for (v, s) in row.iter().enumerate() {
-                    let mut y = _mm512_mul_pd(al, *s);
-                    if beta != 0.0 {
-                        let old = _mm512_maskz_loadu_pd(lanes(v), cp.add(8 * v));
-                        y = _mm512_fmadd_pd(be, old, y);
+
+            /// One chunk of columns: A with its strides, B's and C's row strides, the lanes
+            /// of the chunk's last vector.
+            struct $ops {
+                alpha: $t,
+                a: (*const $t, isize, isize),
+                k: usize,
+                b: (*const $t, usize),
+                last: $mask,
+                beta: $t,
+                c: (*mut $t, usize),
+            }
+
+            /// Rows i..i + R of one chunk, in V vectors (the last under `last`).
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $rows<const R: usize, const V: usize>(s: &$ops, i: usize) {
+                let $ops {
+                    alpha,
+                    a: (a, rsa, csa),
+                    k,
+                    b: (b, ldb),
+                    last,
+                    beta,
+                    c: (c, ldc),
+                } = *s;
+                let lanes = |v: usize| if v + 1 == V { last } else { <$mask>::MAX };
+                // SAFETY: the caller's bounds: rows i..i + R of A and C, k rows of B.
+                unsafe {
+                    let mut acc = [[$zero(); V]; R];
+                    for p in 0..k {
+                        let bp = b.add(p * ldb);
+                        let bv: [$v; V] =
+                            std::array::from_fn(|v| $load(lanes(v), bp.add($lanes * v)));
+                        for (r, row) in acc.iter_mut().enumerate() {
+                            let at = (i + r) as isize * rsa + p as isize * csa;
+                            let x = $set1(*a.offset(at));
+                            for (s, bv) in row.iter_mut().zip(&bv) {
+                                *s = $fmadd(x, *bv, *s);
+                            }
+                        }
                     }
-                    _mm512_mask_storeu_pd(cp.add(8 * v), lanes(v), y);
+                    let (al, be) = ($set1(alpha), $set1(beta));
+                    for (r, row) in acc.iter().enumerate() {
+                        let cp = c.add((i + r) * ldc);
+                        for (v, s) in row.iter().enumerate() {
+                            let mut y = $mul(al, *s);
+                            if beta != 0.0 {
+                                y = $fmadd(be, $load(lanes(v), cp.add($lanes * v)), y);
+                            }
+                            $store(cp.add($lanes * v), lanes(v), y);
+                        }
+                    }
                 }
             }
-        }
+        };
     }
+
+    // The per-head attention products Ω v, Ωᵀ ∂o, ∂Ω̃ k and ∂Ω̃ᵀ q, which matrixmultiply
+    // packed at 30 GFLOP/s in f32 (n ≤ 64 is one chunk of four 16-lane vectors).
+    small_kernel!(
+        small512,
+        small_rows,
+        Small,
+        f32,
+        __m512,
+        16,
+        u16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_maskz_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_mul_ps,
+        _mm512_mask_storeu_ps
+    );
+    small_kernel!(
+        small512_f64,
+        small_rows_f64,
+        Small64,
+        f64,
+        __m512d,
+        8,
+        u8,
+        _mm512_setzero_pd,
+        _mm512_set1_pd,
+        _mm512_maskz_loadu_pd,
+        _mm512_fmadd_pd,
+        _mm512_mul_pd,
+        _mm512_mask_storeu_pd
+    );
 
     /// out (k × n, rows n apart) ← Xᵀ for X (n × k, rows `ldx` apart), in 16 × 16 blocks:
     /// two unpack stages and two 128-bit lane shuffles (64 shuffles per block), masked at
@@ -807,49 +783,6 @@ mod x86 {
                 for (c, v) in o.iter().enumerate().take(cols) {
                     // SAFETY: row p0 + c < k of out, columns j0..j0 + rows < n.
                     unsafe { _mm512_mask_storeu_ps(out.add((p0 + c) * n + j0), lanes(rows), *v) };
-                }
-            }
-        }
-    }
-
-    /// Rows i..i + R of [`small512`]'s C, in V vectors (the last under `last`).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn small_rows<const R: usize, const V: usize>(s: &Small, i: usize) {
-        let Small {
-            alpha,
-            a: (a, rsa, csa),
-            k,
-            b: (b, ldb),
-            last: mask,
-            beta,
-            c: (c, ldc),
-        } = *s;
-        let lanes = |v: usize| if v + 1 == V { mask } else { u16::MAX };
-        // SAFETY: the caller's bounds: rows i..i + R of A and C, k rows of B.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; R];
-            for p in 0..k {
-                let bp = b.add(p * ldb);
-                let bv: [__m512; V] =
-                    std::array::from_fn(|v| _mm512_maskz_loadu_ps(lanes(v), bp.add(16 * v)));
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let at = (i + r) as isize * rsa + p as isize * csa;
-                    let x = _mm512_set1_ps(*a.offset(at));
-                    for (s, bv) in row.iter_mut().zip(&bv) {
-                        *s = _mm512_fmadd_ps(x, *bv, *s);
-                    }
-                }
-            }
-            let (al, be) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
-            for (r, row) in acc.iter().enumerate() {
-                let cp = c.add((i + r) * ldc);
-                for (v, s) in row.iter().enumerate() {
-                    let mut y = _mm512_mul_ps(al, *s);
-                    if beta != 0.0 {
-                        let old = _mm512_maskz_loadu_ps(lanes(v), cp.add(16 * v));
-                        y = _mm512_fmadd_ps(be, old, y);
-                    }
-                    _mm512_mask_storeu_ps(cp.add(16 * v), lanes(v), y);
                 }
             }
         }
