@@ -32,20 +32,21 @@ fn keep_freed_memory() {
 /// `mi_option_arena_eager_commit` in the same enum.
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
-/// Small pages for the Monte Carlo, huge pages for the trainer, chosen before the first
-/// allocation (mimalloc reserves its arena then, so `main` is too late).
+/// 4 KB pages instead of transparent huge pages, except for `train` and `transfer`, chosen
+/// before the first allocation (mimalloc reserves its arena then, so `main` is too late).
 ///
-/// By default mimalloc commits its 1 GiB arena at once and asks for transparent huge pages
-/// on it. Where the kernel compacts memory to find one (`defrag = madvise`, as here), each
-/// first touch of a 2 MB page stalls: a Monte Carlo run spent 0.1-1.2 s of system time
-/// that way, and n = 2048 ran 100 samples/s instead of 108-111. Its working set is small,
-/// so 4 KB pages lose nothing. Training reads ~100 MB of weights, gradients, moments and
-/// packs every step, and huge pages make its steps 4% faster (fewer TLB misses), so
-/// `train`, `transfer` and `bench` (whose Monte Carlo runs in `simulate` child processes)
-/// keep them.
+/// By default mimalloc commits its 1 GiB arena at once and asks for huge pages on it. Where
+/// the kernel has to find and zero a 2 MB page at each first touch (as on this project's
+/// 2-core VMs) that stalls: a Monte Carlo run spent 0.4-1.5 s of system time, most of it
+/// inside the timed run, and n = 2048 ran 91-94 samples/s instead of 106-112. Training
+/// reads ~100 MB of weights, gradients, moments and packs every step, and huge pages make
+/// its steady steps 2-3% faster (fewer TLB misses): `train` and `transfer` run long enough
+/// to gain from them. `bench --train` times 30 steps, within which the first touches and the
+/// kernel's page collapsing made its f32 rate 6,418-7,028 tokens/s, against 6,619-6,757
+/// with 4 KB pages (the same mean); the bench keeps 4 KB pages for a steadier number.
 ///
-/// glibc calls `.init_array` functions with (argc, argv, envp), as Rust's own `std::env::args`
-/// relies on; elsewhere the default stays.
+/// glibc calls `.init_array` functions with (argc, argv, envp), as Rust's own
+/// `std::env::args` relies on; elsewhere mimalloc's default stays.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[used]
 #[unsafe(link_section = ".init_array")]
@@ -55,9 +56,9 @@ static CHOOSE_PAGES: extern "C" fn(i32, *const *const std::ffi::c_char) = choose
 extern "C" fn choose_pages(argc: i32, argv: *const *const std::ffi::c_char) {
     // SAFETY: glibc passes the process's argc and argv, argv[0..argc] being C strings.
     let command = (argc > 1).then(|| unsafe { std::ffi::CStr::from_ptr(*argv.add(1)) });
-    let trains = command.is_some_and(|c| matches!(c.to_bytes(), b"train" | b"transfer" | b"bench"));
+    let trains = command.is_some_and(|c| matches!(c.to_bytes(), b"train" | b"transfer"));
     if !trains {
-        // SAFETY: sets one integer option, before mimalloc reads it.
+        // SAFETY: sets one integer option, before mimalloc first reads it.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
     }
 }
