@@ -48,6 +48,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 30,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub train_steps: usize,
+    /// Rounds of the trainer benchmark: each runs sigprop and then the PyTorch peer, and the
+    /// summary gives the median and the range of each over the rounds.
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    pub rounds: usize,
 }
 
 /// The reference configuration of the benchmark.
@@ -305,32 +310,78 @@ fn run_train(args: &BenchArgs) -> anyhow::Result<()> {
     println!("simd: {}", simd_level());
     train_gemm_report(args.train_width);
     println!(
-        "trainer: copy task, width {}, 6 × (attention, MLP), batch 32 × 16 tokens, AdamW, {} threads, {} timed steps",
-        args.train_width, args.threads, args.train_steps
+        "trainer: copy task, width {}, 6 × (attention, MLP), batch 32 × 16 tokens, AdamW, {} threads, {} timed steps, {} rounds",
+        args.train_width, args.threads, args.train_steps, args.rounds
     );
-    let s32 = train_tokens_per_s::<f32>(args)?;
-    let s64 = train_tokens_per_s::<f64>(args)?;
-    println!("sigprop f32: {s32:.0} tokens/s");
-    println!("sigprop f64: {s64:.0} tokens/s");
-    match (!args.no_torch && has_torch())
-        .then(|| torch_train(args))
-        .flatten()
-    {
-        Some((t32, t64)) => {
-            println!("torch f32: {t32:.0} tokens/s");
-            println!("torch f64: {t64:.0} tokens/s");
+    let with_torch = !args.no_torch && has_torch();
+    // Rounds alternate the two programs, so a slow spell of the machine (another tenant, a
+    // frequency change) lands on both rather than on one side of the ratio: PyTorch's f32
+    // rate has been seen to move by 20% between back-to-back runs on this machine.
+    let mut rounds: Vec<[Option<f64>; 4]> = Vec::new();
+    for round in 1..=args.rounds {
+        let s32 = train_tokens_per_s::<f32>(args)?;
+        let s64 = train_tokens_per_s::<f64>(args)?;
+        let torch = with_torch.then(|| torch_train(args)).flatten();
+        let rates = [Some(s32), Some(s64), torch.map(|t| t.0), torch.map(|t| t.1)];
+        let torch_text = torch.map_or(String::new(), |(t32, t64)| {
+            format!("; torch f32 {t32:.0}, f64 {t64:.0}")
+        });
+        println!("round {round}: sigprop f32 {s32:.0}, f64 {s64:.0}{torch_text} tokens/s");
+        rounds.push(rates);
+    }
+    let column = |i: usize| -> Option<Vec<f64>> { rounds.iter().map(|r| r[i]).collect() };
+    let names = ["sigprop f32", "sigprop f64", "torch f32", "torch f64"];
+    let mut medians = [None; 4];
+    for (i, name) in names.iter().enumerate() {
+        let Some(v) = column(i) else { continue };
+        let (mid, lo, hi) = median_range(&v);
+        medians[i] = Some(mid);
+        if v.len() > 1 {
+            println!(
+                "{name}: {mid:.0} tokens/s (median of {} rounds, {lo:.0}-{hi:.0})",
+                v.len()
+            );
+        } else {
+            println!("{name}: {mid:.0} tokens/s");
+        }
+    }
+    match medians {
+        [Some(s32), Some(s64), Some(t32), Some(t64)] => {
             println!(
                 "sigprop/torch: f32 {:.2}x, f64 {:.2}x; sigprop f32 vs the fastest torch: {:.2}x",
                 s32 / t32,
                 s64 / t64,
                 s32 / t32.max(t64)
             );
+            if rounds.len() > 1 {
+                let per_round: Vec<f64> =
+                    rounds.iter().filter_map(|r| Some(r[0]? / r[2]?)).collect();
+                let (_, lo, hi) = median_range(&per_round);
+                println!("sigprop/torch f32 within a round: {lo:.2}x-{hi:.2}x");
+            }
         }
-        None => println!(
+        _ if with_torch => println!(
+            "PyTorch peer gave no rate in some round: run bench/torch_train_peer.py by hand to see why"
+        ),
+        _ => println!(
             "PyTorch peer skipped: torch is not installed here (pip install torch); the script is bench/torch_train_peer.py"
         ),
     }
     Ok(())
+}
+
+/// (median, min, max) of a non-empty list; the median of an even count is the mean of the
+/// middle two.
+fn median_range(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let mid = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    };
+    (mid, s[0], s[n - 1])
 }
 
 /// The CPU model, from /proc/cpuinfo where there is one.
@@ -529,4 +580,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_range;
+
+    #[test]
+    fn median_and_range_of_odd_and_even_counts() {
+        assert_eq!(median_range(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(median_range(&[4.0, 1.0, 3.0, 2.0]), (2.5, 1.0, 4.0));
+        assert_eq!(median_range(&[7.0]), (7.0, 7.0, 7.0));
+    }
 }
