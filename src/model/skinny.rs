@@ -1,4 +1,4 @@
-//! f32 kernels for skinny products: the Monte Carlo's, where one side has the D ≤ a few dozen
+//! Kernels for skinny products (f32, and f64 where noted): the Monte Carlo's, where one side has the D ≤ a few dozen
 //! probe tokens or basis rows (Gram matrices, the conditional sampler's rank-D products).
 //! General GEMMs pack both operands, and at these shapes packing costs as much as the
 //! arithmetic (matrixmultiply spent more time in `pack` than in its kernel in the f32
@@ -12,6 +12,7 @@
 
 use std::mem::MaybeUninit;
 
+use super::Real;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// Compiles `$body` three times and dispatches on the CPU's features.
@@ -49,19 +50,20 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 multiversion!(pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]), axpy_body);
-multiversion!(fn rank_update(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: Out, n: usize), rank_body);
+multiversion!(fn rank_update(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: Out<f32>, n: usize), rank_body);
+multiversion!(fn rank_update_f64(alpha: f64, a: ArrayView2<f64>, b: &[f64], beta: f64, c: Out<f64>, n: usize), rank_body);
 
 /// Where the rank update writes C (m × n, row-major): initialized memory, which β ≠ 0 reads,
 /// or new memory (β = 0), which is only written, so a fresh product needs no zeroing pass.
 #[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
+struct Out<T = f32> {
+    ptr: *mut T,
     len: usize,
     readable: bool,
 }
 
-impl Out {
-    fn init(c: &mut [f32]) -> Out {
+impl<T: Real> Out<T> {
+    fn init(c: &mut [T]) -> Out<T> {
         Out {
             ptr: c.as_mut_ptr(),
             len: c.len(),
@@ -69,7 +71,7 @@ impl Out {
         }
     }
 
-    fn fresh(c: &mut [MaybeUninit<f32>]) -> Out {
+    fn fresh(c: &mut [MaybeUninit<T>]) -> Out<T> {
         Out {
             ptr: c.as_mut_ptr().cast(),
             len: c.len(),
@@ -79,14 +81,14 @@ impl Out {
 
     /// C[at .. at + W] ← α v + β C (β = 0: C is not read).
     #[inline(always)]
-    fn store<const W: usize>(self, at: usize, alpha: f32, beta: f32, v: &[f32; W]) {
-        assert!(at + W <= self.len && (self.readable || beta == 0.0));
+    fn store<const W: usize>(self, at: usize, alpha: T, beta: T, v: [T; W]) {
+        assert!(at + W <= self.len && (self.readable || beta == T::zero()));
         // SAFETY: in bounds (checked); C is read only when initialized (checked).
         let c = unsafe { self.ptr.add(at) };
         for (l, &x) in v.iter().enumerate() {
             // SAFETY: as above.
             unsafe {
-                *c.add(l) = if beta == 0.0 {
+                *c.add(l) = if beta == T::zero() {
                     alpha * x
                 } else {
                     alpha.mul_add(x, beta * *c.add(l))
@@ -912,64 +914,92 @@ fn axpy_body(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// C (m × n, row-major `c`) ← βC + α A·B, B (k × n) row-major `b`: R rows × 64 columns of C
 /// at a time in registers (R·4 vectors of 16), the remainder columns one at a time.
 #[inline(always)]
-fn rank_body(alpha: f32, a: ArrayView2<f32>, b: &[f32], beta: f32, c: Out, n: usize) {
+fn rank_body<T: Real>(alpha: T, a: ArrayView2<T>, b: &[T], beta: T, c: Out<T>, n: usize) {
+    // Tiles of four 512-bit vectors per row: 64 f32 or 32 f64 columns.
+    if std::mem::size_of::<T>() == 4 {
+        rank_tiles::<T, 64, 32>(alpha, a, b, beta, c, n)
+    } else {
+        rank_tiles::<T, 32, 16>(alpha, a, b, beta, c, n)
+    }
+}
+
+/// The rank update in tiles of R rows × W columns (W2 on AVX2 alone).
+#[inline(always)]
+fn rank_tiles<T: Real, const W: usize, const W2: usize>(
+    alpha: T,
+    a: ArrayView2<T>,
+    b: &[T],
+    beta: T,
+    c: Out<T>,
+    n: usize,
+) {
     let m = a.nrows();
     let mut i = 0;
     if x86_avx2_only() {
         // 16 ymm registers: a 3 × 32 tile keeps its 12 accumulators, the broadcast and a row
         // of B in registers (4 × 64, AVX-512's tile, would spill half of them).
         while i + 3 <= m {
-            rank_rows::<3, 32>(alpha, a, i, b, beta, c, n);
+            rank_rows::<T, 3, W2>(alpha, a, i, b, beta, c, n);
             i += 3;
         }
     }
     while i + 4 <= m {
-        rank_rows::<4, 64>(alpha, a, i, b, beta, c, n);
+        rank_rows::<T, 4, W>(alpha, a, i, b, beta, c, n);
         i += 4;
     }
     while i < m {
-        rank_rows::<1, 64>(alpha, a, i, b, beta, c, n);
+        rank_rows::<T, 1, W>(alpha, a, i, b, beta, c, n);
         i += 1;
     }
 }
 
 #[inline(always)]
-fn rank_rows<const R: usize, const W: usize>(
-    alpha: f32,
-    a: ArrayView2<f32>,
+fn rank_rows<T: Real, const R: usize, const W: usize>(
+    alpha: T,
+    a: ArrayView2<T>,
     i0: usize,
-    b: &[f32],
-    beta: f32,
-    c: Out,
+    b: &[T],
+    beta: T,
+    c: Out<T>,
     n: usize,
 ) {
     let k = a.ncols();
+    assert!(k <= SKINNY, "a rank update of rank {k}");
+    // A's R × k block gathered once, and B's rows and C's tiles moved by value: with the
+    // accumulators indexed through a reference the compiler stored all of them to the stack
+    // on every step of k.
+    let mut ablk = [[T::zero(); SKINNY]; R];
+    for (r, row) in ablk.iter_mut().enumerate() {
+        for (p, x) in row[..k].iter_mut().enumerate() {
+            *x = a[[i0 + r, p]];
+        }
+    }
     let mut j0 = 0;
     while j0 + W <= n {
-        let mut acc = [[0f32; W]; R];
+        let mut acc = [[T::zero(); W]; R];
         for p in 0..k {
-            let brow: &[f32; W] = b[p * n + j0..p * n + j0 + W]
-                .try_into()
-                .unwrap_or(&[0.0; W]);
+            let Ok(brow) = <[T; W]>::try_from(&b[p * n + j0..p * n + j0 + W]) else {
+                unreachable!("a slice of W entries")
+            };
             for r in 0..R {
-                let av = a[[i0 + r, p]];
+                let av = ablk[r][p];
                 for l in 0..W {
                     acc[r][l] = av.mul_add(brow[l], acc[r][l]);
                 }
             }
         }
-        for (r, accr) in acc.iter().enumerate() {
+        for (r, accr) in acc.into_iter().enumerate() {
             c.store((i0 + r) * n + j0, alpha, beta, accr);
         }
         j0 += W;
     }
     for j in j0..n {
         for r in 0..R {
-            let mut v = 0f32;
+            let mut v = T::zero();
             for p in 0..k {
                 v = a[[i0 + r, p]].mul_add(b[p * n + j], v);
             }
-            c.store((i0 + r) * n + j, alpha, beta, &[v]);
+            c.store((i0 + r) * n + j, alpha, beta, [v]);
         }
     }
 }
@@ -1198,10 +1228,14 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
     Array2::from_shape_vec((m, n), c).ok()
 }
 
-/// C ← βC + α A·B in f64 for small products (m, k, n ≤ [`SKINNY`], the per-head attention
-/// products) on AVX-512: B's rows contiguous on [`x86::small512_f64`], or (β = 0, C
-/// contiguous) A's and Bᵀ's rows contiguous on the dots kernel. matrixmultiply packed both
-/// operands of each; `None` (nothing done) for other shapes, layouts or CPUs.
+/// C ← βC + α A·B in f64 for rank updates with β = 0 (m, k ≤ [`SKINNY`], n ≥ 64, B's and
+/// C's rows contiguous, on every CPU) and for small products (m, k, n ≤
+/// [`SKINNY`], the per-head attention products) on AVX-512: B's rows contiguous on
+/// [`x86::small512_f64`], or (β = 0, C contiguous) A's and Bᵀ's rows contiguous on the dots
+/// kernel. matrixmultiply packed both operands of each; `None` (nothing done) for other
+/// shapes, layouts or CPUs. A rank update with β ≠ 0 stays with matrixmultiply: its edge
+/// tiles round α·AB and βC separately, so the rank kernel's single rounding moved an f64
+/// encoder–decoder ensemble (a pivot tie in the conditional sampler went the other way).
 pub fn try_gemm_f64(
     alpha: f64,
     a: ArrayView2<f64>,
@@ -1213,6 +1247,16 @@ pub fn try_gemm_f64(
     let n = b.ncols();
     if b.nrows() != k || c.dim() != (m, n) || m == 0 || n == 0 || k == 0 {
         return None;
+    }
+    if m <= SKINNY
+        && k <= SKINNY
+        && n >= 64
+        && beta == 0.0
+        && c.is_standard_layout()
+        && let (Some(bs), Some(cs)) = (b.as_slice(), c.as_slice_mut())
+    {
+        rank_update_f64(alpha, a, bs, beta, Out::init(cs), n);
+        return Some(());
     }
     if m > SKINNY || k > SKINNY || n > SKINNY {
         return None;
@@ -1254,16 +1298,36 @@ pub fn try_gemm_f64(
     None
 }
 
-/// α A·B in new memory, written once, for f64 products with outputs of at most [`SKINNY`] ×
-/// [`SKINNY`], k ≥ 16 and contiguous rows of A and Bᵀ (Grams, G·M, Z·Q_Xᵀ of the sampler):
-/// the AVX-512 dots kernel (`x86::dots512_f64`). `None` for other shapes or CPUs.
-/// matrixmultiply packed both operands of every such product, as long as it then took to
-/// multiply (f64 conditional sampler at n = 512).
+/// α A·B in new memory, written once, for two kinds of f64 products: rank ≤ [`SKINNY`]
+/// updates with B's rows contiguous and n ≥ 64 (Y = σ C M, ∂X = σ A Z of the sampler) on the
+/// rank-update kernel, the f32 one's body in f64; and outputs of at most [`SKINNY`] ×
+/// [`SKINNY`], k ≥ 16 and contiguous rows of A and Bᵀ (Grams, G·M, Z·Q_Xᵀ) on the AVX-512
+/// dots kernel (`x86::dots512_f64`). `None` for other shapes or CPUs. matrixmultiply packed
+/// both operands of every such product, as long as it then took to multiply (f64
+/// conditional sampler at n = 512); on these shapes its sums came out bit for bit the same.
 pub fn try_product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Option<Array2<f64>> {
     let (m, k) = a.dim();
     let n = b.ncols();
     if b.nrows() != k || m == 0 {
         return None;
+    }
+    if m <= SKINNY
+        && k <= SKINNY
+        && n >= 64
+        && let Some(bs) = b.as_slice()
+    {
+        let mut c = Vec::with_capacity(m * n);
+        rank_update_f64(
+            alpha,
+            a,
+            bs,
+            0.0,
+            Out::fresh(&mut c.spare_capacity_mut()[..m * n]),
+            n,
+        );
+        // SAFETY: the rank update wrote all m × n entries.
+        unsafe { c.set_len(m * n) };
+        return Array2::from_shape_vec((m, n), c).ok();
     }
     #[cfg(target_arch = "x86_64")]
     if m <= SKINNY
@@ -1581,6 +1645,41 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The f64 rank update (rank ≤ 64, rows of B contiguous, n ≥ 64: the conditional
+    /// sampler's Y = σ C M and ∂X = σ A Z) against a plain loop within (k + 2)·ε·Σ|a||b|,
+    /// into new memory and into initialized C with β = 0; tiles of 4 rows and single rows,
+    /// 32-column blocks and a scalar tail, on every CPU (the body is portable). β ≠ 0 is
+    /// declined (matrixmultiply keeps it, see `try_gemm_f64`).
+    #[test]
+    fn f64_rank_updates_match_a_plain_loop() {
+        for (m, k, n) in [(16, 16, 512), (13, 9, 100), (4, 1, 64), (5, 64, 70)] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) % 23) as f64 - 11.3);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 7 + j * 5) % 19) as f64 * 0.27);
+            let fresh =
+                try_product_f64(0.75, a.view(), b.view()).expect("the rank update takes it");
+            let mut init = Array2::from_elem((m, n), f64::NAN);
+            try_gemm_f64(0.75, a.view(), b.view(), 0.0, &mut init.view_mut())
+                .expect("the rank update takes it");
+            for got in [&fresh, &init] {
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|p| 0.75 * a[[i, p]] * b[[p, j]]);
+                        let want = terms.clone().sum::<f64>();
+                        let bound =
+                            (k as f64 + 2.0) * f64::EPSILON * terms.map(f64::abs).sum::<f64>();
+                        let err = (got[[i, j]] - want).abs();
+                        assert!(err <= bound, "{m}x{k}x{n}: {err:e} > {bound:e}");
+                    }
+                }
+            }
+            let mut c = Array2::zeros((m, n));
+            assert!(
+                try_gemm_f64(0.75, a.view(), b.view(), 1.0, &mut c.view_mut()).is_none()
+                    || n <= SKINNY
+            );
         }
     }
 
