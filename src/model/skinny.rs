@@ -1208,6 +1208,17 @@ pub fn transpose(x: ArrayView2<f32>, out: &mut [f32]) -> bool {
 /// rank-update kernel (the conditional sampler's Y = σ C M and ∂X = σ A Z); `None`
 /// otherwise.
 pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option<Array2<f32>> {
+    rank_product(alpha, a, b, rank_update)
+}
+
+/// α A·B in new memory through `update` (the rank-update kernel of A's float type), written
+/// once, when m, k ≤ [`SKINNY`], n ≥ 64 and B is row-major; `None` otherwise.
+fn rank_product<T: Real>(
+    alpha: T,
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    update: fn(T, ArrayView2<T>, &[T], T, Out<T>, usize),
+) -> Option<Array2<T>> {
     let (m, k) = a.dim();
     let n = b.ncols();
     if b.nrows() != k || m == 0 || n < 64 || m > SKINNY || k > SKINNY {
@@ -1215,11 +1226,11 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
     }
     let bs = b.as_slice()?;
     let mut c = Vec::with_capacity(m * n);
-    rank_update(
+    update(
         alpha,
         a,
         bs,
-        0.0,
+        T::zero(),
         Out::fresh(&mut c.spare_capacity_mut()[..m * n]),
         n,
     );
@@ -1311,23 +1322,8 @@ pub fn try_product_f64(alpha: f64, a: ArrayView2<f64>, b: ArrayView2<f64>) -> Op
     if b.nrows() != k || m == 0 {
         return None;
     }
-    if m <= SKINNY
-        && k <= SKINNY
-        && n >= 64
-        && let Some(bs) = b.as_slice()
-    {
-        let mut c = Vec::with_capacity(m * n);
-        rank_update_f64(
-            alpha,
-            a,
-            bs,
-            0.0,
-            Out::fresh(&mut c.spare_capacity_mut()[..m * n]),
-            n,
-        );
-        // SAFETY: the rank update wrote all m × n entries.
-        unsafe { c.set_len(m * n) };
-        return Array2::from_shape_vec((m, n), c).ok();
+    if let Some(c) = rank_product(alpha, a, b, rank_update_f64) {
+        return Some(c);
     }
     #[cfg(target_arch = "x86_64")]
     if m <= SKINNY
