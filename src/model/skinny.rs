@@ -1211,13 +1211,16 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
     rank_product(alpha, a, b, rank_update)
 }
 
+/// A rank-update kernel: C ← β C + α A·B with B's n columns row-major.
+type RankUpdate<T> = fn(T, ArrayView2<T>, &[T], T, Out<T>, usize);
+
 /// α A·B in new memory through `update` (the rank-update kernel of A's float type), written
 /// once, when m, k ≤ [`SKINNY`], n ≥ 64 and B is row-major; `None` otherwise.
 fn rank_product<T: Real>(
     alpha: T,
     a: ArrayView2<T>,
     b: ArrayView2<T>,
-    update: fn(T, ArrayView2<T>, &[T], T, Out<T>, usize),
+    update: RankUpdate<T>,
 ) -> Option<Array2<T>> {
     let (m, k) = a.dim();
     let n = b.ncols();
