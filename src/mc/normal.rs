@@ -706,6 +706,24 @@ mod tests {
         let mut buf = Box::new([0f32; BLOCK]);
         refill32_body(&mut s, &mut buf);
         assert_eq!(&x[..BLOCK], &buf[..]);
+        // The dispatched f64 refill gives the bits of the lane-by-lane transform through the
+        // scalar functions tested for accuracy above.
+        let mut s = FastNormals::from_seed(7).s;
+        let mut plain = Vec::with_capacity(x64.len());
+        while plain.len() < x64.len() {
+            let a = step(&mut s);
+            let b = step(&mut s);
+            let pairs = (0..LANES).map(|l| {
+                let r = (-2.0 * ln64(open01_64(a[l]))).sqrt();
+                let (sn, cs) = sincos_turn64(open01_64(b[l]));
+                (r * cs, r * sn)
+            });
+            let (z1, z2): (Vec<f64>, Vec<f64>) = pairs.unzip();
+            plain.extend(z1);
+            plain.extend(z2);
+        }
+        plain.truncate(x64.len());
+        assert_eq!(x64, plain);
         let mut s = FastNormals::from_seed(7).s;
         let mut buf64 = Box::new([MaybeUninit::new(0f64); BLOCK]);
         refill64_body(&mut s, &mut buf64);
