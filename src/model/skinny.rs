@@ -1005,7 +1005,7 @@ fn rank_rows<T: Real, const R: usize, const W: usize>(
 }
 
 /// Every row of `x` as a slice, if each is contiguous.
-fn row_slices<T>(x: ArrayView2<'_, T>) -> Option<Vec<&[T]>> {
+pub(crate) fn row_slices<T>(x: ArrayView2<'_, T>) -> Option<Vec<&[T]>> {
     (0..x.nrows())
         .map(|i| x.index_axis_move(ndarray::Axis(0), i).to_slice())
         .collect()
