@@ -1,5 +1,5 @@
-//! Kernels for skinny products (f32, and f64 where noted): the Monte Carlo's, where one side has the D ≤ a few dozen
-//! probe tokens or basis rows (Gram matrices, the conditional sampler's rank-D products).
+//! Kernels for skinny products (f32, and f64 where noted): the Monte Carlo's, where one side
+//! has the D ≤ a few dozen probe tokens or basis rows (Gram matrices, the conditional sampler's rank-D products).
 //! General GEMMs pack both operands, and at these shapes packing costs as much as the
 //! arithmetic (matrixmultiply spent more time in `pack` than in its kernel in the f32
 //! conditional sampler). Two shapes cover them, neither needs packing:
@@ -994,10 +994,10 @@ fn rank_rows<T: Real, const R: usize, const W: usize>(
         j0 += W;
     }
     for j in j0..n {
-        for r in 0..R {
+        for (r, arow) in ablk.iter().enumerate() {
             let mut v = T::zero();
-            for p in 0..k {
-                v = a[[i0 + r, p]].mul_add(b[p * n + j], v);
+            for (p, &av) in arow[..k].iter().enumerate() {
+                v = av.mul_add(b[p * n + j], v);
             }
             c.store((i0 + r) * n + j, alpha, beta, [v]);
         }
