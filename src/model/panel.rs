@@ -160,6 +160,9 @@ thread_local! {
     static SCRATCH_A: RefCell<Vec<f32>> = RefCell::default();
 }
 
+/// Blocks of [`MR`] rows that [`pack_columns`] fills side by side.
+const GROUP: usize = 8;
+
 /// Copies a column-major A (m × k, columns `a.ld` apart) into blocks of MR rows, each k
 /// columns of MR contiguous entries, and runs `f` on it. A tile reads its 12 entries per
 /// column from one cache line instead of k lines `ld` apart, which map to a few L1 sets
@@ -171,17 +174,24 @@ fn pack_columns<T>(a: Lhs, m: usize, k: usize, f: impl FnOnce(Lhs) -> T) -> T {
         if buf.len() < blocks * k * MR {
             buf.resize(blocks * k * MR, 0.0);
         }
-        for p in 0..k {
-            // SAFETY: column p of A holds m entries from p·ld (the caller's view).
-            let col = unsafe { std::slice::from_raw_parts(a.ptr.add(p * a.ld), m) };
-            for (bi, src) in col.chunks(MR).enumerate() {
-                let at = bi * k * MR + p * MR;
-                match <&[f32; MR]>::try_from(src) {
-                    // A whole block's column as an array: vector moves, not memmove.
-                    Ok(src) => {
-                        *<&mut [f32; MR]>::try_from(&mut buf[at..at + MR]).expect("MR") = *src
+        // Eight blocks at a time (96 rows, six cache lines of each column): each block's
+        // copy is written front to back, where a column at a time wrote 48 bytes into every
+        // block, a partial line each (2.2-2.8% of a training step in the profile, now
+        // 1.7-2.2%).
+        let blocks_of = buf[..blocks * k * MR].chunks_mut(GROUP * k * MR);
+        for (gi, group) in blocks_of.enumerate() {
+            let r0 = gi * GROUP * MR;
+            for p in 0..k {
+                // SAFETY: column p of A holds m entries from p·ld (the caller's view).
+                let col = unsafe { std::slice::from_raw_parts(a.ptr.add(p * a.ld), m) };
+                let col = &col[r0..m.min(r0 + GROUP * MR)];
+                for (block, src) in group.chunks_mut(k * MR).zip(col.chunks(MR)) {
+                    let dst = &mut block[p * MR..p * MR + src.len()];
+                    match <&[f32; MR]>::try_from(src) {
+                        // A whole block's column as an array: vector moves, not memmove.
+                        Ok(src) => *<&mut [f32; MR]>::try_from(dst).expect("MR") = *src,
+                        Err(_) => dst.copy_from_slice(src),
                     }
-                    Err(_) => buf[at..at + src.len()].copy_from_slice(src),
                 }
             }
         }
