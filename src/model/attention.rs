@@ -165,8 +165,8 @@ impl ResidualBlock for Attention {
         sink.term(self.k, GradTerm::linear(s, dk.view()));
         sink.term(self.v, GradTerm::linear(s, dv.view()));
         let mut ds = cx.bwd(self.q, dq.view());
-        ds += &cx.bwd(self.k, dk.view());
-        ds += &cx.bwd(self.v, dv.view());
+        cx.bwd_add(self.k, dk.view(), &mut ds);
+        cx.bwd_add(self.v, dv.view(), &mut ds);
         ds
     }
 }

@@ -89,6 +89,11 @@ impl<'a, F: Real> Ctx<'a, F> {
     pub fn bwd(&mut self, w: usize, g: ArrayView2<F>) -> Array2<F> {
         self.ops.bwd(self.params, w, g)
     }
+
+    /// acc += G W for weight `w` (an input read by several weights).
+    pub fn bwd_add(&mut self, w: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
+        self.ops.bwd_add(self.params, w, g, acc)
+    }
 }
 
 /// A residual block's branch R: s (D × n) → r (D × n), its hand-written backward pass and

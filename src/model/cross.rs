@@ -149,7 +149,7 @@ impl ResidualBlock for CrossAttention {
         sink.term(self.v, GradTerm::linear(mem, dv.view()));
         let ds = cx.bwd(self.q, dq.view());
         let mut dmem = cx.bwd(self.k, dk.view());
-        dmem += &cx.bwd(self.v, dv.view());
+        cx.bwd_add(self.v, dv.view(), &mut dmem);
         match cx.memory_grad.as_mut() {
             Some(acc) => *acc += &dmem,
             None => cx.memory_grad = Some(dmem),

@@ -222,6 +222,19 @@ pub fn product_packed<F: Real>(a: ArrayView2<F>, b: &super::panel::Packed) -> Op
     })
 }
 
+/// C += A·B with B packed beforehand; `None` (C untouched) when the kernel does not take
+/// the product. With α = β = 1 the kernel rounds C + Σ once, as adding a fresh product
+/// does: the bits of `C += &product_packed(A, B)`.
+pub fn add_product_packed<F: Real>(
+    a: ArrayView2<F>,
+    b: &super::panel::Packed,
+    c: &mut ArrayViewMut2<F>,
+) -> Option<()> {
+    counted(a.nrows() * a.ncols() * b.dim().1, || {
+        F::gemm_packed(F::one(), a, b, F::one(), c)
+    })
+}
+
 /// A·B.
 pub fn mm<F: Real>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     product(F::one(), a, b)

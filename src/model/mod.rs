@@ -224,6 +224,14 @@ pub trait WeightOps<F = f64> {
     fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F>;
     /// ∂X = G W for weight `id`, G (D × fan_out).
     fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F>;
+    /// acc += G W for weight `id`: the cotangent of an input several weights read (s, read
+    /// by Q, K and V), summed in place.
+    fn bwd_add(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>, acc: &mut Array2<F>)
+    where
+        F: Real,
+    {
+        *acc += &self.bwd(p, id, g);
+    }
     /// Y_k = X W_kᵀ for weights that read the same X (Q, K and V; cross-attention's K and
     /// V): the conditional sampler factors X once for all of them.
     fn fwd_shared(&mut self, p: &Params<F>, ids: &[usize], x: ArrayView2<F>) -> Vec<Array2<F>> {

@@ -294,6 +294,29 @@ pub fn product_packed(alpha: f32, a: ArrayView2<f32>, b: &Packed) -> Option<Arra
     Some(fresh(alpha, Lhs::of(&a)?, m, b))
 }
 
+/// C ← α A·B + β C with B packed beforehand, when the kernel takes the product, A has a
+/// contiguous axis and C contiguous rows; `None` (nothing done) otherwise.
+pub fn gemm_packed(
+    alpha: f32,
+    a: ArrayView2<f32>,
+    b: &Packed,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) -> Option<()> {
+    let (m, k) = a.dim();
+    if b.k != k || c.dim() != (m, b.n) || !takes(m, k, b.n) {
+        return None;
+    }
+    let lhs = Lhs::of(&a)?;
+    let ldc = usize::try_from(c.strides()[0])
+        .ok()
+        .filter(|_| c.strides()[1] == 1)?;
+    // SAFETY: the kernel is available (`takes`); A's view covers m × k at its strides, B is
+    // k × n packed, C m rows of n at stride ldc, and C (borrowed mutably) aliases neither.
+    unsafe { run(alpha, lhs, m, b, beta, c.as_mut_ptr(), ldc) };
+    Some(())
+}
+
 /// The loop over tiles: panel by panel (its k × 32 floats stay in cache while every row
 /// block of A passes), 12 rows at a time.
 ///

@@ -94,6 +94,19 @@ impl<F: Real> WeightOps<F> for Prepacked<'_> {
             _ => linalg::mm(g, w),
         }
     }
+
+    fn bwd_add(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
+        let w = p.get(id).view();
+        let added = match self.packs.bwd.get(id).and_then(Option::as_ref) {
+            Some(b) if b.dim() == w.dim() => {
+                linalg::add_product_packed(g, b, &mut acc.view_mut()).is_some()
+            }
+            _ => false,
+        };
+        if !added {
+            *acc += &self.bwd(p, id, g);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,7 +114,7 @@ mod tests {
     use super::*;
     use crate::config::ConfigBuilder;
     use crate::inputs;
-    use crate::model::{Network, ParamGrads, init};
+    use crate::model::{Group, Network, ParamGrads, init};
 
     /// The packs multiply as the weights they were packed from: a forward and a backward
     /// pass through [`Prepacked`] give the bits of [`super::super::Materialized`], which
@@ -143,12 +156,30 @@ mod tests {
         assert_eq!(d_plain, d_packed);
         assert_eq!(g_plain.into_list(), g_packed.into_list());
 
-        // Packs of other weights (a second draw) are used, and change the output.
+        // Packs of other weights (a second draw) are used, and change the output; in the
+        // backward pass too, where K's and V's products are added into Q's in place
+        // (`bwd_add`): only their packs are stale here, and ∂s moves.
         let other: Network<f32> = Network::sample(&cfg.model, &mut init::stream(6, 0)).cast();
         packs.refresh(&other.params, None);
         let stale = net.forward_with(&probe, &mut Prepacked { packs: &packs });
+        let mut mixed = other.params.clone();
+        for (id, q) in net.params.list.iter().enumerate() {
+            if !matches!(q.group, Group::K | Group::V) {
+                mixed.list[id].value = q.value.clone();
+            }
+        }
+        packs.refresh(&mixed, None);
+        let mut g_stale = ParamGrads::new(&net.params);
+        let d_stale = net.backward_with(
+            &packed,
+            &probe,
+            packed.out.view(),
+            &mut g_stale,
+            &mut Prepacked { packs: &packs },
+        );
         if super::super::panel::available() {
             assert_ne!(plain.out, stale.out, "the packs were not used");
+            assert_ne!(d_plain, d_stale, "K's and V's packs were not used backward");
         }
     }
 }

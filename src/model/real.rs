@@ -71,6 +71,17 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     ) -> Option<Array2<Self>> {
         None
     }
+    /// C ← α A·B + β C from a B packed by [`Real::pack`]; `None` (C untouched) when the
+    /// kernel does not take the product.
+    fn gemm_packed(
+        _alpha: Self,
+        _a: ArrayView2<Self>,
+        _b: &super::panel::Packed,
+        _beta: Self,
+        _c: &mut ndarray::ArrayViewMut2<Self>,
+    ) -> Option<()> {
+        None
+    }
 }
 
 impl Real for f64 {
@@ -199,5 +210,14 @@ impl Real for f32 {
         b: &super::panel::Packed,
     ) -> Option<Array2<f32>> {
         super::panel::product_packed(alpha, a, b)
+    }
+    fn gemm_packed(
+        alpha: f32,
+        a: ArrayView2<f32>,
+        b: &super::panel::Packed,
+        beta: f32,
+        c: &mut ndarray::ArrayViewMut2<f32>,
+    ) -> Option<()> {
+        super::panel::gemm_packed(alpha, a, b, beta, c)
     }
 }
