@@ -131,8 +131,7 @@ impl ResidualBlock for Mlp {
         if let Some(bx) = self.bx {
             sink.term(bx, GradTerm::Bias { grad: g });
         }
-        let mut dw = cx.bwd(self.x, g);
-        dw *= &cache.da;
+        let dw = cx.bwd_scaled(self.x, g, cache.da.view());
         sink.term(self.w, GradTerm::linear(s, dw.view()));
         if let Some(bw) = self.bw {
             sink.term(bw, GradTerm::Bias { grad: dw.view() });
@@ -185,9 +184,7 @@ impl ResidualBlock for BookLayer {
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
         }
-        let mut dz = cx.bwd(self.w, g);
-        dz *= &cache.da;
-        dz
+        cx.bwd_scaled(self.w, g, cache.da.view())
     }
 }
 

@@ -95,6 +95,25 @@ impl<F: Real> WeightOps<F> for Prepacked<'_> {
         }
     }
 
+    fn bwd_scaled(
+        &mut self,
+        p: &Params<F>,
+        id: usize,
+        g: ArrayView2<F>,
+        d: ArrayView2<F>,
+    ) -> Array2<F> {
+        let w = p.get(id).view();
+        if let Some(b) = self.packs.bwd.get(id).and_then(Option::as_ref)
+            && b.dim() == w.dim()
+            && let Some(x) = linalg::product_packed_scaled(g, b, d)
+        {
+            return x;
+        }
+        let mut x = self.bwd(p, id, g);
+        x *= &d;
+        x
+    }
+
     fn bwd_add(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
         let w = p.get(id).view();
         let added = match self.packs.bwd.get(id).and_then(Option::as_ref) {
