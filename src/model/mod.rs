@@ -876,22 +876,21 @@ fn residual_forward<F: Real>(
     inner: impl FnOnce(&mut Ctx<'_, F>, ArrayView2<F>) -> (Array2<F>, InnerTrace<F>),
 ) -> (Array2<F>, BlockTrace<F>) {
     let spec = cx.spec;
-    let add =
-        |z: ArrayView2<F>, r: &Array2<F>| residual::forward(spec.xi, spec.gamma_res, z, r.view());
+    let add = |z: ArrayView2<F>, r: Array2<F>| residual::forward(spec.xi, spec.gamma_res, z, r);
     let (next, ln, inner) = match spec.norm {
         Norm::Pre => {
             let lnc = ln::forward(z, spec.ln_eps);
             let (r, it) = inner(cx, lnc.s.view());
-            (add(z, &r), Some(lnc), it)
+            (add(z, r), Some(lnc), it)
         }
         Norm::Post => {
             let (r, it) = inner(cx, z);
-            let lnc = ln::forward(add(z, &r).view(), spec.ln_eps);
+            let lnc = ln::forward(add(z, r).view(), spec.ln_eps);
             (lnc.s.clone(), Some(lnc), it)
         }
         Norm::None => {
             let (r, it) = inner(cx, z);
-            (add(z, &r), None, it)
+            (add(z, r), None, it)
         }
         Norm::Mlp => {
             let (r, it) = inner(cx, z);

@@ -6,12 +6,11 @@ use ndarray::{Array2, ArrayView2};
 
 use super::real::Real;
 
-/// ξ·z + γ·r.
-pub fn forward<F: Real>(xi: f64, gamma: f64, z: ArrayView2<F>, r: ArrayView2<F>) -> Array2<F> {
+/// ξ·z + γ·r, written over r (the branch's output, not needed after the add).
+pub fn forward<F: Real>(xi: f64, gamma: f64, z: ArrayView2<F>, mut r: Array2<F>) -> Array2<F> {
     let (xi, gamma) = (F::of(xi), F::of(gamma));
-    let mut out = r.to_owned();
-    out.zip_mut_with(&z, |o, &zi| *o = xi * zi + gamma * *o);
-    out
+    r.zip_mut_with(&z, |o, &zi| *o = xi * zi + gamma * *o);
+    r
 }
 
 /// Splits the gradient of the sum: (∂/∂z, ∂/∂r) = (ξ g, γ g).
