@@ -910,26 +910,22 @@ fn residual_backward<F: Real>(
     inner: impl FnOnce(&mut Ctx<'_, F>, ArrayView2<F>, ArrayView2<F>) -> Array2<F>,
 ) -> Array2<F> {
     let spec = cx.spec;
-    let split = |g: ArrayView2<F>| residual::backward(spec.xi, spec.gamma_res, g);
+    let (xi, gamma) = (spec.xi, spec.gamma_res);
     match spec.norm {
         Norm::Pre => {
             let lnc = bt.ln.as_ref().expect("pre mode keeps the LN cache");
-            let (mut gz, gr) = split(g);
-            let gs = inner(cx, lnc.s.view(), gr.view());
-            gz += &ln::backward(lnc, gs.view());
-            gz
+            let gs = inner(cx, lnc.s.view(), residual::branch(gamma, g).view());
+            residual::skip(xi, g, ln::backward(lnc, gs.view()))
         }
         Norm::Post => {
             let lnc = bt.ln.as_ref().expect("post mode keeps the LN cache");
             let gu = ln::backward(lnc, g);
-            let (mut gz, gr) = split(gu.view());
-            gz += &inner(cx, z, gr.view());
-            gz
+            let through = inner(cx, z, residual::branch(gamma, gu.view()).view());
+            residual::skip(xi, gu.view(), through)
         }
         Norm::None => {
-            let (mut gz, gr) = split(g);
-            gz += &inner(cx, z, gr.view());
-            gz
+            let through = inner(cx, z, residual::branch(gamma, g).view());
+            residual::skip(xi, g, through)
         }
         Norm::Mlp => inner(cx, z, g),
     }

@@ -2,7 +2,7 @@
 //!
 //! ξ = γ_res = 1 is the paper; γ_res = 1/√B and similar depth rules are common.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, CowArray, Ix2};
 
 use super::real::Real;
 
@@ -13,8 +13,21 @@ pub fn forward<F: Real>(xi: f64, gamma: f64, z: ArrayView2<F>, mut r: Array2<F>)
     r
 }
 
-/// Splits the gradient of the sum: (∂/∂z, ∂/∂r) = (ξ g, γ g).
-pub fn backward<F: Real>(xi: f64, gamma: f64, g: ArrayView2<F>) -> (Array2<F>, Array2<F>) {
-    let (xi, gamma) = (F::of(xi), F::of(gamma));
-    (g.mapv(|x| xi * x), g.mapv(|x| gamma * x))
+/// ∂f/∂r = γ g, the branch's share of the gradient of the sum: g itself when γ = 1 (the
+/// paper's), where multiplying would only copy it.
+pub fn branch<'a, F: Real>(gamma: f64, g: ArrayView2<'a, F>) -> CowArray<'a, F, Ix2> {
+    if gamma == 1.0 {
+        return g.into();
+    }
+    let gamma = F::of(gamma);
+    g.mapv(|x| gamma * x).into()
+}
+
+/// ∂f/∂z = ξ g + `through`, the skip's share added to what came back through the branch,
+/// written over `through`: each entry rounds ξ g first and then the sum, as adding
+/// `through` to a separate ξ g did (addition commutes bit for bit).
+pub fn skip<F: Real>(xi: f64, g: ArrayView2<F>, mut through: Array2<F>) -> Array2<F> {
+    let xi = F::of(xi);
+    through.zip_mut_with(&g, |t, &gi| *t = xi * gi + *t);
+    through
 }
