@@ -4,7 +4,7 @@
 //! Theory (1.36)/(1.53): F = G / sqrt((G₁₁ + ε)(G₂₂ + ε)) at leading order; the kernel map
 //! joins this file with the theory engine.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView2, Axis, CowArray, Ix2, Zip};
 
 use super::real::Real;
 use super::skinny::row_slices;
@@ -18,11 +18,19 @@ pub struct Cache<F = f64> {
 
 pub fn forward<F: Real>(z: ArrayView2<F>, eps: f64) -> Cache<F> {
     let (n, eps) = (F::of(z.ncols() as f64), F::of(eps));
-    let mut s = z.to_owned();
-    for mut row in s.rows_mut() {
-        let mu = row.sum() / n;
-        row.mapv_inplace(|x| x - mu);
-    }
+    // z − μ written straight into new memory (a copy of z first was one more pass).
+    let z = rows_in_place(z);
+    let mut s = Array2::uninit(z.raw_dim());
+    Zip::from(s.rows_mut())
+        .and(z.rows())
+        .for_each(|mut out, row| {
+            let mu = row.sum() / n;
+            Zip::from(&mut out).and(&row).for_each(|o, &x| {
+                o.write(x - mu);
+            });
+        });
+    // SAFETY: every row of s was written above.
+    let mut s = unsafe { s.assume_init() };
     let squares = row_dots(s.view(), s.view());
     let mut inv_std = Array1::zeros(z.nrows());
     Zip::from(s.rows_mut())
@@ -40,20 +48,36 @@ pub fn forward<F: Real>(z: ArrayView2<F>, eps: f64) -> Cache<F> {
 /// (z_i − μ)(z_j − μ)/σ² = s_i s_j.
 pub fn backward<F: Real>(cache: &Cache<F>, g: ArrayView2<F>) -> Array2<F> {
     let n = F::of(g.ncols() as f64);
-    let mut dz = g.to_owned();
-    let gs = row_dots(g, cache.s.view());
+    let g = rows_in_place(g);
+    let mut dz = Array2::uninit(g.raw_dim());
+    let gs = row_dots(g.view(), cache.s.view());
     Zip::from(dz.rows_mut())
+        .and(g.rows())
         .and(cache.s.rows())
         .and(&cache.inv_std)
         .and(&gs)
-        .for_each(|mut row, s, &r, &gs| {
+        .for_each(|mut out, row, s, &r, &gs| {
             let mean_g = row.sum() / n;
             let mean_gs = gs / n;
-            Zip::from(&mut row)
+            Zip::from(&mut out)
+                .and(&row)
                 .and(&s)
-                .for_each(|d, &si| *d = r * (*d - mean_g - si * mean_gs));
+                .for_each(|d, &gi, &si| {
+                    d.write(r * (gi - mean_g - si * mean_gs));
+                });
         });
-    dz
+    // SAFETY: every row of dz was written above.
+    unsafe { dz.assume_init() }
+}
+
+/// `x` itself when its rows are contiguous, else a copy (as the row sums were taken over a
+/// copy before, so a strided input's sums keep their bits).
+fn rows_in_place<'a, F: Real>(x: ArrayView2<'a, F>) -> CowArray<'a, F, Ix2> {
+    if x.strides()[1] == 1 {
+        x.into()
+    } else {
+        x.to_owned().into()
+    }
 }
 
 /// Σ_j a_ij b_ij of every row i, each summed left to right from −0 (the bits of the row's
