@@ -243,9 +243,7 @@ pub trait WeightOps<F = f64> {
     where
         F: Real,
     {
-        let mut x = self.bwd(p, id, g);
-        x *= &d;
-        x
+        self.bwd(p, id, g) * d
     }
     /// Y_k = X W_kᵀ for weights that read the same X (Q, K and V; cross-attention's K and
     /// V): the conditional sampler factors X once for all of them.

@@ -86,13 +86,9 @@ impl<F: Real> WeightOps<F> for Prepacked<'_> {
     }
 
     fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F> {
-        let w = p.get(id).view();
-        match self.packs.bwd.get(id).and_then(Option::as_ref) {
-            Some(b) if b.dim() == w.dim() => {
-                linalg::product_packed(g, b).unwrap_or_else(|| linalg::mm(g, w))
-            }
-            _ => linalg::mm(g, w),
-        }
+        self.bwd_pack(p, id)
+            .and_then(|b| linalg::product_packed(g, b))
+            .unwrap_or_else(|| linalg::mm(g, p.get(id).view()))
     }
 
     fn bwd_scaled(
@@ -102,29 +98,28 @@ impl<F: Real> WeightOps<F> for Prepacked<'_> {
         g: ArrayView2<F>,
         d: ArrayView2<F>,
     ) -> Array2<F> {
-        let w = p.get(id).view();
-        if let Some(b) = self.packs.bwd.get(id).and_then(Option::as_ref)
-            && b.dim() == w.dim()
-            && let Some(x) = linalg::product_packed_scaled(g, b, d)
-        {
-            return x;
-        }
-        let mut x = self.bwd(p, id, g);
-        x *= &d;
-        x
+        self.bwd_pack(p, id)
+            .and_then(|b| linalg::product_packed_scaled(g, b, d))
+            .unwrap_or_else(|| self.bwd(p, id, g) * d)
     }
 
     fn bwd_add(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
-        let w = p.get(id).view();
-        let added = match self.packs.bwd.get(id).and_then(Option::as_ref) {
-            Some(b) if b.dim() == w.dim() => {
-                linalg::add_product_packed(g, b, &mut acc.view_mut()).is_some()
-            }
-            _ => false,
-        };
-        if !added {
+        if self
+            .bwd_pack(p, id)
+            .and_then(|b| linalg::add_product_packed(g, b, &mut acc.view_mut()))
+            .is_none()
+        {
             *acc += &self.bwd(p, id, g);
         }
+    }
+}
+
+impl<'a> Prepacked<'a> {
+    /// Weight `id`'s pack for ∂X = G W, when there is one and it has W's shape.
+    fn bwd_pack<F: Real>(&self, p: &Params<F>, id: usize) -> Option<&'a Packed> {
+        let packs: &'a WeightPacks = self.packs;
+        let b = packs.bwd.get(id)?.as_ref()?;
+        (b.dim() == p.get(id).dim()).then_some(b)
     }
 }
 
