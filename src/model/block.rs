@@ -90,11 +90,6 @@ impl<'a, F: Real> Ctx<'a, F> {
         self.ops.bwd(self.params, w, g)
     }
 
-    /// (G W) ⊙ D for weight `w` (through an activation, D = σ'(z)).
-    pub fn bwd_scaled(&mut self, w: usize, g: ArrayView2<F>, d: ArrayView2<F>) -> Array2<F> {
-        self.ops.bwd_scaled(self.params, w, g, d)
-    }
-
     /// acc += G W for weight `w` (an input read by several weights).
     pub fn bwd_add(&mut self, w: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
         self.ops.bwd_add(self.params, w, g, acc)

@@ -222,18 +222,6 @@ pub fn product_packed<F: Real>(a: ArrayView2<F>, b: &super::panel::Packed) -> Op
     })
 }
 
-/// (A·B) ⊙ D with B packed beforehand; `None` when the kernel does not take the product.
-/// The bits of `product_packed` followed by `*= D`.
-pub fn product_packed_scaled<F: Real>(
-    a: ArrayView2<F>,
-    b: &super::panel::Packed,
-    d: ArrayView2<F>,
-) -> Option<Array2<F>> {
-    counted(a.nrows() * a.ncols() * b.dim().1, || {
-        F::product_packed_scaled(F::one(), a, b, d)
-    })
-}
-
 /// C += A·B with B packed beforehand; `None` (C untouched) when the kernel does not take
 /// the product. With α = β = 1 the kernel rounds C + Σ once, as adding a fresh product
 /// does: the bits of `C += &product_packed(A, B)`.

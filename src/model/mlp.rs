@@ -131,7 +131,8 @@ impl ResidualBlock for Mlp {
         if let Some(bx) = self.bx {
             sink.term(bx, GradTerm::Bias { grad: g });
         }
-        let dw = cx.bwd_scaled(self.x, g, cache.da.view());
+        let mut dw = cx.bwd(self.x, g);
+        dw *= &cache.da;
         sink.term(self.w, GradTerm::linear(s, dw.view()));
         if let Some(bw) = self.bw {
             sink.term(bw, GradTerm::Bias { grad: dw.view() });
@@ -184,7 +185,9 @@ impl ResidualBlock for BookLayer {
         if let Some(b) = self.b {
             sink.term(b, GradTerm::Bias { grad: g });
         }
-        cx.bwd_scaled(self.w, g, cache.da.view())
+        let mut dz = cx.bwd(self.w, g);
+        dz *= &cache.da;
+        dz
     }
 }
 

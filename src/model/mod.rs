@@ -232,19 +232,6 @@ pub trait WeightOps<F = f64> {
     {
         *acc += &self.bwd(p, id, g);
     }
-    /// (G W) ⊙ D for weight `id`: the cotangent through an elementwise activation, D = σ'(z).
-    fn bwd_scaled(
-        &mut self,
-        p: &Params<F>,
-        id: usize,
-        g: ArrayView2<F>,
-        d: ArrayView2<F>,
-    ) -> Array2<F>
-    where
-        F: Real,
-    {
-        self.bwd(p, id, g) * d
-    }
     /// Y_k = X W_kᵀ for weights that read the same X (Q, K and V; cross-attention's K and
     /// V): the conditional sampler factors X once for all of them.
     fn fwd_shared(&mut self, p: &Params<F>, ids: &[usize], x: ArrayView2<F>) -> Vec<Array2<F>> {

@@ -246,7 +246,7 @@ pub fn try_gemm(
     with_rhs(b, |rhs| {
         // SAFETY: the kernel is available (`takes`); A's view covers m × k at its strides,
         // B's k × n, C's m rows of n at stride ldc, and C does not alias A or B.
-        unsafe { run(alpha, lhs, m, rhs, Store::plus(beta), c.as_mut_ptr(), ldc) };
+        unsafe { run(alpha, lhs, m, rhs, beta, c.as_mut_ptr(), ldc) };
     });
     Some(())
 }
@@ -273,17 +273,12 @@ pub fn try_product(alpha: f32, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Option
 
 /// α A·B into new row-major memory, every entry written once (β = 0 reads nothing).
 fn fresh(alpha: f32, a: Lhs, m: usize, b: &Packed) -> Array2<f32> {
-    fresh_stored(alpha, a, m, b, Store::plus(0.0))
-}
-
-/// As [`fresh`], each entry stored as `store` says, with β = 0.
-fn fresh_stored(alpha: f32, a: Lhs, m: usize, b: &Packed, store: Store) -> Array2<f32> {
     let n = b.n;
     let mut c = Vec::<f32>::with_capacity(m * n);
     // SAFETY: the callers checked the shapes and that the kernel is available; with β = 0
     // the kernel writes all m × n entries of the new C without reading them.
     unsafe {
-        run(alpha, a, m, b, store, c.as_mut_ptr(), n);
+        run(alpha, a, m, b, 0.0, c.as_mut_ptr(), n);
         c.set_len(m * n);
     }
     Array2::from_shape_vec((m, n), c).expect("m·n entries")
@@ -297,28 +292,6 @@ pub fn product_packed(alpha: f32, a: ArrayView2<f32>, b: &Packed) -> Option<Arra
         return None;
     }
     Some(fresh(alpha, Lhs::of(&a)?, m, b))
-}
-
-/// (α A·B) ⊙ D in new memory with B packed beforehand (∂X = (G W) ⊙ σ'(z) through an
-/// activation), D (m × n) with contiguous rows; `None` when the kernel does not take the
-/// product. Each entry is the rounded product of the rounded sum with D's, the bits of
-/// `product_packed` followed by `*= D`.
-pub fn product_packed_scaled(
-    alpha: f32,
-    a: ArrayView2<f32>,
-    b: &Packed,
-    d: ArrayView2<f32>,
-) -> Option<Array2<f32>> {
-    let (m, k) = a.dim();
-    if b.k != k || d.dim() != (m, b.n) || !takes(m, k, b.n) || d.strides()[1] != 1 {
-        return None;
-    }
-    let ldd = usize::try_from(d.strides()[0]).ok()?;
-    let store = Store {
-        beta: 0.0,
-        scale: Some((d.as_ptr(), ldd)),
-    };
-    Some(fresh_stored(alpha, Lhs::of(&a)?, m, b, store))
 }
 
 /// C ← α A·B + β C with B packed beforehand, when the kernel takes the product, A has a
@@ -340,22 +313,8 @@ pub fn gemm_packed(
         .filter(|_| c.strides()[1] == 1)?;
     // SAFETY: the kernel is available (`takes`); A's view covers m × k at its strides, B is
     // k × n packed, C m rows of n at stride ldc, and C (borrowed mutably) aliases neither.
-    unsafe { run(alpha, lhs, m, b, Store::plus(beta), c.as_mut_ptr(), ldc) };
+    unsafe { run(alpha, lhs, m, b, beta, c.as_mut_ptr(), ldc) };
     Some(())
-}
-
-/// How a tile stores α Σ: plus β C (β = 0: C only written), then times D entry by entry
-/// when `scale` gives D (its pointer at C's first entry and its row stride).
-#[derive(Clone, Copy)]
-struct Store {
-    beta: f32,
-    scale: Option<(*const f32, usize)>,
-}
-
-impl Store {
-    fn plus(beta: f32) -> Store {
-        Store { beta, scale: None }
-    }
 }
 
 /// The loop over tiles: panel by panel (its k × 32 floats stay in cache while every row
@@ -363,20 +322,20 @@ impl Store {
 ///
 /// # Safety
 /// AVX-512F present; `a` valid for m × k at its layout, `c` for m
-/// rows of n at stride `ldc`, not overlapping A or B; D (when given) valid for m rows of n.
-unsafe fn run(alpha: f32, a: Lhs, m: usize, b: &Packed, store: Store, c: *mut f32, ldc: usize) {
+/// rows of n at stride `ldc`, not overlapping A or B.
+unsafe fn run(alpha: f32, a: Lhs, m: usize, b: &Packed, beta: f32, c: *mut f32, ldc: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: passed on from the caller.
     unsafe {
         if a.columns && a.block.is_none() {
-            pack_columns(a, m, b.k, |a| x86::run(alpha, a, m, b, store, c, ldc))
+            pack_columns(a, m, b.k, |a| x86::run(alpha, a, m, b, beta, c, ldc))
         } else {
-            x86::run(alpha, a, m, b, store, c, ldc)
+            x86::run(alpha, a, m, b, beta, c, ldc)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (alpha, a, m, b, store, c, ldc);
+        let _ = (alpha, a, m, b, beta, c, ldc);
         unreachable!("the kernel is x86-64 only (`available`)")
     }
 }
@@ -385,7 +344,7 @@ unsafe fn run(alpha: f32, a: Lhs, m: usize, b: &Packed, store: Store, c: *mut f3
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Lhs, MR, NR, Packed, Store};
+    use super::{Lhs, MR, NR, Packed};
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn run(
@@ -393,7 +352,7 @@ mod x86 {
         a: Lhs,
         m: usize,
         b: &Packed,
-        store: Store,
+        beta: f32,
         c: *mut f32,
         ldc: usize,
     ) {
@@ -426,23 +385,21 @@ mod x86 {
                 while i + MR <= m {
                     prefetch();
                     let (aq, cq) = ((a.ptr.add(a.row(i)), a.ld), (c.add(i * ldc + jj * NR), ldc));
-                    let sq = at(store, i, jj);
                     if a.columns {
-                        tile::<MR, true>(k, aq, bq, alpha, sq, cq);
+                        tile::<MR, true>(k, aq, bq, alpha, beta, cq);
                     } else {
-                        tile::<MR, false>(k, aq, bq, alpha, sq, cq);
+                        tile::<MR, false>(k, aq, bq, alpha, beta, cq);
                     }
                     i += MR;
                 }
                 prefetch();
                 let (aq, cq) = ((a.ptr.add(a.row(i)), a.ld), (c.add(i * ldc + jj * NR), ldc));
-                let sq = at(store, i, jj);
                 macro_rules! rest {
                     ($($r:literal)*) => {
                         match (m - i, a.columns) {
                             $(
-                                ($r, true) => tile::<$r, true>(k, aq, bq, alpha, sq, cq),
-                                ($r, false) => tile::<$r, false>(k, aq, bq, alpha, sq, cq),
+                                ($r, true) => tile::<$r, true>(k, aq, bq, alpha, beta, cq),
+                                ($r, false) => tile::<$r, false>(k, aq, bq, alpha, beta, cq),
                             )*
                             _ => {}
                         }
@@ -453,22 +410,7 @@ mod x86 {
         }
     }
 
-    /// `store` for the tile at rows i.., panel jj: D's pointer moved to the tile.
-    ///
-    /// # Safety
-    /// D (when given) holds row i and columns jj·NR.. at its stride.
-    unsafe fn at(store: Store, i: usize, jj: usize) -> Store {
-        Store {
-            // SAFETY: the caller's.
-            scale: store
-                .scale
-                .map(|(d, ld)| (unsafe { d.add(i * ld + jj * NR) }, ld)),
-            ..store
-        }
-    }
-
-    /// C[0..R, 0..32] ← α Σ_p A[0..R, p] B[p, 0..32] + β C (β = 0: C only written), then
-    /// ⊙ D when `store` gives D. Each
+    /// C[0..R, 0..32] ← α Σ_p A[0..R, p] B[p, 0..32] + β C (β = 0: C only written). Each
     /// operand is (pointer, stride): B's rows and C's rows `ld` apart; A's entry (i, p) at
     /// p·ld + i when `COLUMNS`, at i·ld + p otherwise.
     #[target_feature(enable = "avx512f")]
@@ -477,7 +419,7 @@ mod x86 {
         (a, lda): (*const f32, usize),
         (b, ldb): (*const f32, usize),
         alpha: f32,
-        store: Store,
+        beta: f32,
         (c, ldc): (*mut f32, usize),
     ) {
         // SAFETY: the caller's: R rows of A over k, k rows of the panel, R rows of C.
@@ -499,18 +441,13 @@ mod x86 {
                 }
             }
             let al = _mm512_set1_ps(alpha);
-            let be = _mm512_set1_ps(store.beta);
+            let be = _mm512_set1_ps(beta);
             for i in 0..R {
                 let ci = c.add(i * ldc);
                 let (mut y0, mut y1) = (_mm512_mul_ps(al, lo[i]), _mm512_mul_ps(al, hi[i]));
-                if store.beta != 0.0 {
+                if beta != 0.0 {
                     y0 = _mm512_fmadd_ps(be, _mm512_loadu_ps(ci), y0);
                     y1 = _mm512_fmadd_ps(be, _mm512_loadu_ps(ci.add(16)), y1);
-                }
-                if let Some((d, ldd)) = store.scale {
-                    let di = d.add(i * ldd);
-                    y0 = _mm512_mul_ps(y0, _mm512_loadu_ps(di));
-                    y1 = _mm512_mul_ps(y1, _mm512_loadu_ps(di.add(16)));
                 }
                 _mm512_storeu_ps(ci, y0);
                 _mm512_storeu_ps(ci.add(16), y1);
@@ -579,31 +516,6 @@ mod tests {
                         "β = 1: {s} vs {}",
                         w + b0
                     );
-                }
-            }
-        }
-    }
-
-    /// The product times D, entry by entry in the kernel's store, has the bits of the
-    /// product followed by `*= D`: with a D of its own and with a D that is a column slice
-    /// of a wider array (rows further apart than n), for row- and column-layout A.
-    #[test]
-    fn scaled_products_have_the_bits_of_a_product_then_a_multiply() {
-        if !available() {
-            return;
-        }
-        for &(m, k, n) in &[(256, 256, 1024), (77, 300, 96)] {
-            let b = Packed::new(matrix(k, n, 3).view()).expect("packs");
-            let wide = matrix(m, n + 32, 6);
-            let own = matrix(m, n, 7);
-            let at = matrix(k, m, 2);
-            let a = matrix(m, k, 1);
-            for a in [a.view(), at.t()] {
-                for d in [own.view(), wide.slice(ndarray::s![.., 32..])] {
-                    let mut want = product_packed(0.75, a, &b).expect("takes it");
-                    want *= &d;
-                    let got = product_packed_scaled(0.75, a, &b, d).expect("takes it");
-                    assert_eq!(got, want, "{m}×{k}×{n}");
                 }
             }
         }

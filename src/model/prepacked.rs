@@ -91,18 +91,6 @@ impl<F: Real> WeightOps<F> for Prepacked<'_> {
             .unwrap_or_else(|| linalg::mm(g, p.get(id).view()))
     }
 
-    fn bwd_scaled(
-        &mut self,
-        p: &Params<F>,
-        id: usize,
-        g: ArrayView2<F>,
-        d: ArrayView2<F>,
-    ) -> Array2<F> {
-        self.bwd_pack(p, id)
-            .and_then(|b| linalg::product_packed_scaled(g, b, d))
-            .unwrap_or_else(|| self.bwd(p, id, g) * d)
-    }
-
     fn bwd_add(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
         if self
             .bwd_pack(p, id)

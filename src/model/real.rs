@@ -71,16 +71,6 @@ pub trait Real: NdFloat + num_traits::FromPrimitive + Sum + Default + 'static {
     ) -> Option<Array2<Self>> {
         None
     }
-    /// (α A·B) ⊙ D in new memory from a B packed by [`Real::pack`]; `None` when the kernel
-    /// does not take the product.
-    fn product_packed_scaled(
-        _alpha: Self,
-        _a: ArrayView2<Self>,
-        _b: &super::panel::Packed,
-        _d: ArrayView2<Self>,
-    ) -> Option<Array2<Self>> {
-        None
-    }
     /// C ← α A·B + β C from a B packed by [`Real::pack`]; `None` (C untouched) when the
     /// kernel does not take the product.
     fn gemm_packed(
@@ -220,14 +210,6 @@ impl Real for f32 {
         b: &super::panel::Packed,
     ) -> Option<Array2<f32>> {
         super::panel::product_packed(alpha, a, b)
-    }
-    fn product_packed_scaled(
-        alpha: f32,
-        a: ArrayView2<f32>,
-        b: &super::panel::Packed,
-        d: ArrayView2<f32>,
-    ) -> Option<Array2<f32>> {
-        super::panel::product_packed_scaled(alpha, a, b, d)
     }
     fn gemm_packed(
         alpha: f32,
