@@ -47,13 +47,9 @@ impl Packed {
         (self.k, self.n)
     }
 
-    /// The n / NR panels of k × NR floats (the buffer may be longer).
-    fn panels(&self) -> std::slice::ChunksExact<'_, f32> {
-        self.data[..self.k * self.n].chunks_exact(self.k * NR)
-    }
-
-    fn panels_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
-        self.data[..self.k * self.n].chunks_exact_mut(self.k * NR)
+    /// The packed k × n floats: the n / NR panels (the buffer may be longer).
+    fn packed(&self) -> &[f32] {
+        &self.data[..self.k * self.n]
     }
 
     /// Packs `b` into this buffer, reusing its allocation; false (nothing packed) when the
@@ -71,7 +67,7 @@ impl Packed {
             self.data.resize(k * n, 0.0);
         }
         let (rs, cs) = (b.strides()[0], b.strides()[1]);
-        let panels = self.panels_mut();
+        let panels = self.data[..k * n].chunks_exact_mut(k * NR);
         if cs == 1 {
             // Rows of B contiguous (a weight in the backward pass, an activation): 32 at a time.
             for (jj, panel) in panels.enumerate() {
@@ -239,16 +235,22 @@ pub fn try_gemm(
     if b.nrows() != k || c.dim() != (m, n) || !takes(m, k, n) {
         return None;
     }
-    let lhs = Lhs::of(&a)?;
-    let ldc = usize::try_from(c.strides()[0])
-        .ok()
-        .filter(|_| c.strides()[1] == 1)?;
+    let (lhs, ldc) = layouts(&a, c)?;
     with_rhs(b, |rhs| {
         // SAFETY: the kernel is available (`takes`); A's view covers m × k at its strides,
         // B's k × n, C's m rows of n at stride ldc, and C does not alias A or B.
         unsafe { run(alpha, lhs, m, rhs, beta, c.as_mut_ptr(), ldc) };
     });
     Some(())
+}
+
+/// How the kernel reads A and C's row stride, when A has a contiguous axis and C's rows are
+/// contiguous.
+fn layouts(a: &ArrayView2<f32>, c: &ArrayViewMut2<f32>) -> Option<(Lhs, usize)> {
+    let ldc = usize::try_from(c.strides()[0])
+        .ok()
+        .filter(|_| c.strides()[1] == 1)?;
+    Some((Lhs::of(a)?, ldc))
 }
 
 /// B packed into this thread's buffer for one call. (Read in place, a row-major B's rows
@@ -307,10 +309,7 @@ pub fn gemm_packed(
     if b.k != k || c.dim() != (m, b.n) || !takes(m, k, b.n) {
         return None;
     }
-    let lhs = Lhs::of(&a)?;
-    let ldc = usize::try_from(c.strides()[0])
-        .ok()
-        .filter(|_| c.strides()[1] == 1)?;
+    let (lhs, ldc) = layouts(&a, c)?;
     // SAFETY: the kernel is available (`takes`); A's view covers m × k at its strides, B is
     // k × n packed, C m rows of n at stride ldc, and C (borrowed mutably) aliases neither.
     unsafe { run(alpha, lhs, m, b, beta, c.as_mut_ptr(), ldc) };
@@ -362,10 +361,9 @@ mod x86 {
         // cache, and the tiles' arithmetic hides the fetch.
         let lines = 2 * k;
         let share = lines.div_ceil(m.div_ceil(MR));
-        let panels = b.panels();
-        let count = panels.len();
-        for (jj, panel) in panels.enumerate() {
-            let next = (jj + 1 < count).then(|| &b.data[(jj + 1) * k * NR..(jj + 2) * k * NR]);
+        let data = b.packed();
+        for (jj, panel) in data.chunks_exact(k * NR).enumerate() {
+            let next = data.get((jj + 1) * k * NR..(jj + 2) * k * NR);
             let mut fetched = 0;
             let mut prefetch = || {
                 if let Some(next) = next {

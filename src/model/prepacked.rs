@@ -77,23 +77,19 @@ pub struct Prepacked<'a> {
 impl<F: Real> WeightOps<F> for Prepacked<'_> {
     fn fwd(&mut self, p: &Params<F>, id: usize, x: ArrayView2<F>) -> Array2<F> {
         let w = p.get(id).view();
-        match self.packs.fwd.get(id).and_then(Option::as_ref) {
-            Some(b) if b.dim() == (w.ncols(), w.nrows()) => {
-                linalg::product_packed(x, b).unwrap_or_else(|| linalg::mm_t(x, w))
-            }
-            _ => linalg::mm_t(x, w),
-        }
+        pack_of(&self.packs.fwd, id, (w.ncols(), w.nrows()))
+            .and_then(|b| linalg::product_packed(x, b))
+            .unwrap_or_else(|| linalg::mm_t(x, w))
     }
 
     fn bwd(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>) -> Array2<F> {
-        self.bwd_pack(p, id)
+        pack_of(&self.packs.bwd, id, p.get(id).dim())
             .and_then(|b| linalg::product_packed(g, b))
             .unwrap_or_else(|| linalg::mm(g, p.get(id).view()))
     }
 
     fn bwd_add(&mut self, p: &Params<F>, id: usize, g: ArrayView2<F>, acc: &mut Array2<F>) {
-        if self
-            .bwd_pack(p, id)
+        if pack_of(&self.packs.bwd, id, p.get(id).dim())
             .and_then(|b| linalg::add_product_packed(g, b, &mut acc.view_mut()))
             .is_none()
         {
@@ -102,13 +98,10 @@ impl<F: Real> WeightOps<F> for Prepacked<'_> {
     }
 }
 
-impl<'a> Prepacked<'a> {
-    /// Weight `id`'s pack for ∂X = G W, when there is one and it has W's shape.
-    fn bwd_pack<F: Real>(&self, p: &Params<F>, id: usize) -> Option<&'a Packed> {
-        let packs: &'a WeightPacks = self.packs;
-        let b = packs.bwd.get(id)?.as_ref()?;
-        (b.dim() == p.get(id).dim()).then_some(b)
-    }
+/// Weight `id`'s pack in `packs` (the forward or the backward ones), when there is one
+/// of the product's shape `dim` (B's k × n).
+fn pack_of(packs: &[Option<Packed>], id: usize, dim: (usize, usize)) -> Option<&Packed> {
+    packs.get(id)?.as_ref().filter(|b| b.dim() == dim)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Kernels for skinny products (f32, and f64 where noted): the Monte Carlo's, where one side
-//! has the D ≤ a few dozen probe tokens or basis rows (Gram matrices, the conditional sampler's rank-D products).
+//! has the D ≤ a few dozen probe tokens or basis rows (Gram matrices, the conditional
+//! sampler's rank-D products).
 //! General GEMMs pack both operands, and at these shapes packing costs as much as the
 //! arithmetic (matrixmultiply spent more time in `pack` than in its kernel in the f32
 //! conditional sampler). Two shapes cover them, neither needs packing:
